@@ -1,0 +1,81 @@
+//! Campaigns: content that goes live at an exact instant and stops at another, for chosen
+//! segments and channels, evaluated against the host clock on every request.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// A campaign as a tenant defines it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Campaign {
+    /// Stable identifier, used in analytics events.
+    pub id: String,
+    /// Human-readable name.
+    #[serde(default)]
+    pub name: String,
+    /// First instant the campaign is live (RFC 3339, inclusive).
+    pub start: Timestamp,
+    /// Instant the campaign stops (RFC 3339, exclusive).
+    pub end: Timestamp,
+    /// Higher wins when several campaigns compete for one slot.
+    #[serde(default)]
+    pub priority: i32,
+    /// Segments targeted; empty targets everyone.
+    #[serde(default)]
+    pub segments: Vec<String>,
+    /// Channels (`web`, `app`, `kiosk`, ...); empty means all.
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Free-form parameters handed to plugins (banner text, colours, links).
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+impl Campaign {
+    /// Whether the campaign is live at `now` for a visitor in `in_segment` on `channel`.
+    pub fn is_active(&self, now: Timestamp, channel: &str, in_segment: impl Fn(&str) -> bool) -> bool {
+        self.start <= now
+            && now < self.end
+            && (self.channels.is_empty() || self.channels.iter().any(|c| c == channel))
+            && (self.segments.is_empty() || self.segments.iter().any(|s| in_segment(s)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xmas() -> Campaign {
+        Campaign {
+            id: "xmas".into(),
+            name: "Christmas".into(),
+            start: "2026-12-01T00:00:00Z".parse().unwrap_or_default(),
+            end: "2026-12-27T00:00:00Z".parse().unwrap_or_default(),
+            priority: 10,
+            segments: vec!["returning".into()],
+            channels: vec!["web".into()],
+            params: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn live_exactly_between_start_and_end() {
+        let c = xmas();
+        let at = |s: &str| s.parse::<Timestamp>().unwrap_or_default();
+        assert!(!c.is_active(at("2026-11-30T23:59:59Z"), "web", |_| true));
+        assert!(c.is_active(at("2026-12-01T00:00:00Z"), "web", |_| true));
+        assert!(c.is_active(at("2026-12-26T23:59:59.999Z"), "web", |_| true));
+        assert!(!c.is_active(at("2026-12-27T00:00:00Z"), "web", |_| true));
+    }
+
+    #[test]
+    fn targets_segments_and_channels() {
+        let c = xmas();
+        let now = "2026-12-10T12:00:00+01:00".parse().unwrap_or_default();
+        assert!(!c.is_active(now, "web", |s| s == "new"));
+        assert!(!c.is_active(now, "kiosk", |_| true));
+        assert!(c.is_active(now, "web", |s| s == "returning"));
+    }
+}
