@@ -1,0 +1,3 @@
+//! The Veneer host library (the `veneer` binary is a thin CLI over it).
+#![allow(missing_docs)]
+pub mod plugin;

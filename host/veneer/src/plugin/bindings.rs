@@ -1,0 +1,7 @@
+//! The one place `bindgen!` runs. Generated code stays in this private module; the rest of
+//! the crate sees only the types re-exported from [`super`].
+
+wasmtime::component::bindgen!({
+    path: "../../wit",
+    world: "personalizer",
+});

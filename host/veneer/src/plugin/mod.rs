@@ -1,0 +1,426 @@
+//! The plugin runtime: wasmtime behind one boundary.
+//!
+//! Organisation, in the order things happen:
+//! - [`Runtime::new`] builds the one `Engine` (component model, pooling allocator, epoch
+//!   interruption), its `Linker` with Veneer's host interfaces and an empty WASI context, and
+//!   starts the single epoch ticker thread that bounds every plugin call in the process.
+//! - [`Runtime::load`] compiles a plugin once, or loads its precompiled form from the on-disk
+//!   cache (keyed by the plugin's content hash and the engine's compatibility hash, so a
+//!   restart never recompiles), and links it once into an `InstancePre`.
+//! - [`Plugin::instantiate`] gives each request a fresh `Store` and instance from the pool;
+//!   [`Instance`]'s hook methods call into it under a per-request time budget and the
+//!   tenant's memory limit, and turn every failure into a [`PluginFault`].
+//!
+//! Host services a plugin imports (content, analytics, campaigns, config, log) are reached
+//! through [`HostServices`], which the proxy implements; this module knows nothing of tenants.
+
+mod bindings;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use bindings::veneer::plugin as wit;
+use bindings::{Personalizer, PersonalizerPre};
+
+pub use bindings::veneer::plugin::campaigns::{Assignment, Campaign};
+pub use wit::types::{
+    Consent, DeviceClass, ElementInfo, HeaderEdits, HtmlOp, HtmlRule, JsonOp, Level, RequestAction, RequestHead,
+    ResponseHead, ResponsePlan, Subscription, SyntheticResponse, Visitor,
+};
+
+/// What the host provides to the plugins of one request. Implementations must not block:
+/// in-memory lookups and channel sends only, because plugin calls run synchronously.
+pub trait HostServices: Send + Sync {
+    /// A content fragment for the visitor's locale.
+    fn fragment(&self, key: &str) -> Option<String>;
+    /// Records an analytics event from `plugin`.
+    fn track(&self, plugin: &str, name: &str, properties: Vec<(String, String)>);
+    /// Campaigns live for this visitor now, highest priority first.
+    fn active_campaigns(&self) -> Vec<Campaign>;
+    /// The visitor's (sticky) assignment in an experiment.
+    fn assign(&self, experiment: &str) -> Option<Assignment>;
+    /// The request id, for log lines.
+    fn request_id(&self) -> &str;
+    /// The tenant name, for log lines.
+    fn tenant(&self) -> &str;
+}
+
+/// Engine-wide settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Where compiled plugins are cached.
+    pub cache_dir: PathBuf,
+    /// Upper bound for any tenant's per-instance memory limit (sizes the pool's slots).
+    pub max_memory_bytes: usize,
+    /// Plugin instances alive at once, across all requests (the pool's size).
+    pub max_instances: u32,
+}
+
+/// Per-plugin limits, from the tenant's config.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Wall-clock budget for all of one request's calls into the plugin.
+    pub time_budget: Duration,
+    /// Linear memory an instance may grow to.
+    pub memory_bytes: usize,
+}
+
+/// Why a plugin's contribution to a response was dropped.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PluginFault {
+    /// The plugin trapped (a panic, an unreachable, an out-of-bounds access...).
+    #[error("trap: {0}")]
+    Trap(String),
+    /// The plugin used up its time budget.
+    #[error("deadline exceeded ({0:?} budget)")]
+    Deadline(Duration),
+    /// The plugin tried to grow memory beyond its limit.
+    #[error("memory limit of {0} bytes exceeded")]
+    Memory(usize),
+    /// No instance could be created (pool exhausted, start-up trap).
+    #[error("instantiation failed: {0}")]
+    Instantiate(String),
+    /// The plugin returned something the host cannot apply (an invalid selector, ...).
+    #[error("invalid plan: {0}")]
+    InvalidPlan(String),
+    /// An earlier call in this request faulted; the instance is not called again.
+    #[error("instance already faulted")]
+    AlreadyFaulted,
+}
+
+impl PluginFault {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginFault::Trap(_) => "trap",
+            PluginFault::Deadline(_) => "deadline",
+            PluginFault::Memory(_) => "memory",
+            PluginFault::Instantiate(_) => "instantiate",
+            PluginFault::InvalidPlan(_) => "invalid_plan",
+            PluginFault::AlreadyFaulted => "already_faulted",
+        }
+    }
+}
+
+/// The engine, linker and epoch ticker shared by every tenant.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    cache_dir: PathBuf,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// How often the epoch advances; deadlines are whole ticks.
+const TICK: Duration = Duration::from_millis(1);
+
+impl Runtime {
+    /// Builds the engine and starts the epoch ticker.
+    pub fn new(options: &RuntimeOptions) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(options.max_instances)
+            .total_core_instances(options.max_instances.saturating_mul(4))
+            .total_memories(options.max_instances.saturating_mul(2))
+            .total_tables(options.max_instances.saturating_mul(4))
+            .total_stacks(options.max_instances)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(2)
+            .max_tables_per_component(8)
+            .max_memory_size(options.max_memory_bytes)
+            // Measured: keeping 64 KiB resident makes instance reuse cheaper than 0 or 1 MiB.
+            .linear_memory_keep_resident(64 << 10)
+            .table_keep_resident(16 << 10);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = wt(Engine::new(&config)).context("creating the wasmtime engine")?;
+
+        let mut linker: Linker<StoreState> = Linker::new(&engine);
+        wt(wasmtime_wasi::p2::add_to_linker_sync(&mut linker)).context("linking WASI")?;
+        wt(Personalizer::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)).context("linking Veneer host interfaces")?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (stop, ticker_engine) = (ticker_stop.clone(), engine.clone());
+        std::thread::Builder::new()
+            .name("veneer-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .context("starting the epoch ticker")?;
+
+        std::fs::create_dir_all(&options.cache_dir)
+            .with_context(|| format!("creating plugin cache directory {}", options.cache_dir.display()))?;
+        Ok(Runtime { engine, linker, cache_dir: options.cache_dir.clone(), ticker_stop })
+    }
+
+    /// Loads a plugin from a `.wasm` component file.
+    pub fn load(&self, name: &str, path: &Path, params: HashMap<String, String>, limits: Limits) -> anyhow::Result<Plugin> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
+        let component = self.compile_cached(&bytes).with_context(|| format!("compiling plugin {}", path.display()))?;
+        let pre = wt(self.linker.instantiate_pre(&component)).with_context(|| format!("linking plugin {}: it must target the veneer:plugin/personalizer world", path.display()))?;
+        let pre = wt(PersonalizerPre::new(pre)).with_context(|| format!("plugin {} does not export veneer:plugin/hooks", path.display()))?;
+        Ok(Plugin { name: Arc::from(name), pre, params: Arc::new(params), limits, engine: self.engine.clone() })
+    }
+
+    /// Returns the compiled component, from the cache when the same bytes were compiled by a
+    /// compatible engine before.
+    fn compile_cached(&self, bytes: &[u8]) -> anyhow::Result<Component> {
+        use std::hash::{Hash, Hasher};
+        let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        let digest = Sha256::digest(bytes);
+        let key: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let path = self.cache_dir.join(format!("{key}-{:016x}.cwasm", engine_hash.finish()));
+        if path.exists() {
+            match load_precompiled(&self.engine, &path) {
+                Ok(c) => {
+                    tracing::debug!(path = %path.display(), "plugin loaded from compile cache");
+                    return Ok(c);
+                }
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compile cache entry"),
+            }
+        }
+        let compiled = wt(self.engine.precompile_component(bytes))?;
+        // Write to a temporary name and rename, so a concurrent reader never sees half a file.
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        if let Err(e) = std::fs::write(&tmp, &compiled).and_then(|()| std::fs::rename(&tmp, &path)) {
+            tracing::warn!(path = %path.display(), error = %e, "could not write compile cache entry");
+        }
+        load_precompiled_bytes(&self.engine, &compiled)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// wasmtime has its own error type; this crate reports with anyhow.
+fn wt<T>(r: wasmtime::Result<T>) -> anyhow::Result<T> {
+    r.map_err(anyhow::Error::from)
+}
+
+#[expect(unsafe_code, reason = "deserializing precompiled code; see the SAFETY note")]
+fn load_precompiled(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
+    // SAFETY: wasmtime requires that the file was produced by `precompile_component` of a
+    // compatible engine and not tampered with. It was: this process family writes the cache
+    // directory, names entries by the SHA-256 of the source and the engine's compatibility
+    // hash, and the operator owns that directory (it is as trusted as the binary itself).
+    wt(unsafe { Component::deserialize_file(engine, path) })
+}
+
+#[expect(unsafe_code, reason = "deserializing precompiled code; see the SAFETY note")]
+fn load_precompiled_bytes(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Component> {
+    // SAFETY: `bytes` was produced by `precompile_component` on this very engine just now.
+    wt(unsafe { Component::deserialize(engine, bytes) })
+}
+
+/// A loaded plugin: compiled, linked, ready to instantiate per request.
+#[derive(Clone)]
+pub struct Plugin {
+    name: Arc<str>,
+    pre: PersonalizerPre<StoreState>,
+    params: Arc<HashMap<String, String>>,
+    limits: Limits,
+    engine: Engine,
+}
+
+impl Plugin {
+    /// The plugin's name in the tenant config.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A fresh instance for one request.
+    pub fn instantiate(&self, services: Arc<dyn HostServices>) -> Result<Instance, PluginFault> {
+        let state = StoreState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            memory_limit: self.limits.memory_bytes,
+            memory_exceeded: false,
+            services,
+            plugin: self.name.clone(),
+            params: self.params.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s);
+        store.epoch_deadline_trap();
+        let mut instance = Instance {
+            store,
+            bindings: None,
+            budget: self.limits.time_budget,
+            used: Duration::ZERO,
+            faulted: false,
+        };
+        instance.arm();
+        let start = Instant::now();
+        let result = self.pre.instantiate(&mut instance.store);
+        instance.used += start.elapsed();
+        match result {
+            Ok(b) => {
+                instance.bindings = Some(b);
+                Ok(instance)
+            }
+            Err(e) => Err(match instance.classify(e) {
+                PluginFault::Trap(m) => PluginFault::Instantiate(m),
+                other => other,
+            }),
+        }
+    }
+}
+
+/// Per-store state: WASI (empty), limits and the request's host services.
+struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory_limit: usize,
+    memory_exceeded: bool,
+    services: Arc<dyn HostServices>,
+    plugin: Arc<str>,
+    params: Arc<HashMap<String, String>>,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl ResourceLimiter for StoreState {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            self.memory_exceeded = true;
+            // An error (not `false`) traps at once, instead of letting the guest's allocator
+            // turn the failed grow into an opaque abort.
+            wasmtime::bail!("memory limit of {} bytes exceeded", self.memory_limit);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// One plugin instance serving one request.
+pub struct Instance {
+    store: Store<StoreState>,
+    bindings: Option<Personalizer>,
+    budget: Duration,
+    used: Duration,
+    faulted: bool,
+}
+
+impl Instance {
+    /// Sets the epoch deadline to what is left of the request's budget.
+    fn arm(&mut self) {
+        let left = self.budget.saturating_sub(self.used);
+        let ticks = (left.as_micros() / TICK.as_micros()).max(1);
+        self.store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+    }
+
+    fn classify(&mut self, e: wasmtime::Error) -> PluginFault {
+        self.faulted = true;
+        if self.store.data().memory_exceeded {
+            return PluginFault::Memory(self.store.data().memory_limit);
+        }
+        if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+            return PluginFault::Deadline(self.budget);
+        }
+        PluginFault::Trap(format!("{e:#}").lines().next().unwrap_or("trap").to_owned())
+    }
+
+    fn call<R>(&mut self, f: impl FnOnce(&Personalizer, &mut Store<StoreState>) -> wasmtime::Result<R>) -> Result<R, PluginFault> {
+        if self.faulted {
+            return Err(PluginFault::AlreadyFaulted);
+        }
+        let Some(bindings) = self.bindings.take() else { return Err(PluginFault::AlreadyFaulted) };
+        self.arm();
+        let start = Instant::now();
+        let result = f(&bindings, &mut self.store);
+        self.used += start.elapsed();
+        self.bindings = Some(bindings);
+        result.map_err(|e| self.classify(e))
+    }
+
+    /// Calls `on-request`.
+    pub fn on_request(&mut self, request: &RequestHead, visitor: &Visitor) -> Result<RequestAction, PluginFault> {
+        self.call(|b, s| b.veneer_plugin_hooks().call_on_request(s, request, visitor))
+    }
+
+    /// Calls `on-response`.
+    pub fn on_response(&mut self, request: &RequestHead, response: &ResponseHead, visitor: &Visitor) -> Result<ResponsePlan, PluginFault> {
+        self.call(|b, s| b.veneer_plugin_hooks().call_on_response(s, request, response, visitor))
+    }
+
+    /// Calls `on-element`.
+    pub fn on_element(&mut self, subscription: u32, element: &ElementInfo) -> Result<Vec<HtmlOp>, PluginFault> {
+        self.call(|b, s| b.veneer_plugin_hooks().call_on_element(s, subscription, element))
+    }
+
+    /// Calls `on-text`.
+    pub fn on_text(&mut self, subscription: u32, text: &str) -> Result<Option<String>, PluginFault> {
+        self.call(|b, s| b.veneer_plugin_hooks().call_on_text(s, subscription, text))
+    }
+
+    /// Time spent inside the plugin so far in this request.
+    pub fn time_used(&self) -> Duration {
+        self.used
+    }
+}
+
+impl wit::types::Host for StoreState {}
+
+impl wit::content::Host for StoreState {
+    fn fragment(&mut self, key: String) -> Option<String> {
+        self.services.fragment(&key)
+    }
+}
+
+impl wit::analytics::Host for StoreState {
+    fn track(&mut self, name: String, properties: Vec<(String, String)>) {
+        self.services.track(&self.plugin, &name, properties);
+    }
+}
+
+impl wit::campaigns::Host for StoreState {
+    fn active(&mut self) -> Vec<Campaign> {
+        self.services.active_campaigns()
+    }
+
+    fn assign(&mut self, experiment: String) -> Option<Assignment> {
+        self.services.assign(&experiment)
+    }
+}
+
+impl wit::host::Host for StoreState {
+    fn config(&mut self, key: String) -> Option<String> {
+        self.params.get(&key).cloned()
+    }
+
+    fn log(&mut self, level: Level, message: String) {
+        let (tenant, request_id, plugin) = (self.services.tenant(), self.services.request_id(), &*self.plugin);
+        // A plugin's message is data; cap it so a chatty plugin cannot flood the log.
+        let message: String = message.chars().take(1024).collect();
+        match level {
+            Level::Debug => tracing::debug!(tenant, plugin, request_id, "{message}"),
+            Level::Info => tracing::info!(tenant, plugin, request_id, "{message}"),
+            Level::Warn => tracing::warn!(tenant, plugin, request_id, "{message}"),
+            Level::Error => tracing::error!(tenant, plugin, request_id, "{message}"),
+        }
+    }
+}
