@@ -1,0 +1,291 @@
+//! The host's configuration: one TOML file with a `[server]` table and one `[[tenant]]` table
+//! per site. Every error names the file, the field and what is wrong, and problems in
+//! referenced files (rules, fragments, plugins) are reported with that file's name.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration problem, with its place.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {field}: {message}")]
+pub struct ConfigError {
+    /// The file the problem is in.
+    pub file: PathBuf,
+    /// The field (`tenant[0] (shop).plugin[1].path`), or `(file)` for the file as a whole.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Process-wide settings.
+    #[serde(default)]
+    pub server: Server,
+    /// The sites served.
+    #[serde(rename = "tenant", default)]
+    pub tenants: Vec<Tenant>,
+    /// The directory relative paths are resolved against (the config file's directory).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The config file itself.
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Where visitors connect (HTTP/1.1 and h2c).
+    pub listen: SocketAddr,
+    /// Optional admin listener serving `/metrics` and `/healthz`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Secret for signing visitor cookies; `VENEER_COOKIE_SECRET` overrides it. At least 32
+    /// bytes. When neither is set, a random secret is made at start (cookies then do not
+    /// survive a restart, which is logged).
+    pub cookie_secret: Option<String>,
+    /// Compiled-plugin cache directory.
+    pub cache_dir: PathBuf,
+    /// Analytics events are appended here as JSON lines.
+    pub analytics_log: Option<PathBuf>,
+    /// Upper bound on plugin instances alive at once (the instance pool's size).
+    pub max_instances: u32,
+    /// How long to wait for an origin's response head.
+    pub origin_timeout_ms: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: None,
+            cookie_secret: None,
+            cache_dir: PathBuf::from(".veneer-cache"),
+            analytics_log: None,
+            max_instances: 1000,
+            origin_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `[[tenant]]`: one site.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    /// Name used in logs, metrics and analytics.
+    pub name: String,
+    /// `Host` values served (port ignored).
+    pub hosts: Vec<String>,
+    /// Origin base URL (`http://host:port`).
+    pub origin: String,
+    /// Segments, experiments, campaigns and saved groups (JSON, see `veneer rules check`).
+    pub rules: Option<PathBuf>,
+    /// Content fragments: a TOML file of `[key] locale = "html"` tables.
+    pub fragments: Option<PathBuf>,
+    /// Locale used when a fragment has no entry for the visitor's.
+    #[serde(default = "default_locale")]
+    pub default_locale: String,
+    /// Channel campaigns are evaluated for (`web`, `app`, `kiosk`, ...).
+    #[serde(default = "default_channel")]
+    pub channel: String,
+    /// Request header holding the visitor's country, set by a trusted edge (e.g. `cf-ipcountry`).
+    pub geo_header: Option<String>,
+    /// Cookie holding consent (`analytics,personalization,marketing`); absent means `default_consent`.
+    #[serde(default = "default_consent_cookie")]
+    pub consent_cookie: String,
+    /// Consent assumed when the visitor has not chosen.
+    #[serde(default = "default_consent")]
+    pub default_consent: Vec<String>,
+    /// Limits for this tenant's plugins.
+    #[serde(default)]
+    pub limits: TenantLimits,
+    /// The plugin chain, in order.
+    #[serde(rename = "plugin", default)]
+    pub plugins: Vec<PluginConfig>,
+}
+
+fn default_locale() -> String {
+    "en".into()
+}
+fn default_channel() -> String {
+    "web".into()
+}
+fn default_consent_cookie() -> String {
+    "veneer_consent".into()
+}
+fn default_consent() -> Vec<String> {
+    vec!["analytics".into(), "personalization".into(), "marketing".into()]
+}
+
+/// `[tenant.limits]`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantLimits {
+    /// Time budget per plugin per request, in milliseconds.
+    pub plugin_time_ms: u64,
+    /// Memory per plugin instance, in MiB.
+    pub plugin_memory_mb: u64,
+    /// Largest JSON body buffered for JSON operations, in bytes.
+    pub json_max_bytes: usize,
+}
+
+impl Default for TenantLimits {
+    fn default() -> Self {
+        TenantLimits { plugin_time_ms: 50, plugin_memory_mb: 32, json_max_bytes: 1 << 20 }
+    }
+}
+
+/// `[[tenant.plugin]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Name in logs and metrics.
+    pub name: String,
+    /// The `.wasm` component.
+    pub path: PathBuf,
+    /// Values the plugin reads with `config(key)`.
+    #[serde(default)]
+    pub params: HashMap<String, String>,
+}
+
+/// Largest memory limit a tenant may ask for; it sizes the instance pool's slots.
+pub const MAX_PLUGIN_MEMORY_MB: u64 = 1024;
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            field: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let base = file.parent().map(Path::to_owned).unwrap_or_default();
+        Self::parse(&text, file, &base)
+    }
+
+    /// Parses and validates config text; relative paths resolve against `base_dir`.
+    pub fn parse(text: &str, file: &Path, base_dir: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let (line, col) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+            ConfigError { file: file.to_owned(), field: format!("line {line} column {col}"), message: e.message().to_owned() }
+        })?;
+        config.base_dir = base_dir.to_owned();
+        config.file = file.to_owned();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError { file: self.file.clone(), field: field.into(), message: message.into() }
+    }
+
+    /// Resolves a path from the config against its directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() { path.to_owned() } else { self.base_dir.join(path) }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.tenants.is_empty() {
+            return Err(self.err("tenant", "no [[tenant]] defined: the host would serve nothing"));
+        }
+        if let Some(secret) = &self.server.cookie_secret {
+            if secret.len() < 32 {
+                return Err(self.err("server.cookie_secret", "must be at least 32 bytes"));
+            }
+        }
+        if self.server.max_instances == 0 {
+            return Err(self.err("server.max_instances", "must be at least 1"));
+        }
+        let mut hosts: BTreeMap<String, String> = BTreeMap::new();
+        let mut names = BTreeMap::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let at = format!("tenant[{i}] ({})", t.name);
+            if t.name.is_empty() {
+                return Err(self.err(format!("tenant[{i}].name"), "must not be empty"));
+            }
+            if let Some(prev) = names.insert(t.name.clone(), i) {
+                return Err(self.err(format!("{at}.name"), format!("duplicate tenant name, also tenant[{prev}]")));
+            }
+            if t.hosts.is_empty() {
+                return Err(self.err(format!("{at}.hosts"), "list at least one Host name"));
+            }
+            for h in &t.hosts {
+                let h = h.to_ascii_lowercase();
+                if let Some(other) = hosts.insert(h.clone(), t.name.clone()) {
+                    return Err(self.err(format!("{at}.hosts"), format!("host {h:?} is already served by tenant {other:?}")));
+                }
+            }
+            match t.origin.parse::<http::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {}
+                Ok(_) => return Err(self.err(format!("{at}.origin"), format!("{:?} must be an http:// URL with a host", t.origin))),
+                Err(e) => return Err(self.err(format!("{at}.origin"), format!("{:?} is not a URL: {e}", t.origin))),
+            }
+            let l = &t.limits;
+            if l.plugin_time_ms == 0 || l.plugin_time_ms > 10_000 {
+                return Err(self.err(format!("{at}.limits.plugin_time_ms"), "must be between 1 and 10000"));
+            }
+            if l.plugin_memory_mb == 0 || l.plugin_memory_mb > MAX_PLUGIN_MEMORY_MB {
+                return Err(self.err(format!("{at}.limits.plugin_memory_mb"), format!("must be between 1 and {MAX_PLUGIN_MEMORY_MB}")));
+            }
+            for c in &t.default_consent {
+                if !matches!(c.as_str(), "analytics" | "personalization" | "marketing") {
+                    return Err(self.err(format!("{at}.default_consent"), format!("unknown consent {c:?}: use analytics, personalization, marketing")));
+                }
+            }
+            for (j, p) in t.plugins.iter().enumerate() {
+                let path = self.resolve(&p.path);
+                if !path.is_file() {
+                    return Err(self.err(format!("{at}.plugin[{j}] ({}).path", p.name), format!("no such file: {}", path.display())));
+                }
+            }
+            for (field, path) in [("rules", &t.rules), ("fragments", &t.fragments)] {
+                if let Some(path) = path {
+                    let path = self.resolve(path);
+                    if !path.is_file() {
+                        return Err(self.err(format!("{at}.{field}"), format!("no such file: {}", path.display())));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("veneer.toml"), Path::new(".")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn errors_name_file_field_and_problem() {
+        let e = parse("[server]\nlisten = \"nope\"\n").expect_err("bad listen");
+        assert!(e.starts_with("veneer.toml: line 2 column 10: invalid socket address"), "{e}");
+        let e = parse("[[tenant]]\nname = \"a\"\nhosts = [\"a\"]\norigin = \"ftp://x\"\n").expect_err("bad origin");
+        assert_eq!(e, "veneer.toml: tenant[0] (a).origin: \"ftp://x\" must be an http:// URL with a host");
+        let e = parse("[[tenant]]\nname = \"a\"\nhosts = [\"a\"]\norigin = \"http://x\"\n[[tenant.plugin]]\nname = \"p\"\npath = \"missing.wasm\"\n")
+            .expect_err("missing plugin");
+        assert!(e.starts_with("veneer.toml: tenant[0] (a).plugin[0] (p).path: no such file"), "{e}");
+        let e = parse("[[tenant]]\nname = \"a\"\nhost = [\"a\"]\n").expect_err("typo");
+        assert!(e.contains("unknown field `host`"), "{e}");
+        let e = parse("[[tenant]]\nname = \"a\"\nhosts = [\"a\"]\norigin = \"http://x\"\n[[tenant]]\nname = \"b\"\nhosts = [\"A\"]\norigin = \"http://y\"\n")
+            .expect_err("dup host");
+        assert!(e.contains("host \"a\" is already served by tenant \"a\""), "{e}");
+    }
+}

@@ -1,0 +1,518 @@
+//! Body transformation: content codings, streaming HTML rewriting with lol-html, JSON patches.
+//!
+//! An HTML body flows `decode → rewrite → encode` one origin chunk at a time, so the first
+//! bytes reach the visitor before the origin has finished sending. Declarative rules from the
+//! plugins' plans become native lol-html handlers; only subscribed selectors call back into a
+//! plugin. A plugin whose callback faults mid-stream is cut off for the rest of the body (its
+//! later rules and callbacks are skipped) while the page keeps streaming: bytes already sent
+//! cannot be recalled, so the document stays well-formed and the fault is reported.
+
+use std::borrow::Cow;
+use std::io::Write;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use lol_html::html_content::ContentType;
+use lol_html::send::Element;
+use lol_html::send::{ElementContentHandlers, HtmlRewriter, Settings};
+use lol_html::{MemorySettings, OutputSink, Selector};
+
+use crate::plugin::{ElementInfo, HtmlOp, HtmlRule, Instance, JsonOp, PluginFault, ResponsePlan, Subscription};
+
+/// A content coding Veneer can decode and produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    /// No coding.
+    Identity,
+    /// gzip.
+    Gzip,
+    /// Brotli.
+    Brotli,
+}
+
+impl Coding {
+    /// The coding named by a Content-Encoding header; `None` for one Veneer cannot decode.
+    pub fn from_content_encoding(value: Option<&str>) -> Option<Coding> {
+        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("") | Some("identity") => Some(Coding::Identity),
+            Some("gzip") | Some("x-gzip") => Some(Coding::Gzip),
+            Some("br") => Some(Coding::Brotli),
+            Some(_) => None,
+        }
+    }
+
+    /// The Content-Encoding header value, if any.
+    pub fn header(self) -> Option<&'static str> {
+        match self {
+            Coding::Identity => None,
+            Coding::Gzip => Some("gzip"),
+            Coding::Brotli => Some("br"),
+        }
+    }
+
+    /// The best coding a client accepts (Accept-Encoding): br, then gzip, then identity.
+    pub fn negotiate(accept_encoding: Option<&str>) -> Coding {
+        let accepts = |name: &str| {
+            accept_encoding.is_some_and(|h| {
+                h.split(',').any(|part| {
+                    let mut it = part.split(';');
+                    let coding = it.next().unwrap_or("").trim();
+                    let q = it.find_map(|p| p.trim().strip_prefix("q=")).and_then(|q| q.trim().parse::<f32>().ok()).unwrap_or(1.0);
+                    (coding.eq_ignore_ascii_case(name) || coding == "*") && q > 0.0
+                })
+            })
+        };
+        if accepts("br") {
+            Coding::Brotli
+        } else if accepts("gzip") {
+            Coding::Gzip
+        } else {
+            Coding::Identity
+        }
+    }
+}
+
+/// Streaming decoder for one body.
+pub enum Decoder {
+    /// Pass-through.
+    Identity(Vec<u8>),
+    /// gzip.
+    Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),
+    /// Brotli.
+    Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
+}
+
+impl Decoder {
+    /// A decoder for `coding`.
+    pub fn new(coding: Coding) -> Self {
+        match coding {
+            Coding::Identity => Decoder::Identity(Vec::new()),
+            Coding::Gzip => Decoder::Gzip(Box::new(flate2::write::GzDecoder::new(Vec::new()))),
+            Coding::Brotli => Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 16 << 10))),
+        }
+    }
+
+    /// Decodes `input`, returning what is decoded so far.
+    pub fn push(&mut self, input: &[u8]) -> std::io::Result<Vec<u8>> {
+        match self {
+            Decoder::Identity(_) => Ok(input.to_vec()),
+            Decoder::Gzip(d) => {
+                d.write_all(input)?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+            Decoder::Brotli(d) => {
+                d.write_all(input)?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+        }
+    }
+
+    /// Finishes decoding; fails on a truncated stream.
+    pub fn finish(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Decoder::Identity(_) => Ok(Vec::new()),
+            Decoder::Gzip(d) => d.finish(),
+            Decoder::Brotli(mut d) => {
+                d.close()?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+        }
+    }
+}
+
+/// Streaming encoder for one body.
+pub enum Encoder {
+    /// Pass-through.
+    Identity(Vec<u8>),
+    /// gzip.
+    Gzip(Box<flate2::write::GzEncoder<Vec<u8>>>),
+    /// Brotli.
+    Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
+}
+
+impl Encoder {
+    /// An encoder producing `coding`. Levels favour speed: this runs on every response.
+    pub fn new(coding: Coding) -> Self {
+        match coding {
+            Coding::Identity => Encoder::Identity(Vec::new()),
+            Coding::Gzip => Encoder::Gzip(Box::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(5)))),
+            Coding::Brotli => Encoder::Brotli(Box::new(brotli::CompressorWriter::new(Vec::new(), 16 << 10, 4, 22))),
+        }
+    }
+
+    /// Encodes `data` and flushes, returning the bytes ready to send.
+    pub fn push(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
+        match self {
+            Encoder::Identity(_) => Ok(data.to_vec()),
+            Encoder::Gzip(e) => {
+                e.write_all(data)?;
+                e.flush()?;
+                Ok(std::mem::take(e.get_mut()))
+            }
+            Encoder::Brotli(e) => {
+                e.write_all(data)?;
+                e.flush()?;
+                Ok(std::mem::take(e.get_mut()))
+            }
+        }
+    }
+
+    /// Finishes the stream.
+    pub fn finish(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Encoder::Identity(_) => Ok(Vec::new()),
+            Encoder::Gzip(e) => e.finish(),
+            Encoder::Brotli(e) => Ok(e.into_inner()),
+        }
+    }
+}
+
+/// One plugin's live instance, shared by the handlers that call back into it.
+pub struct PluginHandle {
+    /// The plugin's name.
+    pub name: Arc<str>,
+    /// Its instance for this request.
+    pub instance: Mutex<Instance>,
+    /// Set once it faulted: its remaining rules and callbacks are skipped.
+    pub faulted: std::sync::atomic::AtomicBool,
+}
+
+/// Receives plugin faults that happen while the body streams.
+pub type FaultReporter = Arc<dyn Fn(&str, &PluginFault) + Send + Sync>;
+
+/// A plan checked against the host's rules: every selector parses, every attribute name is valid.
+pub fn validate_plan(plan: &ResponsePlan) -> Result<(), PluginFault> {
+    let selectors = plan.html.iter().map(|r| &r.selector).chain(plan.subscribe.iter().map(|s| &s.selector));
+    for s in selectors {
+        s.parse::<Selector>().map_err(|e| PluginFault::InvalidPlan(format!("selector {s:?}: {e}")))?;
+    }
+    for rule in &plan.html {
+        let name = match &rule.op {
+            HtmlOp::SetAttribute((n, _)) | HtmlOp::RemoveAttribute(n) => n,
+            _ => continue,
+        };
+        let valid = !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '>' | '/' | '=' | '<'));
+        if !valid {
+            return Err(PluginFault::InvalidPlan(format!("attribute name {name:?}")));
+        }
+    }
+    for (name, value) in &plan.headers.set {
+        if http::HeaderName::try_from(name.as_str()).is_err() || http::HeaderValue::try_from(value.as_str()).is_err() {
+            return Err(PluginFault::InvalidPlan(format!("header {name:?}")));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a plan asks for any body change.
+pub fn plan_touches_html(plan: &ResponsePlan) -> bool {
+    !plan.html.is_empty() || !plan.subscribe.is_empty()
+}
+
+fn set_class(el: &mut Element<'_, '_>, class: &str, add: bool) {
+    let current = el.get_attribute("class").unwrap_or_default();
+    let mut classes: Vec<&str> = current.split_ascii_whitespace().collect();
+    let present = classes.contains(&class);
+    if add && !present {
+        classes.push(class);
+    } else if !add && present {
+        classes.retain(|c| *c != class);
+    } else {
+        return;
+    }
+    // Names were validated; `class` is always a valid attribute name.
+    let _ = el.set_attribute("class", &classes.join(" "));
+}
+
+/// Applies one operation to an element.
+pub fn apply_op(el: &mut Element<'_, '_>, op: &HtmlOp) {
+    match op {
+        HtmlOp::SetInnerHtml(s) => el.set_inner_content(s, ContentType::Html),
+        HtmlOp::SetInnerText(s) => el.set_inner_content(s, ContentType::Text),
+        HtmlOp::PrependHtml(s) => el.prepend(s, ContentType::Html),
+        HtmlOp::AppendHtml(s) => el.append(s, ContentType::Html),
+        HtmlOp::BeforeHtml(s) => el.before(s, ContentType::Html),
+        HtmlOp::AfterHtml(s) => el.after(s, ContentType::Html),
+        HtmlOp::ReplaceHtml(s) => el.replace(s, ContentType::Html),
+        HtmlOp::Remove => el.remove(),
+        HtmlOp::Unwrap => el.remove_and_keep_content(),
+        HtmlOp::SetAttribute((n, v)) => {
+            // An invalid name from a callback is skipped; plan rules were validated up front.
+            let _ = el.set_attribute(n, v);
+        }
+        HtmlOp::RemoveAttribute(n) => el.remove_attribute(n),
+        HtmlOp::AddClass(c) => set_class(el, c, true),
+        HtmlOp::RemoveClass(c) => set_class(el, c, false),
+    }
+}
+
+#[derive(Clone)]
+struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+impl OutputSink for SharedBuf {
+    fn handle_chunk(&mut self, chunk: &[u8]) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(chunk);
+    }
+}
+
+/// Errors that end a rewritten body early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The origin's compressed body is corrupt or truncated.
+    #[error("decoding the origin body: {0}")]
+    Decode(std::io::Error),
+    /// Compressing for the client failed.
+    #[error("encoding the response body: {0}")]
+    Encode(std::io::Error),
+    /// lol-html gave up (it bails out gracefully on memory limits, so this is rare).
+    #[error("rewriting: {0}")]
+    Rewrite(String),
+}
+
+/// The HTML pipeline for one response body.
+pub struct HtmlBody {
+    decoder: Decoder,
+    rewriter: HtmlRewriter<'static, SharedBuf>,
+    out: Arc<Mutex<Vec<u8>>>,
+    encoder: Encoder,
+}
+
+/// What rewriting one response needs: each plugin's handle and (validated) plan.
+pub struct HtmlJob {
+    /// Plugins with their plans, in chain order.
+    pub plugins: Vec<(Arc<PluginHandle>, ResponsePlan)>,
+    /// Where faults during streaming go.
+    pub report: FaultReporter,
+}
+
+fn is_live(h: &PluginHandle) -> bool {
+    !h.faulted.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn fault(h: &PluginHandle, report: &FaultReporter, f: &PluginFault) {
+    if !h.faulted.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        report(&h.name, f);
+    }
+}
+
+impl HtmlBody {
+    /// Builds the pipeline. Plans must have passed [`validate_plan`].
+    pub fn new(job: HtmlJob, from: Coding, to: Coding) -> Self {
+        let mut settings = Settings::new_send()
+            .with_memory_settings(MemorySettings::new().with_graceful_bail_out_on_memory_limit_exceeded(true).with_max_allowed_memory_usage(16 << 20));
+        for (handle, plan) in job.plugins {
+            // Consecutive rules on one selector share one handler: one selector match, one closure.
+            let mut groups: Vec<(String, Vec<HtmlOp>)> = Vec::new();
+            for HtmlRule { selector, op } in plan.html {
+                match groups.last_mut() {
+                    Some((s, ops)) if *s == selector => ops.push(op),
+                    _ => groups.push((selector, vec![op])),
+                }
+            }
+            for (selector, ops) in groups {
+                let Ok(parsed) = selector.parse::<Selector>() else { continue };
+                let h = handle.clone();
+                let handlers = ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
+                    if is_live(&h) {
+                        for op in &ops {
+                            apply_op(el, op);
+                        }
+                    }
+                    Ok(())
+                });
+                settings = settings.append_element_content_handler((Cow::Owned(parsed), handlers));
+            }
+            for (index, Subscription { selector, text }) in plan.subscribe.into_iter().enumerate() {
+                let Ok(parsed) = selector.parse::<Selector>() else { continue };
+                let id = u32::try_from(index).unwrap_or(u32::MAX);
+                let (h, report) = (handle.clone(), job.report.clone());
+                let mut handlers = ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
+                    if !is_live(&h) {
+                        return Ok(());
+                    }
+                    let info = ElementInfo {
+                        tag: el.tag_name(),
+                        attributes: el.attributes().iter().map(|a| (a.name(), a.value())).collect(),
+                    };
+                    let result = h.instance.lock().unwrap_or_else(PoisonError::into_inner).on_element(id, &info);
+                    match result {
+                        Ok(ops) => ops.iter().for_each(|op| apply_op(el, op)),
+                        Err(f) => fault(&h, &report, &f),
+                    }
+                    Ok(())
+                });
+                if text {
+                    let (h, report) = (handle.clone(), job.report.clone());
+                    // lol-html hands text over in arbitrary chunks; plugins get whole text nodes,
+                    // so chunks are held back until the node's last one.
+                    let mut pending = String::new();
+                    handlers = handlers.text(move |chunk: &mut lol_html::html_content::TextChunk<'_>| {
+                        pending.push_str(chunk.as_str());
+                        if !chunk.last_in_text_node() {
+                            chunk.remove();
+                            return Ok(());
+                        }
+                        let whole = std::mem::take(&mut pending);
+                        let replacement = if is_live(&h) && !whole.trim().is_empty() {
+                            match h.instance.lock().unwrap_or_else(PoisonError::into_inner).on_text(id, &whole) {
+                                Ok(r) => r,
+                                Err(f) => {
+                                    fault(&h, &report, &f);
+                                    None
+                                }
+                            }
+                        } else {
+                            None
+                        };
+                        // The original is raw source text, so it goes back as HTML, byte for byte.
+                        chunk.replace(replacement.as_deref().unwrap_or(&whole), ContentType::Html);
+                        Ok(())
+                    });
+                }
+                settings = settings.append_element_content_handler((Cow::Owned(parsed), handlers));
+            }
+        }
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let rewriter = HtmlRewriter::new(settings, SharedBuf(out.clone()));
+        HtmlBody { decoder: Decoder::new(from), rewriter, out, encoder: Encoder::new(to) }
+    }
+
+    fn drain(&mut self) -> Vec<u8> {
+        std::mem::take(&mut *self.out.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Feeds one chunk of the origin's body; returns bytes ready for the client.
+    pub fn push(&mut self, input: &[u8]) -> Result<Bytes, BodyError> {
+        let decoded = self.decoder.push(input).map_err(BodyError::Decode)?;
+        if decoded.is_empty() {
+            return Ok(Bytes::new());
+        }
+        self.rewriter.write(&decoded).map_err(|e| BodyError::Rewrite(e.to_string()))?;
+        let html = self.drain();
+        if html.is_empty() {
+            return Ok(Bytes::new());
+        }
+        self.encoder.push(&html).map(Bytes::from).map_err(BodyError::Encode)
+    }
+
+    /// Ends the body; returns the last bytes for the client.
+    pub fn finish(self) -> Result<Bytes, BodyError> {
+        let HtmlBody { decoder, mut rewriter, out, mut encoder } = self;
+        let rest = decoder.finish().map_err(BodyError::Decode)?;
+        if !rest.is_empty() {
+            rewriter.write(&rest).map_err(|e| BodyError::Rewrite(e.to_string()))?;
+        }
+        rewriter.end().map_err(|e| BodyError::Rewrite(e.to_string()))?;
+        let html = std::mem::take(&mut *out.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut bytes = encoder.push(&html).map_err(BodyError::Encode)?;
+        bytes.extend(encoder.finish().map_err(BodyError::Encode)?);
+        Ok(Bytes::from(bytes))
+    }
+}
+
+/// Applies JSON operations to a JSON document.
+pub fn apply_json(body: &[u8], ops: &[JsonOp]) -> Result<Vec<u8>, String> {
+    let mut doc: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("origin body is not JSON: {e}"))?;
+    for op in ops {
+        match op {
+            JsonOp::Set((pointer, value)) => {
+                let value: serde_json::Value = serde_json::from_str(value).map_err(|e| format!("set {pointer}: value is not JSON: {e}"))?;
+                if pointer.is_empty() {
+                    doc = value;
+                    continue;
+                }
+                let (parent, last) = split_pointer(pointer)?;
+                match doc.pointer_mut(parent) {
+                    Some(serde_json::Value::Object(map)) => {
+                        map.insert(last, value);
+                    }
+                    Some(serde_json::Value::Array(items)) => {
+                        let i: usize = last.parse().map_err(|_| format!("set {pointer}: not an array index"))?;
+                        match i.cmp(&items.len()) {
+                            std::cmp::Ordering::Less => items[i] = value,
+                            std::cmp::Ordering::Equal => items.push(value),
+                            std::cmp::Ordering::Greater => return Err(format!("set {pointer}: index out of range")),
+                        }
+                    }
+                    _ => return Err(format!("set {pointer}: parent does not exist")),
+                }
+            }
+            JsonOp::Remove(pointer) => {
+                let (parent, last) = split_pointer(pointer)?;
+                match doc.pointer_mut(parent) {
+                    Some(serde_json::Value::Object(map)) => {
+                        map.shift_remove(&last);
+                    }
+                    Some(serde_json::Value::Array(items)) => {
+                        if let Ok(i) = last.parse::<usize>() {
+                            if i < items.len() {
+                                items.remove(i);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            JsonOp::Append((pointer, value)) => {
+                let value: serde_json::Value = serde_json::from_str(value).map_err(|e| format!("append {pointer}: value is not JSON: {e}"))?;
+                match doc.pointer_mut(pointer) {
+                    Some(serde_json::Value::Array(items)) => items.push(value),
+                    _ => return Err(format!("append {pointer}: not an array")),
+                }
+            }
+        }
+    }
+    serde_json::to_vec(&doc).map_err(|e| e.to_string())
+}
+
+fn split_pointer(pointer: &str) -> Result<(&str, String), String> {
+    let i = pointer.rfind('/').ok_or_else(|| format!("{pointer:?} is not a JSON pointer"))?;
+    let last = pointer[i + 1..].replace("~1", "/").replace("~0", "~");
+    Ok((&pointer[..i], last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiates_codings() {
+        assert_eq!(Coding::negotiate(Some("gzip, deflate, br")), Coding::Brotli);
+        assert_eq!(Coding::negotiate(Some("gzip;q=0.5, br;q=0")), Coding::Gzip);
+        assert_eq!(Coding::negotiate(None), Coding::Identity);
+        assert_eq!(Coding::from_content_encoding(Some("zstd")), None);
+    }
+
+    #[test]
+    fn codings_round_trip_in_chunks() {
+        let text = "<p>hello</p>".repeat(500);
+        for coding in [Coding::Gzip, Coding::Brotli] {
+            let mut enc = Encoder::new(coding);
+            let mut wire = Vec::new();
+            for chunk in text.as_bytes().chunks(777) {
+                wire.extend(enc.push(chunk).expect("encode"));
+            }
+            wire.extend(enc.finish().expect("finish"));
+            let mut dec = Decoder::new(coding);
+            let mut plain = Vec::new();
+            for chunk in wire.chunks(100) {
+                plain.extend(dec.push(chunk).expect("decode"));
+            }
+            plain.extend(dec.finish().expect("finish"));
+            assert_eq!(plain, text.as_bytes(), "{coding:?}");
+        }
+    }
+
+    #[test]
+    fn json_operations() {
+        let body = br#"{"hero":{"title":"Hi"},"items":[1,2],"debug":true}"#;
+        let ops = vec![
+            JsonOp::Set(("/hero/title".into(), "\"Welcome back\"".into())),
+            JsonOp::Append(("/items".into(), "3".into())),
+            JsonOp::Remove("/debug".into()),
+        ];
+        let out = apply_json(body, &ops).expect("applies");
+        assert_eq!(String::from_utf8_lossy(&out), r#"{"hero":{"title":"Welcome back"},"items":[1,2,3]}"#);
+        assert!(apply_json(body, &[JsonOp::Set(("/nope/x".into(), "1".into()))]).is_err());
+    }
+}
