@@ -1,6 +1,22 @@
-//! The Veneer host library (the `veneer` binary is a thin CLI over it).
-#![allow(missing_docs)]
+//! The Veneer host: an edge personalization proxy running WebAssembly component plugins.
+//!
+//! Where things are:
+//! - [`proxy`]: the request flow, top to bottom, in one function.
+//! - [`plugin`]: the wasmtime runtime (the only module that touches wasmtime).
+//! - [`rewrite`]: content codings, streaming HTML rewriting (the only module that touches
+//!   lol-html) and JSON patches.
+//! - [`visitor`]: the signed visitor cookie and request facts (device, locale, UTM, consent).
+//! - [`app`]: tenants and shared state built from the [`config`].
+//! - [`server`]: listeners; [`analytics`] and [`metrics`]: what the host reports.
+//! - [`demo`]: the demo shop origin used by `veneer demo`.
+
+pub mod analytics;
+pub mod app;
 pub mod config;
+pub mod demo;
+pub mod metrics;
 pub mod plugin;
+pub mod proxy;
 pub mod rewrite;
+pub mod server;
 pub mod visitor;

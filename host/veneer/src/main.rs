@@ -1,1 +1,177 @@
-fn main(){}
+//! `veneer`: the edge personalization host.
+//!
+//! - `veneer serve --config FILE` runs the proxy.
+//! - `veneer demo` runs the demo shop on embedded defaults.
+//! - `veneer rules eval` / `veneer rules check FILE` test segment and experiment rules.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use veneer::app::App;
+use veneer::config::Config;
+use veneer::{demo, server};
+
+#[derive(Parser)]
+#[command(name = "veneer", version, about = "Edge personalization with WebAssembly plugins")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the demo shop (origin and proxy) on embedded defaults.
+    Demo {
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Test segment and experiment rules.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Read JSON requests from stdin, one per line; write one JSON answer per line.
+    Eval,
+    /// Check a rules file (segments, experiments, campaigns, saved groups); report every error.
+    Check {
+        /// The rules JSON file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VENEER_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => run_async(serve(config)),
+        Command::Demo { listen } => run_async(run_demo(listen)),
+        Command::Rules { command: RulesCommand::Eval } => rules_eval(),
+        Command::Rules { command: RulesCommand::Check { file } } => return rules_check(&file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("veneer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_async(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?.block_on(f)
+}
+
+async fn serve(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    start(config).await
+}
+
+async fn start(config: Config) -> anyhow::Result<()> {
+    let app = Arc::new(App::build(&config)?);
+    let listener = server::bind(config.server.listen).await?;
+    tracing::info!(listen = %config.server.listen, tenants = config.tenants.len(), "veneer is serving");
+    let proxy = server::serve(app.clone(), listener);
+    if let Some(admin) = config.server.admin_listen {
+        server::serve_admin(app.clone(), server::bind(admin).await?);
+        tracing::info!(%admin, "admin endpoint (/metrics, /healthz)");
+    }
+    tokio::select! {
+        _ = proxy => anyhow::bail!("the listener stopped"),
+        r = tokio::signal::ctrl_c() => { r.context("waiting for ctrl-c")?; tracing::info!("shutting down"); Ok(()) }
+    }
+}
+
+/// The demo's files, resolved from the source tree the binary was built from.
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop")
+}
+
+async fn run_demo(listen: SocketAddr) -> anyhow::Result<()> {
+    let dir = examples_dir();
+    let origin = server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let origin_addr = origin.local_addr()?;
+    demo::serve_dir(dir.join("site"), origin);
+    let text = include_str!("../../../examples/shop/veneer.toml");
+    let mut config = Config::parse(text, &dir.join("veneer.toml"), &dir).map_err(|e| {
+        anyhow::anyhow!("{e}\n(the demo's plugins are built by examples/demo.sh; run that instead of `veneer demo` directly)")
+    })?;
+    config.server.listen = listen;
+    for t in &mut config.tenants {
+        t.origin = format!("http://{origin_addr}");
+    }
+    let base = format!("http://{listen}");
+    println!("Veneer demo shop: origin on http://{origin_addr}, Veneer on {base}\n");
+    println!("Open in a browser:   {base}/            {base}/products");
+    println!("\nTwo segments, two pages (compare the hero):");
+    println!("  curl -s {base}/ | grep -A2 'id=\"hero\"'                                     # a new visitor");
+    println!("  curl -s -H 'Cookie: $(curl -si {base}/ | grep -o \"veneer_vid=[^;]*\")' {base}/   # same visitor (still new)");
+    println!("  curl -s -A 'Mozilla/5.0 (iPhone) Mobile' {base}/ | grep -A2 'id=\"hero\"'      # a phone");
+    println!("  curl -s '{base}/?utm_source=newsletter' | grep -A2 'id=\"hero\"'              # a newsletter reader (\"returning\" segment)");
+    println!("  curl -s '{base}/?headline=1' | grep '<h1'                                    # force headline variation 1 (QA link)");
+    println!("  curl -s {base}/products | grep -E 'on-sale|<s>'                              # campaign prices and links");
+    println!("\nAnalytics events: {}", dir.join("analytics.jsonl").display());
+    start(config).await
+}
+
+fn rules_eval() -> anyhow::Result<()> {
+    let stdin = std::io::stdin();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in stdin.lock().lines() {
+        let line = line.context("reading stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let answer = veneer_rules::cli::eval_line(&line);
+        writeln!(out, "{answer}").context("writing stdout")?;
+        out.flush().context("writing stdout")?;
+    }
+    Ok(())
+}
+
+fn rules_check(file: &Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match veneer_rules::RuleSet::from_json_str(&text) {
+        Ok(rules) => {
+            println!(
+                "{}: ok ({} segments, {} experiments, {} campaigns)",
+                file.display(),
+                rules.segment_names().len(),
+                rules.experiments().len(),
+                rules.campaigns().len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{}: {e}", file.display());
+            }
+            eprintln!("{}: {} error(s)", file.display(), errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -10,7 +10,8 @@ impl Plugin for Headline {
     fn on_response(request: &Request, response: &Response, _visitor: &Visitor) -> ResponsePlan {
         let mut plan = Plan::new();
         let experiment = config("experiment").unwrap_or_else(|| "headline".to_owned());
-        if response.status != 200 {
+        let on_path = config("path").is_none_or(|p| request.path.split('?').next() == Some(p.as_str()));
+        if response.status != 200 || !on_path {
             return plan.build();
         }
         let Some(a) = campaigns::assign(&experiment) else {

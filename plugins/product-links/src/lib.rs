@@ -1,8 +1,8 @@
 //! Element callbacks: decisions that need the element itself.
 //!
-//! - Product links marked `data-sale="true"` get the live campaign's id appended to their
-//!   `href` (for attribution) and an `on-sale` class; other links are left alone.
-//! - Prices (`.price`, delivered as whole text nodes) show the campaign's discount:
+//! - Links inside products marked `data-sale="true"` get the live campaign's id appended to
+//!   their `href` (for attribution) and an `on-sale` class; other links are left alone.
+//! - Their prices (`.price`, delivered as whole text nodes) show the campaign's discount:
 //!   `NOK 1299` becomes `<s>NOK 1299</s> NOK 1039` during a 20 % campaign.
 //!
 //! The subscriptions are narrow on purpose: each callback costs a few microseconds.
@@ -32,8 +32,8 @@ impl Plugin for ProductLinks {
             return plan.build();
         };
         CAMPAIGN.with(|c| *c.borrow_mut() = Some(campaign));
-        let links = plan.subscribe(r#"a[href][data-sale="true"]"#);
-        let prices = plan.subscribe_text(".price");
+        let links = plan.subscribe(r#"[data-sale="true"] a[href]"#);
+        let prices = plan.subscribe_text(r#"[data-sale="true"] .price"#);
         debug_assert_eq!((links, prices), (LINKS, PRICES));
         plan.build()
     }

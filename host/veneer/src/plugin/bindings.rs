@@ -1,3 +1,5 @@
+#![expect(missing_docs, reason = "generated bindings; the WIT file documents every item")]
+
 //! The one place `bindgen!` runs. Generated code stays in this private module; the rest of
 //! the crate sees only the types re-exported from [`super`].
 

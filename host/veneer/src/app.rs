@@ -1,0 +1,191 @@
+//! Everything the proxy needs, built once from the config: tenants (origin, rules, fragments,
+//! loaded plugins), the plugin runtime, the cookie signer, analytics, metrics and the origin
+//! client.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use veneer_rules::RuleSet;
+
+use crate::analytics::Analytics;
+use crate::config::{self, Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::plugin::{Limits, Plugin, Runtime, RuntimeOptions};
+use crate::visitor::CookieSigner;
+
+/// Body type for requests to the origin.
+pub type OriginBody = UnsyncBoxBody<bytes::Bytes, hyper::Error>;
+
+/// One site.
+pub struct Tenant {
+    /// Its config.
+    pub config: config::Tenant,
+    /// Origin scheme and authority.
+    pub origin: http::uri::Authority,
+    /// Segments, experiments, campaigns.
+    pub rules: RuleSet,
+    /// Content fragments.
+    pub fragments: Fragments,
+    /// The plugin chain.
+    pub plugins: Vec<Plugin>,
+}
+
+/// Content fragments: key → locale → HTML.
+#[derive(Default)]
+pub struct Fragments {
+    by_key: HashMap<String, HashMap<String, String>>,
+    default_locale: String,
+}
+
+impl Fragments {
+    /// Parses a fragments TOML file: `[hero-new]` tables of `locale = "html"`.
+    pub fn parse(text: &str, default_locale: &str) -> Result<Self, String> {
+        let by_key: HashMap<String, HashMap<String, String>> = toml::from_str(text).map_err(|e| e.to_string())?;
+        let by_key = by_key
+            .into_iter()
+            .map(|(k, locales)| (k, locales.into_iter().map(|(l, v)| (l.to_ascii_lowercase(), v)).collect()))
+            .collect();
+        Ok(Fragments { by_key, default_locale: default_locale.to_ascii_lowercase() })
+    }
+
+    /// The fragment for `locale` (`nb-NO`), then its language (`nb`), then the default.
+    pub fn get(&self, key: &str, locale: Option<&str>) -> Option<String> {
+        let locales = self.by_key.get(key)?;
+        if let Some(locale) = locale.map(str::to_ascii_lowercase) {
+            if let Some(v) = locales.get(&locale) {
+                return Some(v.clone());
+            }
+            let language = locale.split('-').next().unwrap_or(&locale);
+            if let Some(v) = locales.get(language) {
+                return Some(v.clone());
+            }
+        }
+        locales.get(&self.default_locale).cloned()
+    }
+}
+
+/// The running host's shared state.
+pub struct App {
+    /// Tenants by lower-case host name.
+    pub tenants: HashMap<String, Arc<Tenant>>,
+    /// Signs visitor cookies.
+    pub signer: CookieSigner,
+    /// Event queue.
+    pub analytics: Analytics,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Pooled origin client.
+    pub client: Client<HttpConnector, OriginBody>,
+    /// How long to wait for an origin's response head.
+    pub origin_timeout: Duration,
+    /// Keeps the engine and its ticker alive.
+    pub runtime: Arc<Runtime>,
+}
+
+impl App {
+    /// Builds the host from a validated config. Must run inside a tokio runtime (analytics).
+    pub fn build(config: &Config) -> anyhow::Result<App> {
+        let metrics = Arc::new(Metrics::default());
+        let max_memory = config.tenants.iter().map(|t| t.limits.plugin_memory_mb).max().unwrap_or(32);
+        let runtime = Arc::new(Runtime::new(&RuntimeOptions {
+            cache_dir: config.resolve(&config.server.cache_dir),
+            max_memory_bytes: usize::try_from(max_memory << 20).unwrap_or(usize::MAX),
+            max_instances: config.server.max_instances,
+        })?);
+        let mut tenants = HashMap::new();
+        for (i, t) in config.tenants.iter().enumerate() {
+            let tenant = Arc::new(load_tenant(config, i, t, &runtime)?);
+            for host in &t.hosts {
+                tenants.insert(host.to_ascii_lowercase(), tenant.clone());
+            }
+        }
+        let secret = match std::env::var("VENEER_COOKIE_SECRET").ok().or_else(|| config.server.cookie_secret.clone()) {
+            Some(s) => s.into_bytes(),
+            None => {
+                tracing::warn!("no cookie_secret configured: using a random one, so visitor cookies will not survive a restart");
+                let mut key = uuid::Uuid::new_v4().as_bytes().to_vec();
+                key.extend(uuid::Uuid::new_v4().as_bytes());
+                key
+            }
+        };
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
+        Ok(App {
+            tenants,
+            signer: CookieSigner::new(&secret),
+            analytics: Analytics::start(config.server.analytics_log.as_ref().map(|p| config.resolve(p)), metrics.clone()),
+            metrics,
+            client,
+            origin_timeout: Duration::from_millis(config.server.origin_timeout_ms),
+            runtime,
+        })
+    }
+
+    /// The tenant serving `host` (port ignored).
+    pub fn tenant(&self, host: &str) -> Option<&Arc<Tenant>> {
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        };
+        self.tenants.get(&name.to_ascii_lowercase())
+    }
+}
+
+fn err(config: &Config, field: String, message: String) -> anyhow::Error {
+    ConfigError { file: config.file.clone(), field, message }.into()
+}
+
+fn load_tenant(config: &Config, i: usize, t: &config::Tenant, runtime: &Runtime) -> anyhow::Result<Tenant> {
+    let at = format!("tenant[{i}] ({})", t.name);
+    let origin: http::Uri = t.origin.parse().map_err(|e| err(config, format!("{at}.origin"), format!("{e}")))?;
+    let origin = origin.authority().cloned().ok_or_else(|| err(config, format!("{at}.origin"), "no host".into()))?;
+    let rules = match &t.rules {
+        None => RuleSet::default(),
+        Some(path) => {
+            let path = config.resolve(path);
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            RuleSet::from_json_str(&text).map_err(|errors| {
+                let list: Vec<String> = errors.iter().map(|e| format!("  {}: {e}", path.display())).collect();
+                err(config, format!("{at}.rules"), format!("{} error(s) in {}:\n{}", errors.len(), path.display(), list.join("\n")))
+            })?
+        }
+    };
+    let fragments = match &t.fragments {
+        None => Fragments { default_locale: t.default_locale.clone(), ..Fragments::default() },
+        Some(path) => {
+            let path = config.resolve(path);
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            Fragments::parse(&text, &t.default_locale).map_err(|e| err(config, format!("{at}.fragments"), format!("{}: {e}", path.display())))?
+        }
+    };
+    let limits = Limits {
+        time_budget: Duration::from_millis(t.limits.plugin_time_ms),
+        memory_bytes: usize::try_from(t.limits.plugin_memory_mb << 20).unwrap_or(usize::MAX),
+    };
+    let plugins = t
+        .plugins
+        .iter()
+        .enumerate()
+        .map(|(j, p)| {
+            runtime
+                .load(&p.name, &config.resolve(&p.path), p.params.clone(), limits)
+                .map_err(|e| err(config, format!("{at}.plugin[{j}] ({}).path", p.name), format!("{e:#}")))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Tenant { config: t.clone(), origin, rules, fragments, plugins })
+}
+
+/// Loads the config file and builds the app.
+pub fn from_file(path: &Path) -> anyhow::Result<App> {
+    let config = Config::load(path)?;
+    App::build(&config)
+}
