@@ -132,11 +132,15 @@ async fn respond(pages: &HashMap<String, Page>, req: Request<Incoming>) -> Respo
         *r.status_mut() = StatusCode::NOT_FOUND;
         return r;
     };
+    let length = (page.chunks.len() == 1).then(|| page.chunks[0].len());
     let body = ChunkStream { chunks: page.chunks.clone().into(), delay: page.delay, sleep: None, first: true };
     let mut r = Response::new(body.boxed());
     *r.status_mut() = StatusCode::from_u16(page.status).unwrap_or(StatusCode::OK);
     for (k, v) in &page.headers {
         r.headers_mut().append(http::HeaderName::try_from(k.as_str()).expect("name"), http::HeaderValue::try_from(v.as_str()).expect("value"));
+    }
+    if let Some(n) = length.filter(|_| page.status != 304) {
+        r.headers_mut().insert(header::CONTENT_LENGTH, http::HeaderValue::from(n));
     }
     r
 }

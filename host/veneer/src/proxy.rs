@@ -282,14 +282,14 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let mut chain: Vec<Live> = Vec::with_capacity(tenant.plugins.len());
     let mut request_edits: Vec<HeaderEdits> = Vec::new();
     for plugin in &tenant.plugins {
-        let mut instance = match plugin.instantiate(services.clone()) {
+        let mut instance = match plugin.instantiate(services.clone()).await {
             Ok(i) => i,
             Err(f) => {
                 report_fault(&app, &name, plugin.name(), &request_id, &f);
                 continue;
             }
         };
-        match instance.on_request(&request_head, &visitor_wit) {
+        match instance.on_request(&request_head, &visitor_wit).await {
             Ok(RequestAction::Continue(edits)) => {
                 request_edits.push(edits);
                 chain.push(Live { name: Arc::from(plugin.name()), instance });
@@ -373,7 +373,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let response_head = ResponseHead { status: parts.status.as_u16(), headers: export_headers(&parts.headers) };
     let mut plans: Vec<(Live, ResponsePlan)> = Vec::new();
     for mut live in chain {
-        match live.instance.on_response(&request_head, &response_head, &visitor_wit).and_then(|p| rewrite::validate_plan(&p).map(|()| p)) {
+        match live.instance.on_response(&request_head, &response_head, &visitor_wit).await.and_then(|p| rewrite::validate_plan(&p).map(|()| p)) {
             Ok(plan) => plans.push((live, plan)),
             Err(f) => report_fault(&app, &name, &live.name, &request_id, &f),
         }

@@ -7,7 +7,7 @@
 //! - `oom`: allocates without bound (stopped by the memory limit).
 //! - `bad-selector`: returns a plan with an invalid CSS selector.
 //! - `trap-element`: subscribes to `a` and panics in the element callback, mid-stream.
-//! - `big-text`: replaces `h1` normally; a control that this plugin works when not faulting.
+//! - anything else: replaces the `h1` text, a control showing the plugin works when not faulting.
 
 use veneer_sdk::prelude::*;
 
@@ -47,7 +47,6 @@ impl Plugin for Chaos {
                 plan.select("div[[[").remove();
             }
             "trap-element" => {
-                plan.select("h1").set_inner_text("should never be seen");
                 plan.subscribe("a");
             }
             _ => {

@@ -6,4 +6,7 @@
 wasmtime::component::bindgen!({
     path: "../../wit",
     world: "personalizer",
+    // Calls into plugins are driven as futures (see `Instance`): wasmtime-wasi's synchronous
+    // host code would try to block on tokio from inside a tokio worker.
+    exports: { default: async },
 });

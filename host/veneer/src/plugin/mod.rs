@@ -11,6 +11,13 @@
 //!   [`Instance`]'s hook methods call into it under a per-request time budget and the
 //!   tenant's memory limit, and turn every failure into a [`PluginFault`].
 //!
+//! The engine runs in async mode although plugin calls are short and never wait: the WASI
+//! implementation a Rust guest needs (its panic message goes to stderr, for one) is only safe
+//! to call from inside tokio in its async form. `on-request`/`on-response` are awaited;
+//! `on-element`/`on-text` run inside lol-html's synchronous handlers and are polled once with
+//! a no-op waker. Host functions never pend, so a call completes in that one poll; one that
+//! does not is treated as a fault.
+//!
 //! Host services a plugin imports (content, analytics, campaigns, config, log) are reached
 //! through [`HostServices`], which the proxy implements; this module knows nothing of tenants.
 
@@ -146,7 +153,7 @@ impl Runtime {
         let engine = wt(Engine::new(&config)).context("creating the wasmtime engine")?;
 
         let mut linker: Linker<StoreState> = Linker::new(&engine);
-        wt(wasmtime_wasi::p2::add_to_linker_sync(&mut linker)).context("linking WASI")?;
+        wt(wasmtime_wasi::p2::add_to_linker_async(&mut linker)).context("linking WASI")?;
         wt(Personalizer::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)).context("linking Veneer host interfaces")?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -246,7 +253,7 @@ impl Plugin {
     }
 
     /// A fresh instance for one request.
-    pub fn instantiate(&self, services: Arc<dyn HostServices>) -> Result<Instance, PluginFault> {
+    pub async fn instantiate(&self, services: Arc<dyn HostServices>) -> Result<Instance, PluginFault> {
         let state = StoreState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -268,7 +275,7 @@ impl Plugin {
         };
         instance.arm();
         let start = Instant::now();
-        let result = self.pre.instantiate(&mut instance.store);
+        let result = self.pre.instantiate_async(&mut instance.store).await;
         instance.used += start.elapsed();
         match result {
             Ok(b) => {
@@ -344,42 +351,71 @@ impl Instance {
         PluginFault::Trap(format!("{e:#}").lines().next().unwrap_or("trap").to_owned())
     }
 
-    fn call<R>(&mut self, f: impl FnOnce(&Personalizer, &mut Store<StoreState>) -> wasmtime::Result<R>) -> Result<R, PluginFault> {
-        if self.faulted {
+    fn begin(&mut self) -> Result<Instant, PluginFault> {
+        if self.faulted || self.bindings.is_none() {
             return Err(PluginFault::AlreadyFaulted);
         }
-        let Some(bindings) = self.bindings.take() else { return Err(PluginFault::AlreadyFaulted) };
         self.arm();
-        let start = Instant::now();
-        let result = f(&bindings, &mut self.store);
+        Ok(Instant::now())
+    }
+
+    fn end<R>(&mut self, start: Instant, result: Option<wasmtime::Result<R>>) -> Result<R, PluginFault> {
         self.used += start.elapsed();
-        self.bindings = Some(bindings);
-        result.map_err(|e| self.classify(e))
+        match result {
+            Some(Ok(r)) => Ok(r),
+            Some(Err(e)) => Err(self.classify(e)),
+            None => {
+                self.faulted = true;
+                Err(PluginFault::Trap("the call waited on I/O inside a streaming callback".into()))
+            }
+        }
     }
 
     /// Calls `on-request`.
-    pub fn on_request(&mut self, request: &RequestHead, visitor: &Visitor) -> Result<RequestAction, PluginFault> {
-        self.call(|b, s| b.veneer_plugin_hooks().call_on_request(s, request, visitor))
+    pub async fn on_request(&mut self, request: &RequestHead, visitor: &Visitor) -> Result<RequestAction, PluginFault> {
+        let start = self.begin()?;
+        let Some(b) = &self.bindings else { return Err(PluginFault::AlreadyFaulted) };
+        let r = b.veneer_plugin_hooks().call_on_request(&mut self.store, request, visitor).await;
+        self.end(start, Some(r))
     }
 
     /// Calls `on-response`.
-    pub fn on_response(&mut self, request: &RequestHead, response: &ResponseHead, visitor: &Visitor) -> Result<ResponsePlan, PluginFault> {
-        self.call(|b, s| b.veneer_plugin_hooks().call_on_response(s, request, response, visitor))
+    pub async fn on_response(&mut self, request: &RequestHead, response: &ResponseHead, visitor: &Visitor) -> Result<ResponsePlan, PluginFault> {
+        let start = self.begin()?;
+        let Some(b) = &self.bindings else { return Err(PluginFault::AlreadyFaulted) };
+        let r = b.veneer_plugin_hooks().call_on_response(&mut self.store, request, response, visitor).await;
+        self.end(start, Some(r))
     }
 
-    /// Calls `on-element`.
+    /// Calls `on-element` (synchronously, from a streaming handler).
     pub fn on_element(&mut self, subscription: u32, element: &ElementInfo) -> Result<Vec<HtmlOp>, PluginFault> {
-        self.call(|b, s| b.veneer_plugin_hooks().call_on_element(s, subscription, element))
+        let start = self.begin()?;
+        let Some(b) = &self.bindings else { return Err(PluginFault::AlreadyFaulted) };
+        let r = poll_now(b.veneer_plugin_hooks().call_on_element(&mut self.store, subscription, element));
+        self.end(start, r)
     }
 
-    /// Calls `on-text`.
+    /// Calls `on-text` (synchronously, from a streaming handler).
     pub fn on_text(&mut self, subscription: u32, text: &str) -> Result<Option<String>, PluginFault> {
-        self.call(|b, s| b.veneer_plugin_hooks().call_on_text(s, subscription, text))
+        let start = self.begin()?;
+        let Some(b) = &self.bindings else { return Err(PluginFault::AlreadyFaulted) };
+        let r = poll_now(b.veneer_plugin_hooks().call_on_text(&mut self.store, subscription, text));
+        self.end(start, r)
     }
 
     /// Time spent inside the plugin so far in this request.
     pub fn time_used(&self) -> Duration {
         self.used
+    }
+}
+
+/// Polls a future once; `None` if it is not ready. Plugin calls whose host functions never
+/// wait finish in one poll.
+fn poll_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
     }
 }
 
