@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("..");
+    let root =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("..");
     let root = root.canonicalize().expect("project root exists");
     for watched in ["plugins", "guest-sdk/src", "guest-sdk/Cargo.toml", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
@@ -15,7 +17,13 @@ fn main() {
     let target_dir = root.join("target").join("plugins");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(root.join("plugins/Cargo.toml"))
         .env("CARGO_TARGET_DIR", &target_dir)
         // Flags meant for the host build must not leak into the wasm build.
@@ -29,5 +37,8 @@ fn main() {
         status.success(),
         "building the plugins for wasm32-wasip2 failed; if the target is missing, run `rustup target add wasm32-wasip2` (tests/run.sh does)"
     );
-    println!("cargo:rustc-env=VENEER_PLUGIN_DIR={}", target_dir.join("wasm32-wasip2/release").display());
+    println!(
+        "cargo:rustc-env=VENEER_PLUGIN_DIR={}",
+        target_dir.join("wasm32-wasip2/release").display()
+    );
 }

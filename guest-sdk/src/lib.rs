@@ -38,8 +38,9 @@ pub mod __bindings {
 use __bindings::veneer::plugin::types as wit;
 
 pub use wit::{
-    Consent, DeviceClass, ElementInfo, HeaderEdits, HtmlOp, JsonOp, Level, RequestAction, RequestHead as Request,
-    ResponseHead as Response, ResponsePlan, Subscription, SyntheticResponse, Visitor,
+    Consent, DeviceClass, ElementInfo, HeaderEdits, HtmlOp, JsonOp, Level, RequestAction,
+    RequestHead as Request, ResponseHead as Response, ResponsePlan, Subscription,
+    SyntheticResponse, Visitor,
 };
 
 /// Live campaigns and experiment assignments for this visitor.
@@ -48,7 +49,11 @@ pub mod campaigns {
 
     /// Looks up a campaign parameter by name.
     pub fn param<'a>(campaign: &'a Campaign, name: &str) -> Option<&'a str> {
-        campaign.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        campaign
+            .params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -61,7 +66,10 @@ pub mod content {
 pub mod analytics {
     /// Records an event with string properties; never blocks.
     pub fn track(name: &str, properties: &[(&str, &str)]) {
-        let props: Vec<(String, String)> = properties.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let props: Vec<(String, String)> = properties
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         crate::__bindings::veneer::plugin::analytics::track(name, &props);
     }
 }
@@ -79,8 +87,9 @@ pub fn log(level: Level, message: &str) {
 /// Everything a plugin usually needs.
 pub mod prelude {
     pub use crate::{
-        DeviceClass, ElementInfo, HtmlOp, Plan, Plugin, Request, RequestAction, Response, ResponsePlan, Visitor,
-        VisitorExt, analytics, campaigns, config, content, export_plugin, log, Level,
+        DeviceClass, ElementInfo, HtmlOp, Level, Plan, Plugin, Request, RequestAction, Response,
+        ResponsePlan, Visitor, VisitorExt, analytics, campaigns, config, content, export_plugin,
+        log,
     };
 }
 
@@ -89,7 +98,10 @@ pub mod prelude {
 pub trait Plugin {
     /// Before the origin is contacted. Default: continue unchanged.
     fn on_request(_request: &Request, _visitor: &Visitor) -> RequestAction {
-        RequestAction::Continue(wit::HeaderEdits { set: Vec::new(), remove: Vec::new() })
+        RequestAction::Continue(wit::HeaderEdits {
+            set: Vec::new(),
+            remove: Vec::new(),
+        })
     }
 
     /// With the origin's response head. Default: change nothing.
@@ -122,7 +134,10 @@ impl VisitorExt for Visitor {
     }
 
     fn utm(&self, name: &str) -> Option<&str> {
-        self.utm.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.utm
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -135,7 +150,10 @@ pub struct Plan {
 impl Default for ResponsePlan {
     fn default() -> Self {
         ResponsePlan {
-            headers: wit::HeaderEdits { set: Vec::new(), remove: Vec::new() },
+            headers: wit::HeaderEdits {
+                set: Vec::new(),
+                remove: Vec::new(),
+            },
             html: Vec::new(),
             json: Vec::new(),
             subscribe: Vec::new(),
@@ -157,7 +175,10 @@ impl Plan {
 
     /// Selects elements by CSS selector; chain operations on the result.
     pub fn select(&mut self, selector: &str) -> Selection<'_> {
-        Selection { plan: &mut self.plan, selector: selector.to_owned() }
+        Selection {
+            plan: &mut self.plan,
+            selector: selector.to_owned(),
+        }
     }
 
     /// Subscribes to elements matching `selector`; returns the id `on_element` will receive.
@@ -171,13 +192,19 @@ impl Plan {
     }
 
     fn push_subscription(&mut self, selector: &str, text: bool) -> u32 {
-        self.plan.subscribe.push(Subscription { selector: selector.to_owned(), text });
+        self.plan.subscribe.push(Subscription {
+            selector: selector.to_owned(),
+            text,
+        });
         u32::try_from(self.plan.subscribe.len() - 1).unwrap_or(u32::MAX)
     }
 
     /// Sets a response header.
     pub fn set_header(&mut self, name: &str, value: &str) -> &mut Self {
-        self.plan.headers.set.push((name.to_owned(), value.to_owned()));
+        self.plan
+            .headers
+            .set
+            .push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -189,7 +216,9 @@ impl Plan {
 
     /// Sets the JSON value at `pointer` (RFC 6901) to `json` (a JSON text).
     pub fn json_set(&mut self, pointer: &str, json: &str) -> &mut Self {
-        self.plan.json.push(JsonOp::Set((pointer.to_owned(), json.to_owned())));
+        self.plan
+            .json
+            .push(JsonOp::Set((pointer.to_owned(), json.to_owned())));
         self
     }
 
@@ -201,7 +230,9 @@ impl Plan {
 
     /// Appends `json` to the array at `pointer`.
     pub fn json_append(&mut self, pointer: &str, json: &str) -> &mut Self {
-        self.plan.json.push(JsonOp::Append((pointer.to_owned(), json.to_owned())));
+        self.plan
+            .json
+            .push(JsonOp::Append((pointer.to_owned(), json.to_owned())));
         self
     }
 
@@ -249,7 +280,10 @@ ops! {
 
 impl Selection<'_> {
     fn push(&mut self, op: HtmlOp) -> &mut Self {
-        self.plan.html.push(wit::HtmlRule { selector: self.selector.clone(), op });
+        self.plan.html.push(wit::HtmlRule {
+            selector: self.selector.clone(),
+            op,
+        });
         self
     }
 
@@ -271,7 +305,11 @@ impl Selection<'_> {
 
 /// The value of attribute `name` on an element snapshot.
 pub fn attribute<'a>(element: &'a ElementInfo, name: &str) -> Option<&'a str> {
-    element.attributes.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    element
+        .attributes
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Exports a [`Plugin`] implementation as the component's hooks.

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::future::Future as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -49,7 +49,12 @@ pub struct Page {
 impl Page {
     /// A 200 response with one body.
     pub fn new(content_type: &str, body: impl Into<Bytes>) -> Self {
-        Page { status: 200, headers: vec![("content-type".into(), content_type.into())], chunks: vec![body.into()], delay: Duration::ZERO }
+        Page {
+            status: 200,
+            headers: vec![("content-type".into(), content_type.into())],
+            chunks: vec![body.into()],
+            delay: Duration::ZERO,
+        }
     }
 
     /// An HTML page.
@@ -105,7 +110,9 @@ impl Origin {
                         let pages = pages.clone();
                         async move { Ok::<_, Infallible>(respond(&pages, req).await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
@@ -121,10 +128,17 @@ async fn respond(pages: &HashMap<String, Page>, req: Request<Incoming>) -> Respo
         tokio::time::sleep(Duration::from_secs(30)).await;
     }
     if path == "/echo-headers" {
-        let mut lines: Vec<String> = req.headers().iter().map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?"))).collect();
+        let mut lines: Vec<String> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
+            .collect();
         lines.sort();
         let mut r = Response::new(Full::new(Bytes::from(lines.join("\n"))).boxed());
-        r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
         return r;
     }
     let Some(page) = pages.get(&path) else {
@@ -133,14 +147,23 @@ async fn respond(pages: &HashMap<String, Page>, req: Request<Incoming>) -> Respo
         return r;
     };
     let length = (page.chunks.len() == 1).then(|| page.chunks[0].len());
-    let body = ChunkStream { chunks: page.chunks.clone().into(), delay: page.delay, sleep: None, first: true };
+    let body = ChunkStream {
+        chunks: page.chunks.clone().into(),
+        delay: page.delay,
+        sleep: None,
+        first: true,
+    };
     let mut r = Response::new(body.boxed());
     *r.status_mut() = StatusCode::from_u16(page.status).unwrap_or(StatusCode::OK);
     for (k, v) in &page.headers {
-        r.headers_mut().append(http::HeaderName::try_from(k.as_str()).expect("name"), http::HeaderValue::try_from(v.as_str()).expect("value"));
+        r.headers_mut().append(
+            http::HeaderName::try_from(k.as_str()).expect("name"),
+            http::HeaderValue::try_from(v.as_str()).expect("value"),
+        );
     }
     if let Some(n) = length.filter(|_| page.status != 304) {
-        r.headers_mut().insert(header::CONTENT_LENGTH, http::HeaderValue::from(n));
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, http::HeaderValue::from(n));
     }
     r
 }
@@ -158,11 +181,16 @@ impl http_body::Body for ChunkStream {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         if !this.first && !this.delay.is_zero() {
             let delay = this.delay;
-            let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+            let sleep = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
@@ -197,7 +225,8 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     /// A fresh directory under the system temp dir.
     pub fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("veneer-test-{}-{}", std::process::id(), unique()));
+        let dir =
+            std::env::temp_dir().join(format!("veneer-test-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
     }
@@ -246,15 +275,28 @@ impl Host {
             cache.display(),
             analytics.display()
         );
-        let text = format!("{header}{}", spec.config.replace("{origin}", &format!("http://{origin}")).replace("{plugins}", env!("VENEER_PLUGIN_DIR")));
+        let text = format!(
+            "{header}{}",
+            spec.config
+                .replace("{origin}", &format!("http://{origin}"))
+                .replace("{plugins}", env!("VENEER_PLUGIN_DIR"))
+        );
         let file = dir.0.join("veneer.toml");
         std::fs::write(&file, &text).expect("write config");
-        let config = Config::load(&file).unwrap_or_else(|e| panic!("test config is invalid: {e}\n{text}"));
-        let app = Arc::new(App::build(&config).unwrap_or_else(|e| panic!("host failed to start: {e:#}")));
+        let config =
+            Config::load(&file).unwrap_or_else(|e| panic!("test config is invalid: {e}\n{text}"));
+        let app =
+            Arc::new(App::build(&config).unwrap_or_else(|e| panic!("host failed to start: {e:#}")));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind host");
         let addr = listener.local_addr().expect("host address");
         let task = veneer::server::serve(app.clone(), listener);
-        Host { addr, app, analytics, task, _dir: dir }
+        Host {
+            addr,
+            app,
+            analytics,
+            task,
+            _dir: dir,
+        }
     }
 
     /// `http://addr` + `path`.
@@ -266,14 +308,19 @@ impl Host {
     pub async fn events(&self, at_least: usize) -> Vec<serde_json::Value> {
         for _ in 0..40 {
             let lines = std::fs::read_to_string(&self.analytics).unwrap_or_default();
-            let events: Vec<_> = lines.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            let events: Vec<_> = lines
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
             if events.len() >= at_least {
                 return events;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let lines = std::fs::read_to_string(&self.analytics).unwrap_or_default();
-        lines.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        lines
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 }
-

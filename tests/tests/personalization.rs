@@ -60,31 +60,60 @@ fragments = "fragments.toml"
 }
 
 fn plugin(name: &str, params: &str) -> String {
-    format!("[[tenant.plugin]]\nname = \"{name}\"\npath = \"{{plugins}}/{}.wasm\"\nparams = {{ {params} }}\n", name.replace('-', "_"))
+    format!(
+        "[[tenant.plugin]]\nname = \"{name}\"\npath = \"{{plugins}}/{}.wasm\"\nparams = {{ {params} }}\n",
+        name.replace('-', "_")
+    )
 }
 
 async fn shop(plugins: &str) -> (Origin, Host) {
     let mut pages = HashMap::new();
     pages.insert("/".to_owned(), Page::html(HOME));
-    pages.insert("/api/home.json".to_owned(), Page::new("application/json", r#"{"hero":{"title":"Hi"},"n":1}"#));
+    pages.insert(
+        "/api/home.json".to_owned(),
+        Page::new("application/json", r#"{"hero":{"title":"Hi"},"n":1}"#),
+    );
     let origin = Origin::start(pages).await;
     let cfg = config(plugins);
-    let host = Host::start(HostSpec { config: &cfg, files: &[("rules.json", RULES), ("fragments.toml", FRAGMENTS)] }, origin.addr).await;
+    let host = Host::start(
+        HostSpec {
+            config: &cfg,
+            files: &[("rules.json", RULES), ("fragments.toml", FRAGMENTS)],
+        },
+        origin.addr,
+    )
+    .await;
     (origin, host)
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client")
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
 }
 
 /// A cookie for a visitor who has been here `visits` times (signed with the test secret, as
 /// the host would have issued it).
 fn returning_cookie(visits: u32) -> String {
-    let state = VisitorState { id: "visitor-42".into(), first: 1, last: 2, visits, sticky: Default::default() };
-    format!("{COOKIE}={}", CookieSigner::new(SECRET.as_bytes()).encode(&state))
+    let state = VisitorState {
+        id: "visitor-42".into(),
+        first: 1,
+        last: 2,
+        visits,
+        sticky: Default::default(),
+    };
+    format!(
+        "{COOKIE}={}",
+        CookieSigner::new(SECRET.as_bytes()).encode(&state)
+    )
 }
 
-async fn get(host: &Host, path: &str, headers: &[(&str, &str)]) -> (reqwest::StatusCode, reqwest::header::HeaderMap, String) {
+async fn get(
+    host: &Host,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (reqwest::StatusCode, reqwest::header::HeaderMap, String) {
     let mut req = client().get(host.url(path));
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -100,22 +129,55 @@ async fn hero_differs_for_new_returning_and_mobile_visitors() {
 
     let (status, headers, new) = get(&host, "/", &[]).await;
     assert_eq!(status, 200);
-    assert!(new.contains(r#"<section id="hero" data-segment="new"><h2>Hello, new friend</h2></section>"#), "{new}");
-    assert!(headers.get("set-cookie").and_then(|v| v.to_str().ok()).is_some_and(|c| c.starts_with("veneer_vid=")), "new visitors get a cookie");
+    assert!(
+        new.contains(
+            r#"<section id="hero" data-segment="new"><h2>Hello, new friend</h2></section>"#
+        ),
+        "{new}"
+    );
+    assert!(
+        headers
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("veneer_vid=")),
+        "new visitors get a cookie"
+    );
     assert!(headers.get("content-length").is_none());
 
     let (_, _, norwegian) = get(&host, "/", &[("accept-language", "nb-NO,nb;q=0.9")]).await;
-    assert!(norwegian.contains("<h2>Hei, ny venn</h2>"), "locale falls back from nb-NO to nb: {norwegian}");
+    assert!(
+        norwegian.contains("<h2>Hei, ny venn</h2>"),
+        "locale falls back from nb-NO to nb: {norwegian}"
+    );
 
     let cookie = returning_cookie(3);
     let (_, _, returning) = get(&host, "/", &[("cookie", &cookie)]).await;
-    assert!(returning.contains(r#"data-segment="returning"><h2>Welcome back</h2>"#), "{returning}");
+    assert!(
+        returning.contains(r#"data-segment="returning"><h2>Welcome back</h2>"#),
+        "{returning}"
+    );
 
-    let (_, _, phone) = get(&host, "/", &[("cookie", &cookie), ("user-agent", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) Mobile/15E148")]).await;
+    let (_, _, phone) = get(
+        &host,
+        "/",
+        &[
+            ("cookie", &cookie),
+            (
+                "user-agent",
+                "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) Mobile/15E148",
+            ),
+        ],
+    )
+    .await;
     assert!(phone.contains(r#"<section id="hero" data-segment="returning" class="hero--compact"><h2>Back on your phone</h2>"#), "{phone}");
 
     // Everything outside the hero is the origin's.
-    let strip = |s: &str| s.split("<section").next().map(str::to_owned).unwrap_or_default();
+    let strip = |s: &str| {
+        s.split("<section")
+            .next()
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
     assert_eq!(strip(&new), strip(HOME));
 }
 
@@ -123,18 +185,41 @@ async fn hero_differs_for_new_returning_and_mobile_visitors() {
 async fn visit_count_grows_through_the_cookie_the_host_issues() {
     let (_origin, host) = shop(&plugin("hero", "")).await;
     let (_, headers, _) = get(&host, "/", &[]).await;
-    let set = headers.get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    let value = set.split(';').next().unwrap_or_default().trim_start_matches("veneer_vid=").to_owned();
-    let mut state = CookieSigner::new(SECRET.as_bytes()).decode(&value).expect("host issues a valid signed cookie");
+    let set = headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let value = set
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("veneer_vid=")
+        .to_owned();
+    let mut state = CookieSigner::new(SECRET.as_bytes())
+        .decode(&value)
+        .expect("host issues a valid signed cookie");
     assert_eq!(state.visits, 1);
     // Thirty-one minutes later (the host counts a visit after a 30-minute gap).
     state.last -= 31 * 60;
-    let cookie = format!("{COOKIE}={}", CookieSigner::new(SECRET.as_bytes()).encode(&state));
+    let cookie = format!(
+        "{COOKIE}={}",
+        CookieSigner::new(SECRET.as_bytes()).encode(&state)
+    );
     let (_, headers, page) = get(&host, "/", &[("cookie", &cookie)]).await;
     assert!(page.contains("Welcome back"), "{page}");
-    let set = headers.get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let value = set.split(';').next().unwrap_or_default().trim_start_matches("veneer_vid=");
-    let next = CookieSigner::new(SECRET.as_bytes()).decode(value).expect("valid");
+    let set = headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let value = set
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("veneer_vid=");
+    let next = CookieSigner::new(SECRET.as_bytes())
+        .decode(value)
+        .expect("valid");
     assert_eq!((next.id, next.visits), (state.id, 2));
 }
 
@@ -145,10 +230,22 @@ async fn tampered_cookie_is_ignored_and_reissued() {
     let (payload, _) = cookie.split_once('.').expect("signed");
     let forged = format!("{payload}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
     let (_, headers, page) = get(&host, "/", &[("cookie", &forged)]).await;
-    assert!(page.contains("Hello, new friend"), "a forged cookie must not make a returning visitor: {page}");
-    let set = headers.get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let value = set.split(';').next().unwrap_or_default().trim_start_matches("veneer_vid=");
-    let issued = CookieSigner::new(SECRET.as_bytes()).decode(value).expect("a fresh valid cookie");
+    assert!(
+        page.contains("Hello, new friend"),
+        "a forged cookie must not make a returning visitor: {page}"
+    );
+    let set = headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let value = set
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("veneer_vid=");
+    let issued = CookieSigner::new(SECRET.as_bytes())
+        .decode(value)
+        .expect("a fresh valid cookie");
     assert_ne!(issued.id, "visitor-42");
     assert_eq!(issued.visits, 1);
 }
@@ -157,29 +254,69 @@ async fn tampered_cookie_is_ignored_and_reissued() {
 async fn campaign_banner_shows_only_live_campaigns_and_respects_consent() {
     let (_origin, host) = shop(&plugin("campaign-banner", "")).await;
     let (_, _, page) = get(&host, "/", &[]).await;
-    assert!(page.contains(r#"<body><div class="veneer-banner" data-campaign="sale""#), "{page}");
+    assert!(
+        page.contains(r#"<body><div class="veneer-banner" data-campaign="sale""#),
+        "{page}"
+    );
     assert!(page.contains("Big sale"));
-    assert!(!page.contains("Long gone") && !page.contains("Not yet"), "expired and future campaigns stay off: {page}");
+    assert!(
+        !page.contains("Long gone") && !page.contains("Not yet"),
+        "expired and future campaigns stay off: {page}"
+    );
 
-    let (_, _, no_marketing) = get(&host, "/", &[("cookie", "veneer_consent=analytics,personalization")]).await;
-    assert!(!no_marketing.contains("veneer-banner"), "no marketing consent, no banner");
+    let (_, _, no_marketing) = get(
+        &host,
+        "/",
+        &[("cookie", "veneer_consent=analytics,personalization")],
+    )
+    .await;
+    assert!(
+        !no_marketing.contains("veneer-banner"),
+        "no marketing consent, no banner"
+    );
     let (_, _, gpc) = get(&host, "/", &[("sec-gpc", "1")]).await;
-    assert!(!gpc.contains("veneer-banner"), "Global Privacy Control withdraws marketing");
+    assert!(
+        !gpc.contains("veneer-banner"),
+        "Global Privacy Control withdraws marketing"
+    );
 
     let events = host.events(1).await;
-    assert!(events.iter().any(|e| e["event"] == "campaign_impression" && e["properties"]["campaign"] == "sale"), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "campaign_impression" && e["properties"]["campaign"] == "sale"),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]
 async fn headline_experiment_is_sticky_and_tracks_exposure() {
     let (_origin, host) = shop(&plugin("headline-ab", "selector = \"h1\"")).await;
     let (_, headers, page) = get(&host, "/", &[]).await;
-    assert!(page.contains("<h1>Variant headline</h1>"), "weights [0, 1] put everyone in the variant: {page}");
-    assert_eq!(headers.get("x-veneer-experiment").and_then(|v| v.to_str().ok()), Some("headline=variant"));
-    let cookie = headers.get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default().split(';').next().unwrap_or_default().to_owned();
+    assert!(
+        page.contains("<h1>Variant headline</h1>"),
+        "weights [0, 1] put everyone in the variant: {page}"
+    );
+    assert_eq!(
+        headers
+            .get("x-veneer-experiment")
+            .and_then(|v| v.to_str().ok()),
+        Some("headline=variant")
+    );
+    let cookie = headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
 
     let events = host.events(1).await;
-    let exposure = events.iter().find(|e| e["event"] == "experiment_viewed").expect("exposure tracked");
+    let exposure = events
+        .iter()
+        .find(|e| e["event"] == "experiment_viewed")
+        .expect("exposure tracked");
     assert_eq!(exposure["properties"]["variation"], "variant");
     assert_eq!(exposure["tenant"], "shop");
 
@@ -191,12 +328,25 @@ async fn headline_experiment_is_sticky_and_tracks_exposure() {
     // not; and bumping the bucket version re-buckets everyone.
     let rules_flipped = RULES.replace("[0.0, 1.0]", "[1.0, 0.0]");
     let rules_bumped = rules_flipped.replace("\"bucketVersion\": 1", "\"bucketVersion\": 2");
-    for (rules, sticky_expected) in [(rules_flipped, "Variant headline"), (rules_bumped, "Control headline")] {
+    for (rules, sticky_expected) in [
+        (rules_flipped, "Variant headline"),
+        (rules_bumped, "Control headline"),
+    ] {
         let origin = Origin::start(HashMap::from([("/".to_owned(), Page::html(HOME))])).await;
         let cfg = config(&plugin("headline-ab", ""));
-        let host2 = Host::start(HostSpec { config: &cfg, files: &[("rules.json", &rules), ("fragments.toml", FRAGMENTS)] }, origin.addr).await;
+        let host2 = Host::start(
+            HostSpec {
+                config: &cfg,
+                files: &[("rules.json", &rules), ("fragments.toml", FRAGMENTS)],
+            },
+            origin.addr,
+        )
+        .await;
         let (_, _, same) = get(&host2, "/", &[("cookie", &cookie)]).await;
-        assert!(same.contains(&format!("<h1>{sticky_expected}</h1>")), "{same}");
+        assert!(
+            same.contains(&format!("<h1>{sticky_expected}</h1>")),
+            "{same}"
+        );
         let (_, _, fresh) = get(&host2, "/", &[]).await;
         assert!(fresh.contains("<h1>Control headline</h1>"), "{fresh}");
     }
@@ -207,8 +357,15 @@ async fn element_callbacks_rewrite_only_matching_links_and_whole_prices() {
     let (_origin, host) = shop(&plugin("product-links", "")).await;
     let (_, _, page) = get(&host, "/", &[]).await;
     assert!(page.contains(r#"<a href="/p/jacket?campaign=sale" class="on-sale">Jacket</a><p class="price"><s>NOK 2500</s> NOK 2000</p>"#), "{page}");
-    assert!(page.contains(r#"<a href="/p/pack?c=red&amp;campaign=sale" class="on-sale">"#) || page.contains(r#"<a href="/p/pack?c=red&campaign=sale" class="on-sale">"#), "{page}");
-    assert!(page.contains(r#"<a href="/p/boots">Boots</a><p class="price">NOK 1900</p>"#), "not on sale, untouched: {page}");
+    assert!(
+        page.contains(r#"<a href="/p/pack?c=red&amp;campaign=sale" class="on-sale">"#)
+            || page.contains(r#"<a href="/p/pack?c=red&campaign=sale" class="on-sale">"#),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"<a href="/p/boots">Boots</a><p class="price">NOK 1900</p>"#),
+        "not on sale, untouched: {page}"
+    );
 }
 
 #[tokio::test]
@@ -222,26 +379,55 @@ async fn json_responses_get_the_same_decision() {
     assert_eq!(doc["hero"]["html"], "<h2>Welcome back</h2>");
     assert_eq!(doc["hero"]["title"], "Hi");
     assert_eq!(doc["n"], 1);
-    assert_eq!(headers.get("content-length").and_then(|v| v.to_str().ok()), Some(body.len().to_string().as_str()));
+    assert_eq!(
+        headers.get("content-length").and_then(|v| v.to_str().ok()),
+        Some(body.len().to_string().as_str())
+    );
 }
 
 #[tokio::test]
 async fn whole_chain_with_gzip_and_brotli_clients() {
-    let plugins = [plugin("campaign-banner", ""), plugin("hero", ""), plugin("headline-ab", ""), plugin("product-links", "")].concat();
+    let plugins = [
+        plugin("campaign-banner", ""),
+        plugin("hero", ""),
+        plugin("headline-ab", ""),
+        plugin("product-links", ""),
+    ]
+    .concat();
     let (_origin, host) = shop(&plugins).await;
     let identity = get(&host, "/", &[("cookie", &returning_cookie(2))]).await.2;
     for (accept, expected) in [("gzip", "gzip"), ("br, gzip", "br")] {
-        let resp = client().get(host.url("/")).header("cookie", returning_cookie(2)).header("accept-encoding", accept).send().await.expect("request");
-        assert_eq!(resp.headers().get("content-encoding").and_then(|v| v.to_str().ok()), Some(expected));
+        let resp = client()
+            .get(host.url("/"))
+            .header("cookie", returning_cookie(2))
+            .header("accept-encoding", accept)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            resp.headers()
+                .get("content-encoding")
+                .and_then(|v| v.to_str().ok()),
+            Some(expected)
+        );
         let wire = resp.bytes().await.expect("body");
         let mut plain = String::new();
         match expected {
-            "gzip" => flate2::read::GzDecoder::new(&wire[..]).read_to_string(&mut plain).expect("valid gzip"),
-            _ => brotli::Decompressor::new(&wire[..], 4096).read_to_string(&mut plain).expect("valid brotli"),
+            "gzip" => flate2::read::GzDecoder::new(&wire[..])
+                .read_to_string(&mut plain)
+                .expect("valid gzip"),
+            _ => brotli::Decompressor::new(&wire[..], 4096)
+                .read_to_string(&mut plain)
+                .expect("valid brotli"),
         };
         assert_eq!(plain, identity, "{accept}");
     }
-    for needle in ["Big sale", "Welcome back", "<h1>Variant headline</h1>", "<s>NOK 2500</s>"] {
+    for needle in [
+        "Big sale",
+        "Welcome back",
+        "<h1>Variant headline</h1>",
+        "<s>NOK 2500</s>",
+    ] {
         assert!(identity.contains(needle), "{needle} missing: {identity}");
     }
 }

@@ -11,10 +11,16 @@ const PAGE: &str = "<!doctype html><html><head><title>T</title></head><body><h1>
 <p>Some <a href=\"/a\">links</a> and <a href=\"/b\">more</a>.</p></body></html>";
 
 fn tenant(plugins: &[(&str, &str)], limits: &str) -> String {
-    let mut cfg = String::from("[[tenant]]\nname = \"site\"\nhosts = [\"127.0.0.1\"]\norigin = \"{origin}\"\n");
+    let mut cfg = String::from(
+        "[[tenant]]\nname = \"site\"\nhosts = [\"127.0.0.1\"]\norigin = \"{origin}\"\n",
+    );
     cfg.push_str(limits);
     for (name, params) in plugins {
-        let file = if name.starts_with("chaos") { "chaos" } else { name };
+        let file = if name.starts_with("chaos") {
+            "chaos"
+        } else {
+            name
+        };
         cfg.push_str(&format!("[[tenant.plugin]]\nname = \"{name}\"\npath = \"{{plugins}}/{}.wasm\"\nparams = {{ {params} }}\n", file.replace('-', "_")));
     }
     cfg
@@ -27,24 +33,60 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 fn pages() -> HashMap<String, Page> {
-    let binary: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let binary: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     HashMap::from([
         ("/".to_owned(), Page::html(PAGE)),
-        ("/bin".to_owned(), Page::new("application/octet-stream", binary)),
-        ("/css".to_owned(), Page::new("text/css", "h1 { color: red }")),
-        ("/json".to_owned(), Page::new("application/json", r#"{"a": 1,  "b": [1, 2]}"#)),
-        ("/gzip".to_owned(), Page::new("text/html", gzip(PAGE.as_bytes())).header("content-encoding", "gzip")),
-        ("/chunked".to_owned(), Page::html(PAGE).chunked(7, Duration::from_millis(2))),
-        ("/not-modified".to_owned(), Page::html("").status(304).header("etag", "\"v1\"")),
-        ("/range".to_owned(), Page::html("<h1>partial").status(206).header("content-range", "bytes 0-11/100")),
-        ("/zstd".to_owned(), Page::new("text/html", &b"\x28\xb5\x2f\xfdopaque"[..]).header("content-encoding", "zstd")),
+        (
+            "/bin".to_owned(),
+            Page::new("application/octet-stream", binary),
+        ),
+        (
+            "/css".to_owned(),
+            Page::new("text/css", "h1 { color: red }"),
+        ),
+        (
+            "/json".to_owned(),
+            Page::new("application/json", r#"{"a": 1,  "b": [1, 2]}"#),
+        ),
+        (
+            "/gzip".to_owned(),
+            Page::new("text/html", gzip(PAGE.as_bytes())).header("content-encoding", "gzip"),
+        ),
+        (
+            "/chunked".to_owned(),
+            Page::html(PAGE).chunked(7, Duration::from_millis(2)),
+        ),
+        (
+            "/not-modified".to_owned(),
+            Page::html("").status(304).header("etag", "\"v1\""),
+        ),
+        (
+            "/range".to_owned(),
+            Page::html("<h1>partial")
+                .status(206)
+                .header("content-range", "bytes 0-11/100"),
+        ),
+        (
+            "/zstd".to_owned(),
+            Page::new("text/html", &b"\x28\xb5\x2f\xfdopaque"[..])
+                .header("content-encoding", "zstd"),
+        ),
     ])
 }
 
 async fn start(plugins: &[(&str, &str)], limits: &str) -> (Origin, Host) {
     let origin = Origin::start(pages()).await;
     let cfg = tenant(plugins, limits);
-    let host = Host::start(HostSpec { config: &cfg, files: &[] }, origin.addr).await;
+    let host = Host::start(
+        HostSpec {
+            config: &cfg,
+            files: &[],
+        },
+        origin.addr,
+    )
+    .await;
     (origin, host)
 }
 
@@ -63,20 +105,34 @@ async fn a_working_rewrite_for_comparison() {
     let (_o, host) = start(&[("chaos", "mode = \"ok\"")], "").await;
     let (status, _, body) = fetch(&host.url("/"), &[]).await;
     assert_eq!(status, 200);
-    assert_eq!(String::from_utf8_lossy(&body), PAGE.replace("Origin title", "chaos was here"));
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        PAGE.replace("Origin title", "chaos was here")
+    );
 }
 
 #[tokio::test]
 async fn faulty_plugins_fail_open_within_the_deadline_and_the_host_keeps_serving() {
     let limits = "[tenant.limits]\nplugin_time_ms = 100\nplugin_memory_mb = 16\n";
-    for mode in ["trap", "trap-request", "loop", "oom", "bad-selector", "trap-element"] {
+    for mode in [
+        "trap",
+        "trap-request",
+        "loop",
+        "oom",
+        "bad-selector",
+        "trap-element",
+    ] {
         let (_o, host) = start(&[("chaos", &format!("mode = \"{mode}\""))], limits).await;
         for _ in 0..3 {
             let started = Instant::now();
             let (status, _, body) = fetch(&host.url("/"), &[]).await;
             let took = started.elapsed();
             assert_eq!(status, 200, "{mode}");
-            assert_eq!(String::from_utf8_lossy(&body), PAGE, "{mode}: the visitor gets the origin's bytes");
+            assert_eq!(
+                String::from_utf8_lossy(&body),
+                PAGE,
+                "{mode}: the visitor gets the origin's bytes"
+            );
             assert!(took < Duration::from_secs(2), "{mode}: took {took:?}");
         }
         let kind = match mode {
@@ -85,16 +141,34 @@ async fn faulty_plugins_fail_open_within_the_deadline_and_the_host_keeps_serving
             "oom" => "memory",
             _ => "invalid_plan",
         };
-        let faults = host.app.metrics.get("veneer_plugin_faults_total", &[("tenant", "site"), ("plugin", "chaos"), ("kind", kind)]);
-        assert_eq!(faults, 3, "{mode}: each fault is counted as {kind}\n{}", host.app.metrics.render());
+        let faults = host.app.metrics.get(
+            "veneer_plugin_faults_total",
+            &[("tenant", "site"), ("plugin", "chaos"), ("kind", kind)],
+        );
+        assert_eq!(
+            faults,
+            3,
+            "{mode}: each fault is counted as {kind}\n{}",
+            host.app.metrics.render()
+        );
     }
 }
 
 #[tokio::test]
 async fn a_faulty_plugin_does_not_take_down_the_rest_of_the_chain() {
-    let (_o, host) = start(&[("chaos-broken", "mode = \"trap\""), ("chaos-ok", "mode = \"ok\"")], "").await;
+    let (_o, host) = start(
+        &[
+            ("chaos-broken", "mode = \"trap\""),
+            ("chaos-ok", "mode = \"ok\""),
+        ],
+        "",
+    )
+    .await;
     let (_, _, body) = fetch(&host.url("/"), &[]).await;
-    assert_eq!(String::from_utf8_lossy(&body), PAGE.replace("Origin title", "chaos was here"));
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        PAGE.replace("Origin title", "chaos was here")
+    );
 }
 
 #[tokio::test]
@@ -102,7 +176,9 @@ async fn concurrent_faults_do_not_stall_good_requests() {
     let limits = "[tenant.limits]\nplugin_time_ms = 200\n";
     let (_o, bad) = start(&[("chaos", "mode = \"loop\"")], limits).await;
     let (_o2, good) = start(&[("chaos", "mode = \"ok\"")], "").await;
-    let looping: Vec<_> = (0..8).map(|_| tokio::spawn(fetch_owned(bad.url("/")))).collect();
+    let looping: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(fetch_owned(bad.url("/"))))
+        .collect();
     let started = Instant::now();
     let (status, _, body) = fetch(&good.url("/"), &[]).await;
     assert_eq!(status, 200);
@@ -127,16 +203,31 @@ async fn non_html_and_special_responses_pass_through_byte_identical() {
         let (status, headers, body) = fetch(&host.url(path), &[]).await;
         assert_eq!(status, 200);
         assert_eq!(body, expected[path].chunks.concat(), "{path}");
-        assert_eq!(headers.get("content-length").and_then(|v| v.to_str().ok()), Some(body.len().to_string().as_str()), "{path} keeps its length");
+        assert_eq!(
+            headers.get("content-length").and_then(|v| v.to_str().ok()),
+            Some(body.len().to_string().as_str()),
+            "{path} keeps its length"
+        );
     }
     let (status, headers, body) = fetch(&host.url("/not-modified"), &[]).await;
     assert_eq!((status, body.len()), (304, 0));
-    assert_eq!(headers.get("etag").and_then(|v| v.to_str().ok()), Some("\"v1\""));
+    assert_eq!(
+        headers.get("etag").and_then(|v| v.to_str().ok()),
+        Some("\"v1\"")
+    );
     let (status, _, body) = fetch(&host.url("/range"), &[]).await;
     assert_eq!((status, body.as_slice()), (206, &b"<h1>partial"[..]));
     let (status, _, body) = fetch(&host.url("/zstd"), &[]).await;
-    assert_eq!((status, body.as_slice()), (200, &b"\x28\xb5\x2f\xfdopaque"[..]), "a coding Veneer cannot decode passes through");
-    let resp = reqwest::Client::new().head(host.url("/")).send().await.expect("HEAD");
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"\x28\xb5\x2f\xfdopaque"[..]),
+        "a coding Veneer cannot decode passes through"
+    );
+    let resp = reqwest::Client::new()
+        .head(host.url("/"))
+        .send()
+        .await
+        .expect("HEAD");
     assert_eq!(resp.status(), 200);
     assert!(resp.bytes().await.expect("body").is_empty());
 }
@@ -146,9 +237,16 @@ async fn gzip_origin_is_decoded_rewritten_and_reencoded_for_the_client() {
     let (_o, host) = start(&[("chaos", "mode = \"ok\"")], "").await;
     let want = PAGE.replace("Origin title", "chaos was here");
     let (_, headers, body) = fetch(&host.url("/gzip"), &[("accept-encoding", "gzip")]).await;
-    assert_eq!(headers.get("content-encoding").and_then(|v| v.to_str().ok()), Some("gzip"));
+    assert_eq!(
+        headers
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok()),
+        Some("gzip")
+    );
     let mut plain = String::new();
-    flate2::read::GzDecoder::new(&body[..]).read_to_string(&mut plain).expect("gzip");
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_string(&mut plain)
+        .expect("gzip");
     assert_eq!(plain, want);
     let (_, headers, body) = fetch(&host.url("/gzip"), &[("accept-encoding", "identity")]).await;
     assert!(headers.get("content-encoding").is_none());
@@ -161,7 +259,10 @@ async fn chunked_origin_streams_through_the_rewriter() {
     let (status, headers, body) = fetch(&host.url("/chunked"), &[]).await;
     assert_eq!(status, 200);
     assert!(headers.get("content-length").is_none());
-    assert_eq!(String::from_utf8_lossy(&body), PAGE.replace("Origin title", "chaos was here"));
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        PAGE.replace("Origin title", "chaos was here")
+    );
 }
 
 #[tokio::test]
@@ -172,27 +273,57 @@ async fn origin_faults_are_clear_502_and_504() {
     assert!(String::from_utf8_lossy(&body).contains("did not answer in time"));
 
     // An origin that is not listening.
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
     let cfg = tenant(&[], "");
-    let down = Host::start(HostSpec { config: &cfg, files: &[] }, closed).await;
+    let down = Host::start(
+        HostSpec {
+            config: &cfg,
+            files: &[],
+        },
+        closed,
+    )
+    .await;
     let (status, _, body) = fetch(&down.url("/"), &[]).await;
     assert_eq!(status, 502);
     assert!(String::from_utf8_lossy(&body).contains("could not be reached"));
-    assert_eq!(down.app.metrics.get("veneer_origin_errors_total", &[("tenant", "site"), ("kind", "unreachable")]), 1);
+    assert_eq!(
+        down.app.metrics.get(
+            "veneer_origin_errors_total",
+            &[("tenant", "site"), ("kind", "unreachable")]
+        ),
+        1
+    );
 }
 
 #[tokio::test]
 async fn unknown_host_gets_a_clear_404() {
     let (_o, host) = start(&[], "").await;
-    let resp = reqwest::Client::new().get(host.url("/")).header("host", "elsewhere.example").send().await.expect("request");
+    let resp = reqwest::Client::new()
+        .get(host.url("/"))
+        .header("host", "elsewhere.example")
+        .send()
+        .await
+        .expect("request");
     assert_eq!(resp.status(), 404);
-    assert!(resp.text().await.expect("body").contains("no site is configured for host \"elsewhere.example\""));
+    assert!(
+        resp.text()
+            .await
+            .expect("body")
+            .contains("no site is configured for host \"elsewhere.example\"")
+    );
 }
 
 #[tokio::test]
 async fn h2c_clients_are_served() {
     let (_o, host) = start(&[("chaos", "mode = \"ok\"")], "").await;
-    let client = reqwest::Client::builder().http2_prior_knowledge().build().expect("client");
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
     let resp = client.get(host.url("/")).send().await.expect("h2c request");
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert!(resp.text().await.expect("body").contains("chaos was here"));
@@ -201,7 +332,14 @@ async fn h2c_clients_are_served() {
 #[tokio::test]
 async fn origin_never_sees_the_visitor_cookie_and_gets_forwarding_headers() {
     let (_o, host) = start(&[], "").await;
-    let (_, _, body) = fetch(&host.url("/echo-headers"), &[("cookie", "a=1; veneer_vid=secret.tag; b=2"), ("x-request-id", "req-77")]).await;
+    let (_, _, body) = fetch(
+        &host.url("/echo-headers"),
+        &[
+            ("cookie", "a=1; veneer_vid=secret.tag; b=2"),
+            ("x-request-id", "req-77"),
+        ],
+    )
+    .await;
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("cookie: a=1; b=2"), "{text}");
     assert!(!text.contains("veneer_vid"), "{text}");

@@ -37,10 +37,18 @@ fn fifty() -> Value {
         let c = countries[i % countries.len()];
         let segment = match i % 5 {
             0 => json!({"country": c, "visitCount": {"$gte": i % 7}}),
-            1 => json!({"$or": [{"device": "mobile"}, {"device": "tablet"}], "country": {"$in": [c, "NO"]}}),
-            2 => json!({"path": {"$regex": format!("^/products/{}", ["winter", "summer", "sale"][i % 3])}, "consent.personalization": true}),
-            3 => json!({"appVersion": {"$vgte": format!("2.{}.0", i % 20)}, "tags": {"$elemMatch": {"$eq": "buyer"}}}),
-            _ => json!({"utm.source": {"$ne": "ads"}, "$and": [{"visitCount": {"$lt": 10 + i}}, {"country": {"$nin": ["US"]}}]}),
+            1 => {
+                json!({"$or": [{"device": "mobile"}, {"device": "tablet"}], "country": {"$in": [c, "NO"]}})
+            }
+            2 => {
+                json!({"path": {"$regex": format!("^/products/{}", ["winter", "summer", "sale"][i % 3])}, "consent.personalization": true})
+            }
+            3 => {
+                json!({"appVersion": {"$vgte": format!("2.{}.0", i % 20)}, "tags": {"$elemMatch": {"$eq": "buyer"}}})
+            }
+            _ => {
+                json!({"utm.source": {"$ne": "ads"}, "$and": [{"visitCount": {"$lt": 10 + i}}, {"country": {"$nin": ["US"]}}]})
+            }
         };
         segments.insert(format!("segment-{i}"), segment);
     }
@@ -52,10 +60,14 @@ fn bench(c: &mut Criterion) {
     let groups = SavedGroups::new();
     let one = Condition::compile(&typical()).expect("valid");
     assert!(one.matches(&attrs, &groups));
-    c.bench_function("typical segment (4 operators)", |b| b.iter(|| black_box(&one).matches(black_box(&attrs), &groups)));
+    c.bench_function("typical segment (4 operators)", |b| {
+        b.iter(|| black_box(&one).matches(black_box(&attrs), &groups))
+    });
 
     let rules = RuleSet::from_value(&fifty()).expect("valid");
-    c.bench_function("tenant with 50 segments", |b| b.iter(|| rules.segments(black_box(&attrs))));
+    c.bench_function("tenant with 50 segments", |b| {
+        b.iter(|| rules.segments(black_box(&attrs)))
+    });
 }
 
 criterion_group!(benches, bench);

@@ -35,7 +35,12 @@ pub struct Campaign {
 
 impl Campaign {
     /// Whether the campaign is live at `now` for a visitor in `in_segment` on `channel`.
-    pub fn is_active(&self, now: Timestamp, channel: &str, in_segment: impl Fn(&str) -> bool) -> bool {
+    pub fn is_active(
+        &self,
+        now: Timestamp,
+        channel: &str,
+        in_segment: impl Fn(&str) -> bool,
+    ) -> bool {
         self.start <= now
             && now < self.end
             && (self.channels.is_empty() || self.channels.iter().any(|c| c == channel))

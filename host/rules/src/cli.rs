@@ -40,17 +40,33 @@ pub fn eval_line(line: &str) -> Value {
         Err(e) => return json!({ "error": format!("invalid request: {e}") }),
     };
     match request {
-        Request::Condition { condition, attributes, saved_groups } => match Condition::compile(&condition) {
+        Request::Condition {
+            condition,
+            attributes,
+            saved_groups,
+        } => match Condition::compile(&condition) {
             Ok(c) => json!({ "result": c.matches(&attributes, &saved_groups) }),
             Err(e) => json!({ "error": format!("invalid condition {e}") }),
         },
-        Request::Hash { seed, value, version } => json!({ "result": hash::hash(&seed, &value, version) }),
-        Request::Assign { experiment, attributes, url } => match Experiment::compile(experiment) {
+        Request::Hash {
+            seed,
+            value,
+            version,
+        } => json!({ "result": hash::hash(&seed, &value, version) }),
+        Request::Assign {
+            experiment,
+            attributes,
+            url,
+        } => match Experiment::compile(experiment) {
             Ok(exp) => {
                 let mut ctx = Context::new(&attributes);
                 ctx.url = url.as_deref();
                 let a = exp.run(&mut ctx);
-                let variation = if a.in_experiment { json!(a.variation_id) } else { json!(0) };
+                let variation = if a.in_experiment {
+                    json!(a.variation_id)
+                } else {
+                    json!(0)
+                };
                 json!({ "variation": variation, "value": a.value, "inExperiment": a.in_experiment, "hashUsed": a.hash_used })
             }
             Err(e) => json!({ "error": format!("invalid experiment: {e}") }),
@@ -64,10 +80,21 @@ mod tests {
 
     #[test]
     fn answers_each_op() {
-        assert_eq!(eval_line(r#"{"op":"condition","condition":{"a":{"$gt":1}},"attributes":{"a":2}}"#), json!({"result": true}));
-        assert_eq!(eval_line(r#"{"op":"hash","seed":"","value":"a","version":1}"#), json!({"result": 0.22}));
-        assert_eq!(eval_line(r#"{"op":"hash","seed":"","value":"a","version":9}"#), json!({"result": null}));
-        let a = eval_line(r#"{"op":"assign","experiment":{"key":"my-test","variations":[0,1]},"attributes":{"id":"1"}}"#);
+        assert_eq!(
+            eval_line(r#"{"op":"condition","condition":{"a":{"$gt":1}},"attributes":{"a":2}}"#),
+            json!({"result": true})
+        );
+        assert_eq!(
+            eval_line(r#"{"op":"hash","seed":"","value":"a","version":1}"#),
+            json!({"result": 0.22})
+        );
+        assert_eq!(
+            eval_line(r#"{"op":"hash","seed":"","value":"a","version":9}"#),
+            json!({"result": null})
+        );
+        let a = eval_line(
+            r#"{"op":"assign","experiment":{"key":"my-test","variations":[0,1]},"attributes":{"id":"1"}}"#,
+        );
         assert_eq!(a["variation"], json!(1));
         assert_eq!(a["inExperiment"], json!(true));
         assert_eq!(a["hashUsed"], json!(true));
@@ -76,8 +103,17 @@ mod tests {
     #[test]
     fn malformed_lines_name_the_problem() {
         assert!(eval_line("{").get("error").is_some());
-        assert!(eval_line(r#"{"op":"nope"}"#)["error"].as_str().is_some_and(|e| e.contains("nope")));
+        assert!(
+            eval_line(r#"{"op":"nope"}"#)["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("nope"))
+        );
         let e = eval_line(r#"{"op":"condition","condition":{"a":{"$regex":"("}},"attributes":{}}"#);
-        assert!(e["error"].as_str().is_some_and(|e| e.contains("$.a.$regex")), "{e}");
+        assert!(
+            e["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("$.a.$regex")),
+            "{e}"
+        );
     }
 }

@@ -166,7 +166,10 @@ impl fmt::Display for Loc<'_> {
 }
 
 fn err(loc: &Loc<'_>, message: impl Into<String>) -> ConditionError {
-    ConditionError { path: loc.to_string(), message: message.into() }
+    ConditionError {
+        path: loc.to_string(),
+        message: message.into(),
+    }
 }
 
 impl Condition {
@@ -183,7 +186,9 @@ impl Condition {
 
     /// A condition that always holds (`{}`).
     pub fn always() -> Self {
-        Condition { clauses: Vec::new() }
+        Condition {
+            clauses: Vec::new(),
+        }
     }
 
     /// Evaluates the condition against an attributes object.
@@ -195,15 +200,24 @@ impl Condition {
 impl Compiler {
     fn condition(&self, json: &Value, loc: &Loc<'_>) -> Result<Condition, ConditionError> {
         let Value::Object(map) = json else {
-            return Err(err(loc, format!("a condition must be a JSON object, found {}", kind(json))));
+            return Err(err(
+                loc,
+                format!("a condition must be a JSON object, found {}", kind(json)),
+            ));
         };
         let mut clauses = Vec::with_capacity(map.len());
         for (key, value) in map {
             let here = Loc::Key(loc, key);
             let clause = match key.as_str() {
-                "$or" => self.list(value, &here)?.map_or(Clause::Constant(true), Clause::Or),
-                "$nor" => self.list(value, &here)?.map_or(Clause::Constant(false), Clause::Nor),
-                "$and" => self.list(value, &here)?.map_or(Clause::Constant(true), Clause::And),
+                "$or" => self
+                    .list(value, &here)?
+                    .map_or(Clause::Constant(true), Clause::Or),
+                "$nor" => self
+                    .list(value, &here)?
+                    .map_or(Clause::Constant(false), Clause::Nor),
+                "$and" => self
+                    .list(value, &here)?
+                    .map_or(Clause::Constant(true), Clause::And),
                 "$not" => Clause::Not(Box::new(self.condition(value, &here)?)),
                 _ => {
                     if self.strict && key.is_empty() {
@@ -226,7 +240,10 @@ impl Compiler {
                 .map(|(i, c)| self.condition(c, &Loc::Index(loc, i)))
                 .collect::<Result<Vec<_>, _>>()
                 .map(Some),
-            other if self.strict => Err(err(loc, format!("expected an array of conditions, found {}", kind(other)))),
+            other if self.strict => Err(err(
+                loc,
+                format!("expected an array of conditions, found {}", kind(other)),
+            )),
             _ => Ok(None),
         }
     }
@@ -261,14 +278,23 @@ impl Compiler {
     }
 
     fn op(&self, op: &str, operand: &Value, loc: &Loc<'_>) -> Result<Op, ConditionError> {
-        let never = |message: String| if self.strict { Err(err(loc, message)) } else { Ok(Op::Never) };
+        let never = |message: String| {
+            if self.strict {
+                Err(err(loc, message))
+            } else {
+                Ok(Op::Never)
+            }
+        };
         let array = |operand: &Value| match operand {
             Value::Array(items) => Ok(Some(items.clone())),
             other => never(format!("{op} expects an array, found {}", kind(other))).map(|_| None),
         };
         let version = |cmp| {
             if self.strict && !(operand.is_string() || operand.is_number()) {
-                return Err(err(loc, format!("{op} expects a version string, found {}", kind(operand))));
+                return Err(err(
+                    loc,
+                    format!("{op} expects a version string, found {}", kind(operand)),
+                ));
             }
             Ok(Op::Version(cmp, version::padded(Some(operand))))
         };
@@ -292,9 +318,16 @@ impl Compiler {
             "$nini" => array(operand)?.map_or(Op::Never, Op::NinFold),
             "$inGroup" | "$notInGroup" => {
                 let Value::String(group) = operand else {
-                    return never(format!("{op} expects a saved group id (a string), found {}", kind(operand)));
+                    return never(format!(
+                        "{op} expects a saved group id (a string), found {}",
+                        kind(operand)
+                    ));
                 };
-                if op == "$inGroup" { Op::InGroup(group.clone()) } else { Op::NotInGroup(group.clone()) }
+                if op == "$inGroup" {
+                    Op::InGroup(group.clone())
+                } else {
+                    Op::NotInGroup(group.clone())
+                }
             }
             "$not" => Op::Not(Box::new(self.test(operand, loc, false)?)),
             "$size" => Op::Size(Box::new(self.test(operand, loc, false)?)),
@@ -312,23 +345,48 @@ impl Compiler {
                         .enumerate()
                         .map(|(i, t)| self.test(t, &Loc::Index(loc, i), fold))
                         .collect::<Result<Vec<_>, _>>()?;
-                    if fold { Op::AllFold(tests) } else { Op::All(tests) }
+                    if fold {
+                        Op::AllFold(tests)
+                    } else {
+                        Op::All(tests)
+                    }
                 }
                 None => Op::Never,
             },
             "$regex" | "$regexi" => {
                 let Value::String(pattern) = operand else {
-                    return never(format!("{op} expects a pattern string, found {}", kind(operand)));
+                    return never(format!(
+                        "{op} expects a pattern string, found {}",
+                        kind(operand)
+                    ));
                 };
-                match regex::RegexBuilder::new(pattern).case_insensitive(op == "$regexi").build() {
+                match regex::RegexBuilder::new(pattern)
+                    .case_insensitive(op == "$regexi")
+                    .build()
+                {
                     Ok(re) => Op::Regex(re),
-                    Err(e) => return never(format!("invalid regular expression {pattern:?}: {}", first_line(&e.to_string()))),
+                    Err(e) => {
+                        return never(format!(
+                            "invalid regular expression {pattern:?}: {}",
+                            first_line(&e.to_string())
+                        ));
+                    }
                 }
             }
             "$type" => match operand {
                 Value::String(t) => {
-                    if self.strict && !matches!(t.as_str(), "string" | "number" | "boolean" | "object" | "array" | "null") {
-                        return Err(err(loc, format!("unknown type {t:?}: expected string, number, boolean, object, array or null")));
+                    if self.strict
+                        && !matches!(
+                            t.as_str(),
+                            "string" | "number" | "boolean" | "object" | "array" | "null"
+                        )
+                    {
+                        return Err(err(
+                            loc,
+                            format!(
+                                "unknown type {t:?}: expected string, number, boolean, object, array or null"
+                            ),
+                        ));
                     }
                     Op::Type(t.as_str().into())
                 }
@@ -340,7 +398,11 @@ impl Compiler {
 }
 
 fn first_line(s: &str) -> &str {
-    s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(s).trim()
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(s)
+        .trim()
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -363,7 +425,9 @@ impl Clause {
     fn matches(&self, attrs: &Value, groups: &SavedGroups) -> bool {
         match self {
             Clause::Or(list) => list.is_empty() || list.iter().any(|c| c.matches(attrs, groups)),
-            Clause::Nor(list) => !(list.is_empty() || list.iter().any(|c| c.matches(attrs, groups))),
+            Clause::Nor(list) => {
+                !(list.is_empty() || list.iter().any(|c| c.matches(attrs, groups)))
+            }
             Clause::And(list) => list.iter().all(|c| c.matches(attrs, groups)),
             Clause::Not(c) => !c.matches(attrs, groups),
             Clause::Constant(b) => *b,
@@ -425,29 +489,46 @@ impl Op {
             Op::Nin(list) => !is_in(actual, list, same_value_zero),
             Op::InFold(list) => is_in(actual, list, js::fold_eq),
             Op::NinFold(list) => !is_in(actual, list, js::fold_eq),
-            Op::InGroup(g) => is_in(actual, groups.get(g).map_or(&[], Vec::as_slice), same_value_zero),
-            Op::NotInGroup(g) => !is_in(actual, groups.get(g).map_or(&[], Vec::as_slice), same_value_zero),
+            Op::InGroup(g) => is_in(
+                actual,
+                groups.get(g).map_or(&[], Vec::as_slice),
+                same_value_zero,
+            ),
+            Op::NotInGroup(g) => !is_in(
+                actual,
+                groups.get(g).map_or(&[], Vec::as_slice),
+                same_value_zero,
+            ),
             Op::Not(t) => !t.matches(actual, groups, false),
             Op::Size(t) => match actual {
                 Some(Value::Array(items)) => {
-                    #[expect(clippy::cast_precision_loss, reason = "array lengths are far below 2^53")]
+                    #[expect(
+                        clippy::cast_precision_loss,
+                        reason = "array lengths are far below 2^53"
+                    )]
                     let len = Value::from(items.len() as f64);
                     t.matches(Some(&len), groups, false)
                 }
                 _ => false,
             },
             Op::ElemMatchValue(t) => match actual {
-                Some(Value::Array(items)) => items.iter().any(|el| js::truthy(Some(el)) && t.matches(Some(el), groups, false)),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .any(|el| js::truthy(Some(el)) && t.matches(Some(el), groups, false)),
                 _ => false,
             },
             Op::ElemMatchCondition(c) => match actual {
-                Some(Value::Array(items)) => items.iter().any(|el| js::truthy(Some(el)) && c.matches(el, groups)),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .any(|el| js::truthy(Some(el)) && c.matches(el, groups)),
                 _ => false,
             },
             Op::All(tests) | Op::AllFold(tests) => {
                 let fold = matches!(self, Op::AllFold(_));
                 match actual {
-                    Some(Value::Array(items)) => tests.iter().all(|t| items.iter().any(|el| t.matches(Some(el), groups, fold))),
+                    Some(Value::Array(items)) => tests
+                        .iter()
+                        .all(|t| items.iter().any(|el| t.matches(Some(el), groups, fold))),
                     _ => false,
                 }
             }

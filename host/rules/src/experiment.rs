@@ -176,7 +176,16 @@ pub struct Assignment {
 impl<'a> Context<'a> {
     /// A context for `attributes` with experiments enabled and nothing else set.
     pub fn new(attributes: &'a Value) -> Self {
-        Context { attributes, url: None, forced_variations: None, qa_mode: false, enabled: true, saved_groups: None, features: None, sticky: None }
+        Context {
+            attributes,
+            url: None,
+            forced_variations: None,
+            qa_mode: false,
+            enabled: true,
+            saved_groups: None,
+            features: None,
+            sticky: None,
+        }
     }
 }
 
@@ -193,7 +202,10 @@ impl Experiment {
         Self::build(spec, Condition::compile_lenient)
     }
 
-    fn build(spec: ExperimentSpec, compile: fn(&Value) -> Result<Condition, ConditionError>) -> Result<Self, ConditionError> {
+    fn build(
+        spec: ExperimentSpec,
+        compile: fn(&Value) -> Result<Condition, ConditionError>,
+    ) -> Result<Self, ConditionError> {
         let condition = spec
             .condition
             .as_ref()
@@ -210,10 +222,18 @@ impl Experiment {
                     .map_err(|e| prefix(e, &format!("parentConditions[{i}].condition")))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Experiment { spec, condition, parents })
+        Ok(Experiment {
+            spec,
+            condition,
+            parents,
+        })
     }
 
-    fn hash_attribute<'v>(&'v self, ctx: &'v Context<'_>, use_fallback: bool) -> (&'v str, Option<String>) {
+    fn hash_attribute<'v>(
+        &'v self,
+        ctx: &'v Context<'_>,
+        use_fallback: bool,
+    ) -> (&'v str, Option<String>) {
         let attr = self.spec.hash_attribute.as_deref().unwrap_or("id");
         let value = hash::hash_value_string(ctx.attributes.get(attr));
         if value.is_none() && use_fallback {
@@ -230,7 +250,14 @@ impl Experiment {
         ctx.sticky.is_some() && !self.spec.disable_sticky_bucketing.unwrap_or(false)
     }
 
-    fn result(&self, ctx: &Context<'_>, index: Option<i64>, hash_used: bool, bucket: Option<f64>, sticky_used: bool) -> Assignment {
+    fn result(
+        &self,
+        ctx: &Context<'_>,
+        index: Option<i64>,
+        hash_used: bool,
+        bucket: Option<f64>,
+        sticky_used: bool,
+    ) -> Assignment {
         let n = self.spec.variations.len();
         let (index, in_experiment) = match index.and_then(|i| usize::try_from(i).ok()) {
             Some(i) if i < n => (i, true),
@@ -240,8 +267,15 @@ impl Experiment {
         let meta = self.spec.meta.as_ref().and_then(|m| m.get(index));
         Assignment {
             variation_id: index,
-            value: self.spec.variations.get(index).cloned().unwrap_or(Value::Null),
-            key: meta.and_then(|m| m.key.clone()).unwrap_or_else(|| index.to_string()),
+            value: self
+                .spec
+                .variations
+                .get(index)
+                .cloned()
+                .unwrap_or(Value::Null),
+            key: meta
+                .and_then(|m| m.key.clone())
+                .unwrap_or_else(|| index.to_string()),
             in_experiment,
             hash_used,
             hash_attribute: attr.to_owned(),
@@ -259,7 +293,9 @@ impl Experiment {
     /// The stored variation for this visitor, if any; `Err(())` when a stored bucket from a
     /// version below `minBucketVersion` blocks the visitor.
     fn sticky_variation(&self, ctx: &Context<'_>) -> Result<Option<usize>, ()> {
-        let Some(docs) = ctx.sticky.as_deref() else { return Ok(None) };
+        let Some(docs) = ctx.sticky.as_deref() else {
+            return Ok(None);
+        };
         let mut assignments: BTreeMap<&str, &str> = BTreeMap::new();
         let attr = self.spec.hash_attribute.as_deref().unwrap_or("id");
         let mut add = |name: &str| {
@@ -281,10 +317,18 @@ impl Experiment {
                 return Err(());
             }
         }
-        let Some(key) = assignments.get(self.sticky_key(self.spec.bucket_version.unwrap_or(0)).as_str()) else {
+        let Some(key) = assignments.get(
+            self.sticky_key(self.spec.bucket_version.unwrap_or(0))
+                .as_str(),
+        ) else {
             return Ok(None);
         };
-        Ok(self.spec.meta.iter().flatten().position(|m| m.key.as_deref() == Some(key)))
+        Ok(self
+            .spec
+            .meta
+            .iter()
+            .flatten()
+            .position(|m| m.key.as_deref() == Some(key)))
     }
 
     /// Assigns the visitor described by `ctx`, following the reference's `run` step by step.
@@ -294,7 +338,10 @@ impl Experiment {
         if n < 2 || !ctx.enabled {
             return self.result(ctx, None, false, None, false);
         }
-        if let Some(i) = ctx.url.and_then(|url| hash::query_string_override(&spec.key, url, n)) {
+        if let Some(i) = ctx
+            .url
+            .and_then(|url| hash::query_string_override(&spec.key, url, n))
+        {
             return self.result(ctx, i64::try_from(i).ok(), false, None, false);
         }
         if let Some(&i) = ctx.forced_variations.and_then(|f| f.get(&spec.key)) {
@@ -328,7 +375,10 @@ impl Experiment {
         if !found_sticky {
             assigned = match &spec.ranges {
                 Some(ranges) => hash::choose_variation(bucket, ranges),
-                None => hash::choose_variation(bucket, &hash::bucket_ranges(n, spec.coverage, spec.weights.as_deref())),
+                None => hash::choose_variation(
+                    bucket,
+                    &hash::bucket_ranges(n, spec.coverage, spec.weights.as_deref()),
+                ),
             };
         }
         if blocked {
@@ -343,15 +393,26 @@ impl Experiment {
         if ctx.qa_mode || spec.status.as_deref() == Some("stopped") {
             return self.result(ctx, None, false, None, false);
         }
-        let result = self.result(ctx, i64::try_from(assigned).ok(), true, Some(bucket), found_sticky);
+        let result = self.result(
+            ctx,
+            i64::try_from(assigned).ok(),
+            true,
+            Some(bucket),
+            found_sticky,
+        );
         if sticky_on {
             if let Some(docs) = ctx.sticky.as_deref_mut() {
-                let doc = docs.entry(format!("{hash_attr}||{hash_value}")).or_insert_with(|| StickyDoc {
-                    attribute_name: hash_attr.clone(),
-                    attribute_value: hash_value.clone(),
-                    assignments: BTreeMap::new(),
-                });
-                doc.assignments.insert(self.sticky_key(spec.bucket_version.unwrap_or(0)), result.key.clone());
+                let doc = docs
+                    .entry(format!("{hash_attr}||{hash_value}"))
+                    .or_insert_with(|| StickyDoc {
+                        attribute_name: hash_attr.clone(),
+                        attribute_value: hash_value.clone(),
+                        assignments: BTreeMap::new(),
+                    });
+                doc.assignments.insert(
+                    self.sticky_key(spec.bucket_version.unwrap_or(0)),
+                    result.key.clone(),
+                );
             }
         }
         result
@@ -363,7 +424,9 @@ impl Experiment {
         if let Some(filters) = &spec.filters {
             let filtered_out = filters.iter().any(|f| {
                 let attr = f.attribute.as_deref().unwrap_or("id");
-                let Some(value) = hash::hash_value_string(ctx.attributes.get(attr)) else { return true };
+                let Some(value) = hash::hash_value_string(ctx.attributes.get(attr)) else {
+                    return true;
+                };
                 match hash::hash(&f.seed, &value, f.hash_version.unwrap_or(2)) {
                     Some(n) => !f.ranges.iter().any(|r| hash::in_range(n, *r)),
                     None => true,

@@ -56,7 +56,11 @@ pub fn equal_weights(n: i64) -> Vec<f64> {
     if n <= 0 {
         return Vec::new();
     }
-    #[expect(clippy::cast_precision_loss, clippy::cast_sign_loss, reason = "n is a small variation count")]
+    #[expect(
+        clippy::cast_precision_loss,
+        clippy::cast_sign_loss,
+        reason = "n is a small variation count"
+    )]
     let (count, w) = (n as usize, 1.0 / n as f64);
     vec![w; count]
 }
@@ -64,7 +68,11 @@ pub fn equal_weights(n: i64) -> Vec<f64> {
 /// Bucket ranges for `num_variations` variations with `coverage` (clamped to `[0, 1]`) and
 /// optional `weights`. Weights of the wrong length, or not summing to 1 ± 0.01, fall back to
 /// equal weights, as the reference does, rather than failing an experiment at request time.
-pub fn bucket_ranges(num_variations: usize, coverage: Option<f64>, weights: Option<&[f64]>) -> Vec<BucketRange> {
+pub fn bucket_ranges(
+    num_variations: usize,
+    coverage: Option<f64>,
+    weights: Option<&[f64]>,
+) -> Vec<BucketRange> {
     let coverage = coverage.unwrap_or(1.0).clamp(0.0, 1.0);
     let equal = equal_weights(i64::try_from(num_variations).unwrap_or(0));
     let mut weights = weights.unwrap_or(&equal);
@@ -176,7 +184,10 @@ mod tests {
     #[test]
     fn non_ascii_hashes_utf16_code_units() {
         // "é" is one UTF-16 unit (0xE9) but two UTF-8 bytes; an astral character is two units.
-        assert_eq!(fnv1a32(["é"]), (0x811c_9dc5u32 ^ 0xE9).wrapping_mul(0x0100_0193));
+        assert_eq!(
+            fnv1a32(["é"]),
+            (0x811c_9dc5u32 ^ 0xE9).wrapping_mul(0x0100_0193)
+        );
         let pair = fnv1a32(["\u{1F600}"]);
         let manual = [0xD83Du32, 0xDE00]
             .iter()

@@ -110,7 +110,14 @@ pub(crate) fn string_to_number(s: &str) -> f64 {
     if t.is_empty() {
         return 0.0;
     }
-    for (prefix, radix) in [("0x", 16), ("0X", 16), ("0o", 8), ("0O", 8), ("0b", 2), ("0B", 2)] {
+    for (prefix, radix) in [
+        ("0x", 16),
+        ("0X", 16),
+        ("0o", 8),
+        ("0O", 8),
+        ("0b", 2),
+        ("0B", 2),
+    ] {
         if let Some(digits) = t.strip_prefix(prefix) {
             if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
                 return f64::NAN;
@@ -123,7 +130,11 @@ pub(crate) fn string_to_number(s: &str) -> f64 {
     }
     let unsigned = t.strip_prefix(['+', '-']).unwrap_or(t);
     if unsigned == "Infinity" {
-        return if t.starts_with('-') { f64::NEG_INFINITY } else { f64::INFINITY };
+        return if t.starts_with('-') {
+            f64::NEG_INFINITY
+        } else {
+            f64::INFINITY
+        };
     }
     if !is_decimal_literal(unsigned) {
         return f64::NAN;
@@ -171,9 +182,14 @@ fn is_decimal_literal(s: &str) -> bool {
 fn is_js_whitespace(c: char) -> bool {
     matches!(
         c,
-        '\u{9}' | '\u{A}' | '\u{B}' | '\u{C}' | '\u{D}' | ' ' | '\u{A0}' | '\u{1680}'
-            | '\u{2000}'..='\u{200A}'
-            | '\u{2028}' | '\u{2029}' | '\u{202F}' | '\u{205F}' | '\u{3000}' | '\u{FEFF}'
+        '\u{9}' | '\u{A}' | '\u{B}' | '\u{C}' | '\u{D}' | ' ' | '\u{A0}' | '\u{1680}' | '\u{2000}'
+            ..='\u{200A}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202F}'
+                | '\u{205F}'
+                | '\u{3000}'
+                | '\u{FEFF}'
     )
 }
 
@@ -236,7 +252,9 @@ pub(crate) fn json_equals(a: Option<&Value>, b: &Value) -> bool {
         }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
-                && x.iter().zip(y).all(|((kx, vx), (ky, vy))| kx == ky && json_equals(Some(vx), vy))
+                && x.iter()
+                    .zip(y)
+                    .all(|((kx, vx), (ky, vy))| kx == ky && json_equals(Some(vx), vy))
         }
         (Value::Number(x), Value::Number(y)) => {
             // JSON.stringify prints every non-finite number as null.
@@ -251,8 +269,7 @@ pub(crate) fn json_equals(a: Option<&Value>, b: &Value) -> bool {
 pub(crate) fn fold_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::String(x), Value::String(y)) => {
-            x.len() == y.len() && x.eq_ignore_ascii_case(y)
-                || x.to_lowercase() == y.to_lowercase()
+            x.len() == y.len() && x.eq_ignore_ascii_case(y) || x.to_lowercase() == y.to_lowercase()
         }
         (x, y) => strict_equals(Some(x), y),
     }
@@ -278,11 +295,20 @@ mod tests {
 
     #[test]
     fn comparisons_coerce_like_javascript() {
-        assert_eq!(js_compare(Some(&json!("10")), Some(&json!(9))), Some(Ordering::Greater));
-        assert_eq!(js_compare(Some(&json!("10")), Some(&json!("9"))), Some(Ordering::Less));
+        assert_eq!(
+            js_compare(Some(&json!("10")), Some(&json!(9))),
+            Some(Ordering::Greater)
+        );
+        assert_eq!(
+            js_compare(Some(&json!("10")), Some(&json!("9"))),
+            Some(Ordering::Less)
+        );
         assert_eq!(js_compare(None, Some(&json!(5))), Some(Ordering::Less));
         assert_eq!(js_compare(Some(&json!("abc")), Some(&json!(5))), None);
-        assert_eq!(js_compare(Some(&json!([7])), Some(&json!(5))), Some(Ordering::Greater));
+        assert_eq!(
+            js_compare(Some(&json!([7])), Some(&json!(5))),
+            Some(Ordering::Greater)
+        );
     }
 
     #[test]

@@ -39,7 +39,9 @@ pub struct SegmentSet {
 impl SegmentSet {
     /// Whether segment `index` matched.
     pub fn contains(&self, index: usize) -> bool {
-        self.bits.get(index / 64).is_some_and(|w| w & (1 << (index % 64)) != 0)
+        self.bits
+            .get(index / 64)
+            .is_some_and(|w| w & (1 << (index % 64)) != 0)
     }
 
     fn insert(&mut self, index: usize) {
@@ -55,7 +57,10 @@ impl RuleSet {
     /// Parses and checks a JSON rules document, reporting every error found.
     pub fn from_json_str(text: &str) -> Result<Self, Vec<RuleError>> {
         let doc: Value = serde_json::from_str(text).map_err(|e| {
-            vec![RuleError { location: format!("line {} column {}", e.line(), e.column()), message: e.to_string() }]
+            vec![RuleError {
+                location: format!("line {} column {}", e.line(), e.column()),
+                message: e.to_string(),
+            }]
         })?;
         Self::from_value(&doc)
     }
@@ -63,15 +68,26 @@ impl RuleSet {
     /// Checks and compiles a rules document already parsed (from JSON or TOML).
     pub fn from_value(doc: &Value) -> Result<Self, Vec<RuleError>> {
         let mut errors = Vec::new();
-        let mut push = |location: String, message: String| errors.push(RuleError { location, message });
+        let mut push =
+            |location: String, message: String| errors.push(RuleError { location, message });
         let mut set = RuleSet::default();
         let Value::Object(root) = doc else {
-            push("(top level)".into(), "expected an object with segments, experiments, campaigns and savedGroups".into());
+            push(
+                "(top level)".into(),
+                "expected an object with segments, experiments, campaigns and savedGroups".into(),
+            );
             return Err(errors);
         };
         for key in root.keys() {
-            if !matches!(key.as_str(), "segments" | "experiments" | "campaigns" | "savedGroups") {
-                push(key.clone(), "unknown field: expected segments, experiments, campaigns or savedGroups".into());
+            if !matches!(
+                key.as_str(),
+                "segments" | "experiments" | "campaigns" | "savedGroups"
+            ) {
+                push(
+                    key.clone(),
+                    "unknown field: expected segments, experiments, campaigns or savedGroups"
+                        .into(),
+                );
             }
         }
         match root.get("savedGroups") {
@@ -82,11 +98,17 @@ impl RuleSet {
                         Value::Array(items) => {
                             set.saved_groups.insert(name.clone(), items.clone());
                         }
-                        other => push(format!("savedGroups.{name}"), format!("expected an array of values, found {other}")),
+                        other => push(
+                            format!("savedGroups.{name}"),
+                            format!("expected an array of values, found {other}"),
+                        ),
                     }
                 }
             }
-            Some(_) => push("savedGroups".into(), "expected an object of group id → array of values".into()),
+            Some(_) => push(
+                "savedGroups".into(),
+                "expected an object of group id → array of values".into(),
+            ),
         }
         match root.get("segments") {
             None => {}
@@ -97,12 +119,23 @@ impl RuleSet {
                             set.segment_names.push(name.clone());
                             set.segments.push(c);
                         }
-                        Err(e) => push(format!("segments.{name}{}", e.path.trim_start_matches('$')), e.message),
+                        Err(e) => push(
+                            format!("segments.{name}{}", e.path.trim_start_matches('$')),
+                            e.message,
+                        ),
                     }
-                    check_groups(condition, &set.saved_groups, &format!("segments.{name}"), &mut push);
+                    check_groups(
+                        condition,
+                        &set.saved_groups,
+                        &format!("segments.{name}"),
+                        &mut push,
+                    );
                 }
             }
-            Some(_) => push("segments".into(), "expected an object of segment name → condition".into()),
+            Some(_) => push(
+                "segments".into(),
+                "expected an object of segment name → condition".into(),
+            ),
         }
         match root.get("experiments") {
             None => {}
@@ -122,7 +155,10 @@ impl RuleSet {
                         push(at.clone(), problem);
                     }
                     if let Some(prev) = keys.insert(spec.key.clone(), i) {
-                        push(at.clone(), format!("duplicate key, first used by experiments[{prev}]"));
+                        push(
+                            at.clone(),
+                            format!("duplicate key, first used by experiments[{prev}]"),
+                        );
                     }
                     match Experiment::compile(spec) {
                         Ok(e) => set.experiments.push(e),
@@ -130,7 +166,10 @@ impl RuleSet {
                     }
                 }
             }
-            Some(_) => push("experiments".into(), "expected an array of experiments".into()),
+            Some(_) => push(
+                "experiments".into(),
+                "expected an array of experiments".into(),
+            ),
         }
         match root.get("campaigns") {
             None => {}
@@ -141,7 +180,10 @@ impl RuleSet {
                         Ok(c) => {
                             let at = format!("{at} ({})", c.id);
                             if c.end <= c.start {
-                                push(at.clone(), format!("end {} is not after start {}", c.end, c.start));
+                                push(
+                                    at.clone(),
+                                    format!("end {} is not after start {}", c.end, c.start),
+                                );
                             }
                             for s in &c.segments {
                                 if !set.segment_names.contains(s) {
@@ -156,7 +198,11 @@ impl RuleSet {
             }
             Some(_) => push("campaigns".into(), "expected an array of campaigns".into()),
         }
-        if errors.is_empty() { Ok(set) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(errors)
+        }
     }
 
     /// Segment names, in definition order (indices match [`SegmentSet`]).
@@ -186,7 +232,9 @@ impl RuleSet {
 
     /// Evaluates every segment against `attributes`.
     pub fn segments(&self, attributes: &Value) -> SegmentSet {
-        let mut set = SegmentSet { bits: vec![0; self.segments.len().div_ceil(64)] };
+        let mut set = SegmentSet {
+            bits: vec![0; self.segments.len().div_ceil(64)],
+        };
         for (i, c) in self.segments.iter().enumerate() {
             if c.matches(attributes, &self.saved_groups) {
                 set.insert(i);
@@ -197,14 +245,36 @@ impl RuleSet {
 
     /// Names of the segments in `set`.
     pub fn segment_list<'a>(&'a self, set: &'a SegmentSet) -> impl Iterator<Item = &'a str> + 'a {
-        self.segment_names.iter().enumerate().filter(|(i, _)| set.contains(*i)).map(|(_, n)| n.as_str())
+        self.segment_names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| set.contains(*i))
+            .map(|(_, n)| n.as_str())
     }
 
     /// Campaigns live at `now` for this visitor on `channel`, highest priority first.
-    pub fn active_campaigns(&self, now: Timestamp, channel: &str, set: &SegmentSet) -> Vec<&Campaign> {
-        let in_segment = |name: &str| self.segment_names.iter().position(|n| n == name).is_some_and(|i| set.contains(i));
-        let mut live: Vec<&Campaign> = self.campaigns.iter().filter(|c| c.is_active(now, channel, in_segment)).collect();
-        live.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.start.cmp(&b.start)));
+    pub fn active_campaigns(
+        &self,
+        now: Timestamp,
+        channel: &str,
+        set: &SegmentSet,
+    ) -> Vec<&Campaign> {
+        let in_segment = |name: &str| {
+            self.segment_names
+                .iter()
+                .position(|n| n == name)
+                .is_some_and(|i| set.contains(i))
+        };
+        let mut live: Vec<&Campaign> = self
+            .campaigns
+            .iter()
+            .filter(|c| c.is_active(now, channel, in_segment))
+            .collect();
+        live.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then_with(|| a.start.cmp(&b.start))
+        });
         live
     }
 }
@@ -222,11 +292,16 @@ fn experiment_problems(spec: &ExperimentSpec) -> Vec<String> {
     }
     if let Some(w) = &spec.weights {
         if w.len() != n {
-            out.push(format!("weights has {} entries for {n} variations", w.len()));
+            out.push(format!(
+                "weights has {} entries for {n} variations",
+                w.len()
+            ));
         }
         let total: f64 = w.iter().sum();
         if !(0.99..=1.01).contains(&total) || w.iter().any(|x| *x < 0.0) {
-            out.push(format!("weights must be non-negative and sum to 1, they sum to {total}"));
+            out.push(format!(
+                "weights must be non-negative and sum to 1, they sum to {total}"
+            ));
         }
     }
     if let Some(c) = spec.coverage {
@@ -246,24 +321,40 @@ fn experiment_problems(spec: &ExperimentSpec) -> Vec<String> {
     }
     if let Some(meta) = &spec.meta {
         if meta.len() != n {
-            out.push(format!("meta has {} entries for {n} variations", meta.len()));
+            out.push(format!(
+                "meta has {} entries for {n} variations",
+                meta.len()
+            ));
         }
     }
     if let Some(ns) = &spec.namespace {
         if !(0.0 <= ns.start && ns.start <= ns.end && ns.end <= 1.0) {
-            out.push(format!("namespace range [{}, {}) is not within [0, 1]", ns.start, ns.end));
+            out.push(format!(
+                "namespace range [{}, {}) is not within [0, 1]",
+                ns.start, ns.end
+            ));
         }
     }
     out
 }
 
 /// `$inGroup` naming a group the file does not define is almost always a typo.
-fn check_groups(condition: &Value, groups: &SavedGroups, at: &str, push: &mut impl FnMut(String, String)) {
+fn check_groups(
+    condition: &Value,
+    groups: &SavedGroups,
+    at: &str,
+    push: &mut impl FnMut(String, String),
+) {
     match condition {
         Value::Object(map) => {
             for (k, v) in map {
-                if (k == "$inGroup" || k == "$notInGroup") && v.as_str().is_some_and(|g| !groups.contains_key(g)) {
-                    push(format!("{at}.{k}"), format!("saved group {v} is not defined in savedGroups"));
+                if (k == "$inGroup" || k == "$notInGroup")
+                    && v.as_str().is_some_and(|g| !groups.contains_key(g))
+                {
+                    push(
+                        format!("{at}.{k}"),
+                        format!("saved group {v} is not defined in savedGroups"),
+                    );
                 }
                 check_groups(v, groups, &format!("{at}.{k}"), push);
             }

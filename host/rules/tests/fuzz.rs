@@ -7,9 +7,38 @@ use veneer_rules::experiment::{Context, Experiment, ExperimentSpec};
 use veneer_rules::{Condition, SavedGroups};
 
 const KEYS: &[&str] = &[
-    "a", "b", "a.b", "list.0", "$and", "$or", "$nor", "$not", "$eq", "$ne", "$lt", "$lte", "$gt", "$gte", "$in", "$nin",
-    "$ini", "$nini", "$all", "$alli", "$size", "$elemMatch", "$exists", "$type", "$regex", "$regexi", "$veq", "$vgt",
-    "$vlte", "$inGroup", "$notInGroup", "$bogus",
+    "a",
+    "b",
+    "a.b",
+    "list.0",
+    "$and",
+    "$or",
+    "$nor",
+    "$not",
+    "$eq",
+    "$ne",
+    "$lt",
+    "$lte",
+    "$gt",
+    "$gte",
+    "$in",
+    "$nin",
+    "$ini",
+    "$nini",
+    "$all",
+    "$alli",
+    "$size",
+    "$elemMatch",
+    "$exists",
+    "$type",
+    "$regex",
+    "$regexi",
+    "$veq",
+    "$vgt",
+    "$vlte",
+    "$inGroup",
+    "$notInGroup",
+    "$bogus",
 ];
 
 fn json_value() -> impl Strategy<Value = Value> {
@@ -17,14 +46,27 @@ fn json_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i32>().prop_map(|n| json!(n)),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
-        prop_oneof![Just("(".to_owned()), Just("1.2.3".to_owned()), Just("string".to_owned()), ".{0,6}"].prop_map(Value::String),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
+        prop_oneof![
+            Just("(".to_owned()),
+            Just("1.2.3".to_owned()),
+            Just("string".to_owned()),
+            ".{0,6}"
+        ]
+        .prop_map(Value::String),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-            prop::collection::vec((prop::sample::select(KEYS), inner), 0..5)
-                .prop_map(|kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect::<Map<_, _>>())),
+            prop::collection::vec((prop::sample::select(KEYS), inner), 0..5).prop_map(|kv| {
+                Value::Object(
+                    kv.into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect::<Map<_, _>>(),
+                )
+            }),
         ]
     })
 }

@@ -47,10 +47,17 @@ pub const QUEUE: usize = 10_000;
 impl Analytics {
     /// Starts the writer task for `file`; with `None`, events are counted and discarded.
     pub fn start(file: Option<PathBuf>, metrics: Arc<Metrics>) -> Self {
-        let Some(file) = file else { return Analytics { tx: None, metrics } };
+        let Some(file) = file else {
+            return Analytics { tx: None, metrics };
+        };
         let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
         tokio::spawn(async move {
-            let mut out = match tokio::fs::OpenOptions::new().create(true).append(true).open(&file).await {
+            let mut out = match tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file)
+                .await
+            {
                 Ok(f) => tokio::io::BufWriter::new(f),
                 Err(e) => {
                     tracing::error!(file = %file.display(), error = %e, "cannot open analytics log; events will be discarded");
@@ -72,16 +79,25 @@ impl Analytics {
                 }
             }
         });
-        Analytics { tx: Some(tx), metrics }
+        Analytics {
+            tx: Some(tx),
+            metrics,
+        }
     }
 
     /// Queues an event without waiting.
     pub fn record(&self, event: Event) {
         let Some(tx) = &self.tx else {
-            self.metrics.inc("veneer_analytics_events_total", &[("outcome", "discarded")]);
+            self.metrics
+                .inc("veneer_analytics_events_total", &[("outcome", "discarded")]);
             return;
         };
-        let outcome = if tx.try_send(event).is_ok() { "queued" } else { "dropped_queue_full" };
-        self.metrics.inc("veneer_analytics_events_total", &[("outcome", outcome)]);
+        let outcome = if tx.try_send(event).is_ok() {
+            "queued"
+        } else {
+            "dropped_queue_full"
+        };
+        self.metrics
+            .inc("veneer_analytics_events_total", &[("outcome", outcome)]);
     }
 }

@@ -47,12 +47,24 @@ pub struct Fragments {
 impl Fragments {
     /// Parses a fragments TOML file: `[hero-new]` tables of `locale = "html"`.
     pub fn parse(text: &str, default_locale: &str) -> Result<Self, String> {
-        let by_key: HashMap<String, HashMap<String, String>> = toml::from_str(text).map_err(|e| e.to_string())?;
+        let by_key: HashMap<String, HashMap<String, String>> =
+            toml::from_str(text).map_err(|e| e.to_string())?;
         let by_key = by_key
             .into_iter()
-            .map(|(k, locales)| (k, locales.into_iter().map(|(l, v)| (l.to_ascii_lowercase(), v)).collect()))
+            .map(|(k, locales)| {
+                (
+                    k,
+                    locales
+                        .into_iter()
+                        .map(|(l, v)| (l.to_ascii_lowercase(), v))
+                        .collect(),
+                )
+            })
             .collect();
-        Ok(Fragments { by_key, default_locale: default_locale.to_ascii_lowercase() })
+        Ok(Fragments {
+            by_key,
+            default_locale: default_locale.to_ascii_lowercase(),
+        })
     }
 
     /// The fragment for `locale` (`nb-NO`), then its language (`nb`), then the default.
@@ -93,7 +105,12 @@ impl App {
     /// Builds the host from a validated config. Must run inside a tokio runtime (analytics).
     pub fn build(config: &Config) -> anyhow::Result<App> {
         let metrics = Arc::new(Metrics::default());
-        let max_memory = config.tenants.iter().map(|t| t.limits.plugin_memory_mb).max().unwrap_or(32);
+        let max_memory = config
+            .tenants
+            .iter()
+            .map(|t| t.limits.plugin_memory_mb)
+            .max()
+            .unwrap_or(32);
         let runtime = Arc::new(Runtime::new(&RuntimeOptions {
             cache_dir: config.resolve(&config.server.cache_dir),
             max_memory_bytes: usize::try_from(max_memory << 20).unwrap_or(usize::MAX),
@@ -106,10 +123,15 @@ impl App {
                 tenants.insert(host.to_ascii_lowercase(), tenant.clone());
             }
         }
-        let secret = match std::env::var("VENEER_COOKIE_SECRET").ok().or_else(|| config.server.cookie_secret.clone()) {
+        let secret = match std::env::var("VENEER_COOKIE_SECRET")
+            .ok()
+            .or_else(|| config.server.cookie_secret.clone())
+        {
             Some(s) => s.into_bytes(),
             None => {
-                tracing::warn!("no cookie_secret configured: using a random one, so visitor cookies will not survive a restart");
+                tracing::warn!(
+                    "no cookie_secret configured: using a random one, so visitor cookies will not survive a restart"
+                );
                 let mut key = uuid::Uuid::new_v4().as_bytes().to_vec();
                 key.extend(uuid::Uuid::new_v4().as_bytes());
                 key
@@ -118,11 +140,20 @@ impl App {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
         Ok(App {
             tenants,
             signer: CookieSigner::new(&secret),
-            analytics: Analytics::start(config.server.analytics_log.as_ref().map(|p| config.resolve(p)), metrics.clone()),
+            analytics: Analytics::start(
+                config
+                    .server
+                    .analytics_log
+                    .as_ref()
+                    .map(|p| config.resolve(p)),
+                metrics.clone(),
+            ),
             metrics,
             client,
             origin_timeout: Duration::from_millis(config.server.origin_timeout_ms),
@@ -133,7 +164,9 @@ impl App {
     /// The tenant serving `host` (port ignored).
     pub fn tenant(&self, host: &str) -> Option<&Arc<Tenant>> {
         let name = match host.rsplit_once(':') {
-            Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+            Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+                name
+            }
             _ => host,
         };
         self.tenants.get(&name.to_ascii_lowercase())
@@ -141,30 +174,69 @@ impl App {
 }
 
 fn err(config: &Config, field: String, message: String) -> anyhow::Error {
-    ConfigError { file: config.file.clone(), field, message }.into()
+    ConfigError {
+        file: config.file.clone(),
+        field,
+        message,
+    }
+    .into()
 }
 
-fn load_tenant(config: &Config, i: usize, t: &config::Tenant, runtime: &Runtime) -> anyhow::Result<Tenant> {
+fn load_tenant(
+    config: &Config,
+    i: usize,
+    t: &config::Tenant,
+    runtime: &Runtime,
+) -> anyhow::Result<Tenant> {
     let at = format!("tenant[{i}] ({})", t.name);
-    let origin: http::Uri = t.origin.parse().map_err(|e| err(config, format!("{at}.origin"), format!("{e}")))?;
-    let origin = origin.authority().cloned().ok_or_else(|| err(config, format!("{at}.origin"), "no host".into()))?;
+    let origin: http::Uri = t
+        .origin
+        .parse()
+        .map_err(|e| err(config, format!("{at}.origin"), format!("{e}")))?;
+    let origin = origin
+        .authority()
+        .cloned()
+        .ok_or_else(|| err(config, format!("{at}.origin"), "no host".into()))?;
     let rules = match &t.rules {
         None => RuleSet::default(),
         Some(path) => {
             let path = config.resolve(path);
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
             RuleSet::from_json_str(&text).map_err(|errors| {
-                let list: Vec<String> = errors.iter().map(|e| format!("  {}: {e}", path.display())).collect();
-                err(config, format!("{at}.rules"), format!("{} error(s) in {}:\n{}", errors.len(), path.display(), list.join("\n")))
+                let list: Vec<String> = errors
+                    .iter()
+                    .map(|e| format!("  {}: {e}", path.display()))
+                    .collect();
+                err(
+                    config,
+                    format!("{at}.rules"),
+                    format!(
+                        "{} error(s) in {}:\n{}",
+                        errors.len(),
+                        path.display(),
+                        list.join("\n")
+                    ),
+                )
             })?
         }
     };
     let fragments = match &t.fragments {
-        None => Fragments { default_locale: t.default_locale.clone(), ..Fragments::default() },
+        None => Fragments {
+            default_locale: t.default_locale.clone(),
+            ..Fragments::default()
+        },
         Some(path) => {
             let path = config.resolve(path);
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            Fragments::parse(&text, &t.default_locale).map_err(|e| err(config, format!("{at}.fragments"), format!("{}: {e}", path.display())))?
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Fragments::parse(&text, &t.default_locale).map_err(|e| {
+                err(
+                    config,
+                    format!("{at}.fragments"),
+                    format!("{}: {e}", path.display()),
+                )
+            })?
         }
     };
     let limits = Limits {
@@ -178,10 +250,22 @@ fn load_tenant(config: &Config, i: usize, t: &config::Tenant, runtime: &Runtime)
         .map(|(j, p)| {
             runtime
                 .load(&p.name, &config.resolve(&p.path), p.params.clone(), limits)
-                .map_err(|e| err(config, format!("{at}.plugin[{j}] ({}).path", p.name), format!("{e:#}")))
+                .map_err(|e| {
+                    err(
+                        config,
+                        format!("{at}.plugin[{j}] ({}).path", p.name),
+                        format!("{e:#}"),
+                    )
+                })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Tenant { config: t.clone(), origin, rules, fragments, plugins })
+    Ok(Tenant {
+        config: t.clone(),
+        origin,
+        rules,
+        fragments,
+        plugins,
+    })
 }
 
 /// Loads the config file and builds the app.

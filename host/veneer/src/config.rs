@@ -120,7 +120,11 @@ fn default_consent_cookie() -> String {
     "veneer_consent".into()
 }
 fn default_consent() -> Vec<String> {
-    vec!["analytics".into(), "personalization".into(), "marketing".into()]
+    vec![
+        "analytics".into(),
+        "personalization".into(),
+        "marketing".into(),
+    ]
 }
 
 /// `[tenant.limits]`.
@@ -137,7 +141,11 @@ pub struct TenantLimits {
 
 impl Default for TenantLimits {
     fn default() -> Self {
-        TenantLimits { plugin_time_ms: 50, plugin_memory_mb: 32, json_max_bytes: 1 << 20 }
+        TenantLimits {
+            plugin_time_ms: 50,
+            plugin_memory_mb: 32,
+            json_max_bytes: 1 << 20,
+        }
     }
 }
 
@@ -173,7 +181,11 @@ impl Config {
     pub fn parse(text: &str, file: &Path, base_dir: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {
             let (line, col) = e.span().map_or((0, 0), |s| line_col(text, s.start));
-            ConfigError { file: file.to_owned(), field: format!("line {line} column {col}"), message: e.message().to_owned() }
+            ConfigError {
+                file: file.to_owned(),
+                field: format!("line {line} column {col}"),
+                message: e.message().to_owned(),
+            }
         })?;
         config.base_dir = base_dir.to_owned();
         config.file = file.to_owned();
@@ -182,17 +194,28 @@ impl Config {
     }
 
     fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError { file: self.file.clone(), field: field.into(), message: message.into() }
+        ConfigError {
+            file: self.file.clone(),
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     /// Resolves a path from the config against its directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() { path.to_owned() } else { self.base_dir.join(path) }
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.tenants.is_empty() {
-            return Err(self.err("tenant", "no [[tenant]] defined: the host would serve nothing"));
+            return Err(self.err(
+                "tenant",
+                "no [[tenant]] defined: the host would serve nothing",
+            ));
         }
         if let Some(secret) = &self.server.cookie_secret {
             if secret.len() < 32 {
@@ -210,7 +233,10 @@ impl Config {
                 return Err(self.err(format!("tenant[{i}].name"), "must not be empty"));
             }
             if let Some(prev) = names.insert(t.name.clone(), i) {
-                return Err(self.err(format!("{at}.name"), format!("duplicate tenant name, also tenant[{prev}]")));
+                return Err(self.err(
+                    format!("{at}.name"),
+                    format!("duplicate tenant name, also tenant[{prev}]"),
+                ));
             }
             if t.hosts.is_empty() {
                 return Err(self.err(format!("{at}.hosts"), "list at least one Host name"));
@@ -218,37 +244,65 @@ impl Config {
             for h in &t.hosts {
                 let h = h.to_ascii_lowercase();
                 if let Some(other) = hosts.insert(h.clone(), t.name.clone()) {
-                    return Err(self.err(format!("{at}.hosts"), format!("host {h:?} is already served by tenant {other:?}")));
+                    return Err(self.err(
+                        format!("{at}.hosts"),
+                        format!("host {h:?} is already served by tenant {other:?}"),
+                    ));
                 }
             }
             match t.origin.parse::<http::Uri>() {
                 Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {}
-                Ok(_) => return Err(self.err(format!("{at}.origin"), format!("{:?} must be an http:// URL with a host", t.origin))),
-                Err(e) => return Err(self.err(format!("{at}.origin"), format!("{:?} is not a URL: {e}", t.origin))),
+                Ok(_) => {
+                    return Err(self.err(
+                        format!("{at}.origin"),
+                        format!("{:?} must be an http:// URL with a host", t.origin),
+                    ));
+                }
+                Err(e) => {
+                    return Err(self.err(
+                        format!("{at}.origin"),
+                        format!("{:?} is not a URL: {e}", t.origin),
+                    ));
+                }
             }
             let l = &t.limits;
             if l.plugin_time_ms == 0 || l.plugin_time_ms > 10_000 {
-                return Err(self.err(format!("{at}.limits.plugin_time_ms"), "must be between 1 and 10000"));
+                return Err(self.err(
+                    format!("{at}.limits.plugin_time_ms"),
+                    "must be between 1 and 10000",
+                ));
             }
             if l.plugin_memory_mb == 0 || l.plugin_memory_mb > MAX_PLUGIN_MEMORY_MB {
-                return Err(self.err(format!("{at}.limits.plugin_memory_mb"), format!("must be between 1 and {MAX_PLUGIN_MEMORY_MB}")));
+                return Err(self.err(
+                    format!("{at}.limits.plugin_memory_mb"),
+                    format!("must be between 1 and {MAX_PLUGIN_MEMORY_MB}"),
+                ));
             }
             for c in &t.default_consent {
                 if !matches!(c.as_str(), "analytics" | "personalization" | "marketing") {
-                    return Err(self.err(format!("{at}.default_consent"), format!("unknown consent {c:?}: use analytics, personalization, marketing")));
+                    return Err(self.err(
+                        format!("{at}.default_consent"),
+                        format!("unknown consent {c:?}: use analytics, personalization, marketing"),
+                    ));
                 }
             }
             for (j, p) in t.plugins.iter().enumerate() {
                 let path = self.resolve(&p.path);
                 if !path.is_file() {
-                    return Err(self.err(format!("{at}.plugin[{j}] ({}).path", p.name), format!("no such file: {}", path.display())));
+                    return Err(self.err(
+                        format!("{at}.plugin[{j}] ({}).path", p.name),
+                        format!("no such file: {}", path.display()),
+                    ));
                 }
             }
             for (field, path) in [("rules", &t.rules), ("fragments", &t.fragments)] {
                 if let Some(path) = path {
                     let path = self.resolve(path);
                     if !path.is_file() {
-                        return Err(self.err(format!("{at}.{field}"), format!("no such file: {}", path.display())));
+                        return Err(self.err(
+                            format!("{at}.{field}"),
+                            format!("no such file: {}", path.display()),
+                        ));
                     }
                 }
             }
@@ -276,16 +330,29 @@ mod tests {
     #[test]
     fn errors_name_file_field_and_problem() {
         let e = parse("[server]\nlisten = \"nope\"\n").expect_err("bad listen");
-        assert!(e.starts_with("veneer.toml: line 2 column 10: invalid socket address"), "{e}");
-        let e = parse("[[tenant]]\nname = \"a\"\nhosts = [\"a\"]\norigin = \"ftp://x\"\n").expect_err("bad origin");
-        assert_eq!(e, "veneer.toml: tenant[0] (a).origin: \"ftp://x\" must be an http:// URL with a host");
+        assert!(
+            e.starts_with("veneer.toml: line 2 column 10: invalid socket address"),
+            "{e}"
+        );
+        let e = parse("[[tenant]]\nname = \"a\"\nhosts = [\"a\"]\norigin = \"ftp://x\"\n")
+            .expect_err("bad origin");
+        assert_eq!(
+            e,
+            "veneer.toml: tenant[0] (a).origin: \"ftp://x\" must be an http:// URL with a host"
+        );
         let e = parse("[[tenant]]\nname = \"a\"\nhosts = [\"a\"]\norigin = \"http://x\"\n[[tenant.plugin]]\nname = \"p\"\npath = \"missing.wasm\"\n")
             .expect_err("missing plugin");
-        assert!(e.starts_with("veneer.toml: tenant[0] (a).plugin[0] (p).path: no such file"), "{e}");
+        assert!(
+            e.starts_with("veneer.toml: tenant[0] (a).plugin[0] (p).path: no such file"),
+            "{e}"
+        );
         let e = parse("[[tenant]]\nname = \"a\"\nhost = [\"a\"]\n").expect_err("typo");
         assert!(e.contains("unknown field `host`"), "{e}");
         let e = parse("[[tenant]]\nname = \"a\"\nhosts = [\"a\"]\norigin = \"http://x\"\n[[tenant]]\nname = \"b\"\nhosts = [\"A\"]\norigin = \"http://y\"\n")
             .expect_err("dup host");
-        assert!(e.contains("host \"a\" is already served by tenant \"a\""), "{e}");
+        assert!(
+            e.contains("host \"a\" is already served by tenant \"a\""),
+            "{e}"
+        );
     }
 }

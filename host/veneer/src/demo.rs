@@ -33,7 +33,11 @@ fn resolve(root: &Path, request_path: &str) -> Option<PathBuf> {
         return None;
     }
     let base = root.join(rel);
-    let candidates = [base.join("index.html"), base.with_extension("html"), base.clone()];
+    let candidates = [
+        base.join("index.html"),
+        base.with_extension("html"),
+        base.clone(),
+    ];
     candidates.into_iter().find(|p| p.is_file())
 }
 
@@ -53,17 +57,25 @@ pub fn serve_dir(root: PathBuf, listener: TcpListener) -> JoinHandle<()> {
                                     .header(header::CONTENT_TYPE, content_type(&path))
                                     .header(header::CACHE_CONTROL, "public, max-age=60")
                                     .body(Full::new(Bytes::from(bytes))),
-                                Err(_) => Response::builder().status(StatusCode::INTERNAL_SERVER_ERROR).body(Full::new(Bytes::new())),
+                                Err(_) => Response::builder()
+                                    .status(StatusCode::INTERNAL_SERVER_ERROR)
+                                    .body(Full::new(Bytes::new())),
                             },
                             None => Response::builder()
                                 .status(StatusCode::NOT_FOUND)
                                 .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-                                .body(Full::new(Bytes::from_static(b"<!doctype html><h1>Not found</h1>"))),
+                                .body(Full::new(Bytes::from_static(
+                                    b"<!doctype html><h1>Not found</h1>",
+                                ))),
                         };
-                        Ok::<_, Infallible>(response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+                        Ok::<_, Infallible>(
+                            response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
+                        )
                     }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     })

@@ -17,7 +17,11 @@ use veneer::config::Config;
 use veneer::{demo, server};
 
 #[derive(Parser)]
-#[command(name = "veneer", version, about = "Edge personalization with WebAssembly plugins")]
+#[command(
+    name = "veneer",
+    version,
+    about = "Edge personalization with WebAssembly plugins"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,15 +61,22 @@ enum RulesCommand {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VENEER_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VENEER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => run_async(serve(config)),
         Command::Demo { listen } => run_async(run_demo(listen)),
-        Command::Rules { command: RulesCommand::Eval } => rules_eval(),
-        Command::Rules { command: RulesCommand::Check { file } } => return rules_check(&file),
+        Command::Rules {
+            command: RulesCommand::Eval,
+        } => rules_eval(),
+        Command::Rules {
+            command: RulesCommand::Check { file },
+        } => return rules_check(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,7 +88,11 @@ fn main() -> ExitCode {
 }
 
 fn run_async(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?.block_on(f)
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?
+        .block_on(f)
 }
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
@@ -122,13 +137,28 @@ async fn run_demo(listen: SocketAddr) -> anyhow::Result<()> {
     println!("Veneer demo shop: origin on http://{origin_addr}, Veneer on {base}\n");
     println!("Open in a browser:   {base}/            {base}/products");
     println!("\nTwo segments, two pages (compare the hero):");
-    println!("  curl -s {base}/ | grep -A2 'id=\"hero\"'                                     # a new visitor");
-    println!("  curl -s -H 'Cookie: $(curl -si {base}/ | grep -o \"veneer_vid=[^;]*\")' {base}/   # same visitor (still new)");
-    println!("  curl -s -A 'Mozilla/5.0 (iPhone) Mobile' {base}/ | grep -A2 'id=\"hero\"'      # a phone");
-    println!("  curl -s '{base}/?utm_source=newsletter' | grep -A2 'id=\"hero\"'              # a newsletter reader (\"returning\" segment)");
-    println!("  curl -s '{base}/?headline=1' | grep '<h1'                                    # force headline variation 1 (QA link)");
-    println!("  curl -s {base}/products | grep -E 'on-sale|<s>'                              # campaign prices and links");
-    println!("\nAnalytics events: {}", dir.join("analytics.jsonl").display());
+    println!(
+        "  curl -s {base}/ | grep -A2 'id=\"hero\"'                                     # a new visitor"
+    );
+    println!(
+        "  curl -s -H 'Cookie: $(curl -si {base}/ | grep -o \"veneer_vid=[^;]*\")' {base}/   # same visitor (still new)"
+    );
+    println!(
+        "  curl -s -A 'Mozilla/5.0 (iPhone) Mobile' {base}/ | grep -A2 'id=\"hero\"'      # a phone"
+    );
+    println!(
+        "  curl -s '{base}/?utm_source=newsletter' | grep -A2 'id=\"hero\"'              # a newsletter reader (\"returning\" segment)"
+    );
+    println!(
+        "  curl -s '{base}/?headline=1' | grep '<h1'                                    # force headline variation 1 (QA link)"
+    );
+    println!(
+        "  curl -s {base}/products | grep -E 'on-sale|<s>'                              # campaign prices and links"
+    );
+    println!(
+        "\nAnalytics events: {}",
+        dir.join("analytics.jsonl").display()
+    );
     start(config).await
 }
 

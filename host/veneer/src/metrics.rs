@@ -19,18 +19,29 @@ impl Metrics {
 
     /// Adds `n` to counter `name` with `labels`.
     pub fn add(&self, name: &'static str, labels: &[(&'static str, &str)], n: u64) {
-        let key = (name, labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect());
+        let key = (
+            name,
+            labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        );
         if let Some(c) = self.counters.get(&key) {
             c.fetch_add(n, Ordering::Relaxed);
             return;
         }
-        self.counters.entry(key).or_default().fetch_add(n, Ordering::Relaxed);
+        self.counters
+            .entry(key)
+            .or_default()
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     /// The current value of a counter (0 if never incremented).
     pub fn get(&self, name: &'static str, labels: &[(&'static str, &str)]) -> u64 {
-        let key = (name, labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect());
-        self.counters.get(&key).map_or(0, |c| c.load(Ordering::Relaxed))
+        let key = (
+            name,
+            labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        );
+        self.counters
+            .get(&key)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Prometheus text exposition.
@@ -40,7 +51,12 @@ impl Metrics {
             .iter()
             .map(|e| {
                 let ((name, labels), value) = (e.key(), e.value().load(Ordering::Relaxed));
-                let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+                let labels: Vec<String> = labels
+                    .iter()
+                    .map(|(k, v)| {
+                        format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+                    })
+                    .collect();
                 (format!("{name}{{{}}}", labels.join(",")), value)
             })
             .collect();

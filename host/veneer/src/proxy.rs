@@ -26,14 +26,14 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use jiff::Timestamp;
-use veneer_rules::experiment::{Context as RunContext, StickyDoc, StickyDocs};
 use veneer_rules::SegmentSet;
+use veneer_rules::experiment::{Context as RunContext, StickyDoc, StickyDocs};
 
 use crate::analytics::Event;
 use crate::app::{App, Tenant};
 use crate::plugin::{
-    Assignment, Campaign, Consent, HeaderEdits, HostServices, Instance, PluginFault, RequestAction, RequestHead, ResponseHead,
-    ResponsePlan, Visitor,
+    Assignment, Campaign, Consent, HeaderEdits, HostServices, Instance, PluginFault, RequestAction,
+    RequestHead, ResponseHead, ResponsePlan, Visitor,
 };
 use crate::rewrite::{self, Coding, HtmlBody, HtmlJob, PluginHandle};
 use crate::visitor::{self, Facts, VisitorState};
@@ -44,15 +44,32 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 fn full(status: StatusCode, text: impl Into<String>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(text.into())).map_err(|never| match never {}).boxed_unsync());
+    let mut r = Response::new(
+        Full::new(Bytes::from(text.into()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded in either direction.
-const HOP_BY_HOP: [&str; 8] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
@@ -81,14 +98,20 @@ fn apply_edits(headers: &mut HeaderMap, edits: &HeaderEdits) {
         }
     }
     for (name, value) in &edits.set {
-        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
             headers.insert(n, v);
         }
     }
 }
 
 fn export_headers(headers: &HeaderMap) -> Vec<(String, String)> {
-    headers.iter().filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))).collect()
+    headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect()
 }
 
 /// Per-request host services handed to the plugins (see [`HostServices`]).
@@ -116,7 +139,10 @@ impl HostServices for Services {
 
     fn track(&self, plugin: &str, name: &str, properties: Vec<(String, String)>) {
         if !self.consent.analytics {
-            self.metrics.inc("veneer_analytics_events_total", &[("outcome", "dropped_no_consent")]);
+            self.metrics.inc(
+                "veneer_analytics_events_total",
+                &[("outcome", "dropped_no_consent")],
+            );
             return;
         }
         self.app_analytics.record(Event {
@@ -127,7 +153,11 @@ impl HostServices for Services {
             path: self.path.clone(),
             plugin: plugin.to_owned(),
             event: name.chars().take(128).collect(),
-            properties: properties.into_iter().take(32).map(|(k, v)| (k, serde_json::Value::String(v))).collect(),
+            properties: properties
+                .into_iter()
+                .take(32)
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect(),
         });
     }
 
@@ -143,7 +173,11 @@ impl HostServices for Services {
                         name: c.name.clone(),
                         priority: c.priority,
                         ends_at: c.end.as_second(),
-                        params: c.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                        params: c
+                            .params
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
                     })
                     .collect()
             })
@@ -184,7 +218,14 @@ struct Live {
 
 fn report_fault(app: &App, tenant: &str, plugin: &str, request_id: &str, fault: &PluginFault) {
     tracing::warn!(tenant, plugin, request_id, kind = fault.kind(), error = %fault, "plugin fault: serving without this plugin");
-    app.metrics.inc("veneer_plugin_faults_total", &[("tenant", tenant), ("plugin", plugin), ("kind", fault.kind())]);
+    app.metrics.inc(
+        "veneer_plugin_faults_total",
+        &[
+            ("tenant", tenant),
+            ("plugin", plugin),
+            ("kind", fault.kind()),
+        ],
+    );
 }
 
 /// Handles one request.
@@ -192,12 +233,23 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let request_id = header_str(req.headers(), "x-request-id")
         .filter(|v| v.len() <= 128)
         .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
-    let host = req.uri().authority().map(|a| a.as_str().to_owned()).or_else(|| header_str(req.headers(), header::HOST).map(str::to_owned)).unwrap_or_default();
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| header_str(req.headers(), header::HOST).map(str::to_owned))
+        .unwrap_or_default();
 
     // 1. Tenant.
     let Some(tenant) = app.tenant(&host).cloned() else {
-        app.metrics.inc("veneer_requests_total", &[("tenant", "(unknown)"), ("outcome", "unknown_host")]);
-        return full(StatusCode::NOT_FOUND, format!("veneer: no site is configured for host {host:?}\n"));
+        app.metrics.inc(
+            "veneer_requests_total",
+            &[("tenant", "(unknown)"), ("outcome", "unknown_host")],
+        );
+        return full(
+            StatusCode::NOT_FOUND,
+            format!("veneer: no site is configured for host {host:?}\n"),
+        );
     };
     let name = tenant.config.name.clone();
 
@@ -205,11 +257,26 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let now = Timestamp::now();
     let now_secs = u64::try_from(now.as_second()).unwrap_or(0);
     let headers = req.headers();
-    let cookie_header = headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join("; ");
-    let mut state = visitor::resume(&app.signer, visitor::cookie(&cookie_header, visitor::COOKIE), now_secs);
+    let cookie_header = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut state = visitor::resume(
+        &app.signer,
+        visitor::cookie(&cookie_header, visitor::COOKIE),
+        now_secs,
+    );
     let user_agent = header_str(headers, header::USER_AGENT).unwrap_or("");
     let device = visitor::device_class(user_agent);
-    let country = tenant.config.geo_header.as_deref().and_then(|h| header_str(headers, h)).map(|c| c.trim().to_ascii_uppercase()).filter(|c| c.len() == 2);
+    let country = tenant
+        .config
+        .geo_header
+        .as_deref()
+        .and_then(|h| header_str(headers, h))
+        .map(|c| c.trim().to_ascii_uppercase())
+        .filter(|c| c.len() == 2);
     let locale = header_str(headers, header::ACCEPT_LANGUAGE).and_then(visitor::preferred_locale);
     let query = req.uri().query().unwrap_or("");
     let utm = visitor::utm_params(query);
@@ -234,7 +301,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     };
     let attributes = facts.attributes();
     let segments = tenant.rules.segments(&attributes);
-    let segment_names: Vec<String> = tenant.rules.segment_list(&segments).map(str::to_owned).collect();
+    let segment_names: Vec<String> = tenant
+        .rules
+        .segment_list(&segments)
+        .map(str::to_owned)
+        .collect();
     let visitor_wit = Visitor {
         id: state.id.clone(),
         segments: segment_names,
@@ -247,10 +318,21 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         referrer,
         consent,
     };
-    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
     let mut sticky = StickyDocs::new();
     let sticky_key = format!("id||{}", state.id);
-    sticky.insert(sticky_key.clone(), StickyDoc { attribute_name: "id".into(), attribute_value: state.id.clone(), assignments: state.sticky.clone() });
+    sticky.insert(
+        sticky_key.clone(),
+        StickyDoc {
+            attribute_name: "id".into(),
+            attribute_value: state.id.clone(),
+            assignments: state.sticky.clone(),
+        },
+    );
     let services = Arc::new(Services {
         tenant: tenant.clone(),
         app_analytics: app.analytics.clone(),
@@ -273,11 +355,16 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         method: req.method().as_str().to_owned(),
         path: path_and_query.clone(),
         host: host.clone(),
-        headers: export_headers(req.headers()).into_iter().filter(|(k, _)| k != "cookie").collect(),
+        headers: export_headers(req.headers())
+            .into_iter()
+            .filter(|(k, _)| k != "cookie")
+            .collect(),
     };
     let stripped_cookie = visitor::strip_cookie(&cookie_header, visitor::COOKIE);
     if !stripped_cookie.is_empty() {
-        request_head.headers.push(("cookie".into(), stripped_cookie.clone()));
+        request_head
+            .headers
+            .push(("cookie".into(), stripped_cookie.clone()));
     }
     let mut chain: Vec<Live> = Vec::with_capacity(tenant.plugins.len());
     let mut request_edits: Vec<HeaderEdits> = Vec::new();
@@ -292,28 +379,51 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         match instance.on_request(&request_head, &visitor_wit).await {
             Ok(RequestAction::Continue(edits)) => {
                 request_edits.push(edits);
-                chain.push(Live { name: Arc::from(plugin.name()), instance });
+                chain.push(Live {
+                    name: Arc::from(plugin.name()),
+                    instance,
+                });
             }
             Ok(RequestAction::Redirect((status, location))) => {
-                let status = StatusCode::from_u16(status).ok().filter(|s| matches!(s.as_u16(), 301 | 302 | 303 | 307 | 308));
+                let status = StatusCode::from_u16(status)
+                    .ok()
+                    .filter(|s| matches!(s.as_u16(), 301 | 302 | 303 | 307 | 308));
                 match (status, HeaderValue::try_from(location)) {
                     (Some(status), Ok(location)) => {
                         let mut r = full(status, "");
                         r.headers_mut().insert(header::LOCATION, location);
                         finish_visitor(&app, &services, &mut state, &sticky_key, r.headers_mut());
-                        app.metrics.inc("veneer_requests_total", &[("tenant", &name), ("outcome", "plugin_redirect")]);
+                        app.metrics.inc(
+                            "veneer_requests_total",
+                            &[("tenant", &name), ("outcome", "plugin_redirect")],
+                        );
                         return r;
                     }
-                    _ => report_fault(&app, &name, plugin.name(), &request_id, &PluginFault::InvalidPlan("redirect status or location".into())),
+                    _ => report_fault(
+                        &app,
+                        &name,
+                        plugin.name(),
+                        &request_id,
+                        &PluginFault::InvalidPlan("redirect status or location".into()),
+                    ),
                 }
             }
             Ok(RequestAction::Respond(synthetic)) => match synthetic_response(synthetic) {
                 Some(mut r) => {
                     finish_visitor(&app, &services, &mut state, &sticky_key, r.headers_mut());
-                    app.metrics.inc("veneer_requests_total", &[("tenant", &name), ("outcome", "plugin_response")]);
+                    app.metrics.inc(
+                        "veneer_requests_total",
+                        &[("tenant", &name), ("outcome", "plugin_response")],
+                    );
                     return r;
                 }
-                None => report_fault(&app, &name, plugin.name(), &request_id, &PluginFault::InvalidPlan("synthetic response".into())),
+                None => report_fault(
+                    &app,
+                    &name,
+                    plugin.name(),
+                    &request_id,
+                    &PluginFault::InvalidPlan("synthetic response".into()),
+                ),
             },
             Err(f) => report_fault(&app, &name, plugin.name(), &request_id, &f),
         }
@@ -335,7 +445,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         apply_edits(&mut origin_headers, edits);
     }
     // Ask only for codings Veneer can decode, so any HTML response can be rewritten.
-    origin_headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip, br"));
+    origin_headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("gzip, br"),
+    );
     if let Ok(v) = HeaderValue::try_from(host.as_str()) {
         origin_headers.insert("x-forwarded-host", v);
     }
@@ -351,29 +464,60 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     *origin_req.headers_mut() = origin_headers;
     *origin_req.uri_mut() = match uri.parse() {
         Ok(u) => u,
-        Err(_) => return full(StatusCode::BAD_REQUEST, "veneer: malformed request target\n"),
+        Err(_) => {
+            return full(
+                StatusCode::BAD_REQUEST,
+                "veneer: malformed request target\n",
+            );
+        }
     };
-    let response = match tokio::time::timeout(app.origin_timeout, app.client.request(origin_req)).await {
+    let response = match tokio::time::timeout(app.origin_timeout, app.client.request(origin_req))
+        .await
+    {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::warn!(tenant = %name, request_id, error = %e, "origin request failed");
-            app.metrics.inc("veneer_origin_errors_total", &[("tenant", &name), ("kind", "unreachable")]);
-            return full(StatusCode::BAD_GATEWAY, format!("veneer: the origin for {host} could not be reached (request {request_id})\n"));
+            app.metrics.inc(
+                "veneer_origin_errors_total",
+                &[("tenant", &name), ("kind", "unreachable")],
+            );
+            return full(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "veneer: the origin for {host} could not be reached (request {request_id})\n"
+                ),
+            );
         }
         Err(_) => {
             tracing::warn!(tenant = %name, request_id, timeout = ?app.origin_timeout, "origin timed out");
-            app.metrics.inc("veneer_origin_errors_total", &[("tenant", &name), ("kind", "timeout")]);
-            return full(StatusCode::GATEWAY_TIMEOUT, format!("veneer: the origin for {host} did not answer in time (request {request_id})\n"));
+            app.metrics.inc(
+                "veneer_origin_errors_total",
+                &[("tenant", &name), ("kind", "timeout")],
+            );
+            return full(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "veneer: the origin for {host} did not answer in time (request {request_id})\n"
+                ),
+            );
         }
     };
 
     // 5. Plugin chain, on-response.
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let response_head = ResponseHead { status: parts.status.as_u16(), headers: export_headers(&parts.headers) };
+    let response_head = ResponseHead {
+        status: parts.status.as_u16(),
+        headers: export_headers(&parts.headers),
+    };
     let mut plans: Vec<(Live, ResponsePlan)> = Vec::new();
     for mut live in chain {
-        match live.instance.on_response(&request_head, &response_head, &visitor_wit).await.and_then(|p| rewrite::validate_plan(&p).map(|()| p)) {
+        match live
+            .instance
+            .on_response(&request_head, &response_head, &visitor_wit)
+            .await
+            .and_then(|p| rewrite::validate_plan(&p).map(|()| p))
+        {
             Ok(plan) => plans.push((live, plan)),
             Err(f) => report_fault(&app, &name, &live.name, &request_id, &f),
         }
@@ -384,14 +528,22 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 
     // 6. Body.
     let status = parts.status;
-    let content_type = header_str(&parts.headers, header::CONTENT_TYPE).unwrap_or("").to_ascii_lowercase();
-    let bodyless = is_head || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let partial = status == StatusCode::PARTIAL_CONTENT || parts.headers.contains_key(header::CONTENT_RANGE);
-    let origin_coding = Coding::from_content_encoding(header_str(&parts.headers, header::CONTENT_ENCODING));
+    let content_type = header_str(&parts.headers, header::CONTENT_TYPE)
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let bodyless = is_head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let partial =
+        status == StatusCode::PARTIAL_CONTENT || parts.headers.contains_key(header::CONTENT_RANGE);
+    let origin_coding =
+        Coding::from_content_encoding(header_str(&parts.headers, header::CONTENT_ENCODING));
     let wants_html = plans.iter().any(|(_, p)| rewrite::plan_touches_html(p));
     let wants_json = plans.iter().any(|(_, p)| !p.json.is_empty());
     let is_html = content_type.starts_with("text/html");
-    let is_json = content_type.starts_with("application/json") || (content_type.starts_with("application/") && content_type.contains("+json"));
+    let is_json = content_type.starts_with("application/json")
+        || (content_type.starts_with("application/") && content_type.contains("+json"));
     let target = Coding::negotiate(client_accept.as_deref());
     let passthrough = |body: Incoming| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
 
@@ -399,44 +551,75 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         Some(from) if !bodyless && !partial && is_html && wants_html => {
             let report: rewrite::FaultReporter = {
                 let (app, tenant, request_id) = (app.clone(), name.clone(), request_id.clone());
-                Arc::new(move |plugin: &str, fault: &PluginFault| report_fault(&app, &tenant, plugin, &request_id, fault))
+                Arc::new(move |plugin: &str, fault: &PluginFault| {
+                    report_fault(&app, &tenant, plugin, &request_id, fault)
+                })
             };
             let job = HtmlJob {
                 plugins: plans
                     .into_iter()
                     .filter(|(_, p)| rewrite::plan_touches_html(p))
                     .map(|(live, plan)| {
-                        let handle = PluginHandle { name: live.name, instance: Mutex::new(live.instance), faulted: AtomicBool::new(false) };
+                        let handle = PluginHandle {
+                            name: live.name,
+                            instance: Mutex::new(live.instance),
+                            faulted: AtomicBool::new(false),
+                        };
                         (Arc::new(handle), plan)
                     })
                     .collect(),
                 report,
             };
             mark_rewritten(&mut parts.headers, target);
-            app.metrics.inc("veneer_requests_total", &[("tenant", &name), ("outcome", "rewritten_html")]);
-            RewriteBody { inner: body, html: Some(HtmlBody::new(job, from, target)) }.boxed_unsync()
+            app.metrics.inc(
+                "veneer_requests_total",
+                &[("tenant", &name), ("outcome", "rewritten_html")],
+            );
+            RewriteBody {
+                inner: body,
+                html: Some(HtmlBody::new(job, from, target)),
+            }
+            .boxed_unsync()
         }
         Some(from) if !bodyless && !partial && is_json && wants_json => {
-            let ops: Vec<_> = plans.iter().flat_map(|(_, p)| p.json.iter().cloned()).collect();
+            let ops: Vec<_> = plans
+                .iter()
+                .flat_map(|(_, p)| p.json.iter().cloned())
+                .collect();
             match json_body(body, from, &ops, tenant.config.limits.json_max_bytes).await {
                 Ok(Ok(patched)) => {
                     let mut enc = rewrite::Encoder::new(target);
                     let mut bytes = enc.push(&patched).unwrap_or_default();
                     bytes.extend(enc.finish().unwrap_or_default());
                     mark_rewritten(&mut parts.headers, target);
-                    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-                    app.metrics.inc("veneer_requests_total", &[("tenant", &name), ("outcome", "rewritten_json")]);
-                    Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed_unsync()
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                    app.metrics.inc(
+                        "veneer_requests_total",
+                        &[("tenant", &name), ("outcome", "rewritten_json")],
+                    );
+                    Full::new(Bytes::from(bytes))
+                        .map_err(|never| match never {})
+                        .boxed_unsync()
                 }
                 Ok(Err(original)) => original,
                 Err(e) => {
                     tracing::warn!(tenant = %name, request_id, error = %e, "origin body failed");
-                    return full(StatusCode::BAD_GATEWAY, format!("veneer: the origin's response body failed (request {request_id})\n"));
+                    return full(
+                        StatusCode::BAD_GATEWAY,
+                        format!(
+                            "veneer: the origin's response body failed (request {request_id})\n"
+                        ),
+                    );
                 }
             }
         }
         _ => {
-            app.metrics.inc("veneer_requests_total", &[("tenant", &name), ("outcome", "passthrough")]);
+            app.metrics.inc(
+                "veneer_requests_total",
+                &[("tenant", &name), ("outcome", "passthrough")],
+            );
             passthrough(body)
         }
     };
@@ -461,44 +644,76 @@ fn mark_rewritten(headers: &mut HeaderMap, coding: Coding) {
     }
     headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     // A personalized page must not be stored by shared caches for other visitors.
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
 }
 
 /// Writes the visitor cookie with this request's sticky assignments.
-fn finish_visitor(app: &App, services: &Services, state: &mut VisitorState, sticky_key: &str, headers: &mut HeaderMap) {
-    let docs = services.sticky.lock().unwrap_or_else(PoisonError::into_inner);
+fn finish_visitor(
+    app: &App,
+    services: &Services,
+    state: &mut VisitorState,
+    sticky_key: &str,
+    headers: &mut HeaderMap,
+) {
+    let docs = services
+        .sticky
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     if let Some(doc) = docs.get(sticky_key) {
         let mut assignments: BTreeMap<String, String> = doc.assignments.clone();
         while assignments.len() > visitor::MAX_ASSIGNMENTS {
-            let Some(first) = assignments.keys().next().cloned() else { break };
+            let Some(first) = assignments.keys().next().cloned() else {
+                break;
+            };
             assignments.remove(&first);
         }
         state.sticky = assignments;
     }
-    let value = format!("{}={}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax", visitor::COOKIE, app.signer.encode(state));
+    let value = format!(
+        "{}={}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax",
+        visitor::COOKIE,
+        app.signer.encode(state)
+    );
     if let Ok(v) = HeaderValue::try_from(value) {
         headers.append(header::SET_COOKIE, v);
     }
 }
 
 fn synthetic_response(s: crate::plugin::SyntheticResponse) -> Option<Response<Body>> {
-    let mut r = Response::new(Full::new(Bytes::from(s.body)).map_err(|never| match never {}).boxed_unsync());
+    let mut r = Response::new(
+        Full::new(Bytes::from(s.body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *r.status_mut() = StatusCode::from_u16(s.status).ok()?;
     for (k, v) in s.headers {
-        r.headers_mut().append(HeaderName::try_from(k).ok()?, HeaderValue::try_from(v).ok()?);
+        r.headers_mut().append(
+            HeaderName::try_from(k).ok()?,
+            HeaderValue::try_from(v).ok()?,
+        );
     }
     Some(r)
 }
 
 /// Buffers a JSON body (up to `cap` decoded bytes) and patches it. `Ok(Err(body))` gives the
 /// original bytes back untouched when the body is too large, not JSON, or a patch fails.
-async fn json_body(mut body: Incoming, from: Coding, ops: &[crate::plugin::JsonOp], cap: usize) -> Result<Result<Vec<u8>, Body>, hyper::Error> {
+async fn json_body(
+    mut body: Incoming,
+    from: Coding,
+    ops: &[crate::plugin::JsonOp],
+    cap: usize,
+) -> Result<Result<Vec<u8>, Body>, hyper::Error> {
     let mut raw: Vec<Bytes> = Vec::new();
     let mut decoder = rewrite::Decoder::new(from);
     let mut decoded = Vec::new();
     let mut ok = true;
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
         if ok {
             match decoder.push(&data) {
                 Ok(d) => decoded.extend(d),
@@ -510,10 +725,18 @@ async fn json_body(mut body: Incoming, from: Coding, ops: &[crate::plugin::JsonO
             // Too big to patch: send what was read and stream the rest untouched.
             let head = Full::new(Bytes::from(raw.concat())).map_err(|never| match never {});
             let rest = body.map_err(|e| Box::new(e) as BoxError);
-            return Ok(Err(Chain { first: Some(head.boxed_unsync()), second: rest.boxed_unsync() }.boxed_unsync()));
+            return Ok(Err(Chain {
+                first: Some(head.boxed_unsync()),
+                second: rest.boxed_unsync(),
+            }
+            .boxed_unsync()));
         }
     }
-    let original = || Full::new(Bytes::from(raw.concat())).map_err(|never| match never {}).boxed_unsync();
+    let original = || {
+        Full::new(Bytes::from(raw.concat()))
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    };
     if !ok {
         return Ok(Err(original()));
     }
@@ -540,7 +763,10 @@ impl http_body::Body for Chain {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(first) = self.first.as_mut() {
             match Pin::new(first).poll_frame(cx) {
                 Poll::Ready(None) => self.first = None,
@@ -561,10 +787,15 @@ impl http_body::Body for RewriteBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
-            let Some(html) = this.html.as_mut() else { return Poll::Ready(None) };
+            let Some(html) = this.html.as_mut() else {
+                return Poll::Ready(None);
+            };
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => {
@@ -572,7 +803,9 @@ impl http_body::Body for RewriteBody {
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
                 Poll::Ready(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else { continue };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     match html.push(&data) {
                         Ok(out) if out.is_empty() => continue,
                         Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
@@ -583,7 +816,9 @@ impl http_body::Body for RewriteBody {
                     }
                 }
                 Poll::Ready(None) => {
-                    let Some(html) = this.html.take() else { return Poll::Ready(None) };
+                    let Some(html) = this.html.take() else {
+                        return Poll::Ready(None);
+                    };
                     return match html.finish() {
                         Ok(out) if out.is_empty() => Poll::Ready(None),
                         Ok(out) => Poll::Ready(Some(Ok(Frame::data(out)))),

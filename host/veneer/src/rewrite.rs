@@ -17,7 +17,9 @@ use lol_html::send::Element;
 use lol_html::send::{ElementContentHandlers, HtmlRewriter, Settings};
 use lol_html::{MemorySettings, OutputSink, Selector};
 
-use crate::plugin::{ElementInfo, HtmlOp, HtmlRule, Instance, JsonOp, PluginFault, ResponsePlan, Subscription};
+use crate::plugin::{
+    ElementInfo, HtmlOp, HtmlRule, Instance, JsonOp, PluginFault, ResponsePlan, Subscription,
+};
 
 /// A content coding Veneer can decode and produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +59,10 @@ impl Coding {
                 h.split(',').any(|part| {
                     let mut it = part.split(';');
                     let coding = it.next().unwrap_or("").trim();
-                    let q = it.find_map(|p| p.trim().strip_prefix("q=")).and_then(|q| q.trim().parse::<f32>().ok()).unwrap_or(1.0);
+                    let q = it
+                        .find_map(|p| p.trim().strip_prefix("q="))
+                        .and_then(|q| q.trim().parse::<f32>().ok())
+                        .unwrap_or(1.0);
                     (coding.eq_ignore_ascii_case(name) || coding == "*") && q > 0.0
                 })
             })
@@ -88,7 +93,10 @@ impl Decoder {
         match coding {
             Coding::Identity => Decoder::Identity(Vec::new()),
             Coding::Gzip => Decoder::Gzip(Box::new(flate2::write::GzDecoder::new(Vec::new()))),
-            Coding::Brotli => Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 16 << 10))),
+            Coding::Brotli => Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(
+                Vec::new(),
+                16 << 10,
+            ))),
         }
     }
 
@@ -135,8 +143,16 @@ impl Encoder {
     pub fn new(coding: Coding) -> Self {
         match coding {
             Coding::Identity => Encoder::Identity(Vec::new()),
-            Coding::Gzip => Encoder::Gzip(Box::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(5)))),
-            Coding::Brotli => Encoder::Brotli(Box::new(brotli::CompressorWriter::new(Vec::new(), 16 << 10, 4, 22))),
+            Coding::Gzip => Encoder::Gzip(Box::new(flate2::write::GzEncoder::new(
+                Vec::new(),
+                flate2::Compression::new(5),
+            ))),
+            Coding::Brotli => Encoder::Brotli(Box::new(brotli::CompressorWriter::new(
+                Vec::new(),
+                16 << 10,
+                4,
+                22,
+            ))),
         }
     }
 
@@ -182,22 +198,32 @@ pub type FaultReporter = Arc<dyn Fn(&str, &PluginFault) + Send + Sync>;
 
 /// A plan checked against the host's rules: every selector parses, every attribute name is valid.
 pub fn validate_plan(plan: &ResponsePlan) -> Result<(), PluginFault> {
-    let selectors = plan.html.iter().map(|r| &r.selector).chain(plan.subscribe.iter().map(|s| &s.selector));
+    let selectors = plan
+        .html
+        .iter()
+        .map(|r| &r.selector)
+        .chain(plan.subscribe.iter().map(|s| &s.selector));
     for s in selectors {
-        s.parse::<Selector>().map_err(|e| PluginFault::InvalidPlan(format!("selector {s:?}: {e}")))?;
+        s.parse::<Selector>()
+            .map_err(|e| PluginFault::InvalidPlan(format!("selector {s:?}: {e}")))?;
     }
     for rule in &plan.html {
         let name = match &rule.op {
             HtmlOp::SetAttribute((n, _)) | HtmlOp::RemoveAttribute(n) => n,
             _ => continue,
         };
-        let valid = !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '>' | '/' | '=' | '<'));
+        let valid = !name.is_empty()
+            && !name
+                .chars()
+                .any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '>' | '/' | '=' | '<'));
         if !valid {
             return Err(PluginFault::InvalidPlan(format!("attribute name {name:?}")));
         }
     }
     for (name, value) in &plan.headers.set {
-        if http::HeaderName::try_from(name.as_str()).is_err() || http::HeaderValue::try_from(value.as_str()).is_err() {
+        if http::HeaderName::try_from(name.as_str()).is_err()
+            || http::HeaderValue::try_from(value.as_str()).is_err()
+        {
             return Err(PluginFault::InvalidPlan(format!("header {name:?}")));
         }
     }
@@ -251,7 +277,10 @@ struct SharedBuf(Arc<Mutex<Vec<u8>>>);
 
 impl OutputSink for SharedBuf {
     fn handle_chunk(&mut self, chunk: &[u8]) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(chunk);
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(chunk);
     }
 }
 
@@ -298,8 +327,11 @@ fn fault(h: &PluginHandle, report: &FaultReporter, f: &PluginFault) {
 impl HtmlBody {
     /// Builds the pipeline. Plans must have passed [`validate_plan`].
     pub fn new(job: HtmlJob, from: Coding, to: Coding) -> Self {
-        let mut settings = Settings::new_send()
-            .with_memory_settings(MemorySettings::new().with_graceful_bail_out_on_memory_limit_exceeded(true).with_max_allowed_memory_usage(16 << 20));
+        let mut settings = Settings::new_send().with_memory_settings(
+            MemorySettings::new()
+                .with_graceful_bail_out_on_memory_limit_exceeded(true)
+                .with_max_allowed_memory_usage(16 << 20),
+        );
         for (handle, plan) in job.plugins {
             // Consecutive rules on one selector share one handler: one selector match, one closure.
             let mut groups: Vec<(String, Vec<HtmlOp>)> = Vec::new();
@@ -310,71 +342,99 @@ impl HtmlBody {
                 }
             }
             for (selector, ops) in groups {
-                let Ok(parsed) = selector.parse::<Selector>() else { continue };
+                let Ok(parsed) = selector.parse::<Selector>() else {
+                    continue;
+                };
                 let h = handle.clone();
-                let handlers = ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
-                    if is_live(&h) {
-                        for op in &ops {
-                            apply_op(el, op);
+                let handlers =
+                    ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
+                        if is_live(&h) {
+                            for op in &ops {
+                                apply_op(el, op);
+                            }
                         }
-                    }
-                    Ok(())
-                });
+                        Ok(())
+                    });
                 settings = settings.append_element_content_handler((Cow::Owned(parsed), handlers));
             }
             for (index, Subscription { selector, text }) in plan.subscribe.into_iter().enumerate() {
-                let Ok(parsed) = selector.parse::<Selector>() else { continue };
+                let Ok(parsed) = selector.parse::<Selector>() else {
+                    continue;
+                };
                 let id = u32::try_from(index).unwrap_or(u32::MAX);
                 let (h, report) = (handle.clone(), job.report.clone());
-                let mut handlers = ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
-                    if !is_live(&h) {
-                        return Ok(());
-                    }
-                    let info = ElementInfo {
-                        tag: el.tag_name(),
-                        attributes: el.attributes().iter().map(|a| (a.name(), a.value())).collect(),
-                    };
-                    let result = h.instance.lock().unwrap_or_else(PoisonError::into_inner).on_element(id, &info);
-                    match result {
-                        Ok(ops) => ops.iter().for_each(|op| apply_op(el, op)),
-                        Err(f) => fault(&h, &report, &f),
-                    }
-                    Ok(())
-                });
+                let mut handlers =
+                    ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
+                        if !is_live(&h) {
+                            return Ok(());
+                        }
+                        let info = ElementInfo {
+                            tag: el.tag_name(),
+                            attributes: el
+                                .attributes()
+                                .iter()
+                                .map(|a| (a.name(), a.value()))
+                                .collect(),
+                        };
+                        let result = h
+                            .instance
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .on_element(id, &info);
+                        match result {
+                            Ok(ops) => ops.iter().for_each(|op| apply_op(el, op)),
+                            Err(f) => fault(&h, &report, &f),
+                        }
+                        Ok(())
+                    });
                 if text {
                     let (h, report) = (handle.clone(), job.report.clone());
                     // lol-html hands text over in arbitrary chunks; plugins get whole text nodes,
                     // so chunks are held back until the node's last one.
                     let mut pending = String::new();
-                    handlers = handlers.text(move |chunk: &mut lol_html::html_content::TextChunk<'_>| {
-                        pending.push_str(chunk.as_str());
-                        if !chunk.last_in_text_node() {
-                            chunk.remove();
-                            return Ok(());
-                        }
-                        let whole = std::mem::take(&mut pending);
-                        let replacement = if is_live(&h) && !whole.trim().is_empty() {
-                            match h.instance.lock().unwrap_or_else(PoisonError::into_inner).on_text(id, &whole) {
-                                Ok(r) => r,
-                                Err(f) => {
-                                    fault(&h, &report, &f);
-                                    None
-                                }
+                    handlers =
+                        handlers.text(move |chunk: &mut lol_html::html_content::TextChunk<'_>| {
+                            pending.push_str(chunk.as_str());
+                            if !chunk.last_in_text_node() {
+                                chunk.remove();
+                                return Ok(());
                             }
-                        } else {
-                            None
-                        };
-                        // The original is raw source text, so it goes back as HTML, byte for byte.
-                        chunk.replace(replacement.as_deref().unwrap_or(&whole), ContentType::Html);
-                        Ok(())
-                    });
+                            let whole = std::mem::take(&mut pending);
+                            let replacement = if is_live(&h) && !whole.trim().is_empty() {
+                                match h
+                                    .instance
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .on_text(id, &whole)
+                                {
+                                    Ok(r) => r,
+                                    Err(f) => {
+                                        fault(&h, &report, &f);
+                                        None
+                                    }
+                                }
+                            } else {
+                                None
+                            };
+                            // The original is raw source text, so it goes back as HTML, byte for byte.
+                            chunk.replace(
+                                replacement.as_deref().unwrap_or(&whole),
+                                ContentType::Html,
+                            );
+                            Ok(())
+                        });
                 }
                 settings = settings.append_element_content_handler((Cow::Owned(parsed), handlers));
             }
         }
         let out = Arc::new(Mutex::new(Vec::new()));
         let rewriter = HtmlRewriter::new(settings, SharedBuf(out.clone()));
-        HtmlBody { decoder: Decoder::new(from), rewriter, out, encoder: Encoder::new(to) }
+        HtmlBody {
+            decoder: Decoder::new(from),
+            rewriter,
+            out,
+            encoder: Encoder::new(to),
+        }
     }
 
     fn drain(&mut self) -> Vec<u8> {
@@ -387,22 +447,36 @@ impl HtmlBody {
         if decoded.is_empty() {
             return Ok(Bytes::new());
         }
-        self.rewriter.write(&decoded).map_err(|e| BodyError::Rewrite(e.to_string()))?;
+        self.rewriter
+            .write(&decoded)
+            .map_err(|e| BodyError::Rewrite(e.to_string()))?;
         let html = self.drain();
         if html.is_empty() {
             return Ok(Bytes::new());
         }
-        self.encoder.push(&html).map(Bytes::from).map_err(BodyError::Encode)
+        self.encoder
+            .push(&html)
+            .map(Bytes::from)
+            .map_err(BodyError::Encode)
     }
 
     /// Ends the body; returns the last bytes for the client.
     pub fn finish(self) -> Result<Bytes, BodyError> {
-        let HtmlBody { decoder, mut rewriter, out, mut encoder } = self;
+        let HtmlBody {
+            decoder,
+            mut rewriter,
+            out,
+            mut encoder,
+        } = self;
         let rest = decoder.finish().map_err(BodyError::Decode)?;
         if !rest.is_empty() {
-            rewriter.write(&rest).map_err(|e| BodyError::Rewrite(e.to_string()))?;
+            rewriter
+                .write(&rest)
+                .map_err(|e| BodyError::Rewrite(e.to_string()))?;
         }
-        rewriter.end().map_err(|e| BodyError::Rewrite(e.to_string()))?;
+        rewriter
+            .end()
+            .map_err(|e| BodyError::Rewrite(e.to_string()))?;
         let html = std::mem::take(&mut *out.lock().unwrap_or_else(PoisonError::into_inner));
         let mut bytes = encoder.push(&html).map_err(BodyError::Encode)?;
         bytes.extend(encoder.finish().map_err(BodyError::Encode)?);
@@ -412,11 +486,13 @@ impl HtmlBody {
 
 /// Applies JSON operations to a JSON document.
 pub fn apply_json(body: &[u8], ops: &[JsonOp]) -> Result<Vec<u8>, String> {
-    let mut doc: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("origin body is not JSON: {e}"))?;
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("origin body is not JSON: {e}"))?;
     for op in ops {
         match op {
             JsonOp::Set((pointer, value)) => {
-                let value: serde_json::Value = serde_json::from_str(value).map_err(|e| format!("set {pointer}: value is not JSON: {e}"))?;
+                let value: serde_json::Value = serde_json::from_str(value)
+                    .map_err(|e| format!("set {pointer}: value is not JSON: {e}"))?;
                 if pointer.is_empty() {
                     doc = value;
                     continue;
@@ -427,11 +503,15 @@ pub fn apply_json(body: &[u8], ops: &[JsonOp]) -> Result<Vec<u8>, String> {
                         map.insert(last, value);
                     }
                     Some(serde_json::Value::Array(items)) => {
-                        let i: usize = last.parse().map_err(|_| format!("set {pointer}: not an array index"))?;
+                        let i: usize = last
+                            .parse()
+                            .map_err(|_| format!("set {pointer}: not an array index"))?;
                         match i.cmp(&items.len()) {
                             std::cmp::Ordering::Less => items[i] = value,
                             std::cmp::Ordering::Equal => items.push(value),
-                            std::cmp::Ordering::Greater => return Err(format!("set {pointer}: index out of range")),
+                            std::cmp::Ordering::Greater => {
+                                return Err(format!("set {pointer}: index out of range"));
+                            }
                         }
                     }
                     _ => return Err(format!("set {pointer}: parent does not exist")),
@@ -454,7 +534,8 @@ pub fn apply_json(body: &[u8], ops: &[JsonOp]) -> Result<Vec<u8>, String> {
                 }
             }
             JsonOp::Append((pointer, value)) => {
-                let value: serde_json::Value = serde_json::from_str(value).map_err(|e| format!("append {pointer}: value is not JSON: {e}"))?;
+                let value: serde_json::Value = serde_json::from_str(value)
+                    .map_err(|e| format!("append {pointer}: value is not JSON: {e}"))?;
                 match doc.pointer_mut(pointer) {
                     Some(serde_json::Value::Array(items)) => items.push(value),
                     _ => return Err(format!("append {pointer}: not an array")),
@@ -466,7 +547,9 @@ pub fn apply_json(body: &[u8], ops: &[JsonOp]) -> Result<Vec<u8>, String> {
 }
 
 fn split_pointer(pointer: &str) -> Result<(&str, String), String> {
-    let i = pointer.rfind('/').ok_or_else(|| format!("{pointer:?} is not a JSON pointer"))?;
+    let i = pointer
+        .rfind('/')
+        .ok_or_else(|| format!("{pointer:?} is not a JSON pointer"))?;
     let last = pointer[i + 1..].replace("~1", "/").replace("~0", "~");
     Ok((&pointer[..i], last))
 }
@@ -512,7 +595,10 @@ mod tests {
             JsonOp::Remove("/debug".into()),
         ];
         let out = apply_json(body, &ops).expect("applies");
-        assert_eq!(String::from_utf8_lossy(&out), r#"{"hero":{"title":"Welcome back"},"items":[1,2,3]}"#);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            r#"{"hero":{"title":"Welcome back"},"items":[1,2,3]}"#
+        );
         assert!(apply_json(body, &[JsonOp::Set(("/nope/x".into(), "1".into()))]).is_err());
     }
 }

@@ -36,7 +36,10 @@ pub fn serve(app: Arc<App>, listener: TcpListener) -> JoinHandle<()> {
                     let app = app.clone();
                     async move { Ok::<_, Infallible>(proxy::handle(app, req).await) }
                 });
-                if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await {
+                if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             });
@@ -63,7 +66,9 @@ pub fn serve_admin(app: Arc<App>, listener: TcpListener) -> JoinHandle<()> {
                         Ok::<_, Infallible>(r)
                     }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     })
@@ -71,5 +76,7 @@ pub fn serve_admin(app: Arc<App>, listener: TcpListener) -> JoinHandle<()> {
 
 /// Binds `addr`, naming it in the error.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
 }

@@ -54,7 +54,8 @@ impl CookieSigner {
 
     fn mac(&self) -> Hmac<Sha256> {
         // HMAC accepts keys of any length, so this cannot fail.
-        <Hmac<Sha256> as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
     }
 
     /// The cookie value for `state`.
@@ -99,9 +100,22 @@ pub fn strip_cookie(header: &str, name: &str) -> String {
 /// that claims to be mobile is still a bot.
 pub fn device_class(user_agent: &str) -> DeviceClass {
     let ua = user_agent.to_ascii_lowercase();
-    if ["bot", "crawl", "spider", "slurp", "facebookexternalhit", "headless"].iter().any(|b| ua.contains(b)) {
+    if [
+        "bot",
+        "crawl",
+        "spider",
+        "slurp",
+        "facebookexternalhit",
+        "headless",
+    ]
+    .iter()
+    .any(|b| ua.contains(b))
+    {
         DeviceClass::Bot
-    } else if ua.contains("ipad") || ua.contains("tablet") || (ua.contains("android") && !ua.contains("mobile")) {
+    } else if ua.contains("ipad")
+        || ua.contains("tablet")
+        || (ua.contains("android") && !ua.contains("mobile"))
+    {
         DeviceClass::Tablet
     } else if ua.contains("mobi") || ua.contains("iphone") || ua.contains("android") {
         DeviceClass::Mobile
@@ -123,7 +137,12 @@ pub fn device_name(d: DeviceClass) -> &'static str {
 /// The first language range of an Accept-Language header (`nb-NO`), if any.
 pub fn preferred_locale(accept_language: &str) -> Option<String> {
     let first = accept_language.split(',').next()?.split(';').next()?.trim();
-    let valid = !first.is_empty() && first != "*" && first.len() <= 35 && first.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let valid = !first.is_empty()
+        && first != "*"
+        && first.len() <= 35
+        && first
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
     valid.then(|| first.to_owned())
 }
 
@@ -145,7 +164,10 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
         match (bytes[i], hex) {
             (b'+', _) => out.push(b' '),
             (b'%', Some(b)) => {
@@ -201,7 +223,11 @@ pub struct Facts<'a> {
 impl Facts<'_> {
     /// The attributes object segment conditions and experiments are evaluated against.
     pub fn attributes(&self) -> Value {
-        let utm: Map<String, Value> = self.utm.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        let utm: Map<String, Value> = self
+            .utm
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
         json!({
             "id": self.state.id,
             "visitCount": self.state.visits,
@@ -236,7 +262,13 @@ pub fn resume(signer: &CookieSigner, cookie_value: Option<&str>, now: u64) -> Vi
             s.last = now;
             s
         }
-        None => VisitorState { id: uuid::Uuid::new_v4().to_string(), first: now, last: now, visits: 1, sticky: BTreeMap::new() },
+        None => VisitorState {
+            id: uuid::Uuid::new_v4().to_string(),
+            first: now,
+            last: now,
+            visits: 1,
+            sticky: BTreeMap::new(),
+        },
     }
 }
 
@@ -256,7 +288,10 @@ mod tests {
         let forged_payload = B64.encode(serde_json::to_vec(&forged).unwrap_or_default());
         assert_eq!(signer.decode(&format!("{forged_payload}.{tag}")), None);
         assert_eq!(signer.decode(payload), None);
-        assert_eq!(CookieSigner::new(b"another-key-another-key-another!!").decode(&value), None);
+        assert_eq!(
+            CookieSigner::new(b"another-key-another-key-another!!").decode(&value),
+            None
+        );
     }
 
     #[test]
@@ -265,17 +300,41 @@ mod tests {
         let s = resume(&signer, None, 1000);
         let v = signer.encode(&s);
         assert_eq!(resume(&signer, Some(&v), 1000 + 60).visits, 1);
-        assert_eq!(resume(&signer, Some(&v), 1000 + VISIT_GAP_SECS + 1).visits, 2);
+        assert_eq!(
+            resume(&signer, Some(&v), 1000 + VISIT_GAP_SECS + 1).visits,
+            2
+        );
     }
 
     #[test]
     fn request_facts() {
-        assert!(matches!(device_class("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) Mobile"), DeviceClass::Mobile));
-        assert!(matches!(device_class("Mozilla/5.0 (iPad; CPU OS 17_0)"), DeviceClass::Tablet));
-        assert!(matches!(device_class("Googlebot/2.1 Mobile"), DeviceClass::Bot));
-        assert!(matches!(device_class("Mozilla/5.0 (X11; Linux x86_64)"), DeviceClass::Desktop));
-        assert_eq!(preferred_locale("nb-NO,nb;q=0.9,en;q=0.8").as_deref(), Some("nb-NO"));
-        assert_eq!(utm_params("a=1&utm_source=news%20letter&utm_campaign=x+mas"), vec![("source".into(), "news letter".into()), ("campaign".into(), "x mas".into())]);
+        assert!(matches!(
+            device_class("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) Mobile"),
+            DeviceClass::Mobile
+        ));
+        assert!(matches!(
+            device_class("Mozilla/5.0 (iPad; CPU OS 17_0)"),
+            DeviceClass::Tablet
+        ));
+        assert!(matches!(
+            device_class("Googlebot/2.1 Mobile"),
+            DeviceClass::Bot
+        ));
+        assert!(matches!(
+            device_class("Mozilla/5.0 (X11; Linux x86_64)"),
+            DeviceClass::Desktop
+        ));
+        assert_eq!(
+            preferred_locale("nb-NO,nb;q=0.9,en;q=0.8").as_deref(),
+            Some("nb-NO")
+        );
+        assert_eq!(
+            utm_params("a=1&utm_source=news%20letter&utm_campaign=x+mas"),
+            vec![
+                ("source".into(), "news letter".into()),
+                ("campaign".into(), "x mas".into())
+            ]
+        );
         assert_eq!(cookie("a=1; veneer_vid=xyz; b=2", COOKIE), Some("xyz"));
         assert_eq!(strip_cookie("a=1; veneer_vid=xyz; b=2", COOKIE), "a=1; b=2");
         let c = consent(Some("personalization"), &[], false);

@@ -1,4 +1,7 @@
-#![expect(missing_docs, reason = "generated bindings; the WIT file documents every item")]
+#![expect(
+    missing_docs,
+    reason = "generated bindings; the WIT file documents every item"
+)]
 
 //! The one place `bindgen!` runs. Generated code stays in this private module; the rest of
 //! the crate sees only the types re-exported from [`super`].

@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use bindings::veneer::plugin as wit;
@@ -40,8 +42,8 @@ use bindings::{Personalizer, PersonalizerPre};
 
 pub use bindings::veneer::plugin::campaigns::{Assignment, Campaign};
 pub use wit::types::{
-    Consent, DeviceClass, ElementInfo, HeaderEdits, HtmlOp, HtmlRule, JsonOp, Level, RequestAction, RequestHead,
-    ResponseHead, ResponsePlan, Subscription, SyntheticResponse, Visitor,
+    Consent, DeviceClass, ElementInfo, HeaderEdits, HtmlOp, HtmlRule, JsonOp, Level, RequestAction,
+    RequestHead, ResponseHead, ResponsePlan, Subscription, SyntheticResponse, Visitor,
 };
 
 /// What the host provides to the plugins of one request. Implementations must not block:
@@ -154,7 +156,11 @@ impl Runtime {
 
         let mut linker: Linker<StoreState> = Linker::new(&engine);
         wt(wasmtime_wasi::p2::add_to_linker_async(&mut linker)).context("linking WASI")?;
-        wt(Personalizer::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)).context("linking Veneer host interfaces")?;
+        wt(Personalizer::add_to_linker::<_, HasSelf<_>>(
+            &mut linker,
+            |s| s,
+        ))
+        .context("linking Veneer host interfaces")?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (stop, ticker_engine) = (ticker_stop.clone(), engine.clone());
@@ -168,18 +174,52 @@ impl Runtime {
             })
             .context("starting the epoch ticker")?;
 
-        std::fs::create_dir_all(&options.cache_dir)
-            .with_context(|| format!("creating plugin cache directory {}", options.cache_dir.display()))?;
-        Ok(Runtime { engine, linker, cache_dir: options.cache_dir.clone(), ticker_stop })
+        std::fs::create_dir_all(&options.cache_dir).with_context(|| {
+            format!(
+                "creating plugin cache directory {}",
+                options.cache_dir.display()
+            )
+        })?;
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir: options.cache_dir.clone(),
+            ticker_stop,
+        })
     }
 
     /// Loads a plugin from a `.wasm` component file.
-    pub fn load(&self, name: &str, path: &Path, params: HashMap<String, String>, limits: Limits) -> anyhow::Result<Plugin> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
-        let component = self.compile_cached(&bytes).with_context(|| format!("compiling plugin {}", path.display()))?;
-        let pre = wt(self.linker.instantiate_pre(&component)).with_context(|| format!("linking plugin {}: it must target the veneer:plugin/personalizer world", path.display()))?;
-        let pre = wt(PersonalizerPre::new(pre)).with_context(|| format!("plugin {} does not export veneer:plugin/hooks", path.display()))?;
-        Ok(Plugin { name: Arc::from(name), pre, params: Arc::new(params), limits, engine: self.engine.clone() })
+    pub fn load(
+        &self,
+        name: &str,
+        path: &Path,
+        params: HashMap<String, String>,
+        limits: Limits,
+    ) -> anyhow::Result<Plugin> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
+        let component = self
+            .compile_cached(&bytes)
+            .with_context(|| format!("compiling plugin {}", path.display()))?;
+        let pre = wt(self.linker.instantiate_pre(&component)).with_context(|| {
+            format!(
+                "linking plugin {}: it must target the veneer:plugin/personalizer world",
+                path.display()
+            )
+        })?;
+        let pre = wt(PersonalizerPre::new(pre)).with_context(|| {
+            format!(
+                "plugin {} does not export veneer:plugin/hooks",
+                path.display()
+            )
+        })?;
+        Ok(Plugin {
+            name: Arc::from(name),
+            pre,
+            params: Arc::new(params),
+            limits,
+            engine: self.engine.clone(),
+        })
     }
 
     /// Returns the compiled component, from the cache when the same bytes were compiled by a
@@ -187,23 +227,30 @@ impl Runtime {
     fn compile_cached(&self, bytes: &[u8]) -> anyhow::Result<Component> {
         use std::hash::{Hash, Hasher};
         let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut engine_hash);
         let digest = Sha256::digest(bytes);
         let key: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        let path = self.cache_dir.join(format!("{key}-{:016x}.cwasm", engine_hash.finish()));
+        let path = self
+            .cache_dir
+            .join(format!("{key}-{:016x}.cwasm", engine_hash.finish()));
         if path.exists() {
             match load_precompiled(&self.engine, &path) {
                 Ok(c) => {
                     tracing::debug!(path = %path.display(), "plugin loaded from compile cache");
                     return Ok(c);
                 }
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compile cache entry"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compile cache entry")
+                }
             }
         }
         let compiled = wt(self.engine.precompile_component(bytes))?;
         // Write to a temporary name and rename, so a concurrent reader never sees half a file.
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        if let Err(e) = std::fs::write(&tmp, &compiled).and_then(|()| std::fs::rename(&tmp, &path)) {
+        if let Err(e) = std::fs::write(&tmp, &compiled).and_then(|()| std::fs::rename(&tmp, &path))
+        {
             tracing::warn!(path = %path.display(), error = %e, "could not write compile cache entry");
         }
         load_precompiled_bytes(&self.engine, &compiled)
@@ -221,7 +268,10 @@ fn wt<T>(r: wasmtime::Result<T>) -> anyhow::Result<T> {
     r.map_err(anyhow::Error::from)
 }
 
-#[expect(unsafe_code, reason = "deserializing precompiled code; see the SAFETY note")]
+#[expect(
+    unsafe_code,
+    reason = "deserializing precompiled code; see the SAFETY note"
+)]
 fn load_precompiled(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
     // SAFETY: wasmtime requires that the file was produced by `precompile_component` of a
     // compatible engine and not tampered with. It was: this process family writes the cache
@@ -230,7 +280,10 @@ fn load_precompiled(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
     wt(unsafe { Component::deserialize_file(engine, path) })
 }
 
-#[expect(unsafe_code, reason = "deserializing precompiled code; see the SAFETY note")]
+#[expect(
+    unsafe_code,
+    reason = "deserializing precompiled code; see the SAFETY note"
+)]
 fn load_precompiled_bytes(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Component> {
     // SAFETY: `bytes` was produced by `precompile_component` on this very engine just now.
     wt(unsafe { Component::deserialize(engine, bytes) })
@@ -253,7 +306,10 @@ impl Plugin {
     }
 
     /// A fresh instance for one request.
-    pub async fn instantiate(&self, services: Arc<dyn HostServices>) -> Result<Instance, PluginFault> {
+    pub async fn instantiate(
+        &self,
+        services: Arc<dyn HostServices>,
+    ) -> Result<Instance, PluginFault> {
         let state = StoreState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -303,12 +359,20 @@ struct StoreState {
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl ResourceLimiter for StoreState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_limit {
             self.memory_exceeded = true;
             // An error (not `false`) traps at once, instead of letting the guest's allocator
@@ -318,7 +382,12 @@ impl ResourceLimiter for StoreState {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -337,7 +406,8 @@ impl Instance {
     fn arm(&mut self) {
         let left = self.budget.saturating_sub(self.used);
         let ticks = (left.as_micros() / TICK.as_micros()).max(1);
-        self.store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        self.store
+            .set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
     }
 
     fn classify(&mut self, e: wasmtime::Error) -> PluginFault {
@@ -359,47 +429,91 @@ impl Instance {
         Ok(Instant::now())
     }
 
-    fn end<R>(&mut self, start: Instant, result: Option<wasmtime::Result<R>>) -> Result<R, PluginFault> {
+    fn end<R>(
+        &mut self,
+        start: Instant,
+        result: Option<wasmtime::Result<R>>,
+    ) -> Result<R, PluginFault> {
         self.used += start.elapsed();
         match result {
             Some(Ok(r)) => Ok(r),
             Some(Err(e)) => Err(self.classify(e)),
             None => {
                 self.faulted = true;
-                Err(PluginFault::Trap("the call waited on I/O inside a streaming callback".into()))
+                Err(PluginFault::Trap(
+                    "the call waited on I/O inside a streaming callback".into(),
+                ))
             }
         }
     }
 
     /// Calls `on-request`.
-    pub async fn on_request(&mut self, request: &RequestHead, visitor: &Visitor) -> Result<RequestAction, PluginFault> {
+    pub async fn on_request(
+        &mut self,
+        request: &RequestHead,
+        visitor: &Visitor,
+    ) -> Result<RequestAction, PluginFault> {
         let start = self.begin()?;
-        let Some(b) = &self.bindings else { return Err(PluginFault::AlreadyFaulted) };
-        let r = b.veneer_plugin_hooks().call_on_request(&mut self.store, request, visitor).await;
+        let Some(b) = &self.bindings else {
+            return Err(PluginFault::AlreadyFaulted);
+        };
+        let r = b
+            .veneer_plugin_hooks()
+            .call_on_request(&mut self.store, request, visitor)
+            .await;
         self.end(start, Some(r))
     }
 
     /// Calls `on-response`.
-    pub async fn on_response(&mut self, request: &RequestHead, response: &ResponseHead, visitor: &Visitor) -> Result<ResponsePlan, PluginFault> {
+    pub async fn on_response(
+        &mut self,
+        request: &RequestHead,
+        response: &ResponseHead,
+        visitor: &Visitor,
+    ) -> Result<ResponsePlan, PluginFault> {
         let start = self.begin()?;
-        let Some(b) = &self.bindings else { return Err(PluginFault::AlreadyFaulted) };
-        let r = b.veneer_plugin_hooks().call_on_response(&mut self.store, request, response, visitor).await;
+        let Some(b) = &self.bindings else {
+            return Err(PluginFault::AlreadyFaulted);
+        };
+        let r = b
+            .veneer_plugin_hooks()
+            .call_on_response(&mut self.store, request, response, visitor)
+            .await;
         self.end(start, Some(r))
     }
 
     /// Calls `on-element` (synchronously, from a streaming handler).
-    pub fn on_element(&mut self, subscription: u32, element: &ElementInfo) -> Result<Vec<HtmlOp>, PluginFault> {
+    pub fn on_element(
+        &mut self,
+        subscription: u32,
+        element: &ElementInfo,
+    ) -> Result<Vec<HtmlOp>, PluginFault> {
         let start = self.begin()?;
-        let Some(b) = &self.bindings else { return Err(PluginFault::AlreadyFaulted) };
-        let r = poll_now(b.veneer_plugin_hooks().call_on_element(&mut self.store, subscription, element));
+        let Some(b) = &self.bindings else {
+            return Err(PluginFault::AlreadyFaulted);
+        };
+        let r = poll_now(b.veneer_plugin_hooks().call_on_element(
+            &mut self.store,
+            subscription,
+            element,
+        ));
         self.end(start, r)
     }
 
     /// Calls `on-text` (synchronously, from a streaming handler).
-    pub fn on_text(&mut self, subscription: u32, text: &str) -> Result<Option<String>, PluginFault> {
+    pub fn on_text(
+        &mut self,
+        subscription: u32,
+        text: &str,
+    ) -> Result<Option<String>, PluginFault> {
         let start = self.begin()?;
-        let Some(b) = &self.bindings else { return Err(PluginFault::AlreadyFaulted) };
-        let r = poll_now(b.veneer_plugin_hooks().call_on_text(&mut self.store, subscription, text));
+        let Some(b) = &self.bindings else {
+            return Err(PluginFault::AlreadyFaulted);
+        };
+        let r = poll_now(
+            b.veneer_plugin_hooks()
+                .call_on_text(&mut self.store, subscription, text),
+        );
         self.end(start, r)
     }
 
@@ -413,7 +527,10 @@ impl Instance {
 /// wait finish in one poll.
 fn poll_now<F: std::future::Future>(future: F) -> Option<F::Output> {
     let mut future = std::pin::pin!(future);
-    match future.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+    match future
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
         std::task::Poll::Ready(v) => Some(v),
         std::task::Poll::Pending => None,
     }
@@ -449,7 +566,11 @@ impl wit::host::Host for StoreState {
     }
 
     fn log(&mut self, level: Level, message: String) {
-        let (tenant, request_id, plugin) = (self.services.tenant(), self.services.request_id(), &*self.plugin);
+        let (tenant, request_id, plugin) = (
+            self.services.tenant(),
+            self.services.request_id(),
+            &*self.plugin,
+        );
         // A plugin's message is data; cap it so a chatty plugin cannot flood the log.
         let message: String = message.chars().take(1024).collect();
         match level {

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The demo (README "Quick start"): builds the plugins for wasm32-wasip2 and runs the demo shop
+# behind Veneer on embedded defaults. Extra arguments go to `veneer demo` (e.g. --listen).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rustup target add wasm32-wasip2
+CARGO_TARGET_DIR=target/plugins cargo build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release
+cargo build -p veneer
+exec target/debug/veneer demo "$@"

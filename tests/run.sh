@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The project's test command (README "Tests"): on a fresh machine it installs what is missing,
+# then runs formatting, lints and every test: rules-engine unit, property and conformance tests,
+# host unit tests, and end-to-end tests against real plugins built for wasm32-wasip2.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rustup target add wasm32-wasip2
+rustup component add clippy rustfmt
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+CARGO_TARGET_DIR=target/plugins cargo clippy --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release -- -D warnings
+cargo test --workspace
