@@ -9,6 +9,7 @@ rustup target add wasm32-wasip2
 rustup component add clippy rustfmt
 
 cargo fmt --all -- --check
+cargo fmt --manifest-path plugins/Cargo.toml --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 CARGO_TARGET_DIR=target/plugins cargo clippy --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release -- -D warnings
 cargo test --workspace

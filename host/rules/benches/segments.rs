@@ -1,7 +1,13 @@
 //! Segment evaluation cost: one typical segment (4 operators) and a tenant with 50 segments.
 //! Run with `cargo bench -p veneer-rules --bench segments`.
+#![expect(
+    missing_docs,
+    reason = "criterion's macros generate undocumented functions"
+)]
 
-use criterion::{Criterion, black_box, criterion_group, criterion_main};
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
 use veneer_rules::{Condition, RuleSet, SavedGroups};
 

@@ -25,7 +25,7 @@ enum Request {
         version: u32,
     },
     Assign {
-        experiment: ExperimentSpec,
+        experiment: Box<ExperimentSpec>,
         #[serde(default)]
         attributes: Value,
         #[serde(default)]
@@ -57,7 +57,7 @@ pub fn eval_line(line: &str) -> Value {
             experiment,
             attributes,
             url,
-        } => match Experiment::compile(experiment) {
+        } => match Experiment::compile(*experiment) {
             Ok(exp) => {
                 let mut ctx = Context::new(&attributes);
                 ctx.url = url.as_deref();

@@ -264,13 +264,13 @@ impl Compiler {
                 Test::Ops(ops)
             }
             Value::Object(map) => {
-                if self.strict {
-                    if let Some(op) = map.keys().find(|k| k.starts_with('$')) {
-                        return Err(err(
-                            &Loc::Key(loc, op),
-                            "operators cannot be mixed with plain keys in one object (it would be compared as a literal)",
-                        ));
-                    }
+                if self.strict
+                    && let Some(op) = map.keys().find(|k| k.starts_with('$'))
+                {
+                    return Err(err(
+                        &Loc::Key(loc, op),
+                        "operators cannot be mixed with plain keys in one object (it would be compared as a literal)",
+                    ));
                 }
                 Test::Json(value.clone())
             }

@@ -236,12 +236,12 @@ impl Experiment {
     ) -> (&'v str, Option<String>) {
         let attr = self.spec.hash_attribute.as_deref().unwrap_or("id");
         let value = hash::hash_value_string(ctx.attributes.get(attr));
-        if value.is_none() && use_fallback {
-            if let Some(fallback) = self.spec.fallback_attribute.as_deref() {
-                if let Some(v) = hash::hash_value_string(ctx.attributes.get(fallback)) {
-                    return (fallback, Some(v));
-                }
-            }
+        if value.is_none()
+            && use_fallback
+            && let Some(fallback) = self.spec.fallback_attribute.as_deref()
+            && let Some(v) = hash::hash_value_string(ctx.attributes.get(fallback))
+        {
+            return (fallback, Some(v));
         }
         (attr, value)
     }
@@ -299,11 +299,11 @@ impl Experiment {
         let mut assignments: BTreeMap<&str, &str> = BTreeMap::new();
         let attr = self.spec.hash_attribute.as_deref().unwrap_or("id");
         let mut add = |name: &str| {
-            if let Some(value) = hash::hash_value_string(ctx.attributes.get(name)) {
-                if let Some(doc) = docs.get(&format!("{name}||{value}")) {
-                    for (k, v) in &doc.assignments {
-                        assignments.insert(k, v);
-                    }
+            if let Some(value) = hash::hash_value_string(ctx.attributes.get(name))
+                && let Some(doc) = docs.get(&format!("{name}||{value}"))
+            {
+                for (k, v) in &doc.assignments {
+                    assignments.insert(k, v);
                 }
             }
         };
@@ -400,20 +400,18 @@ impl Experiment {
             Some(bucket),
             found_sticky,
         );
-        if sticky_on {
-            if let Some(docs) = ctx.sticky.as_deref_mut() {
-                let doc = docs
-                    .entry(format!("{hash_attr}||{hash_value}"))
-                    .or_insert_with(|| StickyDoc {
-                        attribute_name: hash_attr.clone(),
-                        attribute_value: hash_value.clone(),
-                        assignments: BTreeMap::new(),
-                    });
-                doc.assignments.insert(
-                    self.sticky_key(spec.bucket_version.unwrap_or(0)),
-                    result.key.clone(),
-                );
-            }
+        if sticky_on && let Some(docs) = ctx.sticky.as_deref_mut() {
+            let doc = docs
+                .entry(format!("{hash_attr}||{hash_value}"))
+                .or_insert_with(|| StickyDoc {
+                    attribute_name: hash_attr.clone(),
+                    attribute_value: hash_value.clone(),
+                    assignments: BTreeMap::new(),
+                });
+            doc.assignments.insert(
+                self.sticky_key(spec.bucket_version.unwrap_or(0)),
+                result.key.clone(),
+            );
         }
         result
     }
@@ -435,16 +433,16 @@ impl Experiment {
             if filtered_out {
                 return false;
             }
-        } else if let Some(ns) = &spec.namespace {
-            if !hash::in_namespace(hash_value, ns) {
-                return false;
-            }
+        } else if let Some(ns) = &spec.namespace
+            && !hash::in_namespace(hash_value, ns)
+        {
+            return false;
         }
         let groups = ctx.saved_groups.unwrap_or(&EMPTY_GROUPS);
-        if let Some(c) = &self.condition {
-            if !c.matches(ctx.attributes, groups) {
-                return false;
-            }
+        if let Some(c) = &self.condition
+            && !c.matches(ctx.attributes, groups)
+        {
+            return false;
         }
         for (id, condition, _gate) in &self.parents {
             let value = ctx.features.map_or(Value::Null, |f| f(id));

@@ -304,36 +304,37 @@ fn experiment_problems(spec: &ExperimentSpec) -> Vec<String> {
             ));
         }
     }
-    if let Some(c) = spec.coverage {
-        if !(0.0..=1.0).contains(&c) {
-            out.push(format!("coverage must be between 0 and 1, is {c}"));
-        }
+    if let Some(c) = spec.coverage
+        && !(0.0..=1.0).contains(&c)
+    {
+        out.push(format!("coverage must be between 0 and 1, is {c}"));
     }
-    if let Some(v) = spec.hash_version {
-        if v != 1 && v != 2 {
-            out.push(format!("hashVersion must be 1 or 2, is {v}"));
-        }
+    if let Some(v) = spec.hash_version
+        && v != 1
+        && v != 2
+    {
+        out.push(format!("hashVersion must be 1 or 2, is {v}"));
     }
-    if let Some(f) = spec.force {
-        if usize::try_from(f).map_or(true, |f| f >= n) {
-            out.push(format!("force {f} is not a variation index (0..{n})"));
-        }
+    if let Some(f) = spec.force
+        && usize::try_from(f).map_or(true, |f| f >= n)
+    {
+        out.push(format!("force {f} is not a variation index (0..{n})"));
     }
-    if let Some(meta) = &spec.meta {
-        if meta.len() != n {
-            out.push(format!(
-                "meta has {} entries for {n} variations",
-                meta.len()
-            ));
-        }
+    if let Some(meta) = &spec.meta
+        && meta.len() != n
+    {
+        out.push(format!(
+            "meta has {} entries for {n} variations",
+            meta.len()
+        ));
     }
-    if let Some(ns) = &spec.namespace {
-        if !(0.0 <= ns.start && ns.start <= ns.end && ns.end <= 1.0) {
-            out.push(format!(
-                "namespace range [{}, {}) is not within [0, 1]",
-                ns.start, ns.end
-            ));
-        }
+    if let Some(ns) = &spec.namespace
+        && !(0.0 <= ns.start && ns.start <= ns.end && ns.end <= 1.0)
+    {
+        out.push(format!(
+            "namespace range [{}, {}) is not within [0, 1]",
+            ns.start, ns.end
+        ));
     }
     out
 }

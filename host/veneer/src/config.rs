@@ -217,10 +217,10 @@ impl Config {
                 "no [[tenant]] defined: the host would serve nothing",
             ));
         }
-        if let Some(secret) = &self.server.cookie_secret {
-            if secret.len() < 32 {
-                return Err(self.err("server.cookie_secret", "must be at least 32 bytes"));
-            }
+        if let Some(secret) = &self.server.cookie_secret
+            && secret.len() < 32
+        {
+            return Err(self.err("server.cookie_secret", "must be at least 32 bytes"));
         }
         if self.server.max_instances == 0 {
             return Err(self.err("server.max_instances", "must be at least 1"));

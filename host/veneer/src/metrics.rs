@@ -5,10 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
+/// A counter's identity: its name and label pairs.
+type Series = (&'static str, Vec<(&'static str, String)>);
+
 /// Labelled counters. Label sets are small and bounded (tenants, plugins, fault kinds).
 #[derive(Default)]
 pub struct Metrics {
-    counters: DashMap<(&'static str, Vec<(&'static str, String)>), AtomicU64>,
+    counters: DashMap<Series, AtomicU64>,
 }
 
 impl Metrics {

@@ -87,7 +87,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: impl header::AsHeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -436,10 +436,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let mut origin_headers = parts.headers;
     strip_hop_by_hop(&mut origin_headers);
     origin_headers.remove(header::COOKIE);
-    if !stripped_cookie.is_empty() {
-        if let Ok(v) = HeaderValue::try_from(stripped_cookie) {
-            origin_headers.insert(header::COOKIE, v);
-        }
+    if !stripped_cookie.is_empty()
+        && let Ok(v) = HeaderValue::try_from(stripped_cookie)
+    {
+        origin_headers.insert(header::COOKIE, v);
     }
     for edits in &request_edits {
         apply_edits(&mut origin_headers, edits);

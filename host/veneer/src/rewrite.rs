@@ -524,10 +524,10 @@ pub fn apply_json(body: &[u8], ops: &[JsonOp]) -> Result<Vec<u8>, String> {
                         map.shift_remove(&last);
                     }
                     Some(serde_json::Value::Array(items)) => {
-                        if let Ok(i) = last.parse::<usize>() {
-                            if i < items.len() {
-                                items.remove(i);
-                            }
+                        if let Ok(i) = last.parse::<usize>()
+                            && i < items.len()
+                        {
+                            items.remove(i);
                         }
                     }
                     _ => {}

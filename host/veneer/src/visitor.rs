@@ -91,7 +91,7 @@ pub fn strip_cookie(header: &str, name: &str) -> String {
     header
         .split(';')
         .map(str::trim)
-        .filter(|kv| kv.split_once('=').map_or(true, |(k, _)| k != name))
+        .filter(|kv| kv.split_once('=').is_none_or(|(k, _)| k != name))
         .collect::<Vec<_>>()
         .join("; ")
 }

@@ -7,7 +7,10 @@ use veneer_sdk::prelude::*;
 struct Banner;
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 impl Plugin for Banner {
@@ -17,7 +20,10 @@ impl Plugin for Banner {
             return plan.build();
         }
         let live = campaigns::active();
-        let Some(campaign) = live.iter().find(|c| campaigns::param(c, "banner").is_some()) else {
+        let Some(campaign) = live
+            .iter()
+            .find(|c| campaigns::param(c, "banner").is_some())
+        else {
             return plan.build();
         };
         let text = campaigns::param(campaign, "banner").unwrap_or_default();
@@ -30,8 +36,12 @@ impl Plugin for Banner {
             link = escape(link),
             text = escape(text),
         );
-        plan.select(&config("selector").unwrap_or_else(|| "body".to_owned())).prepend_html(&html);
-        analytics::track("campaign_impression", &[("campaign", &campaign.id), ("path", &request.path)]);
+        plan.select(&config("selector").unwrap_or_else(|| "body".to_owned()))
+            .prepend_html(&html);
+        analytics::track(
+            "campaign_impression",
+            &[("campaign", &campaign.id), ("path", &request.path)],
+        );
         plan.build()
     }
 }

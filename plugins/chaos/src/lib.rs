@@ -22,7 +22,10 @@ impl Plugin for Chaos {
         if mode() == "trap-request" {
             panic!("chaos: trap in on-request");
         }
-        RequestAction::Continue(veneer_sdk::HeaderEdits { set: vec![], remove: vec![] })
+        RequestAction::Continue(veneer_sdk::HeaderEdits {
+            set: vec![],
+            remove: vec![],
+        })
     }
 
     fn on_response(_request: &Request, _response: &Response, _visitor: &Visitor) -> ResponsePlan {

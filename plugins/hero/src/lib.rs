@@ -15,13 +15,20 @@ impl Plugin for Hero {
             return plan.build();
         }
         let selector = config("selector").unwrap_or_else(|| "#hero".to_owned());
-        let segment = if visitor.in_segment("returning") { "returning" } else { "new" };
+        let segment = if visitor.in_segment("returning") {
+            "returning"
+        } else {
+            "new"
+        };
         let mobile = matches!(visitor.device, DeviceClass::Mobile);
         let fragment = mobile
             .then(|| content::fragment(&format!("hero-{segment}-mobile")))
             .flatten()
             .or_else(|| content::fragment(&format!("hero-{segment}")));
-        let is_json = response.headers.iter().any(|(k, v)| k == "content-type" && v.starts_with("application/json"));
+        let is_json = response
+            .headers
+            .iter()
+            .any(|(k, v)| k == "content-type" && v.starts_with("application/json"));
         if is_json {
             plan.json_set("/hero/segment", &json_string(segment));
             if let Some(html) = &fragment {
@@ -30,7 +37,9 @@ impl Plugin for Hero {
             return plan.build();
         }
         if let Some(html) = fragment {
-            plan.select(&selector).set_inner_html(&html).set_attribute("data-segment", segment);
+            plan.select(&selector)
+                .set_inner_html(&html)
+                .set_attribute("data-segment", segment);
         }
         if mobile {
             plan.select(&selector).add_class("hero--compact");

@@ -58,13 +58,23 @@ impl Plugin for ProductLinks {
             return None;
         }
         let discount: f64 = CAMPAIGN.with(|c| {
-            c.borrow().as_ref().and_then(|c| veneer_sdk::campaigns::param(c, "discount").and_then(|d| d.parse().ok()))
+            c.borrow().as_ref().and_then(|c| {
+                veneer_sdk::campaigns::param(c, "discount").and_then(|d| d.parse().ok())
+            })
         })?;
         let digits: String = text.chars().filter(char::is_ascii_digit).collect();
         let price: f64 = digits.parse().ok()?;
-        let currency: String = text.trim().chars().take_while(|c| c.is_alphabetic()).collect();
+        let currency: String = text
+            .trim()
+            .chars()
+            .take_while(|c| c.is_alphabetic())
+            .collect();
         let sale = (price * (100.0 - discount) / 100.0).round();
-        let currency = if currency.is_empty() { String::new() } else { format!("{currency} ") };
+        let currency = if currency.is_empty() {
+            String::new()
+        } else {
+            format!("{currency} ")
+        };
         Some(format!("<s>{}</s> {currency}{sale}", text.trim()))
     }
 }
