@@ -324,3 +324,25 @@ impl Host {
             .collect()
     }
 }
+
+/// Host services with nothing in them, for driving plugins directly (benchmarks, runtime tests).
+pub struct NoServices;
+
+impl veneer::plugin::HostServices for NoServices {
+    fn fragment(&self, _key: &str) -> Option<String> {
+        None
+    }
+    fn track(&self, _plugin: &str, _name: &str, _properties: Vec<(String, String)>) {}
+    fn active_campaigns(&self) -> Vec<veneer::plugin::Campaign> {
+        Vec::new()
+    }
+    fn assign(&self, _experiment: &str) -> Option<veneer::plugin::Assignment> {
+        None
+    }
+    fn request_id(&self) -> &str {
+        "bench"
+    }
+    fn tenant(&self) -> &str {
+        "bench"
+    }
+}

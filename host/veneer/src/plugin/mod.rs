@@ -198,7 +198,7 @@ impl Runtime {
     ) -> anyhow::Result<Plugin> {
         let bytes =
             std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
-        let component = self
+        let (component, from_cache) = self
             .compile_cached(&bytes)
             .with_context(|| format!("compiling plugin {}", path.display()))?;
         let pre = wt(self.linker.instantiate_pre(&component)).with_context(|| {
@@ -219,12 +219,13 @@ impl Runtime {
             params: Arc::new(params),
             limits,
             engine: self.engine.clone(),
+            from_cache,
         })
     }
 
     /// Returns the compiled component, from the cache when the same bytes were compiled by a
     /// compatible engine before.
-    fn compile_cached(&self, bytes: &[u8]) -> anyhow::Result<Component> {
+    fn compile_cached(&self, bytes: &[u8]) -> anyhow::Result<(Component, bool)> {
         use std::hash::{Hash, Hasher};
         let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
         self.engine
@@ -239,7 +240,7 @@ impl Runtime {
             match load_precompiled(&self.engine, &path) {
                 Ok(c) => {
                     tracing::debug!(path = %path.display(), "plugin loaded from compile cache");
-                    return Ok(c);
+                    return Ok((c, true));
                 }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compile cache entry")
@@ -253,7 +254,7 @@ impl Runtime {
         {
             tracing::warn!(path = %path.display(), error = %e, "could not write compile cache entry");
         }
-        load_precompiled_bytes(&self.engine, &compiled)
+        Ok((load_precompiled_bytes(&self.engine, &compiled)?, false))
     }
 }
 
@@ -297,9 +298,15 @@ pub struct Plugin {
     params: Arc<HashMap<String, String>>,
     limits: Limits,
     engine: Engine,
+    from_cache: bool,
 }
 
 impl Plugin {
+    /// Whether the compiled code came from the on-disk cache (no compilation at load).
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
+    }
+
     /// The plugin's name in the tenant config.
     pub fn name(&self) -> &str {
         &self.name

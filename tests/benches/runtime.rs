@@ -1,0 +1,169 @@
+//! Micro-benchmarks, one JSON line per scenario:
+//! - per-request plugin overhead: instantiate + on-request + on-response (no body), noop plugin;
+//! - streaming rewrite throughput of Veneer's HTML pipeline on the three shared pages with three
+//!   declarative rules, against raw lol-html doing the same three rewrites in the same run.
+//!
+//! Run with `cargo bench -p veneer-tests --bench runtime` (uses ../shared/pages if present).
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lol_html::html_content::ContentType;
+use lol_html::{HtmlRewriter, Settings, element};
+use veneer::plugin::{HeaderEdits, HtmlOp, HtmlRule, Limits, Plugin, ResponsePlan, Runtime, RuntimeOptions};
+use veneer::rewrite::{Coding, HtmlBody, HtmlJob, PluginHandle};
+use veneer_tests::{NoServices, TempDir};
+
+const CHUNK: usize = 16 << 10;
+
+fn visitor() -> veneer::plugin::Visitor {
+    veneer::plugin::Visitor {
+        id: "3f1c9a7e-2b4d-4e8f-9a1b-6c5d4e3f2a10".into(),
+        segments: vec!["returning".into(), "mobile".into()],
+        device: veneer::plugin::DeviceClass::Mobile,
+        country: Some("NO".into()),
+        locale: Some("nb-NO".into()),
+        visit_count: 3,
+        first_seen: 1_700_000_000,
+        utm: vec![],
+        referrer: None,
+        consent: veneer::plugin::Consent { analytics: true, personalization: true, marketing: true },
+    }
+}
+
+/// Median of `runs` timings of `f`.
+fn median(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
+    let mut t: Vec<Duration> = (0..runs).map(|_| f()).collect();
+    t.sort();
+    t[t.len() / 2]
+}
+
+fn per_request(rt: &tokio::runtime::Runtime, plugin: &Plugin) {
+    let head = veneer::plugin::RequestHead {
+        method: "GET".into(),
+        path: "/".into(),
+        host: "shop.example".into(),
+        headers: vec![("accept".into(), "text/html".into()), ("user-agent".into(), "Mozilla/5.0".into())],
+    };
+    let resp = veneer::plugin::ResponseHead { status: 200, headers: vec![("content-type".into(), "text/html".into())] };
+    let v = visitor();
+    let services: Arc<dyn veneer::plugin::HostServices> = Arc::new(NoServices);
+    let iters = 2000;
+    let once = || {
+        rt.block_on(async {
+            let mut i = plugin.instantiate(services.clone()).await.expect("instance");
+            black_box(i.on_request(&head, &v).await.expect("on-request"));
+            black_box(i.on_response(&head, &resp, &v).await.expect("on-response"));
+        })
+    };
+    for _ in 0..200 {
+        once();
+    }
+    let per = median(5, || {
+        let start = Instant::now();
+        for _ in 0..iters {
+            once();
+        }
+        start.elapsed() / iters
+    });
+    println!(
+        "{{\"scenario\":\"per-request-plugin-overhead\",\"plugin\":\"noop\",\"veneer_us\":{:.2},\"target_us\":20}}",
+        per.as_secs_f64() * 1e6
+    );
+}
+
+fn rules() -> Vec<HtmlRule> {
+    vec![
+        HtmlRule { selector: "title".into(), op: HtmlOp::SetInnerText("Personalized title".into()) },
+        HtmlRule { selector: "h1".into(), op: HtmlOp::AddClass("veneer".into()) },
+        HtmlRule { selector: "meta[name=\"description\"]".into(), op: HtmlOp::SetAttribute(("content".into(), "Personalized".into())) },
+    ]
+}
+
+fn raw_lol_html(page: &[u8]) -> usize {
+    let mut out = 0usize;
+    let settings = Settings::new()
+        .append_element_content_handler(element!("title", |el| {
+            el.set_inner_content("Personalized title", ContentType::Text);
+            Ok(())
+        }))
+        .append_element_content_handler(element!("h1", |el| {
+            let class = el.get_attribute("class").unwrap_or_default();
+            el.set_attribute("class", &format!("{class} veneer"))?;
+            Ok(())
+        }))
+        .append_element_content_handler(element!("meta[name=\"description\"]", |el| {
+            el.set_attribute("content", "Personalized")?;
+            Ok(())
+        }));
+    let mut rw = HtmlRewriter::new(settings, |c: &[u8]| out += c.len());
+    for chunk in page.chunks(CHUNK) {
+        rw.write(chunk).expect("write");
+    }
+    rw.end().expect("end");
+    out
+}
+
+fn veneer_pipeline(rt: &tokio::runtime::Runtime, plugin: &Plugin, page: &[u8]) -> usize {
+    let instance = rt.block_on(plugin.instantiate(Arc::new(NoServices))).expect("instance");
+    let handle = Arc::new(PluginHandle { name: Arc::from("bench"), instance: Mutex::new(instance), faulted: AtomicBool::new(false) });
+    let plan = ResponsePlan { headers: HeaderEdits { set: vec![], remove: vec![] }, html: rules(), json: vec![], subscribe: vec![] };
+    let job = HtmlJob { plugins: vec![(handle, plan)], report: Arc::new(|_: &str, _: &veneer::plugin::PluginFault| {}) };
+    let mut body = HtmlBody::new(job, Coding::Identity, Coding::Identity);
+    let mut out = 0;
+    for chunk in page.chunks(CHUNK) {
+        out += body.push(chunk).expect("push").len();
+    }
+    out + body.finish().expect("finish").len()
+}
+
+fn throughput(name: &str, page: &[u8], rt: &tokio::runtime::Runtime, plugin: &Plugin) {
+    let reps = (20_000_000 / page.len()).max(5);
+    let mbps = |d: Duration| (page.len() * reps) as f64 / d.as_secs_f64() / 1e6;
+    black_box(raw_lol_html(page));
+    black_box(veneer_pipeline(rt, plugin, page));
+    let raw = median(5, || {
+        let s = Instant::now();
+        for _ in 0..reps {
+            black_box(raw_lol_html(page));
+        }
+        s.elapsed()
+    });
+    let ours = median(5, || {
+        let s = Instant::now();
+        for _ in 0..reps {
+            black_box(veneer_pipeline(rt, plugin, page));
+        }
+        s.elapsed()
+    });
+    println!(
+        "{{\"scenario\":\"streaming-rewrite-3-rules\",\"page\":\"{name}\",\"bytes\":{},\"veneer_MBps\":{:.0},\"reference\":\"raw-lol-html\",\"reference_MBps\":{:.0},\"ratio\":{:.2},\"target_ratio\":0.8}}",
+        page.len(),
+        mbps(ours),
+        mbps(raw),
+        mbps(ours) / mbps(raw)
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let dir = TempDir::new();
+    let runtime = Runtime::new(&RuntimeOptions { cache_dir: dir.0.clone(), max_memory_bytes: 64 << 20, max_instances: 64 }).expect("runtime");
+    let limits = Limits { time_budget: Duration::from_millis(50), memory_bytes: 32 << 20 };
+    let noop = runtime.load("noop", &veneer_tests::plugin("noop"), HashMap::new(), limits).expect("noop plugin");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+    per_request(&rt, &noop);
+    let Some(pages) = veneer_tests::shared_pages() else {
+        eprintln!("SKIPPED throughput: ../shared/pages not found");
+        return;
+    };
+    for name in ["cloudflare.com.html", "ecma402-spec.html", "html-parsing-spec.html"] {
+        let page = std::fs::read(pages.join(name)).expect("page");
+        throughput(name, &page, &rt, &noop);
+    }
+}
