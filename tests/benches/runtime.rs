@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use lol_html::html_content::ContentType;
 use lol_html::{HtmlRewriter, Settings, element};
-use veneer::plugin::{HeaderEdits, HtmlOp, HtmlRule, Limits, Plugin, ResponsePlan, Runtime, RuntimeOptions};
+use veneer::plugin::{
+    HeaderEdits, HtmlOp, HtmlRule, Limits, Plugin, ResponsePlan, Runtime, RuntimeOptions,
+};
 use veneer::rewrite::{Coding, HtmlBody, HtmlJob, PluginHandle};
 use veneer_tests::{NoServices, TempDir};
 
@@ -30,7 +32,11 @@ fn visitor() -> veneer::plugin::Visitor {
         first_seen: 1_700_000_000,
         utm: vec![],
         referrer: None,
-        consent: veneer::plugin::Consent { analytics: true, personalization: true, marketing: true },
+        consent: veneer::plugin::Consent {
+            analytics: true,
+            personalization: true,
+            marketing: true,
+        },
     }
 }
 
@@ -46,15 +52,24 @@ fn per_request(rt: &tokio::runtime::Runtime, plugin: &Plugin) {
         method: "GET".into(),
         path: "/".into(),
         host: "shop.example".into(),
-        headers: vec![("accept".into(), "text/html".into()), ("user-agent".into(), "Mozilla/5.0".into())],
+        headers: vec![
+            ("accept".into(), "text/html".into()),
+            ("user-agent".into(), "Mozilla/5.0".into()),
+        ],
     };
-    let resp = veneer::plugin::ResponseHead { status: 200, headers: vec![("content-type".into(), "text/html".into())] };
+    let resp = veneer::plugin::ResponseHead {
+        status: 200,
+        headers: vec![("content-type".into(), "text/html".into())],
+    };
     let v = visitor();
     let services: Arc<dyn veneer::plugin::HostServices> = Arc::new(NoServices);
     let iters = 2000;
     let once = || {
         rt.block_on(async {
-            let mut i = plugin.instantiate(services.clone()).await.expect("instance");
+            let mut i = plugin
+                .instantiate(services.clone())
+                .await
+                .expect("instance");
             black_box(i.on_request(&head, &v).await.expect("on-request"));
             black_box(i.on_response(&head, &resp, &v).await.expect("on-response"));
         })
@@ -77,9 +92,18 @@ fn per_request(rt: &tokio::runtime::Runtime, plugin: &Plugin) {
 
 fn rules() -> Vec<HtmlRule> {
     vec![
-        HtmlRule { selector: "title".into(), op: HtmlOp::SetInnerText("Personalized title".into()) },
-        HtmlRule { selector: "h1".into(), op: HtmlOp::AddClass("veneer".into()) },
-        HtmlRule { selector: "meta[name=\"description\"]".into(), op: HtmlOp::SetAttribute(("content".into(), "Personalized".into())) },
+        HtmlRule {
+            selector: "title".into(),
+            op: HtmlOp::SetInnerText("Personalized title".into()),
+        },
+        HtmlRule {
+            selector: "h1".into(),
+            op: HtmlOp::AddClass("veneer".into()),
+        },
+        HtmlRule {
+            selector: "meta[name=\"description\"]".into(),
+            op: HtmlOp::SetAttribute(("content".into(), "Personalized".into())),
+        },
     ]
 }
 
@@ -108,10 +132,27 @@ fn raw_lol_html(page: &[u8]) -> usize {
 }
 
 fn veneer_pipeline(rt: &tokio::runtime::Runtime, plugin: &Plugin, page: &[u8]) -> usize {
-    let instance = rt.block_on(plugin.instantiate(Arc::new(NoServices))).expect("instance");
-    let handle = Arc::new(PluginHandle { name: Arc::from("bench"), instance: Mutex::new(instance), faulted: AtomicBool::new(false) });
-    let plan = ResponsePlan { headers: HeaderEdits { set: vec![], remove: vec![] }, html: rules(), json: vec![], subscribe: vec![] };
-    let job = HtmlJob { plugins: vec![(handle, plan)], report: Arc::new(|_: &str, _: &veneer::plugin::PluginFault| {}) };
+    let instance = rt
+        .block_on(plugin.instantiate(Arc::new(NoServices)))
+        .expect("instance");
+    let handle = Arc::new(PluginHandle {
+        name: Arc::from("bench"),
+        instance: Mutex::new(instance),
+        faulted: AtomicBool::new(false),
+    });
+    let plan = ResponsePlan {
+        headers: HeaderEdits {
+            set: vec![],
+            remove: vec![],
+        },
+        html: rules(),
+        json: vec![],
+        subscribe: vec![],
+    };
+    let job = HtmlJob {
+        plugins: vec![(handle, plan)],
+        report: Arc::new(|_: &str, _: &veneer::plugin::PluginFault| {}),
+    };
     let mut body = HtmlBody::new(job, Coding::Identity, Coding::Identity);
     let mut out = 0;
     for chunk in page.chunks(CHUNK) {
@@ -153,16 +194,38 @@ fn main() {
         return;
     }
     let dir = TempDir::new();
-    let runtime = Runtime::new(&RuntimeOptions { cache_dir: dir.0.clone(), max_memory_bytes: 64 << 20, max_instances: 64 }).expect("runtime");
-    let limits = Limits { time_budget: Duration::from_millis(50), memory_bytes: 32 << 20 };
-    let noop = runtime.load("noop", &veneer_tests::plugin("noop"), HashMap::new(), limits).expect("noop plugin");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+    let runtime = Runtime::new(&RuntimeOptions {
+        cache_dir: dir.0.clone(),
+        max_memory_bytes: 64 << 20,
+        max_instances: 64,
+    })
+    .expect("runtime");
+    let limits = Limits {
+        time_budget: Duration::from_millis(50),
+        memory_bytes: 32 << 20,
+    };
+    let noop = runtime
+        .load(
+            "noop",
+            &veneer_tests::plugin("noop"),
+            HashMap::new(),
+            limits,
+        )
+        .expect("noop plugin");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
     per_request(&rt, &noop);
     let Some(pages) = veneer_tests::shared_pages() else {
         eprintln!("SKIPPED throughput: ../shared/pages not found");
         return;
     };
-    for name in ["cloudflare.com.html", "ecma402-spec.html", "html-parsing-spec.html"] {
+    for name in [
+        "cloudflare.com.html",
+        "ecma402-spec.html",
+        "html-parsing-spec.html",
+    ] {
         let page = std::fs::read(pages.join(name)).expect("page");
         throughput(name, &page, &rt, &noop);
     }

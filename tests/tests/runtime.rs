@@ -8,23 +8,44 @@ use veneer::plugin::{Limits, PluginFault, RequestHead, Runtime, RuntimeOptions};
 use veneer_tests::{NoServices, TempDir};
 
 fn options(dir: &TempDir) -> RuntimeOptions {
-    RuntimeOptions { cache_dir: dir.0.clone(), max_memory_bytes: 64 << 20, max_instances: 16 }
+    RuntimeOptions {
+        cache_dir: dir.0.clone(),
+        max_memory_bytes: 64 << 20,
+        max_instances: 16,
+    }
 }
 
-const LIMITS: Limits = Limits { time_budget: Duration::from_millis(50), memory_bytes: 16 << 20 };
+const LIMITS: Limits = Limits {
+    time_budget: Duration::from_millis(50),
+    memory_bytes: 16 << 20,
+};
 
 #[test]
 fn a_restart_loads_compiled_plugins_from_the_cache() {
     let dir = TempDir::new();
     let first = Runtime::new(&options(&dir)).expect("runtime");
-    let plugin = first.load("hero", &veneer_tests::plugin("hero"), HashMap::new(), LIMITS).expect("load");
+    let plugin = first
+        .load(
+            "hero",
+            &veneer_tests::plugin("hero"),
+            HashMap::new(),
+            LIMITS,
+        )
+        .expect("load");
     assert!(!plugin.from_cache(), "a fresh cache compiles");
     drop((plugin, first));
     let entries = std::fs::read_dir(&dir.0).expect("cache dir").count();
     assert_eq!(entries, 1, "one cache entry per plugin");
 
     let restarted = Runtime::new(&options(&dir)).expect("runtime");
-    let plugin = restarted.load("hero", &veneer_tests::plugin("hero"), HashMap::new(), LIMITS).expect("load");
+    let plugin = restarted
+        .load(
+            "hero",
+            &veneer_tests::plugin("hero"),
+            HashMap::new(),
+            LIMITS,
+        )
+        .expect("load");
     assert!(plugin.from_cache(), "a restart must not recompile");
 }
 
@@ -32,11 +53,24 @@ fn a_restart_loads_compiled_plugins_from_the_cache() {
 fn a_corrupt_cache_entry_is_recompiled_not_trusted_blindly() {
     let dir = TempDir::new();
     let rt = Runtime::new(&options(&dir)).expect("runtime");
-    rt.load("noop", &veneer_tests::plugin("noop"), HashMap::new(), LIMITS).expect("load");
+    rt.load(
+        "noop",
+        &veneer_tests::plugin("noop"),
+        HashMap::new(),
+        LIMITS,
+    )
+    .expect("load");
     for entry in std::fs::read_dir(&dir.0).expect("dir") {
         std::fs::write(entry.expect("entry").path(), b"not a compiled module").expect("corrupt");
     }
-    let plugin = rt.load("noop", &veneer_tests::plugin("noop"), HashMap::new(), LIMITS).expect("recompiles");
+    let plugin = rt
+        .load(
+            "noop",
+            &veneer_tests::plugin("noop"),
+            HashMap::new(),
+            LIMITS,
+        )
+        .expect("recompiles");
     assert!(!plugin.from_cache());
 }
 
@@ -46,7 +80,10 @@ fn a_file_that_is_not_a_plugin_is_a_clear_load_error() {
     let rt = Runtime::new(&options(&dir)).expect("runtime");
     let bogus = dir.0.join("bogus.wasm");
     std::fs::write(&bogus, b"\0asm\x01\0\0\0").expect("write");
-    let err = rt.load("bogus", &bogus, HashMap::new(), LIMITS).err().expect("must fail");
+    let err = rt
+        .load("bogus", &bogus, HashMap::new(), LIMITS)
+        .err()
+        .expect("must fail");
     assert!(format!("{err:#}").contains("bogus.wasm"), "{err:#}");
 }
 
@@ -55,8 +92,15 @@ async fn each_request_gets_a_fresh_instance_and_a_spent_one_stays_faulted() {
     let dir = TempDir::new();
     let rt = Runtime::new(&options(&dir)).expect("runtime");
     let params = HashMap::from([("mode".to_owned(), "trap-request".to_owned())]);
-    let chaos = rt.load("chaos", &veneer_tests::plugin("chaos"), params, LIMITS).expect("load");
-    let head = RequestHead { method: "GET".into(), path: "/".into(), host: "x".into(), headers: vec![] };
+    let chaos = rt
+        .load("chaos", &veneer_tests::plugin("chaos"), params, LIMITS)
+        .expect("load");
+    let head = RequestHead {
+        method: "GET".into(),
+        path: "/".into(),
+        host: "x".into(),
+        headers: vec![],
+    };
     let visitor = veneer::plugin::Visitor {
         id: "v".into(),
         segments: vec![],
@@ -67,11 +111,24 @@ async fn each_request_gets_a_fresh_instance_and_a_spent_one_stays_faulted() {
         first_seen: 0,
         utm: vec![],
         referrer: None,
-        consent: veneer::plugin::Consent { analytics: true, personalization: true, marketing: true },
+        consent: veneer::plugin::Consent {
+            analytics: true,
+            personalization: true,
+            marketing: true,
+        },
     };
     for _ in 0..3 {
-        let mut instance = chaos.instantiate(Arc::new(NoServices)).await.expect("instance");
-        assert!(matches!(instance.on_request(&head, &visitor).await, Err(PluginFault::Trap(_))));
-        assert!(matches!(instance.on_request(&head, &visitor).await, Err(PluginFault::AlreadyFaulted)));
+        let mut instance = chaos
+            .instantiate(Arc::new(NoServices))
+            .await
+            .expect("instance");
+        assert!(matches!(
+            instance.on_request(&head, &visitor).await,
+            Err(PluginFault::Trap(_))
+        ));
+        assert!(matches!(
+            instance.on_request(&head, &visitor).await,
+            Err(PluginFault::AlreadyFaulted)
+        ));
     }
 }

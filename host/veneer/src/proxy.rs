@@ -806,7 +806,20 @@ impl http_body::Body for RewriteBody {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
-                    match html.push(&data) {
+                    let pushed = html.push(&data);
+                    if pushed.is_ok() && this.inner.is_end_stream() {
+                        // The last chunk: finish now, so a small page goes out in one write.
+                        let Some(html) = this.html.take() else {
+                            return Poll::Ready(None);
+                        };
+                        return match (pushed, html.finish()) {
+                            (Ok(a), Ok(b)) => {
+                                Poll::Ready(Some(Ok(Frame::data([a, b].concat().into()))))
+                            }
+                            (Err(e), _) | (_, Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+                        };
+                    }
+                    match pushed {
                         Ok(out) if out.is_empty() => continue,
                         Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
                         Err(e) => {
