@@ -31,7 +31,6 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-[ -n "${KEEP:-}" ] && trap - EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ORIGIN=$(free_port); NGX_PROXY=$(free_port); NGX_SUB=$(free_port); VENEER=$(free_port)
@@ -96,7 +95,7 @@ name = "static-rewrites"
 path = "$plugins/static_rewrites.wasm"
 params = { rule1 = "title | set-inner-text | Personalized title", rule2 = "h1 | add-class | veneer", rule3 = "meta[name=description] | set-attribute | content=Personalized" }
 TOML
-VENEER_LOG=warn "$root/target/release/veneer" serve --config "$work/veneer.toml" &
+VENEER_LOG=warn TOKIO_WORKER_THREADS=${VENEER_WORKERS:-2} "$root/target/release/veneer" serve --config "$work/veneer.toml" &
 veneer_pid=$!
 for _ in $(seq 50); do curl -sf -o /dev/null -H 'Host: small.bench' "http://127.0.0.1:$VENEER/small.html" && break; sleep 0.1; done
 
@@ -105,6 +104,7 @@ curl -sf -H 'Host: small.bench' "http://127.0.0.1:$VENEER/small.html" | grep 'da
 
 rps() { # url [host]
   local out
+  wrk -t2 -c"$CONNS" -d2s -H "Host: ${2:-localhost}" "$1" >/dev/null  # warm-up: pools, caches
   out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" -H "Host: ${2:-localhost}" "$1")
   echo "$out" | awk '/Requests\/sec/ {print $2}'
 }
