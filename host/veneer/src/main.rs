@@ -140,28 +140,27 @@ async fn run_demo(listen: SocketAddr) -> anyhow::Result<()> {
     }
     let base = format!("http://{listen}");
     println!("Veneer demo shop: origin on http://{origin_addr}, Veneer on {base}\n");
-    println!("Open in a browser:   {base}/            {base}/products");
-    println!("\nTwo segments, two pages (compare the hero):");
+    println!("Open {base}/ and {base}/products in a browser, or compare segments with curl:\n");
+    let hero = "grep -A1 'id=\"hero\"'";
+    println!("  curl -s {base}/ | {hero}                                   # a new visitor");
     println!(
-        "  curl -s {base}/ | grep -A2 'id=\"hero\"'                                     # a new visitor"
+        "  curl -s '{base}/?utm_source=newsletter' | {hero}           # a newsletter reader: \"returning\""
     );
     println!(
-        "  curl -s -H 'Cookie: $(curl -si {base}/ | grep -o \"veneer_vid=[^;]*\")' {base}/   # same visitor (still new)"
+        "  curl -s -A 'Mozilla/5.0 (iPhone) Mobile' {base}/ | {hero}  # a phone: compact hero"
+    );
+    println!("  curl -s -H 'Accept-Language: nb-NO' {base}/ | {hero}       # Norwegian copy");
+    println!(
+        "  curl -s '{base}/?headline=1' | grep '<h1'                     # QA link: headline variation 1"
     );
     println!(
-        "  curl -s -A 'Mozilla/5.0 (iPhone) Mobile' {base}/ | grep -A2 'id=\"hero\"'      # a phone"
+        "  curl -s {base}/products | grep -E 'on-sale|<s>'               # campaign links and prices"
     );
     println!(
-        "  curl -s '{base}/?utm_source=newsletter' | grep -A2 'id=\"hero\"'              # a newsletter reader (\"returning\" segment)"
+        "  curl -s '{base}/api/home.json?utm_source=newsletter'          # the app/kiosk JSON, personalized"
     );
     println!(
-        "  curl -s '{base}/?headline=1' | grep '<h1'                                    # force headline variation 1 (QA link)"
-    );
-    println!(
-        "  curl -s {base}/products | grep -E 'on-sale|<s>'                              # campaign prices and links"
-    );
-    println!(
-        "\nAnalytics events: {}",
+        "\nAnalytics events are appended to {}",
         dir.join("analytics.jsonl").display()
     );
     start(config).await

@@ -1,0 +1,127 @@
+//! The `veneer` binary's rules commands, as a marketer runs them.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn veneer() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_veneer"))
+}
+
+#[test]
+fn rules_eval_answers_every_line_in_order_and_survives_bad_lines() {
+    let mut child = veneer()
+        .args(["rules", "eval"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run veneer");
+    let input = [
+        r#"{"op":"condition","condition":{"country":{"$in":["NO","SE"]}},"attributes":{"country":"SE"}}"#,
+        r#"this is not json"#,
+        r#"{"op":"condition","condition":{"id":{"$inGroup":"vip"}},"attributes":{"id":"u1"},"savedGroups":{"vip":["u1"]}}"#,
+        r#"{"op":"hash","seed":"seed","value":"a","version":2}"#,
+        r#"{"op":"hash","seed":"seed","value":"a","version":7}"#,
+        r#"{"op":"assign","experiment":{"key":"my-test","variations":[0,1],"coverage":0.4},"attributes":{"id":"1"}}"#,
+        r#"{"op":"condition","condition":{"a":{"$regex":"(("}},"attributes":{}}"#,
+    ]
+    .join("\n");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 7);
+    assert_eq!(lines[0], serde_json::json!({"result": true}));
+    assert!(
+        lines[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("invalid request"))
+    );
+    assert_eq!(lines[2], serde_json::json!({"result": true}));
+    assert_eq!(lines[3], serde_json::json!({"result": 0.0505}));
+    assert_eq!(lines[4], serde_json::json!({"result": null}));
+    assert_eq!(
+        lines[5]["inExperiment"], false,
+        "id 1 falls outside 40% coverage (GrowthBook's 'coverage - 1' case)"
+    );
+    assert_eq!(lines[5]["hashUsed"], false);
+    assert!(
+        lines[6]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("$.a.$regex")),
+        "{}",
+        lines[6]
+    );
+}
+
+#[test]
+fn rules_check_reports_every_error_with_its_location() {
+    let dir = std::env::temp_dir().join(format!("veneer-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bad = dir.join("rules.json");
+    std::fs::write(&bad, r#"{"segments":{"a":{"x":{"$inn":[1]}},"b":{"y":{"$regex":"("}}},"experiments":[{"key":"e","variations":[1]}]}"#).expect("write");
+    let out = veneer()
+        .args(["rules", "check"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("segments.a.x.$inn: unknown operator"), "{err}");
+    assert!(
+        err.contains("segments.b.y.$regex: invalid regular expression"),
+        "{err}"
+    );
+    assert!(
+        err.contains("experiments[0] (e): needs at least 2 variations"),
+        "{err}"
+    );
+    assert!(err.contains("3 error(s)"), "{err}");
+
+    let good =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop/rules.json");
+    let out = veneer()
+        .args(["rules", "check"])
+        .arg(&good)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("ok (4 segments, 1 experiments, 2 campaigns)")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn serve_with_a_broken_config_names_file_field_and_problem() {
+    let dir = std::env::temp_dir().join(format!("veneer-cli-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("veneer.toml");
+    std::fs::write(&cfg, "[[tenant]]\nname = \"shop\"\nhosts = [\"x\"]\norigin = \"http://127.0.0.1:1\"\n[tenant.limits]\nplugin_time_ms = 0\n").expect("write");
+    let out = veneer()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "veneer.toml: tenant[0] (shop).limits.plugin_time_ms: must be between 1 and 10000"
+        ),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
