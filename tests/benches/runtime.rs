@@ -84,9 +84,24 @@ fn per_request(rt: &tokio::runtime::Runtime, plugin: &Plugin) {
         }
         start.elapsed() / iters
     });
+    let instantiate_only = median(5, || {
+        let start = Instant::now();
+        for _ in 0..iters {
+            rt.block_on(async {
+                black_box(
+                    plugin
+                        .instantiate(services.clone())
+                        .await
+                        .expect("instance"),
+                )
+            });
+        }
+        start.elapsed() / iters
+    });
     println!(
-        "{{\"scenario\":\"per-request-plugin-overhead\",\"plugin\":\"noop\",\"veneer_us\":{:.2},\"target_us\":20}}",
-        per.as_secs_f64() * 1e6
+        "{{\"scenario\":\"per-request-plugin-overhead\",\"plugin\":\"noop\",\"veneer_us\":{:.2},\"instantiate_and_drop_us\":{:.2},\"target_us\":20}}",
+        per.as_secs_f64() * 1e6,
+        instantiate_only.as_secs_f64() * 1e6
     );
 }
 
