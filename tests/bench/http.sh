@@ -81,6 +81,7 @@ cookie_secret = "benchmark-secret-0123456789abcdef0123456789"
 name = "small"
 hosts = ["small.bench"]
 origin = "http://127.0.0.1:$ORIGIN"
+rules = "$root/examples/shop/rules.json"
 fragments = "$root/examples/shop/fragments.toml"
 [[tenant.plugin]]
 name = "hero"

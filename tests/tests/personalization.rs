@@ -280,13 +280,20 @@ async fn campaign_banner_shows_only_live_campaigns_and_respects_consent() {
         "Global Privacy Control withdraws marketing"
     );
 
+    let (_, _, json) = get(&host, "/api/home.json", &[]).await;
+    assert!(!json.contains("veneer-banner"), "{json}");
+
     let events = host.events(1).await;
-    assert!(
-        events
-            .iter()
-            .any(|e| e["event"] == "campaign_impression" && e["properties"]["campaign"] == "sale"),
-        "{events:?}"
+    let impressions: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "campaign_impression")
+        .collect();
+    assert_eq!(
+        impressions.len(),
+        1,
+        "one page showed the banner; JSON and opted-out visitors count none: {events:?}"
     );
+    assert_eq!(impressions[0]["properties"]["campaign"], "sale");
 }
 
 #[tokio::test]

@@ -122,7 +122,8 @@ async fn start(config: Config) -> anyhow::Result<()> {
 
 /// The demo's files, resolved from the source tree the binary was built from.
 fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop")
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop");
+    dir.canonicalize().unwrap_or(dir)
 }
 
 async fn run_demo(listen: SocketAddr) -> anyhow::Result<()> {

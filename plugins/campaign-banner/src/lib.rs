@@ -16,7 +16,12 @@ fn escape(s: &str) -> String {
 impl Plugin for Banner {
     fn on_response(request: &Request, response: &Response, visitor: &Visitor) -> ResponsePlan {
         let mut plan = Plan::new();
-        if response.status != 200 || !visitor.consent.marketing {
+        let is_html = response
+            .headers
+            .iter()
+            .any(|(k, v)| k == "content-type" && v.starts_with("text/html"));
+        // Only HTML gets a banner, so only HTML counts an impression.
+        if response.status != 200 || !is_html || !visitor.consent.marketing {
             return plan.build();
         }
         let live = campaigns::active();
