@@ -21,25 +21,6 @@ use veneer_tests::{NoServices, TempDir};
 
 const CHUNK: usize = 16 << 10;
 
-fn visitor() -> veneer::plugin::Visitor {
-    veneer::plugin::Visitor {
-        id: "3f1c9a7e-2b4d-4e8f-9a1b-6c5d4e3f2a10".into(),
-        segments: vec!["returning".into(), "mobile".into()],
-        device: veneer::plugin::DeviceClass::Mobile,
-        country: Some("NO".into()),
-        locale: Some("nb-NO".into()),
-        visit_count: 3,
-        first_seen: 1_700_000_000,
-        utm: vec![],
-        referrer: None,
-        consent: veneer::plugin::Consent {
-            analytics: true,
-            personalization: true,
-            marketing: true,
-        },
-    }
-}
-
 /// Median of `runs` timings of `f`.
 fn median(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
     let mut t: Vec<Duration> = (0..runs).map(|_| f()).collect();
@@ -61,7 +42,10 @@ fn per_request(rt: &tokio::runtime::Runtime, plugin: &Plugin) {
         status: 200,
         headers: vec![("content-type".into(), "text/html".into())],
     };
-    let v = visitor();
+    let v = veneer_tests::test_visitor(
+        veneer::plugin::DeviceClass::Mobile,
+        &["returning", "mobile"],
+    );
     let services: Arc<dyn veneer::plugin::HostServices> = Arc::new(NoServices);
     let iters = 2000;
     let once = || {

@@ -346,3 +346,26 @@ impl veneer::plugin::HostServices for NoServices {
         "bench"
     }
 }
+
+/// A consenting visitor for driving plugins directly.
+pub fn test_visitor(
+    device: veneer::plugin::DeviceClass,
+    segments: &[&str],
+) -> veneer::plugin::Visitor {
+    veneer::plugin::Visitor {
+        id: "3f1c9a7e-2b4d-4e8f-9a1b-6c5d4e3f2a10".into(),
+        segments: segments.iter().map(|s| (*s).to_owned()).collect(),
+        device,
+        country: Some("NO".into()),
+        locale: Some("nb-NO".into()),
+        visit_count: 3,
+        first_seen: 1_700_000_000,
+        utm: vec![],
+        referrer: None,
+        consent: veneer::plugin::Consent {
+            analytics: true,
+            personalization: true,
+            marketing: true,
+        },
+    }
+}

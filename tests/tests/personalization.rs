@@ -109,6 +109,13 @@ fn returning_cookie(visits: u32) -> String {
     )
 }
 
+/// The visitor state in the cookie a response set (verifying the host's signature).
+fn issued_state(headers: &reqwest::header::HeaderMap) -> Option<VisitorState> {
+    let set = headers.get("set-cookie")?.to_str().ok()?;
+    let value = set.split(';').next()?.strip_prefix("veneer_vid=")?;
+    CookieSigner::new(SECRET.as_bytes()).decode(value)
+}
+
 async fn get(
     host: &Host,
     path: &str,
@@ -185,20 +192,7 @@ async fn hero_differs_for_new_returning_and_mobile_visitors() {
 async fn visit_count_grows_through_the_cookie_the_host_issues() {
     let (_origin, host) = shop(&plugin("hero", "")).await;
     let (_, headers, _) = get(&host, "/", &[]).await;
-    let set = headers
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let value = set
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("veneer_vid=")
-        .to_owned();
-    let mut state = CookieSigner::new(SECRET.as_bytes())
-        .decode(&value)
-        .expect("host issues a valid signed cookie");
+    let mut state = issued_state(&headers).expect("host issues a valid signed cookie");
     assert_eq!(state.visits, 1);
     // Thirty-one minutes later (the host counts a visit after a 30-minute gap).
     state.last -= 31 * 60;
@@ -208,18 +202,7 @@ async fn visit_count_grows_through_the_cookie_the_host_issues() {
     );
     let (_, headers, page) = get(&host, "/", &[("cookie", &cookie)]).await;
     assert!(page.contains("Welcome back"), "{page}");
-    let set = headers
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let value = set
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("veneer_vid=");
-    let next = CookieSigner::new(SECRET.as_bytes())
-        .decode(value)
-        .expect("valid");
+    let next = issued_state(&headers).expect("valid");
     assert_eq!((next.id, next.visits), (state.id, 2));
 }
 
@@ -234,18 +217,7 @@ async fn tampered_cookie_is_ignored_and_reissued() {
         page.contains("Hello, new friend"),
         "a forged cookie must not make a returning visitor: {page}"
     );
-    let set = headers
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let value = set
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("veneer_vid=");
-    let issued = CookieSigner::new(SECRET.as_bytes())
-        .decode(value)
-        .expect("a fresh valid cookie");
+    let issued = issued_state(&headers).expect("a fresh valid cookie");
     assert_ne!(issued.id, "visitor-42");
     assert_eq!(issued.visits, 1);
 }

@@ -101,22 +101,7 @@ async fn each_request_gets_a_fresh_instance_and_a_spent_one_stays_faulted() {
         host: "x".into(),
         headers: vec![],
     };
-    let visitor = veneer::plugin::Visitor {
-        id: "v".into(),
-        segments: vec![],
-        device: veneer::plugin::DeviceClass::Desktop,
-        country: None,
-        locale: None,
-        visit_count: 1,
-        first_seen: 0,
-        utm: vec![],
-        referrer: None,
-        consent: veneer::plugin::Consent {
-            analytics: true,
-            personalization: true,
-            marketing: true,
-        },
-    };
+    let visitor = veneer_tests::test_visitor(veneer::plugin::DeviceClass::Desktop, &[]);
     for _ in 0..3 {
         let mut instance = chaos
             .instantiate(Arc::new(NoServices))
