@@ -345,4 +345,5 @@ async fn origin_never_sees_the_visitor_cookie_and_gets_forwarding_headers() {
     assert!(!text.contains("veneer_vid"), "{text}");
     assert!(text.contains("x-request-id: req-77"), "{text}");
     assert!(text.contains("x-forwarded-host: 127.0.0.1:"), "{text}");
+    assert!(text.contains("x-forwarded-for: 127.0.0.1"), "{text}");
 }

@@ -38,6 +38,10 @@ use crate::plugin::{
 use crate::rewrite::{self, Coding, HtmlBody, HtmlJob, PluginHandle};
 use crate::visitor::{self, Facts, VisitorState};
 
+/// The client's socket address, put in request extensions by the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
 /// Error type of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The response body type.
@@ -451,6 +455,16 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     );
     if let Ok(v) = HeaderValue::try_from(host.as_str()) {
         origin_headers.insert("x-forwarded-host", v);
+    }
+    if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>() {
+        // Append to any chain a trusted edge in front of Veneer already started.
+        let chain = match header_str(&origin_headers, "x-forwarded-for") {
+            Some(prev) => format!("{prev}, {}", peer.ip()),
+            None => peer.ip().to_string(),
+        };
+        if let Ok(v) = HeaderValue::try_from(chain) {
+            origin_headers.insert("x-forwarded-for", v);
+        }
     }
     if let Ok(v) = HeaderValue::try_from(request_id.as_str()) {
         origin_headers.insert("x-request-id", v);

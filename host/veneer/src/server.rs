@@ -32,8 +32,9 @@ pub fn serve(app: Arc<App>, listener: TcpListener) -> JoinHandle<()> {
             let _ = stream.set_nodelay(true);
             let app = app.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
+                let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     let app = app.clone();
+                    req.extensions_mut().insert(proxy::ClientAddr(peer));
                     async move { Ok::<_, Infallible>(proxy::handle(app, req).await) }
                 });
                 if let Err(e) = auto::Builder::new(TokioExecutor::new())
