@@ -347,3 +347,29 @@ async fn origin_never_sees_the_visitor_cookie_and_gets_forwarding_headers() {
     assert!(text.contains("x-forwarded-host: 127.0.0.1:"), "{text}");
     assert!(text.contains("x-forwarded-for: 127.0.0.1"), "{text}");
 }
+
+#[tokio::test]
+async fn admin_endpoint_exposes_counters_and_health() {
+    let (_o, host) = start(&[("chaos", "mode = \"trap\"")], "").await;
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let admin_addr = admin.local_addr().expect("addr");
+    let task = veneer::server::serve_admin(host.app.clone(), admin);
+    fetch(&host.url("/"), &[]).await;
+    let (status, _, body) = fetch(&format!("http://{admin_addr}/healthz"), &[]).await;
+    assert_eq!((status, body.as_slice()), (200, &b"ok\n"[..]));
+    let (_, _, body) = fetch(&format!("http://{admin_addr}/metrics"), &[]).await;
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains(
+            "veneer_plugin_faults_total{tenant=\"site\",plugin=\"chaos\",kind=\"trap\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("veneer_requests_total{tenant=\"site\",outcome=\"passthrough\"} 1"),
+        "{text}"
+    );
+    task.abort();
+}
