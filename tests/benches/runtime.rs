@@ -148,8 +148,10 @@ fn veneer_pipeline(rt: &tokio::runtime::Runtime, plugin: &Plugin, page: &[u8]) -
         json: vec![],
         subscribe: vec![],
     };
+    // Validation is part of every request's work, so it is measured too.
+    let checked = veneer::rewrite::validate_plan(plan).expect("valid plan");
     let job = HtmlJob {
-        plugins: vec![(handle, plan)],
+        plugins: vec![(handle, checked)],
         report: Arc::new(|_: &str, _: &veneer::plugin::PluginFault| {}),
     };
     let mut body = HtmlBody::new(job, Coding::Identity, Coding::Identity);

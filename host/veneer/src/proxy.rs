@@ -33,7 +33,7 @@ use crate::analytics::Event;
 use crate::app::{App, Tenant};
 use crate::plugin::{
     Assignment, Campaign, Consent, HeaderEdits, HostServices, Instance, PluginFault, RequestAction,
-    RequestHead, ResponseHead, ResponsePlan, Visitor,
+    RequestHead, ResponseHead, Visitor,
 };
 use crate::rewrite::{self, Coding, HtmlBody, HtmlJob, PluginHandle};
 use crate::visitor::{self, Facts, VisitorState};
@@ -524,20 +524,20 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         status: parts.status.as_u16(),
         headers: export_headers(&parts.headers),
     };
-    let mut plans: Vec<(Live, ResponsePlan)> = Vec::new();
+    let mut plans: Vec<(Live, rewrite::CheckedPlan)> = Vec::new();
     for mut live in chain {
         match live
             .instance
             .on_response(&request_head, &response_head, &visitor_wit)
             .await
-            .and_then(|p| rewrite::validate_plan(&p).map(|()| p))
+            .and_then(rewrite::validate_plan)
         {
             Ok(plan) => plans.push((live, plan)),
             Err(f) => report_fault(&app, &name, &live.name, &request_id, &f),
         }
     }
     for (_, plan) in &plans {
-        apply_edits(&mut parts.headers, &plan.headers);
+        apply_edits(&mut parts.headers, &plan.plan.headers);
     }
 
     // 6. Body.
@@ -553,8 +553,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         status == StatusCode::PARTIAL_CONTENT || parts.headers.contains_key(header::CONTENT_RANGE);
     let origin_coding =
         Coding::from_content_encoding(header_str(&parts.headers, header::CONTENT_ENCODING));
-    let wants_html = plans.iter().any(|(_, p)| rewrite::plan_touches_html(p));
-    let wants_json = plans.iter().any(|(_, p)| !p.json.is_empty());
+    let wants_html = plans.iter().any(|(_, p)| p.touches_html());
+    let wants_json = plans.iter().any(|(_, p)| !p.plan.json.is_empty());
     let is_html = content_type.starts_with("text/html");
     let is_json = content_type.starts_with("application/json")
         || (content_type.starts_with("application/") && content_type.contains("+json"));
@@ -572,7 +572,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             let job = HtmlJob {
                 plugins: plans
                     .into_iter()
-                    .filter(|(_, p)| rewrite::plan_touches_html(p))
+                    .filter(|(_, p)| p.touches_html())
                     .map(|(live, plan)| {
                         let handle = PluginHandle {
                             name: live.name,
@@ -598,7 +598,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         Some(from) if !bodyless && !partial && is_json && wants_json => {
             let ops: Vec<_> = plans
                 .iter()
-                .flat_map(|(_, p)| p.json.iter().cloned())
+                .flat_map(|(_, p)| p.plan.json.iter().cloned())
                 .collect();
             match json_body(body, from, &ops, tenant.config.limits.json_max_bytes).await {
                 Ok(Ok(patched)) => {

@@ -196,17 +196,41 @@ pub struct PluginHandle {
 /// Receives plugin faults that happen while the body streams.
 pub type FaultReporter = Arc<dyn Fn(&str, &PluginFault) + Send + Sync>;
 
-/// A plan checked against the host's rules: every selector parses, every attribute name is valid.
-pub fn validate_plan(plan: &ResponsePlan) -> Result<(), PluginFault> {
-    let selectors = plan
+/// A plan that passed [`validate_plan`], with its selectors parsed once.
+pub struct CheckedPlan {
+    /// The plan as the plugin returned it.
+    pub plan: ResponsePlan,
+    /// Parsed selectors of `plan.html`, index for index.
+    rule_selectors: Vec<Selector>,
+    /// Parsed selectors of `plan.subscribe`, index for index.
+    subscription_selectors: Vec<Selector>,
+}
+
+impl CheckedPlan {
+    /// Whether the plan asks for any change to an HTML body.
+    pub fn touches_html(&self) -> bool {
+        !self.plan.html.is_empty() || !self.plan.subscribe.is_empty()
+    }
+}
+
+fn parse_selector(s: &str) -> Result<Selector, PluginFault> {
+    s.parse::<Selector>()
+        .map_err(|e| PluginFault::InvalidPlan(format!("selector {s:?}: {e}")))
+}
+
+/// Checks a plan against the host's rules: every selector parses, every attribute and header
+/// name is valid. A plan that fails is the plugin's fault and is dropped whole.
+pub fn validate_plan(plan: ResponsePlan) -> Result<CheckedPlan, PluginFault> {
+    let rule_selectors = plan
         .html
         .iter()
-        .map(|r| &r.selector)
-        .chain(plan.subscribe.iter().map(|s| &s.selector));
-    for s in selectors {
-        s.parse::<Selector>()
-            .map_err(|e| PluginFault::InvalidPlan(format!("selector {s:?}: {e}")))?;
-    }
+        .map(|r| parse_selector(&r.selector))
+        .collect::<Result<Vec<_>, _>>()?;
+    let subscription_selectors = plan
+        .subscribe
+        .iter()
+        .map(|s| parse_selector(&s.selector))
+        .collect::<Result<Vec<_>, _>>()?;
     for rule in &plan.html {
         let name = match &rule.op {
             HtmlOp::SetAttribute((n, _)) | HtmlOp::RemoveAttribute(n) => n,
@@ -227,12 +251,11 @@ pub fn validate_plan(plan: &ResponsePlan) -> Result<(), PluginFault> {
             return Err(PluginFault::InvalidPlan(format!("header {name:?}")));
         }
     }
-    Ok(())
-}
-
-/// Whether a plan asks for any body change.
-pub fn plan_touches_html(plan: &ResponsePlan) -> bool {
-    !plan.html.is_empty() || !plan.subscribe.is_empty()
+    Ok(CheckedPlan {
+        plan,
+        rule_selectors,
+        subscription_selectors,
+    })
 }
 
 fn set_class(el: &mut Element<'_, '_>, class: &str, add: bool) {
@@ -309,7 +332,7 @@ pub struct HtmlBody {
 /// What rewriting one response needs: each plugin's handle and (validated) plan.
 pub struct HtmlJob {
     /// Plugins with their plans, in chain order.
-    pub plugins: Vec<(Arc<PluginHandle>, ResponsePlan)>,
+    pub plugins: Vec<(Arc<PluginHandle>, CheckedPlan)>,
     /// Where faults during streaming go.
     pub report: FaultReporter,
 }
@@ -325,26 +348,28 @@ fn fault(h: &PluginHandle, report: &FaultReporter, f: &PluginFault) {
 }
 
 impl HtmlBody {
-    /// Builds the pipeline. Plans must have passed [`validate_plan`].
+    /// Builds the pipeline.
     pub fn new(job: HtmlJob, from: Coding, to: Coding) -> Self {
         let mut settings = Settings::new_send().with_memory_settings(
             MemorySettings::new()
                 .with_graceful_bail_out_on_memory_limit_exceeded(true)
                 .with_max_allowed_memory_usage(16 << 20),
         );
-        for (handle, plan) in job.plugins {
+        for (handle, checked) in job.plugins {
+            let CheckedPlan {
+                plan,
+                rule_selectors,
+                subscription_selectors,
+            } = checked;
             // Consecutive rules on one selector share one handler: one selector match, one closure.
-            let mut groups: Vec<(String, Vec<HtmlOp>)> = Vec::new();
-            for HtmlRule { selector, op } in plan.html {
+            let mut groups: Vec<(String, Selector, Vec<HtmlOp>)> = Vec::new();
+            for (HtmlRule { selector, op }, parsed) in plan.html.into_iter().zip(rule_selectors) {
                 match groups.last_mut() {
-                    Some((s, ops)) if *s == selector => ops.push(op),
-                    _ => groups.push((selector, vec![op])),
+                    Some((s, _, ops)) if *s == selector => ops.push(op),
+                    _ => groups.push((selector, parsed, vec![op])),
                 }
             }
-            for (selector, ops) in groups {
-                let Ok(parsed) = selector.parse::<Selector>() else {
-                    continue;
-                };
+            for (_, parsed, ops) in groups {
                 let h = handle.clone();
                 let handlers =
                     ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
@@ -357,10 +382,8 @@ impl HtmlBody {
                     });
                 settings = settings.append_element_content_handler((Cow::Owned(parsed), handlers));
             }
-            for (index, Subscription { selector, text }) in plan.subscribe.into_iter().enumerate() {
-                let Ok(parsed) = selector.parse::<Selector>() else {
-                    continue;
-                };
+            let subscriptions = plan.subscribe.into_iter().zip(subscription_selectors);
+            for (index, (Subscription { text, .. }, parsed)) in subscriptions.enumerate() {
                 let id = u32::try_from(index).unwrap_or(u32::MAX);
                 let (h, report) = (handle.clone(), job.report.clone());
                 let mut handlers =
