@@ -29,7 +29,7 @@ fn median(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
 }
 
 fn per_request(rt: &tokio::runtime::Runtime, plugin: &Plugin) {
-    let head = veneer::plugin::RequestHead {
+    let head = Arc::new(veneer::plugin::RequestHead {
         method: "GET".into(),
         path: "/".into(),
         host: "shop.example".into(),
@@ -37,11 +37,11 @@ fn per_request(rt: &tokio::runtime::Runtime, plugin: &Plugin) {
             ("accept".into(), "text/html".into()),
             ("user-agent".into(), "Mozilla/5.0".into()),
         ],
-    };
-    let resp = veneer::plugin::ResponseHead {
+    });
+    let resp = Arc::new(veneer::plugin::ResponseHead {
         status: 200,
         headers: vec![("content-type".into(), "text/html".into())],
-    };
+    });
     let v = veneer_tests::test_visitor(
         veneer::plugin::DeviceClass::Mobile,
         &["returning", "mobile"],

@@ -333,11 +333,15 @@ impl veneer::plugin::HostServices for NoServices {
         None
     }
     fn track(&self, _plugin: &str, _name: &str, _properties: Vec<(String, String)>) {}
-    fn active_campaigns(&self) -> Vec<veneer::plugin::Campaign> {
-        Vec::new()
+    fn active_campaigns(&self) -> &[veneer::plugin::Campaign] {
+        &[]
     }
     fn assign(&self, _experiment: &str) -> Option<veneer::plugin::Assignment> {
         None
+    }
+    fn impression(&self, _plugin: &str, _campaign_id: &str) {}
+    fn now_ms(&self) -> i64 {
+        1_700_000_000_000
     }
     fn request_id(&self) -> &str {
         "bench"
@@ -351,8 +355,8 @@ impl veneer::plugin::HostServices for NoServices {
 pub fn test_visitor(
     device: veneer::plugin::DeviceClass,
     segments: &[&str],
-) -> veneer::plugin::Visitor {
-    veneer::plugin::Visitor {
+) -> std::sync::Arc<veneer::plugin::Visitor> {
+    std::sync::Arc::new(veneer::plugin::Visitor {
         id: "3f1c9a7e-2b4d-4e8f-9a1b-6c5d4e3f2a10".into(),
         segments: segments.iter().map(|s| (*s).to_owned()).collect(),
         device,
@@ -367,5 +371,6 @@ pub fn test_visitor(
             personalization: true,
             marketing: true,
         },
-    }
+        attributes: std::sync::Arc::new(serde_json::json!({"device": "desktop", "visitCount": 3})),
+    })
 }

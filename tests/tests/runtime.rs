@@ -95,12 +95,12 @@ async fn each_request_gets_a_fresh_instance_and_a_spent_one_stays_faulted() {
     let chaos = rt
         .load("chaos", &veneer_tests::plugin("chaos"), params, LIMITS)
         .expect("load");
-    let head = RequestHead {
+    let head = Arc::new(RequestHead {
         method: "GET".into(),
         path: "/".into(),
         host: "x".into(),
         headers: vec![],
-    };
+    });
     let visitor = veneer_tests::test_visitor(veneer::plugin::DeviceClass::Desktop, &[]);
     for _ in 0..3 {
         let mut instance = chaos

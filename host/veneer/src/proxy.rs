@@ -129,10 +129,12 @@ struct Services {
     url: String,
     locale: Option<String>,
     consent: Consent,
-    attributes: serde_json::Value,
+    attributes: Arc<serde_json::Value>,
     segments: SegmentSet,
     now: Timestamp,
     campaigns: OnceLock<Vec<Campaign>>,
+    /// Campaign ids whose impression was recorded in this request (one event each).
+    impressions: Mutex<Vec<String>>,
     sticky: Mutex<StickyDocs>,
 }
 
@@ -165,33 +167,58 @@ impl HostServices for Services {
         });
     }
 
-    fn active_campaigns(&self) -> Vec<Campaign> {
-        self.campaigns
-            .get_or_init(|| {
-                let t = &self.tenant;
-                t.rules
-                    .active_campaigns(self.now, &t.config.channel, &self.segments)
-                    .into_iter()
-                    .map(|c| Campaign {
-                        id: c.id.clone(),
-                        name: c.name.clone(),
-                        priority: c.priority,
-                        ends_at: c.end.as_second(),
-                        params: c
-                            .params
-                            .iter()
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect(),
-                    })
-                    .collect()
-            })
-            .clone()
+    fn active_campaigns(&self) -> &[Campaign] {
+        self.campaigns.get_or_init(|| {
+            let t = &self.tenant;
+            t.rules
+                .active_campaigns(self.now, &t.config.channel, &self.segments)
+                .into_iter()
+                .map(|c| Campaign {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    priority: c.priority,
+                    starts_at: c.start.as_second(),
+                    ends_at: c.end.as_second(),
+                    params: c
+                        .params
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                })
+                .collect()
+        })
+    }
+
+    fn impression(&self, plugin: &str, campaign_id: &str) {
+        let Some(campaign) = self.active_campaigns().iter().find(|c| c.id == campaign_id) else {
+            tracing::info!(tenant = %self.tenant.config.name, plugin, request_id = %self.request_id, campaign = campaign_id, "impression ignored: campaign is not live for this visitor");
+            return;
+        };
+        {
+            let mut seen = self
+                .impressions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if seen.iter().any(|id| id == campaign_id) {
+                return;
+            }
+            seen.push(campaign_id.to_owned());
+        }
+        let properties = vec![
+            ("campaign".to_owned(), campaign.id.clone()),
+            ("name".to_owned(), campaign.name.clone()),
+        ];
+        self.track(plugin, "campaign_impression", properties);
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.now.as_millisecond()
     }
 
     fn assign(&self, experiment: &str) -> Option<Assignment> {
         let exp = self.tenant.rules.experiment(experiment)?;
         let mut sticky = self.sticky.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut ctx = RunContext::new(&self.attributes);
+        let mut ctx = RunContext::new(self.attributes.as_ref());
         ctx.url = Some(&self.url);
         ctx.saved_groups = Some(self.tenant.rules.saved_groups());
         ctx.sticky = Some(&mut sticky);
@@ -303,14 +330,14 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         user_agent,
         consent,
     };
-    let attributes = facts.attributes();
+    let attributes = Arc::new(facts.attributes());
     let segments = tenant.rules.segments(&attributes);
     let segment_names: Vec<String> = tenant
         .rules
         .segment_list(&segments)
         .map(str::to_owned)
         .collect();
-    let visitor_wit = Visitor {
+    let visitor_wit = Arc::new(Visitor {
         id: state.id.clone(),
         segments: segment_names,
         device,
@@ -321,7 +348,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         utm: utm.clone(),
         referrer,
         consent,
-    };
+        attributes: attributes.clone(),
+    });
     let path_and_query = req
         .uri()
         .path_and_query()
@@ -351,6 +379,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         segments,
         now,
         campaigns: OnceLock::new(),
+        impressions: Mutex::new(Vec::new()),
         sticky: Mutex::new(sticky),
     });
 
@@ -370,6 +399,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             .headers
             .push(("cookie".into(), stripped_cookie.clone()));
     }
+    let request_head = Arc::new(request_head);
     let mut chain: Vec<Live> = Vec::with_capacity(tenant.plugins.len());
     let mut request_edits: Vec<HeaderEdits> = Vec::new();
     for plugin in &tenant.plugins {
@@ -520,10 +550,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     // 5. Plugin chain, on-response.
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let response_head = ResponseHead {
+    let response_head = Arc::new(ResponseHead {
         status: parts.status.as_u16(),
         headers: export_headers(&parts.headers),
-    };
+    });
     let mut plans: Vec<(Live, rewrite::CheckedPlan)> = Vec::new();
     for mut live in chain {
         match live

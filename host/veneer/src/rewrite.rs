@@ -403,7 +403,7 @@ impl HtmlBody {
                             .instance
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
-                            .on_element(id, &info);
+                            .on_element(id, info);
                         match result {
                             Ok(ops) => ops.iter().for_each(|op| apply_op(el, op)),
                             Err(f) => fault(&h, &report, &f),

@@ -1,5 +1,6 @@
 //! Shows a banner at the top of every page for the highest-priority live campaign that has a
-//! `banner` parameter, and records an impression. Campaign start and end are enforced by the
+//! `banner` parameter, and tells the host it showed it (`campaigns::impression`), which
+//! records the impression for the campaign's report. Campaign start and end are enforced by the
 //! host clock, so the banner appears and disappears everywhere at the configured instants.
 
 use veneer_sdk::prelude::*;
@@ -14,39 +15,35 @@ fn escape(s: &str) -> String {
 }
 
 impl Plugin for Banner {
-    fn on_response(request: &Request, response: &Response, visitor: &Visitor) -> ResponsePlan {
+    fn on_response(_request: &Request, response: &Response, visitor: &Visitor) -> ResponsePlan {
         let mut plan = Plan::new();
         let is_html = response
-            .headers
-            .iter()
-            .any(|(k, v)| k == "content-type" && v.starts_with("text/html"));
+            .header("content-type")
+            .is_some_and(|v| v.starts_with("text/html"));
         // Only HTML gets a banner, so only HTML counts an impression.
-        if response.status != 200 || !is_html || !visitor.consent.marketing {
+        if response.status() != 200 || !is_html || !visitor.consents("marketing") {
             return plan.build();
         }
         let live = campaigns::active();
-        let Some(campaign) = live
+        let Some((campaign, text)) = live
             .iter()
-            .find(|c| campaigns::param(c, "banner").is_some())
+            .find_map(|c| c.param("banner").map(|text| (c, text)))
         else {
             return plan.build();
         };
-        let text = campaigns::param(campaign, "banner").unwrap_or_default();
-        let colour = campaigns::param(campaign, "colour").unwrap_or("#b3001b");
-        let link = campaigns::param(campaign, "link").unwrap_or("/");
+        let id = campaign.id();
+        let colour = campaign.param("colour").unwrap_or_else(|| "#b3001b".into());
+        let link = campaign.param("link").unwrap_or_else(|| "/".into());
         let html = format!(
             r#"<div class="veneer-banner" data-campaign="{id}" style="background:{colour};color:#fff;padding:.6em;text-align:center"><a href="{link}" style="color:inherit">{text}</a></div>"#,
-            id = escape(&campaign.id),
-            colour = escape(colour),
-            link = escape(link),
-            text = escape(text),
+            id = escape(&id),
+            colour = escape(&colour),
+            link = escape(&link),
+            text = escape(&text),
         );
         plan.select(&config("selector").unwrap_or_else(|| "body".to_owned()))
             .prepend_html(&html);
-        analytics::track(
-            "campaign_impression",
-            &[("campaign", &campaign.id), ("path", &request.path)],
-        );
+        campaigns::impression(&id);
         plan.build()
     }
 }

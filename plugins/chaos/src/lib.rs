@@ -22,10 +22,7 @@ impl Plugin for Chaos {
         if mode() == "trap-request" {
             panic!("chaos: trap in on-request");
         }
-        RequestAction::Continue(veneer_sdk::HeaderEdits {
-            set: vec![],
-            remove: vec![],
-        })
+        RequestAction::Continue(HeaderEdits::default())
     }
 
     fn on_response(_request: &Request, _response: &Response, _visitor: &Visitor) -> ResponsePlan {
@@ -59,7 +56,7 @@ impl Plugin for Chaos {
         plan.build()
     }
 
-    fn on_element(_subscription: u32, _element: &ElementInfo) -> Vec<HtmlOp> {
+    fn on_element(_subscription: u32, _element: &Element) {
         panic!("chaos: trap in on-element");
     }
 }

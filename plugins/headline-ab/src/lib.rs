@@ -11,8 +11,8 @@ impl Plugin for Headline {
         let mut plan = Plan::new();
         let experiment = config("experiment").unwrap_or_else(|| "headline".to_owned());
         let on_path =
-            config("path").is_none_or(|p| request.path.split('?').next() == Some(p.as_str()));
-        if response.status != 200 || !on_path {
+            config("path").is_none_or(|p| request.path().split('?').next() == Some(p.as_str()));
+        if response.status() != 200 || !on_path {
             return plan.build();
         }
         let Some(a) = campaigns::assign(&experiment) else {
@@ -22,12 +22,12 @@ impl Plugin for Headline {
             );
             return plan.build();
         };
-        if !a.in_experiment {
+        if !a.in_experiment() {
             return plan.build();
         }
         // Variation values are JSON; a string value is the headline text.
-        let text = a
-            .value
+        let value = a.value();
+        let text = value
             .trim()
             .strip_prefix('"')
             .and_then(|v| v.strip_suffix('"'))
@@ -36,16 +36,14 @@ impl Plugin for Headline {
             plan.select(&config("selector").unwrap_or_else(|| "h1".to_owned()))
                 .set_inner_text(&text);
         }
-        plan.set_header(
-            "x-veneer-experiment",
-            &format!("{}={}", a.experiment, a.key),
-        );
+        let (experiment, key) = (a.experiment(), a.key());
+        plan.set_header("x-veneer-experiment", &format!("{experiment}={key}"));
         analytics::track(
             "experiment_viewed",
             &[
-                ("experiment", &a.experiment),
-                ("variation", &a.key),
-                ("path", &request.path),
+                ("experiment", &experiment),
+                ("variation", &key),
+                ("path", &request.path()),
             ],
         );
         plan.build()

@@ -11,7 +11,7 @@ struct Hero;
 impl Plugin for Hero {
     fn on_response(_request: &Request, response: &Response, visitor: &Visitor) -> ResponsePlan {
         let mut plan = Plan::new();
-        if response.status != 200 || !visitor.consent.personalization {
+        if response.status() != 200 || !visitor.consents("personalization") {
             return plan.build();
         }
         let selector = config("selector").unwrap_or_else(|| "#hero".to_owned());
@@ -20,15 +20,14 @@ impl Plugin for Hero {
         } else {
             "new"
         };
-        let mobile = matches!(visitor.device, DeviceClass::Mobile);
+        let mobile = matches!(visitor.device(), DeviceClass::Mobile);
         let fragment = mobile
             .then(|| content::fragment(&format!("hero-{segment}-mobile")))
             .flatten()
             .or_else(|| content::fragment(&format!("hero-{segment}")));
         let is_json = response
-            .headers
-            .iter()
-            .any(|(k, v)| k == "content-type" && v.starts_with("application/json"));
+            .header("content-type")
+            .is_some_and(|v| v.starts_with("application/json"));
         if is_json {
             plan.json_set("/hero/segment", &json_string(segment));
             if let Some(html) = &fragment {

@@ -10,13 +10,18 @@
 use std::cell::RefCell;
 
 use veneer_sdk::prelude::*;
-use veneer_sdk::{attribute, campaigns::Campaign};
 
 struct ProductLinks;
 
+/// What the element callbacks need from the live campaign.
+struct Sale {
+    id: String,
+    discount: Option<f64>,
+}
+
 thread_local! {
     // One instance serves one request, so this is per-request state shared between hooks.
-    static CAMPAIGN: RefCell<Option<Campaign>> = const { RefCell::new(None) };
+    static SALE: RefCell<Option<Sale>> = const { RefCell::new(None) };
 }
 
 const LINKS: u32 = 0;
@@ -25,43 +30,41 @@ const PRICES: u32 = 1;
 impl Plugin for ProductLinks {
     fn on_response(_request: &Request, response: &Response, _visitor: &Visitor) -> ResponsePlan {
         let mut plan = Plan::new();
-        if response.status != 200 {
+        if response.status() != 200 {
             return plan.build();
         }
         let Some(campaign) = campaigns::active().into_iter().next() else {
             return plan.build();
         };
-        CAMPAIGN.with(|c| *c.borrow_mut() = Some(campaign));
+        let sale = Sale {
+            id: campaign.id(),
+            discount: campaign.param("discount").and_then(|d| d.parse().ok()),
+        };
+        SALE.with(|s| *s.borrow_mut() = Some(sale));
         let links = plan.subscribe(r#"[data-sale="true"] a[href]"#);
         let prices = plan.subscribe_text(r#"[data-sale="true"] .price"#);
         debug_assert_eq!((links, prices), (LINKS, PRICES));
         plan.build()
     }
 
-    fn on_element(subscription: u32, element: &ElementInfo) -> Vec<HtmlOp> {
+    fn on_element(subscription: u32, element: &Element) {
         if subscription != LINKS {
-            return Vec::new();
+            return;
         }
-        let Some(id) = CAMPAIGN.with(|c| c.borrow().as_ref().map(|c| c.id.clone())) else {
-            return Vec::new();
+        let Some(id) = SALE.with(|s| s.borrow().as_ref().map(|s| s.id.clone())) else {
+            return;
         };
-        let href = attribute(element, "href").unwrap_or("/");
+        let href = element.attribute("href").unwrap_or_else(|| "/".into());
         let sep = if href.contains('?') { '&' } else { '?' };
-        vec![
-            HtmlOp::SetAttribute(("href".into(), format!("{href}{sep}campaign={id}"))),
-            HtmlOp::AddClass("on-sale".into()),
-        ]
+        element.set_attribute("href", &format!("{href}{sep}campaign={id}"));
+        element.add_class("on-sale");
     }
 
     fn on_text(subscription: u32, text: &str) -> Option<String> {
         if subscription != PRICES {
             return None;
         }
-        let discount: f64 = CAMPAIGN.with(|c| {
-            c.borrow().as_ref().and_then(|c| {
-                veneer_sdk::campaigns::param(c, "discount").and_then(|d| d.parse().ok())
-            })
-        })?;
+        let discount = SALE.with(|s| s.borrow().as_ref().and_then(|s| s.discount))?;
         let digits: String = text.chars().filter(char::is_ascii_digit).collect();
         let price: f64 = digits.parse().ok()?;
         let currency: String = text

@@ -15,7 +15,7 @@ impl Plugin for StaticRewrites {
     fn on_response(_request: &Request, response: &Response, visitor: &Visitor) -> ResponsePlan {
         let mut plan = Plan::new();
         let wanted = config("segment");
-        if response.status != 200 || wanted.is_some_and(|s| !visitor.in_segment(&s)) {
+        if response.status() != 200 || wanted.is_some_and(|s| !visitor.in_segment(&s)) {
             return plan.build();
         }
         for i in 1..=20 {

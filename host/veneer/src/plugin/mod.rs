@@ -20,8 +20,16 @@
 //!
 //! Host services a plugin imports (content, analytics, campaigns, config, log) are reached
 //! through [`HostServices`], which the proxy implements; this module knows nothing of tenants.
+//!
+//! Contract versions: every released version of `veneer:plugin` is linked side by side, one
+//! bindings module each ([`v0_1`], [`v0_2`]), converting to and from the host's own
+//! [`model`]. [`Runtime::load`] reads which version a component targets from its
+//! `veneer:plugin/hooks@X.Y.Z` export and refuses one this host does not support with a
+//! message naming its version and the supported ones, at load, never per request.
 
-mod bindings;
+pub mod model;
+mod v0_1;
+mod v0_2;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,20 +39,62 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use bindings::veneer::plugin as wit;
-use bindings::{Personalizer, PersonalizerPre};
-
-pub use bindings::veneer::plugin::campaigns::{Assignment, Campaign};
-pub use wit::types::{
-    Consent, DeviceClass, ElementInfo, HeaderEdits, HtmlOp, HtmlRule, JsonOp, Level, RequestAction,
-    RequestHead, ResponseHead, ResponsePlan, Subscription, SyntheticResponse, Visitor,
+pub use model::{
+    Assignment, Campaign, Consent, DeviceClass, ElementInfo, HeaderEdits, HtmlOp, HtmlRule, JsonOp,
+    Level, RequestAction, RequestHead, ResponseHead, ResponsePlan, Subscription, SyntheticResponse,
+    Visitor,
 };
+
+/// A version of the plugin contract this host links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Contract {
+    /// `veneer:plugin@0.1.0`: records in, records out (frozen).
+    V0_1,
+    /// `veneer:plugin@0.2.0`: resources with methods, grows by adding functions.
+    V0_2,
+}
+
+impl Contract {
+    /// Every supported version, oldest first.
+    pub const ALL: [Contract; 2] = [Contract::V0_1, Contract::V0_2];
+
+    /// The version this host implements, e.g. `0.2.0`.
+    pub fn version(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "0.1.0",
+            Contract::V0_2 => "0.2.0",
+        }
+    }
+
+    /// The supported versions as a list for messages: `0.1.0, 0.2.0`.
+    pub fn supported_list() -> String {
+        Contract::ALL.map(Contract::version).join(", ")
+    }
+
+    /// The supported contract a component built for `version` links against: same major
+    /// version, and for 0.x the same minor (semver), at or below what the host implements.
+    fn for_version(version: &semver::Version) -> Option<Contract> {
+        Contract::ALL.into_iter().find(|c| {
+            let ours = semver::Version::parse(c.version()).unwrap_or(semver::Version::new(0, 0, 0));
+            ours.major == version.major && (ours.major > 0 || ours.minor == version.minor)
+        })
+    }
+}
+
+impl std::fmt::Display for Contract {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "veneer:plugin@{}", self.version())
+    }
+}
+
+/// The prefix of the one export every plugin has, whatever its contract version.
+const HOOKS_EXPORT: &str = "veneer:plugin/hooks@";
 
 /// What the host provides to the plugins of one request. Implementations must not block:
 /// in-memory lookups and channel sends only, because plugin calls run synchronously.
@@ -54,9 +104,13 @@ pub trait HostServices: Send + Sync {
     /// Records an analytics event from `plugin`.
     fn track(&self, plugin: &str, name: &str, properties: Vec<(String, String)>);
     /// Campaigns live for this visitor now, highest priority first.
-    fn active_campaigns(&self) -> Vec<Campaign>;
+    fn active_campaigns(&self) -> &[Campaign];
     /// The visitor's (sticky) assignment in an experiment.
     fn assign(&self, experiment: &str) -> Option<Assignment>;
+    /// `plugin` shows the visitor campaign `campaign_id` in this response.
+    fn impression(&self, plugin: &str, campaign_id: &str);
+    /// The instant the request is evaluated at, in milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
     /// The request id, for log lines.
     fn request_id(&self) -> &str;
     /// The tenant name, for log lines.
@@ -165,11 +219,10 @@ impl Runtime {
 
         let mut linker: Linker<StoreState> = Linker::new(&engine);
         wt(wasmtime_wasi::p2::add_to_linker_async(&mut linker)).context("linking WASI")?;
-        wt(Personalizer::add_to_linker::<_, HasSelf<_>>(
-            &mut linker,
-            |s| s,
-        ))
-        .context("linking Veneer host interfaces")?;
+        // Every supported contract version side by side: their interfaces carry the version
+        // in their names (`veneer:plugin/content@0.1.0`), so they never clash.
+        wt(v0_1::add_to_linker(&mut linker)).context("linking veneer:plugin@0.1.0")?;
+        wt(v0_2::add_to_linker(&mut linker)).context("linking veneer:plugin@0.2.0")?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (stop, ticker_engine) = (ticker_stop.clone(), engine.clone());
@@ -207,28 +260,124 @@ impl Runtime {
     ) -> anyhow::Result<Plugin> {
         let bytes =
             std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
-        let (component, from_cache) = self
-            .compile_cached(&bytes)
-            .with_context(|| format!("compiling plugin {}", path.display()))?;
-        let pre = wt(self.linker.instantiate_pre(&component)).with_context(|| {
-            format!(
-                "linking plugin {}: it must target the veneer:plugin/personalizer world",
-                path.display()
-            )
-        })?;
-        let pre = wt(PersonalizerPre::new(pre)).with_context(|| {
-            format!(
-                "plugin {} does not export veneer:plugin/hooks",
-                path.display()
-            )
-        })?;
+        self.load_bytes(name, &bytes, params, limits)
+            .with_context(|| format!("plugin {}", path.display()))
+    }
+
+    /// Loads a plugin from the bytes of a component: compiles it (or takes it from the cache),
+    /// finds the contract version it targets and links it against that version's bindings.
+    pub fn load_bytes(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        params: HashMap<String, String>,
+        limits: Limits,
+    ) -> anyhow::Result<Plugin> {
+        if is_core_module(bytes) {
+            anyhow::bail!(
+                "this is a core WebAssembly module, not a component: build the plugin with \
+                 `cargo build --target wasm32-wasip2 --release` (the wasm32-wasip2 target \
+                 produces components)"
+            );
+        }
+        let (component, from_cache) = self.compile_cached(bytes).context("compiling")?;
+        let target = self.contract_of(&component)?;
+        let unlinkable = |e: anyhow::Error| {
+            let newer = semver::Version::parse(target.contract.version())
+                .is_ok_and(|ours| target.version > ours);
+            if newer {
+                e.context(format!(
+                    "it targets veneer:plugin@{}, newer than this host's {}, and uses \
+                     functions this host does not have: upgrade the host or rebuild the \
+                     plugin for {} (supported: {})",
+                    target.version,
+                    target.contract.version(),
+                    target.contract.version(),
+                    Contract::supported_list()
+                ))
+            } else {
+                e.context(format!(
+                    "it does not link against {}: it must target the veneer:plugin/personalizer \
+                     world and import nothing else",
+                    target.contract
+                ))
+            }
+        };
+        let instance_pre = wt(self.linker.instantiate_pre(&component)).map_err(unlinkable)?;
+        let pre = match target.contract {
+            Contract::V0_1 => {
+                Pre::V0_1(wt(v0_1::PersonalizerPre::new(instance_pre)).map_err(unlinkable)?)
+            }
+            Contract::V0_2 => {
+                Pre::V0_2(wt(v0_2::PersonalizerPre::new(instance_pre)).map_err(unlinkable)?)
+            }
+        };
         Ok(Plugin {
             name: Arc::from(name),
             pre,
+            contract: target.contract,
             params: Arc::new(params),
             limits,
             engine: self.engine.clone(),
             from_cache,
+        })
+    }
+
+    /// Reads the contract version a component targets from its hooks export, without
+    /// linking it: the basis of `veneer plugin check`.
+    pub fn inspect(&self, bytes: &[u8]) -> anyhow::Result<ComponentInfo> {
+        if is_core_module(bytes) {
+            anyhow::bail!(
+                "this is a core WebAssembly module, not a component: build it for wasm32-wasip2"
+            );
+        }
+        let (component, _) = self.compile_cached(bytes).context("compiling")?;
+        let target = self.contract_of(&component)?;
+        let ty = component.component_type();
+        let imports = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        let exports = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        Ok(ComponentInfo {
+            version: target.version,
+            contract: target.contract,
+            imports,
+            exports,
+        })
+    }
+
+    fn contract_of(&self, component: &Component) -> anyhow::Result<Target> {
+        let ty = component.component_type();
+        let exports: Vec<&str> = ty.exports(&self.engine).map(|(n, _)| n).collect();
+        let Some(version) = exports.iter().find_map(|n| n.strip_prefix(HOOKS_EXPORT)) else {
+            anyhow::bail!(
+                "not a Veneer plugin: it exports no veneer:plugin/hooks interface (it exports: \
+                 {}); this host supports veneer:plugin {}",
+                if exports.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    exports.join(", ")
+                },
+                Contract::supported_list()
+            );
+        };
+        let parsed = semver::Version::parse(version)
+            .with_context(|| format!("veneer:plugin/hooks@{version}: not a semver version"))?;
+        let contract = Contract::for_version(&parsed).ok_or_else(|| {
+            anyhow::anyhow!(
+                "it targets veneer:plugin@{version}, which this host does not support \
+                 (supported: {}): rebuild it with a veneer-sdk for a supported version, or \
+                 upgrade the host",
+                Contract::supported_list()
+            )
+        })?;
+        Ok(Target {
+            version: parsed,
+            contract,
         })
     }
 
@@ -299,11 +448,49 @@ fn load_precompiled_bytes(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Compo
     wt(unsafe { Component::deserialize(engine, bytes) })
 }
 
+/// What a component targets, from its hooks export.
+struct Target {
+    version: semver::Version,
+    contract: Contract,
+}
+
+/// What `veneer plugin check` reports about a component.
+#[derive(Debug, Clone)]
+pub struct ComponentInfo {
+    /// The exact contract version it was built for (from `veneer:plugin/hooks@X.Y.Z`).
+    pub version: semver::Version,
+    /// The supported contract it links against.
+    pub contract: Contract,
+    /// Its imports (interfaces), by name.
+    pub imports: Vec<String>,
+    /// Its exports, by name.
+    pub exports: Vec<String>,
+}
+
+/// Whether `bytes` are a core WebAssembly module (preamble version 1), not a component.
+fn is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}
+
+/// A plugin linked against one contract version's bindings.
+#[derive(Clone)]
+enum Pre {
+    V0_1(v0_1::PersonalizerPre<StoreState>),
+    V0_2(v0_2::PersonalizerPre<StoreState>),
+}
+
+/// An instance's exports, by contract version.
+enum Bound {
+    V0_1(v0_1::Personalizer),
+    V0_2(v0_2::Personalizer),
+}
+
 /// A loaded plugin: compiled, linked, ready to instantiate per request.
 #[derive(Clone)]
 pub struct Plugin {
     name: Arc<str>,
-    pre: PersonalizerPre<StoreState>,
+    pre: Pre,
+    contract: Contract,
     params: Arc<HashMap<String, String>>,
     limits: Limits,
     engine: Engine,
@@ -321,6 +508,11 @@ impl Plugin {
         &self.name
     }
 
+    /// The contract version the plugin was built for.
+    pub fn contract(&self) -> Contract {
+        self.contract
+    }
+
     /// A fresh instance for one request.
     pub async fn instantiate(
         &self,
@@ -334,6 +526,7 @@ impl Plugin {
             services,
             plugin: self.name.clone(),
             params: self.params.clone(),
+            owned_handles: 0,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
@@ -347,7 +540,16 @@ impl Plugin {
         };
         instance.arm();
         let start = Instant::now();
-        let result = self.pre.instantiate_async(&mut instance.store).await;
+        let result = match &self.pre {
+            Pre::V0_1(pre) => pre
+                .instantiate_async(&mut instance.store)
+                .await
+                .map(Bound::V0_1),
+            Pre::V0_2(pre) => pre
+                .instantiate_async(&mut instance.store)
+                .await
+                .map(Bound::V0_2),
+        };
         instance.used += start.elapsed();
         match result {
             Ok(b) => {
@@ -371,8 +573,36 @@ struct StoreState {
     services: Arc<dyn HostServices>,
     plugin: Arc<str>,
     params: Arc<HashMap<String, String>>,
+    /// Campaign and assignment handles the guest holds (0.2.0 and later).
+    owned_handles: usize,
 }
 
+/// Host services shared by every contract version's bindings.
+impl StoreState {
+    fn record_event(&self, name: &str, properties: Vec<(String, String)>) {
+        self.services.track(&self.plugin, name, properties);
+    }
+
+    fn param(&self, key: &str) -> Option<String> {
+        self.params.get(key).cloned()
+    }
+
+    fn write_log(&self, level: Level, message: &str) {
+        let (tenant, request_id, plugin) = (
+            self.services.tenant(),
+            self.services.request_id(),
+            &*self.plugin,
+        );
+        // A plugin's message is data; cap it so a chatty plugin cannot flood the log.
+        let message: String = message.chars().take(1024).collect();
+        match level {
+            Level::Debug => tracing::debug!(tenant, plugin, request_id, "{message}"),
+            Level::Info => tracing::info!(tenant, plugin, request_id, "{message}"),
+            Level::Warn => tracing::warn!(tenant, plugin, request_id, "{message}"),
+            Level::Error => tracing::error!(tenant, plugin, request_id, "{message}"),
+        }
+    }
+}
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
@@ -411,7 +641,7 @@ impl ResourceLimiter for StoreState {
 /// One plugin instance serving one request.
 pub struct Instance {
     store: Store<StoreState>,
-    bindings: Option<Personalizer>,
+    bindings: Option<Bound>,
     budget: Duration,
     used: Duration,
     faulted: bool,
@@ -466,35 +696,32 @@ impl Instance {
     /// Calls `on-request`.
     pub async fn on_request(
         &mut self,
-        request: &RequestHead,
-        visitor: &Visitor,
+        request: &Arc<RequestHead>,
+        visitor: &Arc<Visitor>,
     ) -> Result<RequestAction, PluginFault> {
         let start = self.begin()?;
-        let Some(b) = &self.bindings else {
-            return Err(PluginFault::AlreadyFaulted);
+        let r = match &self.bindings {
+            Some(Bound::V0_1(b)) => v0_1::on_request(b, &mut self.store, request, visitor).await,
+            Some(Bound::V0_2(b)) => v0_2::on_request(b, &mut self.store, request, visitor).await,
+            None => return Err(PluginFault::AlreadyFaulted),
         };
-        let r = b
-            .veneer_plugin_hooks()
-            .call_on_request(&mut self.store, request, visitor)
-            .await;
         self.end(start, Some(r))
     }
 
     /// Calls `on-response`.
     pub async fn on_response(
         &mut self,
-        request: &RequestHead,
-        response: &ResponseHead,
-        visitor: &Visitor,
+        request: &Arc<RequestHead>,
+        response: &Arc<ResponseHead>,
+        visitor: &Arc<Visitor>,
     ) -> Result<ResponsePlan, PluginFault> {
         let start = self.begin()?;
-        let Some(b) = &self.bindings else {
-            return Err(PluginFault::AlreadyFaulted);
+        let store = &mut self.store;
+        let r = match &self.bindings {
+            Some(Bound::V0_1(b)) => v0_1::on_response(b, store, request, response, visitor).await,
+            Some(Bound::V0_2(b)) => v0_2::on_response(b, store, request, response, visitor).await,
+            None => return Err(PluginFault::AlreadyFaulted),
         };
-        let r = b
-            .veneer_plugin_hooks()
-            .call_on_response(&mut self.store, request, response, visitor)
-            .await;
         self.end(start, Some(r))
     }
 
@@ -502,17 +729,15 @@ impl Instance {
     pub fn on_element(
         &mut self,
         subscription: u32,
-        element: &ElementInfo,
+        element: ElementInfo,
     ) -> Result<Vec<HtmlOp>, PluginFault> {
         let start = self.begin()?;
-        let Some(b) = &self.bindings else {
-            return Err(PluginFault::AlreadyFaulted);
+        let store = &mut self.store;
+        let r = match &self.bindings {
+            Some(Bound::V0_1(b)) => poll_now(v0_1::on_element(b, store, subscription, &element)),
+            Some(Bound::V0_2(b)) => poll_now(v0_2::on_element(b, store, subscription, element)),
+            None => return Err(PluginFault::AlreadyFaulted),
         };
-        let r = poll_now(b.veneer_plugin_hooks().call_on_element(
-            &mut self.store,
-            subscription,
-            element,
-        ));
         self.end(start, r)
     }
 
@@ -523,13 +748,12 @@ impl Instance {
         text: &str,
     ) -> Result<Option<String>, PluginFault> {
         let start = self.begin()?;
-        let Some(b) = &self.bindings else {
-            return Err(PluginFault::AlreadyFaulted);
+        let store = &mut self.store;
+        let r = match &self.bindings {
+            Some(Bound::V0_1(b)) => poll_now(v0_1::on_text(b, store, subscription, text)),
+            Some(Bound::V0_2(b)) => poll_now(v0_2::on_text(b, store, subscription, text)),
+            None => return Err(PluginFault::AlreadyFaulted),
         };
-        let r = poll_now(
-            b.veneer_plugin_hooks()
-                .call_on_text(&mut self.store, subscription, text),
-        );
         self.end(start, r)
     }
 
@@ -549,51 +773,5 @@ fn poll_now<F: std::future::Future>(future: F) -> Option<F::Output> {
     {
         std::task::Poll::Ready(v) => Some(v),
         std::task::Poll::Pending => None,
-    }
-}
-
-impl wit::types::Host for StoreState {}
-
-impl wit::content::Host for StoreState {
-    fn fragment(&mut self, key: String) -> Option<String> {
-        self.services.fragment(&key)
-    }
-}
-
-impl wit::analytics::Host for StoreState {
-    fn track(&mut self, name: String, properties: Vec<(String, String)>) {
-        self.services.track(&self.plugin, &name, properties);
-    }
-}
-
-impl wit::campaigns::Host for StoreState {
-    fn active(&mut self) -> Vec<Campaign> {
-        self.services.active_campaigns()
-    }
-
-    fn assign(&mut self, experiment: String) -> Option<Assignment> {
-        self.services.assign(&experiment)
-    }
-}
-
-impl wit::host::Host for StoreState {
-    fn config(&mut self, key: String) -> Option<String> {
-        self.params.get(&key).cloned()
-    }
-
-    fn log(&mut self, level: Level, message: String) {
-        let (tenant, request_id, plugin) = (
-            self.services.tenant(),
-            self.services.request_id(),
-            &*self.plugin,
-        );
-        // A plugin's message is data; cap it so a chatty plugin cannot flood the log.
-        let message: String = message.chars().take(1024).collect();
-        match level {
-            Level::Debug => tracing::debug!(tenant, plugin, request_id, "{message}"),
-            Level::Info => tracing::info!(tenant, plugin, request_id, "{message}"),
-            Level::Warn => tracing::warn!(tenant, plugin, request_id, "{message}"),
-            Level::Error => tracing::error!(tenant, plugin, request_id, "{message}"),
-        }
     }
 }
