@@ -17,7 +17,7 @@ use veneer_rules::RuleSet;
 use crate::analytics::Analytics;
 use crate::config::{self, Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::plugin::{Limits, Plugin, Runtime, RuntimeOptions};
+use crate::plugin::{Contract, Limits, Plugin, Runtime, RuntimeOptions};
 use crate::visitor::CookieSigner;
 
 /// Body type for requests to the origin.
@@ -117,11 +117,22 @@ impl App {
             max_instances: config.server.max_instances,
         })?);
         let mut tenants = HashMap::new();
+        let mut per_contract: HashMap<Contract, u64> = HashMap::new();
         for (i, t) in config.tenants.iter().enumerate() {
             let tenant = Arc::new(load_tenant(config, i, t, &runtime)?);
+            for p in &tenant.plugins {
+                tracing::info!(tenant = %t.name, plugin = p.name(), contract = %p.contract(), "plugin loaded");
+                *per_contract.entry(p.contract()).or_default() += 1;
+            }
             for host in &t.hosts {
                 tenants.insert(host.to_ascii_lowercase(), tenant.clone());
             }
+        }
+        // Every supported version is listed, at 0 when unused, so an operator sees both what
+        // this host can run and what its tenants deployed before retiring a version.
+        for c in Contract::ALL {
+            let n = per_contract.get(&c).copied().unwrap_or(0);
+            metrics.add("veneer_plugins_loaded", &[("contract", c.version())], n);
         }
         let secret = match std::env::var("VENEER_COOKIE_SECRET")
             .ok()

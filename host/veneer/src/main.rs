@@ -3,6 +3,8 @@
 //! - `veneer serve --config FILE` runs the proxy.
 //! - `veneer demo` runs the demo shop on embedded defaults.
 //! - `veneer rules eval` / `veneer rules check FILE` test segment and experiment rules.
+//! - `veneer plugin check FILE` says which plugin contract a component targets and whether
+//!   this host can run it.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -51,6 +53,21 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Inspect plugin components.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Print the contract version a component targets, its imports and exports, and whether
+    /// this host links it (exit status 1 if not).
+    Check {
+        /// The component (`.wasm`).
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -82,6 +99,9 @@ fn main() -> ExitCode {
         Command::Rules {
             command: RulesCommand::Check { file },
         } => return rules_check(&file),
+        Command::Plugin {
+            command: PluginCommand::Check { file },
+        } => plugin_check(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,6 +110,35 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn plugin_check(file: &Path) -> anyhow::Result<()> {
+    use veneer::plugin::{Contract, Limits, Runtime, RuntimeOptions};
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let runtime = Runtime::new(&RuntimeOptions {
+        cache_dir: std::env::temp_dir().join("veneer-plugin-check"),
+        max_memory_bytes: 64 << 20,
+        max_instances: 4,
+    })?;
+    let info = runtime
+        .inspect(&bytes)
+        .with_context(|| format!("{}", file.display()))?;
+    let limits = Limits {
+        time_budget: std::time::Duration::from_millis(50),
+        memory_bytes: 32 << 20,
+    };
+    runtime
+        .load_bytes("check", &bytes, Default::default(), limits)
+        .with_context(|| format!("{}", file.display()))?;
+    println!("{}: veneer:plugin@{}", file.display(), info.version);
+    println!(
+        "  links against: {} (this host supports {})",
+        info.contract,
+        Contract::supported_list()
+    );
+    println!("  exports: {}", info.exports.join(", "));
+    println!("  imports: {}", info.imports.join(", "));
+    Ok(())
 }
 
 fn run_async(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {

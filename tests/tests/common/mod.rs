@@ -1,0 +1,3 @@
+//! Fixtures shared by several end-to-end test binaries.
+
+pub mod shop;
