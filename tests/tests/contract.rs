@@ -390,3 +390,50 @@ fn hex(bytes: &[u8]) -> String {
 const PINNED_0_1_0: &str = "7466238c3407e69718c04857517106820a20c550c5680ceaf756bb135fc17531";
 /// SHA-256 of `wit/veneer.wit` (0.2.0), as released.
 const PINNED_0_2_0: &str = "68df808454839a8941a7f7073acc6d341407fe97fc5534b8b41f775009c71c4c";
+
+#[tokio::test]
+async fn contract_0_2_resources_answer_every_getter_and_impressions_are_recorded_once() {
+    let cfg = plugin_at("probe", &current("contract-probe"), "");
+    let (_origin, host) = shop(&cfg).await;
+    let cookie = returning_cookie(3);
+    let (status, _, body) = get(
+        &host,
+        "/?utm_source=mail",
+        &[
+            ("cookie", cookie.as_str()),
+            ("user-agent", "Mozilla/5.0 (iPhone) Mobile"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    for line in [
+        "method=GET",
+        "path=/?utm_source=mail",
+        "ua=Mozilla/5.0 (iPhone) Mobile",
+        "status=200",
+        "type=text/html; charset=utf-8",
+        "visits=4",
+        "device=DeviceClass::Mobile",
+        "segments=returning,mobile",
+        "returning=true",
+        "utm-source=mail",
+        "attr-visitCount=4",
+        r#"attr-utm={"source":"mail"}"#,
+        "attr-missing=-",
+        "consent-marketing=true",
+        "consent-unknown=false",
+        "now-ms-positive=true",
+        "campaigns=1",
+        "sale=Winter sale|1577836800|20",
+    ] {
+        assert!(body.contains(line), "{line:?} missing from:\n{body}");
+    }
+    let events = host.events(1).await;
+    let impressions: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "campaign_impression")
+        .collect();
+    assert_eq!(impressions.len(), 1, "{events:?}");
+    assert_eq!(impressions[0]["properties"]["campaign"], "sale");
+    assert_eq!(impressions[0]["properties"]["name"], "Winter sale");
+}

@@ -1,4 +1,4 @@
-//! The `veneer` binary's rules commands, as a marketer runs them.
+//! The `veneer` binary's rules and plugin commands, as marketers and plugin developers run them.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -121,6 +121,55 @@ fn serve_with_a_broken_config_names_file_field_and_problem() {
         err.contains(
             "veneer.toml: tenant[0] (shop).limits.plugin_time_ms: must be between 1 and 10000"
         ),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn plugin_check_names_the_contract_a_component_targets() {
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/golden/v0.1.0/hero.wasm");
+    let out = veneer()
+        .args(["plugin", "check"])
+        .arg(&golden)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .next()
+            .is_some_and(|l| l.ends_with("hero.wasm: veneer:plugin@0.1.0")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("this host supports 0.1.0, 0.2.0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("exports: veneer:plugin/hooks@0.1.0"),
+        "{stdout}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("veneer-cli-core-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let core = dir.join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").expect("write");
+    let out = veneer()
+        .args(["plugin", "check"])
+        .arg(&core)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("core.wasm: this is a core WebAssembly module, not a component"),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);

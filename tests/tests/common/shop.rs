@@ -31,7 +31,7 @@ pub const RULES: &str = r#"{
      "hashVersion": 2, "bucketVersion": 1, "meta": [{"key": "control"}, {"key": "variant"}]}
   ],
   "campaigns": [
-    {"id": "sale", "start": "2020-01-01T00:00:00Z", "end": "2099-01-01T00:00:00Z", "priority": 1,
+    {"id": "sale", "name": "Winter sale", "start": "2020-01-01T00:00:00Z", "end": "2099-01-01T00:00:00Z", "priority": 1,
      "params": {"banner": "Big sale", "discount": "20"}},
     {"id": "expired", "start": "2020-01-01T00:00:00Z", "end": "2021-01-01T00:00:00Z", "priority": 99,
      "params": {"banner": "Long gone"}},

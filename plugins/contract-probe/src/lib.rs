@@ -1,0 +1,55 @@
+//! Test fixture for contract 0.2.0's host side: on-response puts what each getter returned
+//! into the page (`<pre id="probe">`, one `name=value` per line), and reports impressions of
+//! campaign `sale` (twice: the host records one) and of `no-such-campaign` (ignored).
+
+use veneer_sdk::prelude::*;
+
+struct Probe;
+
+fn show(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "-".into())
+}
+
+impl Plugin for Probe {
+    fn on_response(request: &Request, response: &Response, visitor: &Visitor) -> ResponsePlan {
+        let mut plan = Plan::new();
+        let live = campaigns::active();
+        let sale = live.iter().find(|c| c.id() == "sale");
+        let lines = [
+            format!("method={}", request.method()),
+            format!("path={}", request.path()),
+            format!("ua={}", show(request.header("User-Agent"))),
+            format!("status={}", response.status()),
+            format!("type={}", show(response.header("content-type"))),
+            format!("visits={}", visitor.visit_count()),
+            format!("device={:?}", visitor.device()),
+            format!("segments={}", visitor.segments().join(",")),
+            format!("returning={}", visitor.in_segment("returning")),
+            format!("utm-source={}", show(visitor.utm("source"))),
+            format!("attr-visitCount={}", show(visitor.attribute("visitCount"))),
+            format!("attr-utm={}", show(visitor.attribute("utm"))),
+            format!("attr-missing={}", show(visitor.attribute("no-such"))),
+            format!("consent-marketing={}", visitor.consents("marketing")),
+            format!("consent-unknown={}", visitor.consents("telepathy")),
+            format!("now-ms-positive={}", now_ms() > 1_700_000_000_000),
+            format!("campaigns={}", live.len()),
+            format!(
+                "sale={}",
+                sale.map_or("-".into(), |c| format!(
+                    "{}|{}|{}",
+                    c.name(),
+                    c.starts_at(),
+                    show(c.param("discount"))
+                ))
+            ),
+        ];
+        campaigns::impression("sale");
+        campaigns::impression("sale");
+        campaigns::impression("no-such-campaign");
+        plan.select("body")
+            .append_html(&format!("<pre id=\"probe\">{}</pre>", lines.join("\n")));
+        plan.build()
+    }
+}
+
+export_plugin!(Probe);
