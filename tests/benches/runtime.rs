@@ -1,5 +1,7 @@
 //! Micro-benchmarks, one JSON line per scenario:
-//! - per-request plugin overhead: instantiate + on-request + on-response (no body), noop plugin;
+//! - per-request plugin overhead: instantiate + on-request + on-response (no body), for the noop
+//!   plugin and for the hero plugin built for each contract version (the golden 0.1.0 build
+//!   against today's 0.2.0 build), so the cost of a contract's calling convention is visible;
 //! - streaming rewrite throughput of Veneer's HTML pipeline on the three shared pages with three
 //!   declarative rules, against raw lol-html doing the same three rewrites in the same run.
 //!
@@ -28,7 +30,7 @@ fn median(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
     t[t.len() / 2]
 }
 
-fn per_request(rt: &tokio::runtime::Runtime, plugin: &Plugin) {
+fn per_request(rt: &tokio::runtime::Runtime, plugin: &Plugin, label: &str) {
     let head = Arc::new(veneer::plugin::RequestHead {
         method: "GET".into(),
         path: "/".into(),
@@ -83,7 +85,8 @@ fn per_request(rt: &tokio::runtime::Runtime, plugin: &Plugin) {
         start.elapsed() / iters
     });
     println!(
-        "{{\"scenario\":\"per-request-plugin-overhead\",\"plugin\":\"noop\",\"veneer_us\":{:.2},\"instantiate_and_drop_us\":{:.2},\"target_us\":20}}",
+        "{{\"scenario\":\"per-request-plugin-overhead\",\"plugin\":\"{label}\",\"contract\":\"{}\",\"veneer_us\":{:.2},\"instantiate_and_drop_us\":{:.2},\"target_us\":20}}",
+        plugin.contract().version(),
         per.as_secs_f64() * 1e6,
         instantiate_only.as_secs_f64() * 1e6
     );
@@ -217,7 +220,18 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio");
-    per_request(&rt, &noop);
+    per_request(&rt, &noop, "noop");
+    let golden_hero =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/v0.1.0/hero.wasm");
+    for (label, path) in [
+        ("hero", golden_hero),
+        ("hero", veneer_tests::plugin("hero")),
+    ] {
+        let hero = runtime
+            .load(label, &path, HashMap::new(), limits)
+            .expect("hero plugin");
+        per_request(&rt, &hero, label);
+    }
     let Some(pages) = veneer_tests::shared_pages() else {
         eprintln!("SKIPPED throughput: ../shared/pages not found");
         return;
