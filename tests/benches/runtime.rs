@@ -53,7 +53,7 @@ fn per_request(rt: &tokio::runtime::Runtime, plugin: &Plugin, label: &str) {
     let once = || {
         rt.block_on(async {
             let mut i = plugin
-                .instantiate(services.clone())
+                .instantiate(services.clone(), veneer::plugin::Admission::Run)
                 .await
                 .expect("instance");
             black_box(i.on_request(&head, &v).await.expect("on-request"));
@@ -76,7 +76,7 @@ fn per_request(rt: &tokio::runtime::Runtime, plugin: &Plugin, label: &str) {
             rt.block_on(async {
                 black_box(
                     plugin
-                        .instantiate(services.clone())
+                        .instantiate(services.clone(), veneer::plugin::Admission::Run)
                         .await
                         .expect("instance"),
                 )
@@ -135,7 +135,7 @@ fn raw_lol_html(page: &[u8]) -> usize {
 
 fn veneer_pipeline(rt: &tokio::runtime::Runtime, plugin: &Plugin, page: &[u8]) -> usize {
     let instance = rt
-        .block_on(plugin.instantiate(Arc::new(NoServices)))
+        .block_on(plugin.instantiate(Arc::new(NoServices), veneer::plugin::Admission::Run))
         .expect("instance");
     let handle = Arc::new(PluginHandle {
         name: Arc::from("bench"),
@@ -207,6 +207,7 @@ fn main() {
     let limits = Limits {
         time_budget: Duration::from_millis(50),
         memory_bytes: 32 << 20,
+        ..Limits::default()
     };
     let noop = runtime
         .load(

@@ -340,6 +340,7 @@ impl veneer::plugin::HostServices for NoServices {
         None
     }
     fn impression(&self, _plugin: &str, _campaign_id: &str) {}
+    fn breaker_changed(&self, _plugin: &str, _transition: veneer::plugin::Transition) {}
     fn now_ms(&self) -> i64 {
         1_700_000_000_000
     }

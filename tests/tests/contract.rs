@@ -37,10 +37,13 @@ fn runtime(dir: &TempDir) -> Runtime {
     .expect("runtime")
 }
 
-const LIMITS: Limits = Limits {
-    time_budget: std::time::Duration::from_millis(200),
-    memory_bytes: 32 << 20,
-};
+fn limits() -> Limits {
+    Limits {
+        time_budget: std::time::Duration::from_millis(200),
+        memory_bytes: 32 << 20,
+        ..Limits::default()
+    }
+}
 
 /// What a visitor gets for each request, through a host running one plugin: status, the
 /// headers a plugin may change, and the body.
@@ -254,7 +257,7 @@ fn every_golden_plugin_links_against_the_contract_it_was_built_for() {
             let info = rt.inspect(&bytes).expect("inspect golden");
             assert_eq!(info.version.to_string(), version, "{}", wasm.display());
             let plugin = rt
-                .load_bytes("golden", &bytes, Default::default(), LIMITS)
+                .load_bytes("golden", &bytes, Default::default(), limits())
                 .unwrap_or_else(|e| panic!("{}: {e:#}", wasm.display()));
             assert_eq!(plugin.contract().version(), version);
             seen += 1;
@@ -272,7 +275,7 @@ fn a_plugin_for_an_unknown_future_version_is_refused_at_load_with_its_version() 
             "future",
             &current("future-contract"),
             Default::default(),
-            LIMITS,
+            limits(),
         )
         .err()
         .expect("a 0.3.0 plugin must be refused");
@@ -281,7 +284,12 @@ fn a_plugin_for_an_unknown_future_version_is_refused_at_load_with_its_version() 
     assert!(msg.contains("supported: 0.1.0, 0.2.0"), "{msg}");
 
     let err = rt
-        .load("newer", &current("newer-minor"), Default::default(), LIMITS)
+        .load(
+            "newer",
+            &current("newer-minor"),
+            Default::default(),
+            limits(),
+        )
         .err()
         .expect("a 0.2.9 plugin using a function 0.2.0 lacks must be refused");
     let msg = format!("{err:#}");
@@ -301,7 +309,7 @@ fn a_core_module_is_refused_with_how_to_build_a_component() {
     let rt = runtime(&dir);
     // The smallest valid core module: magic and version 1, no sections.
     let err = rt
-        .load_bytes("core", b"\0asm\x01\0\0\0", Default::default(), LIMITS)
+        .load_bytes("core", b"\0asm\x01\0\0\0", Default::default(), limits())
         .err()
         .expect("a core module is not a plugin");
     let msg = format!("{err:#}");

@@ -373,3 +373,151 @@ async fn admin_endpoint_exposes_counters_and_health() {
     );
     task.abort();
 }
+
+#[tokio::test]
+async fn plans_over_budget_fail_open_and_are_counted_as_budget_faults() {
+    // Each of these once took the host down or made it do unbounded work: 5,000 rules `*` of
+    // 4 KB each (gigabytes of output), 50,000 header edits (a dropped connection), and a
+    // plugin forging the host's own visitor cookie.
+    for (mode, kind) in [
+        ("amplify", "budget"),
+        ("headers", "budget"),
+        ("forge-cookie", "invalid_plan"),
+    ] {
+        let (_o, host) = start(&[("chaos", &format!("mode = \"{mode}\""))], "").await;
+        let started = Instant::now();
+        let (status, headers, body) = fetch(&host.url("/"), &[]).await;
+        assert_eq!(status, 200, "{mode}");
+        assert_eq!(String::from_utf8_lossy(&body), PAGE, "{mode}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{mode}");
+        assert!(headers.get("x-chaos-1").is_none(), "{mode}");
+        assert!(
+            headers
+                .get_all("set-cookie")
+                .iter()
+                .all(|v| !v.to_str().unwrap_or("").contains("forged")),
+            "{mode}: {headers:?}"
+        );
+        assert_eq!(
+            host.app.metrics.get(
+                "veneer_plugin_faults_total",
+                &[("tenant", "site"), ("plugin", "chaos"), ("kind", kind)],
+            ),
+            1,
+            "{mode}\n{}",
+            host.app.metrics.render()
+        );
+    }
+}
+
+#[tokio::test]
+async fn output_that_outgrows_the_page_is_cut_off_mid_stream() {
+    let limits = "[tenant.limits]\nrewrite_max_growth = 2.0\nrewrite_extra_bytes = 300000\n";
+    for mode in ["amplify-stream", "text-bomb"] {
+        let (_o, host) = start(&[("chaos", &format!("mode = \"{mode}\""))], limits).await;
+        let (status, _, body) = fetch(&host.url("/chunked"), &[]).await;
+        assert_eq!(status, 200, "{mode}");
+        let allowance = PAGE.len() * 2 + 300_000;
+        assert!(
+            body.len() <= PAGE.len() + allowance,
+            "{mode}: {} bytes out for {} in",
+            body.len(),
+            PAGE.len()
+        );
+        // Insertions registered before the cut-off stay (bytes sent cannot be recalled), and
+        // the rest of the page still streams, unchanged.
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("and <a href=\"/b\">more</a>.</p></body>") && text.ends_with("</html>"),
+            "{mode}: the rest of the page still streams: {}",
+            &text[text.len().saturating_sub(300)..]
+        );
+        assert_eq!(
+            host.app.metrics.get(
+                "veneer_plugin_faults_total",
+                &[("tenant", "site"), ("plugin", "chaos"), ("kind", "budget")],
+            ),
+            1,
+            "{mode}\n{}",
+            host.app.metrics.render()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_that_keeps_faulting_is_skipped_until_a_trial_succeeds() {
+    let limits = "[tenant.limits]\nbreaker_faults = 3\nbreaker_cooldown_ms = 300\n";
+    let (_o, host) = start(&[("chaos", "mode = \"trap\"")], limits).await;
+    let faults = |host: &Host| {
+        host.app.metrics.get(
+            "veneer_plugin_faults_total",
+            &[("tenant", "site"), ("plugin", "chaos"), ("kind", "trap")],
+        )
+    };
+    let labels = [("tenant", "site"), ("plugin", "chaos")];
+    for _ in 0..6 {
+        let (status, _, body) = fetch(&host.url("/"), &[]).await;
+        assert_eq!(
+            (status, String::from_utf8_lossy(&body).as_ref()),
+            (200, PAGE)
+        );
+    }
+    assert_eq!(faults(&host), 3, "three faults trip the breaker");
+    assert_eq!(
+        host.app.metrics.get(
+            "veneer_plugin_skipped_total",
+            &[
+                ("tenant", "site"),
+                ("plugin", "chaos"),
+                ("reason", "breaker_open")
+            ]
+        ),
+        3
+    );
+    assert_eq!(
+        host.app.metrics.get("veneer_plugin_breaker_open", &labels),
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    fetch(&host.url("/"), &[]).await;
+    assert_eq!(
+        faults(&host),
+        4,
+        "one trial after the cool-down, which faults again"
+    );
+    fetch(&host.url("/"), &[]).await;
+    assert_eq!(faults(&host), 4, "and the breaker is open again");
+    assert_eq!(
+        host.app
+            .metrics
+            .get("veneer_plugin_breaker_trips_total", &labels),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_recovered_plugin_closes_its_breaker() {
+    // The chaos plugin faults only on /chunked in `trap-element` mode's sense: links there are
+    // element callbacks; a page without links is a success for the trial.
+    let limits = "[tenant.limits]\nbreaker_faults = 2\nbreaker_cooldown_ms = 200\n";
+    let (_o, host) = start(&[("chaos", "mode = \"trap-element\"")], limits).await;
+    let labels = [("tenant", "site"), ("plugin", "chaos")];
+    for _ in 0..2 {
+        fetch(&host.url("/"), &[]).await;
+    }
+    assert_eq!(
+        host.app.metrics.get("veneer_plugin_breaker_open", &labels),
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (status, _, _) = fetch(&host.url("/css"), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        host.app.metrics.get("veneer_plugin_breaker_open", &labels),
+        0,
+        "{}",
+        host.app.metrics.render()
+    );
+    let (_, _, body) = fetch(&host.url("/"), &[]).await;
+    assert_eq!(String::from_utf8_lossy(&body), PAGE);
+}

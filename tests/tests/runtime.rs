@@ -15,10 +15,13 @@ fn options(dir: &TempDir) -> RuntimeOptions {
     }
 }
 
-const LIMITS: Limits = Limits {
-    time_budget: Duration::from_millis(50),
-    memory_bytes: 16 << 20,
-};
+fn limits() -> Limits {
+    Limits {
+        time_budget: Duration::from_millis(50),
+        memory_bytes: 16 << 20,
+        ..Limits::default()
+    }
+}
 
 #[test]
 fn a_restart_loads_compiled_plugins_from_the_cache() {
@@ -29,7 +32,7 @@ fn a_restart_loads_compiled_plugins_from_the_cache() {
             "hero",
             &veneer_tests::plugin("hero"),
             HashMap::new(),
-            LIMITS,
+            limits(),
         )
         .expect("load");
     assert!(!plugin.from_cache(), "a fresh cache compiles");
@@ -43,7 +46,7 @@ fn a_restart_loads_compiled_plugins_from_the_cache() {
             "hero",
             &veneer_tests::plugin("hero"),
             HashMap::new(),
-            LIMITS,
+            limits(),
         )
         .expect("load");
     assert!(plugin.from_cache(), "a restart must not recompile");
@@ -57,7 +60,7 @@ fn a_corrupt_cache_entry_is_recompiled_not_trusted_blindly() {
         "noop",
         &veneer_tests::plugin("noop"),
         HashMap::new(),
-        LIMITS,
+        limits(),
     )
     .expect("load");
     for entry in std::fs::read_dir(&dir.0).expect("dir") {
@@ -68,7 +71,7 @@ fn a_corrupt_cache_entry_is_recompiled_not_trusted_blindly() {
             "noop",
             &veneer_tests::plugin("noop"),
             HashMap::new(),
-            LIMITS,
+            limits(),
         )
         .expect("recompiles");
     assert!(!plugin.from_cache());
@@ -81,7 +84,7 @@ fn a_file_that_is_not_a_plugin_is_a_clear_load_error() {
     let bogus = dir.0.join("bogus.wasm");
     std::fs::write(&bogus, b"\0asm\x01\0\0\0").expect("write");
     let err = rt
-        .load("bogus", &bogus, HashMap::new(), LIMITS)
+        .load("bogus", &bogus, HashMap::new(), limits())
         .err()
         .expect("must fail");
     assert!(format!("{err:#}").contains("bogus.wasm"), "{err:#}");
@@ -93,7 +96,7 @@ async fn each_request_gets_a_fresh_instance_and_a_spent_one_stays_faulted() {
     let rt = Runtime::new(&options(&dir)).expect("runtime");
     let params = HashMap::from([("mode".to_owned(), "trap-request".to_owned())]);
     let chaos = rt
-        .load("chaos", &veneer_tests::plugin("chaos"), params, LIMITS)
+        .load("chaos", &veneer_tests::plugin("chaos"), params, limits())
         .expect("load");
     let head = Arc::new(RequestHead {
         method: "GET".into(),
@@ -104,7 +107,7 @@ async fn each_request_gets_a_fresh_instance_and_a_spent_one_stays_faulted() {
     let visitor = veneer_tests::test_visitor(veneer::plugin::DeviceClass::Desktop, &[]);
     for _ in 0..3 {
         let mut instance = chaos
-            .instantiate(Arc::new(NoServices))
+            .instantiate(Arc::new(NoServices), veneer::plugin::Admission::Run)
             .await
             .expect("instance");
         assert!(matches!(

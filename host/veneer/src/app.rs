@@ -17,7 +17,7 @@ use veneer_rules::RuleSet;
 use crate::analytics::Analytics;
 use crate::config::{self, Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::plugin::{Contract, Limits, Plugin, Runtime, RuntimeOptions};
+use crate::plugin::{BreakerPolicy, Budget, Contract, Limits, Plugin, Runtime, RuntimeOptions};
 use crate::visitor::CookieSigner;
 
 /// Body type for requests to the origin.
@@ -250,9 +250,24 @@ fn load_tenant(
             })?
         }
     };
+    let l = &t.limits;
     let limits = Limits {
-        time_budget: Duration::from_millis(t.limits.plugin_time_ms),
-        memory_bytes: usize::try_from(t.limits.plugin_memory_mb << 20).unwrap_or(usize::MAX),
+        time_budget: Duration::from_millis(l.plugin_time_ms),
+        memory_bytes: usize::try_from(l.plugin_memory_mb << 20).unwrap_or(usize::MAX),
+        budget: Budget {
+            max_rules: l.plan_max_rules,
+            max_inserted_bytes: l.plan_max_inserted_bytes,
+            max_header_edits: l.plan_max_header_edits,
+            max_header_bytes: l.plan_max_header_bytes,
+            max_json_ops: l.plan_max_json_ops,
+            max_json_bytes: l.plan_max_json_bytes,
+            max_growth: l.rewrite_max_growth,
+            extra_bytes: l.rewrite_extra_bytes,
+        },
+        breaker: BreakerPolicy {
+            faults: l.breaker_faults,
+            cooldown: Duration::from_millis(l.breaker_cooldown_ms),
+        },
     };
     let plugins = t
         .plugins

@@ -137,6 +137,29 @@ pub struct TenantLimits {
     pub plugin_memory_mb: u64,
     /// Largest JSON body buffered for JSON operations, in bytes.
     pub json_max_bytes: usize,
+    /// HTML rules plus subscriptions one plugin's plan may hold (per element callback: the
+    /// operations one call may return).
+    pub plan_max_rules: usize,
+    /// Bytes of HTML, text and attribute values one plan (or one element callback) may carry.
+    pub plan_max_inserted_bytes: usize,
+    /// Header edits (set and remove) one plan may make, for the request or the response.
+    pub plan_max_header_edits: usize,
+    /// Bytes of header names and values one plan may set.
+    pub plan_max_header_bytes: usize,
+    /// JSON operations one plan may hold.
+    pub plan_max_json_ops: usize,
+    /// Bytes of JSON pointers and values one plan may carry.
+    pub plan_max_json_bytes: usize,
+    /// While a body streams, the bytes one plugin's rules and callbacks insert may not exceed
+    /// the body's bytes so far times this factor plus `rewrite_extra_bytes`; past that, the
+    /// plugin is cut off for the rest of the body.
+    pub rewrite_max_growth: f64,
+    /// See `rewrite_max_growth`.
+    pub rewrite_extra_bytes: u64,
+    /// Consecutive faulted requests after which a plugin is skipped for a cool-down (0: never).
+    pub breaker_faults: u32,
+    /// How long a tripped plugin is skipped before one request tries it again.
+    pub breaker_cooldown_ms: u64,
 }
 
 impl Default for TenantLimits {
@@ -145,6 +168,16 @@ impl Default for TenantLimits {
             plugin_time_ms: 50,
             plugin_memory_mb: 32,
             json_max_bytes: 1 << 20,
+            plan_max_rules: 256,
+            plan_max_inserted_bytes: 256 << 10,
+            plan_max_header_edits: 64,
+            plan_max_header_bytes: 16 << 10,
+            plan_max_json_ops: 256,
+            plan_max_json_bytes: 256 << 10,
+            rewrite_max_growth: 2.0,
+            rewrite_extra_bytes: 1 << 20,
+            breaker_faults: 5,
+            breaker_cooldown_ms: 30_000,
         }
     }
 }
@@ -270,6 +303,19 @@ impl Config {
                 return Err(self.err(
                     format!("{at}.limits.plugin_time_ms"),
                     "must be between 1 and 10000",
+                ));
+            }
+            if !(0.0..=1000.0).contains(&l.rewrite_max_growth) {
+                return Err(self.err(
+                    format!("{at}.limits.rewrite_max_growth"),
+                    "must be between 0 and 1000",
+                ));
+            }
+            if l.plan_max_header_edits > 10_000 {
+                // An http::HeaderMap holds at most 32768 entries; more panics.
+                return Err(self.err(
+                    format!("{at}.limits.plan_max_header_edits"),
+                    "must be at most 10000",
                 ));
             }
             if l.plugin_memory_mb == 0 || l.plugin_memory_mb > MAX_PLUGIN_MEMORY_MB {

@@ -123,12 +123,8 @@ fn plugin_check(file: &Path) -> anyhow::Result<()> {
     let info = runtime
         .inspect(&bytes)
         .with_context(|| format!("{}", file.display()))?;
-    let limits = Limits {
-        time_budget: std::time::Duration::from_millis(50),
-        memory_bytes: 32 << 20,
-    };
     runtime
-        .load_bytes("check", &bytes, Default::default(), limits)
+        .load_bytes("check", &bytes, Default::default(), Limits::default())
         .with_context(|| format!("{}", file.display()))?;
     println!("{}: veneer:plugin@{}", file.display(), info.version);
     println!(

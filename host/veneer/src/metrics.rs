@@ -1,4 +1,4 @@
-//! Counters, rendered in the Prometheus text format on the admin listener.
+//! Counters and gauges, rendered in the Prometheus text format on the admin listener.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +34,18 @@ impl Metrics {
             .entry(key)
             .or_default()
             .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Sets gauge `name` with `labels` to `value`.
+    pub fn set(&self, name: &'static str, labels: &[(&'static str, &str)], value: u64) {
+        let key = (
+            name,
+            labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        );
+        self.counters
+            .entry(key)
+            .or_default()
+            .store(value, Ordering::Relaxed);
     }
 
     /// The current value of a counter (0 if never incremented).

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 
@@ -32,8 +32,9 @@ use veneer_rules::experiment::{Context as RunContext, StickyDoc, StickyDocs};
 use crate::analytics::Event;
 use crate::app::{App, Tenant};
 use crate::plugin::{
-    Assignment, Campaign, Consent, HeaderEdits, HostServices, Instance, PluginFault, RequestAction,
-    RequestHead, ResponseHead, Visitor,
+    Admission, Assignment, Budget, Campaign, Consent, HeaderEdits, HostServices, Instance,
+    PluginFault, RequestAction, RequestHead, ResponseHead, ResponsePlan, SyntheticResponse,
+    Transition, Visitor,
 };
 use crate::rewrite::{self, Coding, HtmlBody, HtmlJob, PluginHandle};
 use crate::visitor::{self, Facts, VisitorState};
@@ -236,6 +237,29 @@ impl HostServices for Services {
         &self.request_id
     }
 
+    fn breaker_changed(&self, plugin: &str, transition: Transition) {
+        let tenant = self.tenant.config.name.as_str();
+        let open = transition == Transition::Opened;
+        if open {
+            tracing::warn!(
+                tenant,
+                plugin,
+                "plugin keeps faulting: skipping it for its cool-down (circuit breaker open)"
+            );
+            self.metrics.inc(
+                "veneer_plugin_breaker_trips_total",
+                &[("tenant", tenant), ("plugin", plugin)],
+            );
+        } else {
+            tracing::info!(tenant, plugin, "plugin recovered: circuit breaker closed");
+        }
+        self.metrics.set(
+            "veneer_plugin_breaker_open",
+            &[("tenant", tenant), ("plugin", plugin)],
+            u64::from(open),
+        );
+    }
+
     fn tenant(&self) -> &str {
         &self.tenant.config.name
     }
@@ -245,6 +269,47 @@ impl HostServices for Services {
 struct Live {
     name: Arc<str>,
     instance: Instance,
+    budget: Budget,
+}
+
+/// Cookies only the host may set: a plugin's `Set-Cookie` for one of them would let it forge
+/// the visitor's identity, sticky assignments or consent.
+fn reserved_cookie<'a>(headers: &'a [(String, String)], tenant: &Tenant) -> Option<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
+        .filter_map(|(_, v)| v.split('=').next().map(str::trim))
+        .find(|name| *name == visitor::COOKIE || *name == tenant.config.consent_cookie)
+}
+
+/// Everything the host checks in a response plan before applying it.
+fn check_response_plan(
+    plan: ResponsePlan,
+    budget: &Budget,
+    tenant: &Tenant,
+) -> Result<rewrite::CheckedPlan, PluginFault> {
+    budget.check_plan(&plan)?;
+    if let Some(name) = reserved_cookie(&plan.headers.set, tenant) {
+        return Err(PluginFault::InvalidPlan(format!(
+            "set-cookie for {name}, which only the host may set"
+        )));
+    }
+    rewrite::validate_plan(plan)
+}
+
+/// Everything the host checks in a plugin's own response before sending it.
+fn check_synthetic(
+    s: &SyntheticResponse,
+    budget: &Budget,
+    tenant: &Tenant,
+) -> Result<(), PluginFault> {
+    budget.check_synthetic(s)?;
+    match reserved_cookie(&s.headers, tenant) {
+        Some(name) => Err(PluginFault::InvalidPlan(format!(
+            "set-cookie for {name}, which only the host may set"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn report_fault(app: &App, tenant: &str, plugin: &str, request_id: &str, fault: &PluginFault) {
@@ -403,7 +468,20 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let mut chain: Vec<Live> = Vec::with_capacity(tenant.plugins.len());
     let mut request_edits: Vec<HeaderEdits> = Vec::new();
     for plugin in &tenant.plugins {
-        let mut instance = match plugin.instantiate(services.clone()).await {
+        let admission = plugin.admit();
+        if admission == Admission::Skip {
+            app.metrics.inc(
+                "veneer_plugin_skipped_total",
+                &[
+                    ("tenant", &name),
+                    ("plugin", plugin.name()),
+                    ("reason", "breaker_open"),
+                ],
+            );
+            continue;
+        }
+        let budget = *plugin.budget();
+        let mut instance = match plugin.instantiate(services.clone(), admission).await {
             Ok(i) => i,
             Err(f) => {
                 report_fault(&app, &name, plugin.name(), &request_id, &f);
@@ -411,13 +489,20 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             }
         };
         match instance.on_request(&request_head, &visitor_wit).await {
-            Ok(RequestAction::Continue(edits)) => {
-                request_edits.push(edits);
-                chain.push(Live {
-                    name: Arc::from(plugin.name()),
-                    instance,
-                });
-            }
+            Ok(RequestAction::Continue(edits)) => match budget.check_edits(&edits) {
+                Ok(()) => {
+                    request_edits.push(edits);
+                    chain.push(Live {
+                        name: Arc::from(plugin.name()),
+                        instance,
+                        budget,
+                    });
+                }
+                Err(f) => {
+                    instance.mark_faulted();
+                    report_fault(&app, &name, plugin.name(), &request_id, &f);
+                }
+            },
             Ok(RequestAction::Redirect((status, location))) => {
                 let status = StatusCode::from_u16(status)
                     .ok()
@@ -433,32 +518,37 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                         );
                         return r;
                     }
-                    _ => report_fault(
-                        &app,
-                        &name,
-                        plugin.name(),
-                        &request_id,
-                        &PluginFault::InvalidPlan("redirect status or location".into()),
-                    ),
+                    _ => {
+                        instance.mark_faulted();
+                        report_fault(
+                            &app,
+                            &name,
+                            plugin.name(),
+                            &request_id,
+                            &PluginFault::InvalidPlan("redirect status or location".into()),
+                        )
+                    }
                 }
             }
-            Ok(RequestAction::Respond(synthetic)) => match synthetic_response(synthetic) {
-                Some(mut r) => {
-                    finish_visitor(&app, &services, &mut state, &sticky_key, r.headers_mut());
-                    app.metrics.inc(
-                        "veneer_requests_total",
-                        &[("tenant", &name), ("outcome", "plugin_response")],
-                    );
-                    return r;
+            Ok(RequestAction::Respond(synthetic)) => {
+                match check_synthetic(&synthetic, &budget, &tenant).and_then(|()| {
+                    synthetic_response(synthetic)
+                        .ok_or_else(|| PluginFault::InvalidPlan("synthetic response".into()))
+                }) {
+                    Ok(mut r) => {
+                        finish_visitor(&app, &services, &mut state, &sticky_key, r.headers_mut());
+                        app.metrics.inc(
+                            "veneer_requests_total",
+                            &[("tenant", &name), ("outcome", "plugin_response")],
+                        );
+                        return r;
+                    }
+                    Err(f) => {
+                        instance.mark_faulted();
+                        report_fault(&app, &name, plugin.name(), &request_id, &f)
+                    }
                 }
-                None => report_fault(
-                    &app,
-                    &name,
-                    plugin.name(),
-                    &request_id,
-                    &PluginFault::InvalidPlan("synthetic response".into()),
-                ),
-            },
+            }
             Err(f) => report_fault(&app, &name, plugin.name(), &request_id, &f),
         }
     }
@@ -560,10 +650,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             .instance
             .on_response(&request_head, &response_head, &visitor_wit)
             .await
-            .and_then(rewrite::validate_plan)
+            .and_then(|plan| check_response_plan(plan, &live.budget, &tenant))
         {
             Ok(plan) => plans.push((live, plan)),
-            Err(f) => report_fault(&app, &name, &live.name, &request_id, &f),
+            Err(f) => {
+                live.instance.mark_faulted();
+                report_fault(&app, &name, &live.name, &request_id, &f)
+            }
         }
     }
     for (_, plan) in &plans {
@@ -608,6 +701,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                             name: live.name,
                             instance: Mutex::new(live.instance),
                             faulted: AtomicBool::new(false),
+                            budget: live.budget,
+                            inserted: AtomicU64::new(0),
                         };
                         (Arc::new(handle), plan)
                     })

@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -17,8 +18,10 @@ use lol_html::send::Element;
 use lol_html::send::{ElementContentHandlers, HtmlRewriter, Settings};
 use lol_html::{MemorySettings, OutputSink, Selector};
 
+use crate::plugin::budget::op_bytes;
 use crate::plugin::{
-    ElementInfo, HtmlOp, HtmlRule, Instance, JsonOp, PluginFault, ResponsePlan, Subscription,
+    Budget, ElementInfo, HtmlOp, HtmlRule, Instance, JsonOp, PluginFault, ResponsePlan,
+    Subscription,
 };
 
 /// A content coding Veneer can decode and produce.
@@ -191,6 +194,35 @@ pub struct PluginHandle {
     pub instance: Mutex<Instance>,
     /// Set once it faulted: its remaining rules and callbacks are skipped.
     pub faulted: std::sync::atomic::AtomicBool,
+    /// What it may ask of the host.
+    pub budget: Budget,
+    /// Bytes its rules and callbacks inserted into this body so far.
+    pub inserted: AtomicU64,
+}
+
+impl PluginHandle {
+    /// Charges `bytes` of inserted content against the plugin's output allowance for `input`
+    /// bytes of body so far; `false` (and nothing charged) when it would go over.
+    fn charge_output(&self, bytes: usize, input: &AtomicU64) -> bool {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        let allowance = self.budget.output_allowance(input.load(Ordering::Relaxed));
+        let used = self.inserted.load(Ordering::Relaxed);
+        if used.saturating_add(bytes) > allowance {
+            return false;
+        }
+        self.inserted.store(used + bytes, Ordering::Relaxed);
+        true
+    }
+}
+
+fn output_fault(h: &PluginHandle, input: &AtomicU64) -> PluginFault {
+    PluginFault::Budget(format!(
+        "inserted more than {} bytes into a body of {} bytes so far (rewrite_max_growth {} × input + rewrite_extra_bytes {})",
+        h.budget.output_allowance(input.load(Ordering::Relaxed)),
+        input.load(Ordering::Relaxed),
+        h.budget.max_growth,
+        h.budget.extra_bytes
+    ))
 }
 
 /// Receives plugin faults that happen while the body streams.
@@ -327,6 +359,8 @@ pub struct HtmlBody {
     rewriter: HtmlRewriter<'static, SharedBuf>,
     out: Arc<Mutex<Vec<u8>>>,
     encoder: Encoder,
+    /// Decoded body bytes fed to the rewriter so far (the base of every output allowance).
+    input: Arc<AtomicU64>,
 }
 
 /// What rewriting one response needs: each plugin's handle and (validated) plan.
@@ -343,6 +377,10 @@ fn is_live(h: &PluginHandle) -> bool {
 
 fn fault(h: &PluginHandle, report: &FaultReporter, f: &PluginFault) {
     if !h.faulted.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        h.instance
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .mark_faulted();
         report(&h.name, f);
     }
 }
@@ -350,6 +388,7 @@ fn fault(h: &PluginHandle, report: &FaultReporter, f: &PluginFault) {
 impl HtmlBody {
     /// Builds the pipeline.
     pub fn new(job: HtmlJob, from: Coding, to: Coding) -> Self {
+        let input = Arc::new(AtomicU64::new(0));
         let mut settings = Settings::new_send().with_memory_settings(
             MemorySettings::new()
                 .with_graceful_bail_out_on_memory_limit_exceeded(true)
@@ -370,13 +409,19 @@ impl HtmlBody {
                 }
             }
             for (_, parsed, ops) in groups {
-                let h = handle.clone();
+                let (h, report, input) = (handle.clone(), job.report.clone(), input.clone());
+                let cost: usize = ops.iter().map(op_bytes).sum();
                 let handlers =
                     ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
-                        if is_live(&h) {
-                            for op in &ops {
-                                apply_op(el, op);
-                            }
+                        if !is_live(&h) {
+                            return Ok(());
+                        }
+                        if !h.charge_output(cost, &input) {
+                            fault(&h, &report, &output_fault(&h, &input));
+                            return Ok(());
+                        }
+                        for op in &ops {
+                            apply_op(el, op);
                         }
                         Ok(())
                     });
@@ -385,7 +430,7 @@ impl HtmlBody {
             let subscriptions = plan.subscribe.into_iter().zip(subscription_selectors);
             for (index, (Subscription { text, .. }, parsed)) in subscriptions.enumerate() {
                 let id = u32::try_from(index).unwrap_or(u32::MAX);
-                let (h, report) = (handle.clone(), job.report.clone());
+                let (h, report, input_el) = (handle.clone(), job.report.clone(), input.clone());
                 let mut handlers =
                     ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
                         if !is_live(&h) {
@@ -404,14 +449,23 @@ impl HtmlBody {
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
                             .on_element(id, info);
-                        match result {
+                        let ops = result.and_then(|ops| {
+                            h.budget.check_element_ops(&ops)?;
+                            let cost = ops.iter().map(op_bytes).sum();
+                            if h.charge_output(cost, &input_el) {
+                                Ok(ops)
+                            } else {
+                                Err(output_fault(&h, &input_el))
+                            }
+                        });
+                        match ops {
                             Ok(ops) => ops.iter().for_each(|op| apply_op(el, op)),
                             Err(f) => fault(&h, &report, &f),
                         }
                         Ok(())
                     });
                 if text {
-                    let (h, report) = (handle.clone(), job.report.clone());
+                    let (h, report, input) = (handle.clone(), job.report.clone(), input.clone());
                     // lol-html hands text over in arbitrary chunks; plugins get whole text nodes,
                     // so chunks are held back until the node's last one.
                     let mut pending = String::new();
@@ -424,12 +478,17 @@ impl HtmlBody {
                             }
                             let whole = std::mem::take(&mut pending);
                             let replacement = if is_live(&h) && !whole.trim().is_empty() {
-                                match h
+                                // The guard must be gone before `fault`, which locks again.
+                                let result = h
                                     .instance
                                     .lock()
                                     .unwrap_or_else(PoisonError::into_inner)
-                                    .on_text(id, &whole)
-                                {
+                                    .on_text(id, &whole);
+                                match result {
+                                    Ok(Some(r)) if !h.charge_output(r.len(), &input) => {
+                                        fault(&h, &report, &output_fault(&h, &input));
+                                        None
+                                    }
                                     Ok(r) => r,
                                     Err(f) => {
                                         fault(&h, &report, &f);
@@ -457,6 +516,7 @@ impl HtmlBody {
             rewriter,
             out,
             encoder: Encoder::new(to),
+            input,
         }
     }
 
@@ -470,6 +530,10 @@ impl HtmlBody {
         if decoded.is_empty() {
             return Ok(Bytes::new());
         }
+        self.input.fetch_add(
+            u64::try_from(decoded.len()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         self.rewriter
             .write(&decoded)
             .map_err(|e| BodyError::Rewrite(e.to_string()))?;
@@ -490,9 +554,14 @@ impl HtmlBody {
             mut rewriter,
             out,
             mut encoder,
+            input,
         } = self;
         let rest = decoder.finish().map_err(BodyError::Decode)?;
         if !rest.is_empty() {
+            input.fetch_add(
+                u64::try_from(rest.len()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
             rewriter
                 .write(&rest)
                 .map_err(|e| BodyError::Rewrite(e.to_string()))?;

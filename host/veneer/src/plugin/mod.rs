@@ -27,6 +27,8 @@
 //! `veneer:plugin/hooks@X.Y.Z` export and refuses one this host does not support with a
 //! message naming its version and the supported ones, at load, never per request.
 
+pub mod breaker;
+pub mod budget;
 pub mod model;
 mod v0_1;
 mod v0_2;
@@ -45,6 +47,8 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+pub use breaker::{Admission, BreakerPolicy, Transition};
+pub use budget::Budget;
 pub use model::{
     Assignment, Campaign, Consent, DeviceClass, ElementInfo, HeaderEdits, HtmlOp, HtmlRule, JsonOp,
     Level, RequestAction, RequestHead, ResponseHead, ResponsePlan, Subscription, SyntheticResponse,
@@ -107,6 +111,8 @@ pub trait HostServices: Send + Sync {
     fn active_campaigns(&self) -> &[Campaign];
     /// The visitor's (sticky) assignment in an experiment.
     fn assign(&self, experiment: &str) -> Option<Assignment>;
+    /// `plugin`'s circuit breaker opened or closed (log and metrics).
+    fn breaker_changed(&self, plugin: &str, transition: Transition);
     /// `plugin` shows the visitor campaign `campaign_id` in this response.
     fn impression(&self, plugin: &str, campaign_id: &str);
     /// The instant the request is evaluated at, in milliseconds since the Unix epoch.
@@ -135,6 +141,21 @@ pub struct Limits {
     pub time_budget: Duration,
     /// Linear memory an instance may grow to.
     pub memory_bytes: usize,
+    /// What its plans may ask of the host.
+    pub budget: Budget,
+    /// When to skip it after repeated faults.
+    pub breaker: BreakerPolicy,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            time_budget: Duration::from_millis(50),
+            memory_bytes: 32 << 20,
+            budget: Budget::default(),
+            breaker: BreakerPolicy::default(),
+        }
+    }
 }
 
 /// Why a plugin's contribution to a response was dropped.
@@ -155,6 +176,9 @@ pub enum PluginFault {
     /// The plugin returned something the host cannot apply (an invalid selector, ...).
     #[error("invalid plan: {0}")]
     InvalidPlan(String),
+    /// The plugin asked the host for more work than its tenant's budget allows.
+    #[error("over budget: {0}")]
+    Budget(String),
     /// An earlier call in this request faulted; the instance is not called again.
     #[error("instance already faulted")]
     AlreadyFaulted,
@@ -169,6 +193,7 @@ impl PluginFault {
             PluginFault::Memory(_) => "memory",
             PluginFault::Instantiate(_) => "instantiate",
             PluginFault::InvalidPlan(_) => "invalid_plan",
+            PluginFault::Budget(_) => "budget",
             PluginFault::AlreadyFaulted => "already_faulted",
         }
     }
@@ -320,6 +345,7 @@ impl Runtime {
             limits,
             engine: self.engine.clone(),
             from_cache,
+            breaker: Arc::new(breaker::Breaker::new(limits.breaker)),
         })
     }
 
@@ -495,9 +521,26 @@ pub struct Plugin {
     limits: Limits,
     engine: Engine,
     from_cache: bool,
+    breaker: Arc<breaker::Breaker>,
 }
 
 impl Plugin {
+    /// Whether this request may run the plugin (its circuit breaker is closed, or this is the
+    /// one trial after a cool-down). Pass the answer to [`Plugin::instantiate`].
+    pub fn admit(&self) -> Admission {
+        self.breaker.admit()
+    }
+
+    /// Whether the plugin is being skipped after repeated faults.
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// What its plans may ask of the host.
+    pub fn budget(&self) -> &Budget {
+        &self.limits.budget
+    }
+
     /// Whether the compiled code came from the on-disk cache (no compilation at load).
     pub fn from_cache(&self) -> bool {
         self.from_cache
@@ -513,10 +556,12 @@ impl Plugin {
         self.contract
     }
 
-    /// A fresh instance for one request.
+    /// A fresh instance for one request; `admission` is what [`Plugin::admit`] said (a
+    /// skipped plugin is not instantiated at all).
     pub async fn instantiate(
         &self,
         services: Arc<dyn HostServices>,
+        admission: Admission,
     ) -> Result<Instance, PluginFault> {
         let state = StoreState {
             wasi: WasiCtx::builder().build(),
@@ -527,16 +572,41 @@ impl Plugin {
             plugin: self.name.clone(),
             params: self.params.clone(),
             owned_handles: 0,
+            budget: self.limits.budget,
+            usage: budget::Usage::default(),
+            over_budget: None,
+            deadline: Instant::now(),
+            may_yield: true,
+            interrupted: false,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
-        store.epoch_deadline_trap();
+        // Every tick past the deadline traps; before it, an awaited call yields to the
+        // scheduler each tick, so a plugin spinning through its budget does not hold a worker
+        // thread that other tenants' requests are waiting for.
+        store.epoch_deadline_callback(|mut ctx| {
+            let s = ctx.data_mut();
+            if Instant::now() >= s.deadline {
+                s.interrupted = true;
+                return Ok(wasmtime::UpdateDeadline::Interrupt);
+            }
+            if s.may_yield {
+                Ok(wasmtime::UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
+            } else {
+                Ok(wasmtime::UpdateDeadline::Continue(1))
+            }
+        });
         let mut instance = Instance {
             store,
             bindings: None,
             budget: self.limits.time_budget,
             used: Duration::ZERO,
             faulted: false,
+            breaker: self.breaker.clone(),
+            trial: admission == Admission::Trial,
         };
         instance.arm();
         let start = Instant::now();
@@ -556,6 +626,7 @@ impl Plugin {
                 instance.bindings = Some(b);
                 Ok(instance)
             }
+            // Dropping the instance reports the fault to the breaker.
             Err(e) => Err(match instance.classify(e) {
                 PluginFault::Trap(m) => PluginFault::Instantiate(m),
                 other => other,
@@ -575,10 +646,34 @@ struct StoreState {
     params: Arc<HashMap<String, String>>,
     /// Campaign and assignment handles the guest holds (0.2.0 and later).
     owned_handles: usize,
+    /// What the plugin's plans may ask for, and what the current call asked for so far.
+    budget: Budget,
+    usage: budget::Usage,
+    /// Set when a recording call went over budget (the call then traps).
+    over_budget: Option<String>,
+    /// When the current call runs out of time.
+    deadline: Instant,
+    /// Whether the current call is awaited (may yield) or polled once from a stream.
+    may_yield: bool,
+    /// The epoch callback stopped the call at its deadline.
+    interrupted: bool,
 }
 
 /// Host services shared by every contract version's bindings.
 impl StoreState {
+    /// Charges the current call's plan; over budget, remembers why and traps the guest.
+    fn charge(
+        &mut self,
+        f: impl FnOnce(&mut budget::Usage, &Budget) -> Result<(), String>,
+    ) -> wasmtime::Result<()> {
+        let budget = self.budget;
+        if let Err(reason) = f(&mut self.usage, &budget) {
+            self.over_budget = Some(reason.clone());
+            wasmtime::bail!("over budget: {reason}");
+        }
+        Ok(())
+    }
+
     fn record_event(&self, name: &str, properties: Vec<(String, String)>) {
         self.services.track(&self.plugin, name, properties);
     }
@@ -645,15 +740,39 @@ pub struct Instance {
     budget: Duration,
     used: Duration,
     faulted: bool,
+    breaker: Arc<breaker::Breaker>,
+    trial: bool,
+}
+
+impl Drop for Instance {
+    /// The request is done with the plugin (its body included): tell the breaker how it went.
+    fn drop(&mut self) {
+        let outcome = if self.faulted {
+            breaker::Outcome::Fault
+        } else {
+            breaker::Outcome::Success
+        };
+        let transition = self.breaker.record(outcome, self.trial);
+        if transition != Transition::None {
+            let s = self.store.data();
+            s.services.breaker_changed(&s.plugin, transition);
+        }
+    }
 }
 
 impl Instance {
-    /// Sets the epoch deadline to what is left of the request's budget.
+    /// Sets the deadline to what is left of the request's budget; the epoch callback checks
+    /// it every tick.
     fn arm(&mut self) {
         let left = self.budget.saturating_sub(self.used);
-        let ticks = (left.as_micros() / TICK.as_micros()).max(1);
-        self.store
-            .set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        self.store.data_mut().deadline = Instant::now() + left;
+        self.store.set_epoch_deadline(1);
+    }
+
+    /// Marks the instance faulted for a fault the host found in what it returned (an invalid
+    /// or over-budget plan): it is not called again, and the breaker counts the fault.
+    pub fn mark_faulted(&mut self) {
+        self.faulted = true;
     }
 
     fn classify(&mut self, e: wasmtime::Error) -> PluginFault {
@@ -661,17 +780,29 @@ impl Instance {
         if self.store.data().memory_exceeded {
             return PluginFault::Memory(self.store.data().memory_limit);
         }
-        if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+        if let Some(reason) = self.store.data_mut().over_budget.take() {
+            return PluginFault::Budget(reason);
+        }
+        if self.store.data().interrupted
+            || matches!(
+                e.downcast_ref::<wasmtime::Trap>(),
+                Some(wasmtime::Trap::Interrupt)
+            )
+        {
             return PluginFault::Deadline(self.budget);
         }
         PluginFault::Trap(format!("{e:#}").lines().next().unwrap_or("trap").to_owned())
     }
 
-    fn begin(&mut self) -> Result<Instant, PluginFault> {
+    /// Starts a call; `awaited` calls may yield to the scheduler, streaming ones cannot.
+    fn begin(&mut self, awaited: bool) -> Result<Instant, PluginFault> {
         if self.faulted || self.bindings.is_none() {
             return Err(PluginFault::AlreadyFaulted);
         }
         self.arm();
+        let s = self.store.data_mut();
+        s.may_yield = awaited;
+        s.usage = budget::Usage::default();
         Ok(Instant::now())
     }
 
@@ -699,7 +830,7 @@ impl Instance {
         request: &Arc<RequestHead>,
         visitor: &Arc<Visitor>,
     ) -> Result<RequestAction, PluginFault> {
-        let start = self.begin()?;
+        let start = self.begin(true)?;
         let r = match &self.bindings {
             Some(Bound::V0_1(b)) => v0_1::on_request(b, &mut self.store, request, visitor).await,
             Some(Bound::V0_2(b)) => v0_2::on_request(b, &mut self.store, request, visitor).await,
@@ -715,7 +846,7 @@ impl Instance {
         response: &Arc<ResponseHead>,
         visitor: &Arc<Visitor>,
     ) -> Result<ResponsePlan, PluginFault> {
-        let start = self.begin()?;
+        let start = self.begin(true)?;
         let store = &mut self.store;
         let r = match &self.bindings {
             Some(Bound::V0_1(b)) => v0_1::on_response(b, store, request, response, visitor).await,
@@ -731,7 +862,7 @@ impl Instance {
         subscription: u32,
         element: ElementInfo,
     ) -> Result<Vec<HtmlOp>, PluginFault> {
-        let start = self.begin()?;
+        let start = self.begin(false)?;
         let store = &mut self.store;
         let r = match &self.bindings {
             Some(Bound::V0_1(b)) => poll_now(v0_1::on_element(b, store, subscription, &element)),
@@ -747,7 +878,7 @@ impl Instance {
         subscription: u32,
         text: &str,
     ) -> Result<Option<String>, PluginFault> {
-        let start = self.begin()?;
+        let start = self.begin(false)?;
         let store = &mut self.store;
         let r = match &self.bindings {
             Some(Bound::V0_1(b)) => poll_now(v0_1::on_text(b, store, subscription, text)),

@@ -13,6 +13,7 @@ use wasmtime::Store;
 use wasmtime::component::Resource;
 
 use super::StoreState;
+use super::budget::op_bytes;
 use super::model::{self, HtmlOp, HtmlRule, JsonOp};
 
 mod bindings {
@@ -287,10 +288,12 @@ impl t::HostResponse for StoreState {
 
 impl t::HostRequestPlan for StoreState {
     fn set_header(&mut self, p: Resource<RequestPlanRes>, name: String, value: String) -> R<()> {
+        self.charge(|u, b| u.header(b, name.len() + value.len()))?;
         self.table.get_mut(&p)?.edits.set.push((name, value));
         Ok(())
     }
     fn remove_header(&mut self, p: Resource<RequestPlanRes>, name: String) -> R<()> {
+        self.charge(|u, b| u.header(b, name.len()))?;
         self.table.get_mut(&p)?.edits.remove.push(name);
         Ok(())
     }
@@ -305,6 +308,9 @@ impl t::HostRequestPlan for StoreState {
         headers: Vec<(String, String)>,
         body: Vec<u8>,
     ) -> R<()> {
+        for (n, v) in &headers {
+            self.charge(|u, b| u.header(b, n.len() + v.len()))?;
+        }
         self.table.get_mut(&p)?.reply =
             Some(model::RequestAction::Respond(model::SyntheticResponse {
                 status,
@@ -321,6 +327,8 @@ impl t::HostRequestPlan for StoreState {
 
 impl StoreState {
     fn rule(&mut self, p: &Resource<ResponsePlanRes>, selector: String, op: HtmlOp) -> R<()> {
+        let bytes = op_bytes(&op) + selector.len();
+        self.charge(|u, b| u.rule(b, bytes))?;
         self.table
             .get_mut(p)?
             .0
@@ -335,12 +343,15 @@ impl StoreState {
         selector: String,
         text: bool,
     ) -> R<u32> {
+        self.charge(|u, b| u.rule(b, selector.len()))?;
         let plan = &mut self.table.get_mut(p)?.0;
         plan.subscribe.push(model::Subscription { selector, text });
         Ok(u32::try_from(plan.subscribe.len() - 1).unwrap_or(u32::MAX))
     }
 
     fn element_op(&mut self, e: &Resource<ElementRes>, op: HtmlOp) -> R<()> {
+        let bytes = op_bytes(&op);
+        self.charge(|u, b| u.rule(b, bytes))?;
         self.table.get_mut(e)?.ops.push(op);
         Ok(())
     }
@@ -348,10 +359,12 @@ impl StoreState {
 
 impl t::HostResponsePlan for StoreState {
     fn set_header(&mut self, p: Resource<ResponsePlanRes>, name: String, value: String) -> R<()> {
+        self.charge(|u, b| u.header(b, name.len() + value.len()))?;
         self.table.get_mut(&p)?.0.headers.set.push((name, value));
         Ok(())
     }
     fn remove_header(&mut self, p: Resource<ResponsePlanRes>, name: String) -> R<()> {
+        self.charge(|u, b| u.header(b, name.len()))?;
         self.table.get_mut(&p)?.0.headers.remove.push(name);
         Ok(())
     }
@@ -401,6 +414,7 @@ impl t::HostResponsePlan for StoreState {
         self.rule(&p, s, HtmlOp::RemoveClass(class))
     }
     fn json_set(&mut self, p: Resource<ResponsePlanRes>, pointer: String, json: String) -> R<()> {
+        self.charge(|u, b| u.json(b, pointer.len() + json.len()))?;
         self.table
             .get_mut(&p)?
             .0
@@ -409,6 +423,7 @@ impl t::HostResponsePlan for StoreState {
         Ok(())
     }
     fn json_remove(&mut self, p: Resource<ResponsePlanRes>, pointer: String) -> R<()> {
+        self.charge(|u, b| u.json(b, pointer.len()))?;
         self.table.get_mut(&p)?.0.json.push(JsonOp::Remove(pointer));
         Ok(())
     }
@@ -418,6 +433,7 @@ impl t::HostResponsePlan for StoreState {
         pointer: String,
         json: String,
     ) -> R<()> {
+        self.charge(|u, b| u.json(b, pointer.len() + json.len()))?;
         self.table
             .get_mut(&p)?
             .0
