@@ -446,9 +446,13 @@ macro_rules! export_plugin {
             }
             fn on_text(
                 subscription: u32,
-                text: ::std::string::String,
-            ) -> ::std::option::Option<::std::string::String> {
-                <$plugin as $crate::Plugin>::on_text(subscription, &text)
+                node: &$crate::__bindings::veneer::plugin::types::TextNode,
+            ) {
+                if let ::std::option::Option::Some(html) =
+                    <$plugin as $crate::Plugin>::on_text(subscription, &node.text())
+                {
+                    node.replace(&html);
+                }
             }
         }
         $crate::__bindings::export!($plugin with_types_in $crate::__bindings);

@@ -141,6 +141,8 @@ fn veneer_pipeline(rt: &tokio::runtime::Runtime, plugin: &Plugin, page: &[u8]) -
         name: Arc::from("bench"),
         instance: Mutex::new(instance),
         faulted: AtomicBool::new(false),
+        budget: veneer::plugin::Budget::default(),
+        inserted: std::sync::atomic::AtomicU64::new(0),
     });
     let plan = ResponsePlan {
         headers: HeaderEdits {

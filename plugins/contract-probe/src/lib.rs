@@ -46,6 +46,8 @@ impl Plugin for Probe {
         campaigns::impression("sale");
         campaigns::impression("sale");
         campaigns::impression("no-such-campaign");
+        // Events are written in order: once this one is on disk, so is every impression.
+        analytics::track("probe_done", &[]);
         plan.select("body")
             .append_html(&format!("<pre id=\"probe\">{}</pre>", lines.join("\n")));
         plan.build()

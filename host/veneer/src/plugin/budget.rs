@@ -227,10 +227,10 @@ mod tests {
         plan.html.push(rule("c"));
         let e = budget.check_plan(&plan).expect_err("three rules");
         assert!(e.to_string().contains("plan_max_rules"), "{e}");
-        plan.html = vec![rule("0123456789x")];
+        plan.html = vec![rule("0123456789xy")];
         let e = budget
             .check_plan(&plan)
-            .expect_err("11 bytes and the selector");
+            .expect_err("12 bytes and the selector");
         assert!(e.to_string().contains("plan_max_inserted_bytes"), "{e}");
         plan.html.clear();
         plan.headers.set = vec![("a".into(), "1".into()), ("b".into(), "2".into())];

@@ -108,7 +108,7 @@ pub trait HostServices: Send + Sync {
     /// Records an analytics event from `plugin`.
     fn track(&self, plugin: &str, name: &str, properties: Vec<(String, String)>);
     /// Campaigns live for this visitor now, highest priority first.
-    fn active_campaigns(&self) -> &[Campaign];
+    fn active_campaigns(&self) -> &[Arc<Campaign>];
     /// The visitor's (sticky) assignment in an experiment.
     fn assign(&self, experiment: &str) -> Option<Assignment>;
     /// `plugin`'s circuit breaker opened or closed (log and metrics).
@@ -578,6 +578,7 @@ impl Plugin {
             deadline: Instant::now(),
             may_yield: true,
             interrupted: false,
+            yielded_ns: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
@@ -586,14 +587,22 @@ impl Plugin {
         // thread that other tenants' requests are waiting for.
         store.epoch_deadline_callback(|mut ctx| {
             let s = ctx.data_mut();
-            if Instant::now() >= s.deadline {
+            // Time spent waiting to be scheduled again after a yield is not the plugin's.
+            let paused = Duration::from_nanos(s.yielded_ns.load(Ordering::Relaxed));
+            if Instant::now() >= s.deadline + paused {
                 s.interrupted = true;
                 return Ok(wasmtime::UpdateDeadline::Interrupt);
             }
             if s.may_yield {
+                let (yielded, paused_at) = (s.yielded_ns.clone(), Instant::now());
                 Ok(wasmtime::UpdateDeadline::YieldCustom(
                     1,
-                    Box::pin(tokio::task::yield_now()),
+                    Box::pin(async move {
+                        tokio::task::yield_now().await;
+                        let waited =
+                            u64::try_from(paused_at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                        yielded.fetch_add(waited, Ordering::Relaxed);
+                    }),
                 ))
             } else {
                 Ok(wasmtime::UpdateDeadline::Continue(1))
@@ -657,6 +666,9 @@ struct StoreState {
     may_yield: bool,
     /// The epoch callback stopped the call at its deadline.
     interrupted: bool,
+    /// Nanoseconds the current call spent yielded (waiting for the scheduler), which do not
+    /// count against its budget.
+    yielded_ns: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Host services shared by every contract version's bindings.
@@ -765,7 +777,9 @@ impl Instance {
     /// it every tick.
     fn arm(&mut self) {
         let left = self.budget.saturating_sub(self.used);
-        self.store.data_mut().deadline = Instant::now() + left;
+        let s = self.store.data_mut();
+        s.deadline = Instant::now() + left;
+        s.yielded_ns.store(0, Ordering::Relaxed);
         self.store.set_epoch_deadline(1);
     }
 
@@ -811,7 +825,8 @@ impl Instance {
         start: Instant,
         result: Option<wasmtime::Result<R>>,
     ) -> Result<R, PluginFault> {
-        self.used += start.elapsed();
+        let paused = self.store.data().yielded_ns.load(Ordering::Relaxed);
+        self.used += start.elapsed().saturating_sub(Duration::from_nanos(paused));
         match result {
             Some(Ok(r)) => Ok(r),
             Some(Err(e)) => Err(self.classify(e)),

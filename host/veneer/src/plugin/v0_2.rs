@@ -31,6 +31,7 @@ mod bindings {
             "veneer:plugin/types.request-plan": super::RequestPlanRes,
             "veneer:plugin/types.response-plan": super::ResponsePlanRes,
             "veneer:plugin/types.element": super::ElementRes,
+            "veneer:plugin/types.text-node": super::TextRes,
             "veneer:plugin/campaigns.campaign": super::CampaignRes,
             "veneer:plugin/campaigns.assignment": super::AssignmentRes,
         },
@@ -61,14 +62,20 @@ pub struct ElementRes {
     info: model::ElementInfo,
     ops: Vec<HtmlOp>,
 }
-/// A live campaign handed to the guest.
-pub struct CampaignRes(model::Campaign);
+/// A text node lent to `on-text`, with its replacement if the plugin asked for one.
+pub struct TextRes {
+    text: String,
+    replacement: Option<String>,
+}
+/// A live campaign handed to the guest (shared with the request's list, not copied).
+pub struct CampaignRes(Arc<model::Campaign>);
 /// An experiment assignment handed to the guest.
 pub struct AssignmentRes(model::Assignment);
 
 /// Handles a guest may hold at once (campaigns and assignments it did not drop). The host's
-/// table lives outside the plugin's memory limit, so it is bounded here.
-const MAX_OWNED_HANDLES: usize = 10_000;
+/// table lives outside the plugin's memory limit, so it is bounded here; each handle is small
+/// (campaigns are shared `Arc`s).
+const MAX_OWNED_HANDLES: usize = 1_000;
 
 /// Links this version's host interfaces.
 pub fn add_to_linker(linker: &mut wasmtime::component::Linker<StoreState>) -> wasmtime::Result<()> {
@@ -94,11 +101,14 @@ pub async fn on_request(
         .veneer_plugin_hooks()
         .call_on_request(&mut *store, borrow(&req), borrow(&vis), borrow(&plan))
         .await;
+    // The call's own error classifies the fault, so it goes first; the lent resources are
+    // removed either way.
     let table = &mut store.data_mut().table;
-    table.delete(req)?;
-    table.delete(vis)?;
-    let plan = table.delete(plan)?;
+    let (r1, r2, plan) = (table.delete(req), table.delete(vis), table.delete(plan));
     result?;
+    r1?;
+    r2?;
+    let plan = plan?;
     Ok(plan
         .reply
         .unwrap_or(model::RequestAction::Continue(plan.edits)))
@@ -128,12 +138,13 @@ pub async fn on_response(
         )
         .await;
     let table = &mut store.data_mut().table;
-    table.delete(req)?;
-    table.delete(resp)?;
-    table.delete(vis)?;
-    let plan = table.delete(plan)?;
+    let (r1, r2, r3) = (table.delete(req), table.delete(resp), table.delete(vis));
+    let plan = table.delete(plan);
     result?;
-    Ok(plan.0)
+    r1?;
+    r2?;
+    r3?;
+    Ok(plan?.0)
 }
 
 /// Calls `on-element`.
@@ -151,9 +162,9 @@ pub async fn on_element(
         .veneer_plugin_hooks()
         .call_on_element(&mut *store, subscription, borrow(&el))
         .await;
-    let el = store.data_mut().table.delete(el)?;
+    let el = store.data_mut().table.delete(el);
     result?;
-    Ok(el.ops)
+    Ok(el?.ops)
 }
 
 /// Calls `on-text`.
@@ -163,9 +174,17 @@ pub async fn on_text(
     subscription: u32,
     text: &str,
 ) -> wasmtime::Result<Option<String>> {
-    b.veneer_plugin_hooks()
-        .call_on_text(store, subscription, text)
-        .await
+    let node = store.data_mut().table.push(TextRes {
+        text: text.to_owned(),
+        replacement: None,
+    })?;
+    let result = b
+        .veneer_plugin_hooks()
+        .call_on_text(&mut *store, subscription, borrow(&node))
+        .await;
+    let node = store.data_mut().table.delete(node);
+    result?;
+    Ok(node?.replacement)
 }
 
 impl StoreState {
@@ -175,8 +194,9 @@ impl StoreState {
                 "more than {MAX_OWNED_HANDLES} campaign/assignment handles held at once"
             );
         }
+        let handle = self.table.push(value)?;
         self.owned_handles += 1;
-        Ok(self.table.push(value)?)
+        Ok(handle)
     }
 
     fn drop_owned<T: 'static>(&mut self, r: Resource<T>) -> wasmtime::Result<()> {
@@ -242,8 +262,8 @@ impl t::HostVisitor for StoreState {
             .filter(|a| !a.is_null())
             .map(serde_json::Value::to_string))
     }
-    fn drop(&mut self, v: Resource<VisitorRes>) -> R<()> {
-        self.table.delete(v)?;
+    fn drop(&mut self, _: Resource<VisitorRes>) -> R<()> {
+        // Only lent (borrowed) to the guest, never owned by it; the host removes it.
         Ok(())
     }
 }
@@ -264,8 +284,8 @@ impl t::HostRequest for StoreState {
     fn headers(&mut self, r: Resource<RequestRes>) -> R<Vec<(String, String)>> {
         Ok(self.table.get(&r)?.0.headers.clone())
     }
-    fn drop(&mut self, r: Resource<RequestRes>) -> R<()> {
-        self.table.delete(r)?;
+    fn drop(&mut self, _: Resource<RequestRes>) -> R<()> {
+        // Only lent (borrowed) to the guest, never owned by it; the host removes it.
         Ok(())
     }
 }
@@ -280,8 +300,8 @@ impl t::HostResponse for StoreState {
     fn headers(&mut self, r: Resource<ResponseRes>) -> R<Vec<(String, String)>> {
         Ok(self.table.get(&r)?.0.headers.clone())
     }
-    fn drop(&mut self, r: Resource<ResponseRes>) -> R<()> {
-        self.table.delete(r)?;
+    fn drop(&mut self, _: Resource<ResponseRes>) -> R<()> {
+        // Only lent (borrowed) to the guest, never owned by it; the host removes it.
         Ok(())
     }
 }
@@ -319,8 +339,8 @@ impl t::HostRequestPlan for StoreState {
             }));
         Ok(())
     }
-    fn drop(&mut self, p: Resource<RequestPlanRes>) -> R<()> {
-        self.table.delete(p)?;
+    fn drop(&mut self, _: Resource<RequestPlanRes>) -> R<()> {
+        // Only lent (borrowed) to the guest, never owned by it; the host removes it.
         Ok(())
     }
 }
@@ -447,8 +467,8 @@ impl t::HostResponsePlan for StoreState {
     fn subscribe_text(&mut self, p: Resource<ResponsePlanRes>, selector: String) -> R<u32> {
         self.add_subscription(&p, selector, true)
     }
-    fn drop(&mut self, p: Resource<ResponsePlanRes>) -> R<()> {
-        self.table.delete(p)?;
+    fn drop(&mut self, _: Resource<ResponsePlanRes>) -> R<()> {
+        // Only lent (borrowed) to the guest, never owned by it; the host removes it.
         Ok(())
     }
 }
@@ -509,8 +529,24 @@ impl t::HostElement for StoreState {
     fn remove_class(&mut self, e: Resource<ElementRes>, class: String) -> R<()> {
         self.element_op(&e, HtmlOp::RemoveClass(class))
     }
-    fn drop(&mut self, e: Resource<ElementRes>) -> R<()> {
-        self.table.delete(e)?;
+    fn drop(&mut self, _: Resource<ElementRes>) -> R<()> {
+        // Only lent (borrowed) to the guest, never owned by it; the host removes it.
+        Ok(())
+    }
+}
+
+impl t::HostTextNode for StoreState {
+    fn text(&mut self, n: Resource<TextRes>) -> R<String> {
+        Ok(self.table.get(&n)?.text.clone())
+    }
+    fn replace(&mut self, n: Resource<TextRes>, html: String) -> R<()> {
+        let bytes = html.len();
+        self.charge(|u, b| u.rule(b, bytes))?;
+        self.table.get_mut(&n)?.replacement = Some(html);
+        Ok(())
+    }
+    fn drop(&mut self, _: Resource<TextRes>) -> R<()> {
+        // Only lent to the guest; the host removes it.
         Ok(())
     }
 }
@@ -530,7 +566,7 @@ impl wit::analytics::Host for StoreState {
 
 impl wit::campaigns::Host for StoreState {
     fn active(&mut self) -> R<Vec<Resource<CampaignRes>>> {
-        let live: Vec<model::Campaign> = self.services.active_campaigns().to_vec();
+        let live: Vec<Arc<model::Campaign>> = self.services.active_campaigns().to_vec();
         live.into_iter()
             .map(|c| self.push_owned(CampaignRes(c)))
             .collect()
