@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
 
@@ -37,7 +37,7 @@ pub struct Event {
 /// The sending side, shared by all requests.
 #[derive(Clone)]
 pub struct Analytics {
-    tx: Option<mpsc::Sender<Event>>,
+    tx: Option<mpsc::Sender<Message>>,
     metrics: Arc<Metrics>,
 }
 
@@ -50,7 +50,7 @@ impl Analytics {
         let Some(file) = file else {
             return Analytics { tx: None, metrics };
         };
-        let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Message>(QUEUE);
         tokio::spawn(async move {
             let mut out = match tokio::fs::OpenOptions::new()
                 .create(true)
@@ -67,7 +67,15 @@ impl Analytics {
             };
             let mut batch = Vec::with_capacity(256);
             while rx.recv_many(&mut batch, 256).await > 0 {
-                for event in batch.drain(..) {
+                let mut flushed = Vec::new();
+                for message in batch.drain(..) {
+                    let event = match message {
+                        Message::Event(event) => event,
+                        Message::Flush(done) => {
+                            flushed.push(done);
+                            continue;
+                        }
+                    };
                     let mut line = serde_json::to_vec(&event).unwrap_or_default();
                     line.push(b'\n');
                     if let Err(e) = out.write_all(&line).await {
@@ -76,6 +84,10 @@ impl Analytics {
                 }
                 if let Err(e) = out.flush().await {
                     tracing::error!(error = %e, "flushing analytics log");
+                }
+                // Everything queued before a flush request is on disk now.
+                for done in flushed {
+                    let _ = done.send(());
                 }
             }
         });
@@ -92,7 +104,7 @@ impl Analytics {
                 .inc("veneer_analytics_events_total", &[("outcome", "discarded")]);
             return;
         };
-        let outcome = if tx.try_send(event).is_ok() {
+        let outcome = if tx.try_send(Message::Event(event)).is_ok() {
             "queued"
         } else {
             "dropped_queue_full"
@@ -100,4 +112,25 @@ impl Analytics {
         self.metrics
             .inc("veneer_analytics_events_total", &[("outcome", outcome)]);
     }
+
+    /// Waits until every event recorded before this call is written and flushed to the log
+    /// (at shutdown). Events recorded meanwhile are still accepted.
+    pub async fn flush(&self) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        let (done, wait) = oneshot::channel();
+        // `send` (not `try_send`): a flush must not be lost to a full queue; it waits its turn.
+        if tx.send(Message::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// What the writer task receives.
+enum Message {
+    /// An event to append.
+    Event(Event),
+    /// Answer once everything before it is flushed.
+    Flush(oneshot::Sender<()>),
 }

@@ -58,6 +58,9 @@ pub struct Server {
     pub max_instances: u32,
     /// How long to wait for an origin's response head.
     pub origin_timeout_ms: u64,
+    /// On SIGTERM or SIGINT: how long in-flight requests may take to finish before the host
+    /// exits anyway. New connections are refused at once.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for Server {
@@ -70,6 +73,7 @@ impl Default for Server {
             analytics_log: None,
             max_instances: 1000,
             origin_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
         }
     }
 }
@@ -257,6 +261,12 @@ impl Config {
         }
         if self.server.max_instances == 0 {
             return Err(self.err("server.max_instances", "must be at least 1"));
+        }
+        if self.server.shutdown_grace_ms > 3_600_000 {
+            return Err(self.err(
+                "server.shutdown_grace_ms",
+                "must be at most 3600000 (an hour)",
+            ));
         }
         let mut hosts: BTreeMap<String, String> = BTreeMap::new();
         let mut names = BTreeMap::new();

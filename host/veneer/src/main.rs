@@ -180,18 +180,58 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
 }
 
 async fn start(config: Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
     let app = Arc::new(App::build(&config)?);
     let listener = server::bind(config.server.listen).await?;
     tracing::info!(listen = %config.server.listen, tenants = config.tenants.len(), "veneer is serving");
-    let proxy = server::serve(app.clone(), listener);
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = stop.clone();
+    let mut proxy = server::serve_until(app.clone(), listener, async move {
+        stopped.notified().await;
+    });
     if let Some(admin) = config.server.admin_listen {
         server::serve_admin(app.clone(), server::bind(admin).await?);
         tracing::info!(%admin, "admin endpoint (/metrics, /healthz)");
     }
+    let signal = tokio::select! {
+        _ = &mut proxy => anyhow::bail!("the listener stopped"),
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    // Stop accepting, let in-flight requests (and their streaming bodies) finish within the
+    // grace period, then write out the analytics queue. A second signal exits at once.
+    let grace = std::time::Duration::from_millis(config.server.shutdown_grace_ms);
+    tracing::info!(
+        signal,
+        ?grace,
+        "stopping: refusing new connections, draining in-flight requests"
+    );
+    stop.notify_one();
     tokio::select! {
-        _ = proxy => anyhow::bail!("the listener stopped"),
-        r = tokio::signal::ctrl_c() => { r.context("waiting for ctrl-c")?; tracing::info!("shutting down"); Ok(()) }
+        _ = &mut proxy => tracing::info!("in-flight requests finished"),
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(?grace, "grace period over: cutting the requests still in flight");
+        }
+        _ = term.recv() => second_signal(),
+        _ = int.recv() => second_signal(),
     }
+    tokio::select! {
+        () = app.analytics.flush() => tracing::info!("analytics written; exiting"),
+        () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {
+            tracing::warn!("analytics log did not flush within 5 s");
+        }
+        _ = term.recv() => second_signal(),
+        _ = int.recv() => second_signal(),
+    }
+    Ok(())
+}
+
+/// A second SIGTERM/SIGINT during the drain: the operator wants out now.
+fn second_signal() -> ! {
+    tracing::warn!("second signal: exiting at once");
+    std::process::exit(1)
 }
 
 /// The demo's files, resolved from the source tree the binary was built from.

@@ -10,6 +10,7 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -18,9 +19,26 @@ use crate::proxy;
 
 /// Accepts connections on `listener` and serves them with `app` until the task is aborted.
 pub fn serve(app: Arc<App>, listener: TcpListener) -> JoinHandle<()> {
+    serve_until(app, listener, std::future::pending())
+}
+
+/// Like [`serve`], until `stop` resolves: then the listener closes (new connections are
+/// refused), idle keep-alive connections close, and the task ends once every in-flight
+/// request, its streaming body included, has finished. The caller bounds that wait.
+pub fn serve_until(
+    app: Arc<App>,
+    listener: TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let graceful = GracefulShutdown::new();
+        let mut stop = std::pin::pin!(stop);
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = &mut stop => break,
+            };
+            let (stream, peer) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -30,21 +48,26 @@ pub fn serve(app: Arc<App>, listener: TcpListener) -> JoinHandle<()> {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let app = app.clone();
+            let (app, watcher) = (app.clone(), graceful.watcher());
             tokio::spawn(async move {
                 let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     let app = app.clone();
                     req.extensions_mut().insert(proxy::ClientAddr(peer));
                     async move { Ok::<_, Infallible>(proxy::handle(app, req).await) }
                 });
-                if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             });
         }
+        drop(listener);
+        tracing::info!(
+            connections = graceful.count(),
+            "listener closed; waiting for in-flight requests"
+        );
+        graceful.shutdown().await;
     })
 }
 
