@@ -158,8 +158,14 @@ fn veneer_pipeline(rt: &tokio::runtime::Runtime, plugin: &Plugin, page: &[u8]) -
     let job = HtmlJob {
         plugins: vec![(handle, checked)],
         report: Arc::new(|_: &str, _: &veneer::plugin::PluginFault| {}),
+        on_unsupported_charset: None,
     };
-    let mut body = HtmlBody::new(job, Coding::Identity, Coding::Identity);
+    let mut body = HtmlBody::new(
+        job,
+        Coding::Identity,
+        Coding::Identity,
+        Some("text/html; charset=utf-8"),
+    );
     let mut out = 0;
     for chunk in page.chunks(CHUNK) {
         out += body.push(chunk).expect("push").len();

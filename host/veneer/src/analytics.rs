@@ -70,7 +70,7 @@ impl Analytics {
                 let mut flushed = Vec::new();
                 for message in batch.drain(..) {
                     let event = match message {
-                        Message::Event(event) => event,
+                        Message::Event(event) => *event,
                         Message::Flush(done) => {
                             flushed.push(done);
                             continue;
@@ -104,7 +104,7 @@ impl Analytics {
                 .inc("veneer_analytics_events_total", &[("outcome", "discarded")]);
             return;
         };
-        let outcome = if tx.try_send(Message::Event(event)).is_ok() {
+        let outcome = if tx.try_send(Message::Event(Box::new(event))).is_ok() {
             "queued"
         } else {
             "dropped_queue_full"
@@ -129,8 +129,8 @@ impl Analytics {
 
 /// What the writer task receives.
 enum Message {
-    /// An event to append.
-    Event(Event),
+    /// An event to append (boxed: the queue holds many, most of them small).
+    Event(Box<Event>),
     /// Answer once everything before it is flushed.
     Flush(oneshot::Sender<()>),
 }

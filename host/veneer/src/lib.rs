@@ -12,6 +12,7 @@
 
 pub mod analytics;
 pub mod app;
+pub mod charset;
 pub mod config;
 pub mod demo;
 pub mod metrics;

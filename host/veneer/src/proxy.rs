@@ -714,6 +714,16 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                     })
                     .collect(),
                 report,
+                on_unsupported_charset: Some({
+                    let (app, tenant, request_id) = (app.clone(), name.clone(), request_id.clone());
+                    Box::new(move |content_type: &str| {
+                        tracing::info!(tenant = %tenant, request_id, content_type, "charset cannot be rewritten safely: page passed through unchanged");
+                        app.metrics.inc(
+                            "veneer_html_unsupported_charset_total",
+                            &[("tenant", &tenant)],
+                        );
+                    })
+                }),
             };
             mark_rewritten(&mut parts.headers, target);
             app.metrics.inc(
@@ -722,7 +732,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             );
             RewriteBody {
                 inner: body,
-                html: Some(HtmlBody::new(job, from, target)),
+                html: Some(HtmlBody::new(job, from, target, Some(&content_type))),
             }
             .boxed_unsync()
         }

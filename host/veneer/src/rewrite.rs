@@ -16,8 +16,9 @@ use bytes::Bytes;
 use lol_html::html_content::ContentType;
 use lol_html::send::Element;
 use lol_html::send::{ElementContentHandlers, HtmlRewriter, Settings};
-use lol_html::{MemorySettings, OutputSink, Selector};
+use lol_html::{AsciiCompatibleEncoding, MemorySettings, OutputSink, Selector};
 
+use crate::charset::{self, Charset};
 use crate::plugin::budget::op_bytes;
 use crate::plugin::{
     Budget, ElementInfo, HtmlOp, HtmlRule, Instance, JsonOp, PluginFault, ResponsePlan,
@@ -225,6 +226,9 @@ fn output_fault(h: &PluginHandle, input: &AtomicU64) -> PluginFault {
     ))
 }
 
+/// Told (once) that a body's charset cannot be rewritten, with its Content-Type.
+pub type CharsetReporter = Box<dyn FnOnce(&str) + Send>;
+
 /// Receives plugin faults that happen while the body streams.
 pub type FaultReporter = Arc<dyn Fn(&str, &PluginFault) + Send + Sync>;
 
@@ -356,11 +360,27 @@ pub enum BodyError {
 /// The HTML pipeline for one response body.
 pub struct HtmlBody {
     decoder: Decoder,
-    rewriter: HtmlRewriter<'static, SharedBuf>,
+    stage: Stage,
     out: Arc<Mutex<Vec<u8>>>,
     encoder: Encoder,
     /// Decoded body bytes fed to the rewriter so far (the base of every output allowance).
     input: Arc<AtomicU64>,
+}
+
+/// Where the body is in its life.
+enum Stage {
+    /// Holding the first bytes back until the charset is known (a byte order mark needs 3,
+    /// the `<meta>` prescan up to 1024 when the header declares none).
+    Sniffing {
+        job: Box<HtmlJob>,
+        content_type: Option<String>,
+        buffered: Vec<u8>,
+        wanted: usize,
+    },
+    /// Rewriting in the body's encoding.
+    Rewriting(Box<HtmlRewriter<'static, SharedBuf>>),
+    /// A charset that cannot be rewritten safely: the bytes go through untouched.
+    Passthrough,
 }
 
 /// What rewriting one response needs: each plugin's handle and (validated) plan.
@@ -369,6 +389,8 @@ pub struct HtmlJob {
     pub plugins: Vec<(Arc<PluginHandle>, CheckedPlan)>,
     /// Where faults during streaming go.
     pub report: FaultReporter,
+    /// Called once if the body's charset cannot be rewritten (it then passes through).
+    pub on_unsupported_charset: Option<CharsetReporter>,
 }
 
 fn is_live(h: &PluginHandle) -> bool {
@@ -386,14 +408,41 @@ fn fault(h: &PluginHandle, report: &FaultReporter, f: &PluginFault) {
 }
 
 impl HtmlBody {
-    /// Builds the pipeline.
-    pub fn new(job: HtmlJob, from: Coding, to: Coding) -> Self {
-        let input = Arc::new(AtomicU64::new(0));
-        let mut settings = Settings::new_send().with_memory_settings(
-            MemorySettings::new()
-                .with_graceful_bail_out_on_memory_limit_exceeded(true)
-                .with_max_allowed_memory_usage(16 << 20),
-        );
+    /// Builds the pipeline for a body with this `Content-Type` (its `charset`, if any, is
+    /// the first place the encoding is looked for).
+    pub fn new(job: HtmlJob, from: Coding, to: Coding, content_type: Option<&str>) -> Self {
+        let declared = content_type.and_then(charset::from_content_type).is_some();
+        HtmlBody {
+            decoder: Decoder::new(from),
+            stage: Stage::Sniffing {
+                job: Box::new(job),
+                content_type: content_type.map(str::to_owned),
+                buffered: Vec::new(),
+                wanted: if declared { 3 } else { charset::PRESCAN_BYTES },
+            },
+            out: Arc::new(Mutex::new(Vec::new())),
+            encoder: Encoder::new(to),
+            input: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The rewriter for `job`'s plans, in `encoding`.
+    fn rewriter(
+        job: HtmlJob,
+        encoding: &'static encoding_rs::Encoding,
+        input: &Arc<AtomicU64>,
+        out: &Arc<Mutex<Vec<u8>>>,
+    ) -> HtmlRewriter<'static, SharedBuf> {
+        let encoding =
+            AsciiCompatibleEncoding::new(encoding).unwrap_or_else(AsciiCompatibleEncoding::utf_8);
+        let template_depth = Arc::new(AtomicU64::new(0));
+        let mut settings = Settings::new_send()
+            .with_encoding(encoding)
+            .with_memory_settings(
+                MemorySettings::new()
+                    .with_graceful_bail_out_on_memory_limit_exceeded(true)
+                    .with_max_allowed_memory_usage(16 << 20),
+            );
         for (handle, checked) in job.plugins {
             let CheckedPlan {
                 plan,
@@ -410,10 +459,11 @@ impl HtmlBody {
             }
             for (_, parsed, ops) in groups {
                 let (h, report, input) = (handle.clone(), job.report.clone(), input.clone());
+                let depth = template_depth.clone();
                 let cost: usize = ops.iter().map(op_bytes).sum();
                 let handlers =
                     ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
-                        if !is_live(&h) {
+                        if !is_live(&h) || depth.load(Ordering::Relaxed) > 0 {
                             return Ok(());
                         }
                         if !h.charge_output(cost, &input) {
@@ -431,9 +481,10 @@ impl HtmlBody {
             for (index, (Subscription { text, .. }, parsed)) in subscriptions.enumerate() {
                 let id = u32::try_from(index).unwrap_or(u32::MAX);
                 let (h, report, input_el) = (handle.clone(), job.report.clone(), input.clone());
+                let depth = template_depth.clone();
                 let mut handlers =
                     ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
-                        if !is_live(&h) {
+                        if !is_live(&h) || depth.load(Ordering::Relaxed) > 0 {
                             return Ok(());
                         }
                         let info = ElementInfo {
@@ -466,6 +517,7 @@ impl HtmlBody {
                     });
                 if text {
                     let (h, report, input) = (handle.clone(), job.report.clone(), input.clone());
+                    let depth = template_depth.clone();
                     // lol-html hands text over in arbitrary chunks; plugins get whole text nodes,
                     // so chunks are held back until the node's last one.
                     let mut pending = String::new();
@@ -477,7 +529,10 @@ impl HtmlBody {
                                 return Ok(());
                             }
                             let whole = std::mem::take(&mut pending);
-                            let replacement = if is_live(&h) && !whole.trim().is_empty() {
+                            let replacement = if is_live(&h)
+                                && depth.load(Ordering::Relaxed) == 0
+                                && !whole.trim().is_empty()
+                            {
                                 // The guard must be gone before `fault`, which locks again.
                                 let result = h
                                     .instance
@@ -509,15 +564,56 @@ impl HtmlBody {
                 settings = settings.append_element_content_handler((Cow::Owned(parsed), handlers));
             }
         }
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let rewriter = HtmlRewriter::new(settings, SharedBuf(out.clone()));
-        HtmlBody {
-            decoder: Decoder::new(from),
-            rewriter,
-            out,
-            encoder: Encoder::new(to),
-            input,
+        // Content inside <template> is inert: browsers' querySelector does not see it, so
+        // neither do rules. Registered last, so a rule on the <template> element itself still
+        // applies; the depth counts nested templates.
+        let depth = template_depth.clone();
+        let tracker = ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
+            depth.fetch_add(1, Ordering::Relaxed);
+            let depth = depth.clone();
+            let _ = el.on_end_tag(Box::new(move |_end| {
+                depth.fetch_sub(1, Ordering::Relaxed);
+                Ok(())
+            }));
+            Ok(())
+        });
+        if let Ok(template) = "template".parse::<Selector>() {
+            settings = settings.append_element_content_handler((Cow::Owned(template), tracker));
         }
+        HtmlRewriter::new(settings, SharedBuf(out.clone()))
+    }
+
+    /// Decides the charset from what is buffered and starts rewriting (or passing through).
+    fn resolve(&mut self) -> Result<(), BodyError> {
+        let Stage::Sniffing {
+            job,
+            content_type,
+            buffered,
+            ..
+        } = std::mem::replace(&mut self.stage, Stage::Passthrough)
+        else {
+            return Ok(());
+        };
+        let mut job = *job;
+        match charset::sniff(content_type.as_deref(), &buffered) {
+            Charset::Rewrite(encoding) => {
+                let mut rewriter = Self::rewriter(job, encoding, &self.input, &self.out);
+                rewriter
+                    .write(&buffered)
+                    .map_err(|e| BodyError::Rewrite(e.to_string()))?;
+                self.stage = Stage::Rewriting(Box::new(rewriter));
+            }
+            Charset::Unsupported => {
+                if let Some(report) = job.on_unsupported_charset.take() {
+                    report(content_type.as_deref().unwrap_or(""));
+                }
+                self.out
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend_from_slice(&buffered);
+            }
+        }
+        Ok(())
     }
 
     fn drain(&mut self) -> Vec<u8> {
@@ -534,9 +630,7 @@ impl HtmlBody {
             u64::try_from(decoded.len()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-        self.rewriter
-            .write(&decoded)
-            .map_err(|e| BodyError::Rewrite(e.to_string()))?;
+        self.write(&decoded)?;
         let html = self.drain();
         if html.is_empty() {
             return Ok(Bytes::new());
@@ -547,29 +641,48 @@ impl HtmlBody {
             .map_err(BodyError::Encode)
     }
 
+    fn write(&mut self, decoded: &[u8]) -> Result<(), BodyError> {
+        match &mut self.stage {
+            Stage::Sniffing {
+                buffered, wanted, ..
+            } => {
+                buffered.extend_from_slice(decoded);
+                if buffered.len() >= *wanted {
+                    self.resolve()?;
+                }
+            }
+            Stage::Rewriting(rewriter) => rewriter
+                .write(decoded)
+                .map_err(|e| BodyError::Rewrite(e.to_string()))?,
+            Stage::Passthrough => self
+                .out
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(decoded),
+        }
+        Ok(())
+    }
+
     /// Ends the body; returns the last bytes for the client.
-    pub fn finish(self) -> Result<Bytes, BodyError> {
-        let HtmlBody {
-            decoder,
-            mut rewriter,
-            out,
-            mut encoder,
-            input,
-        } = self;
+    pub fn finish(mut self) -> Result<Bytes, BodyError> {
+        let decoder = std::mem::replace(&mut self.decoder, Decoder::new(Coding::Identity));
         let rest = decoder.finish().map_err(BodyError::Decode)?;
         if !rest.is_empty() {
-            input.fetch_add(
+            self.input.fetch_add(
                 u64::try_from(rest.len()).unwrap_or(u64::MAX),
                 Ordering::Relaxed,
             );
+            self.write(&rest)?;
+        }
+        // A body shorter than the prescan window is decided now.
+        self.resolve()?;
+        if let Stage::Rewriting(rewriter) = std::mem::replace(&mut self.stage, Stage::Passthrough) {
             rewriter
-                .write(&rest)
+                .end()
                 .map_err(|e| BodyError::Rewrite(e.to_string()))?;
         }
-        rewriter
-            .end()
-            .map_err(|e| BodyError::Rewrite(e.to_string()))?;
-        let html = std::mem::take(&mut *out.lock().unwrap_or_else(PoisonError::into_inner));
+        let html = self.drain();
+        let mut encoder = std::mem::replace(&mut self.encoder, Encoder::new(Coding::Identity));
         let mut bytes = encoder.push(&html).map_err(BodyError::Encode)?;
         bytes.extend(encoder.finish().map_err(BodyError::Encode)?);
         Ok(Bytes::from(bytes))
