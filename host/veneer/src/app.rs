@@ -35,6 +35,9 @@ pub struct Tenant {
     pub fragments: Fragments,
     /// The plugin chain.
     pub plugins: Vec<Plugin>,
+    /// Requests that may be inside this tenant's plugins at once (`plugin_concurrency`): a
+    /// tenant whose plugins spin cannot take every worker thread from the others.
+    pub plugin_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Content fragments: key → locale → HTML.
@@ -291,7 +294,18 @@ fn load_tenant(
         rules,
         fragments,
         plugins,
+        plugin_slots: Arc::new(tokio::sync::Semaphore::new(
+            t.limits
+                .plugin_concurrency
+                .unwrap_or_else(default_plugin_concurrency),
+        )),
     })
+}
+
+/// As many as there are cores (at least 2): a call past its first ticks runs at most half a
+/// worker's time, so one tenant's plugins can take at most half the machine.
+fn default_plugin_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
 /// Loads the config file and builds the app.

@@ -164,6 +164,10 @@ pub struct TenantLimits {
     pub breaker_faults: u32,
     /// How long a tripped plugin is skipped before one request tries it again.
     pub breaker_cooldown_ms: u64,
+    /// Requests that may run this tenant's plugins at once (default: the number of cores, at
+    /// least 2). A request that waits longer than 10 × `plugin_time_ms` for a turn is served
+    /// without its plugins (counted as skipped, reason `tenant_busy`).
+    pub plugin_concurrency: Option<usize>,
 }
 
 impl Default for TenantLimits {
@@ -182,6 +186,7 @@ impl Default for TenantLimits {
             rewrite_extra_bytes: 1 << 20,
             breaker_faults: 5,
             breaker_cooldown_ms: 30_000,
+            plugin_concurrency: None,
         }
     }
 }
@@ -313,6 +318,12 @@ impl Config {
                 return Err(self.err(
                     format!("{at}.limits.plugin_time_ms"),
                     "must be between 1 and 10000",
+                ));
+            }
+            if l.plugin_concurrency.is_some_and(|n| n == 0 || n > 100_000) {
+                return Err(self.err(
+                    format!("{at}.limits.plugin_concurrency"),
+                    "must be between 1 and 100000",
                 ));
             }
             if !(0.0..=1000.0).contains(&l.rewrite_max_growth) {

@@ -330,6 +330,38 @@ fn report_fault(app: &App, tenant: &str, plugin: &str, request_id: &str, fault: 
     );
 }
 
+/// Waits for a turn to run the tenant's plugins (see `plugin_concurrency`); `None`, counted,
+/// when none came within 10 × the tenant's plugin time budget: the request is then served
+/// without its plugins, as if they had failed open.
+async fn plugin_turn<'t>(
+    app: &App,
+    tenant: &'t Tenant,
+) -> Option<tokio::sync::SemaphorePermit<'t>> {
+    if tenant.plugins.is_empty() {
+        return None;
+    }
+    if let Ok(permit) = tenant.plugin_slots.try_acquire() {
+        return Some(permit);
+    }
+    // Long enough that a busy tenant's own requests queue rather than lose their
+    // personalization; a tenant whose plugins spin waits its turn and then goes without.
+    let wait = std::time::Duration::from_millis(tenant.config.limits.plugin_time_ms * 10);
+    match tokio::time::timeout(wait, tenant.plugin_slots.acquire()).await {
+        Ok(Ok(permit)) => Some(permit),
+        _ => {
+            app.metrics.inc(
+                "veneer_plugin_skipped_total",
+                &[
+                    ("tenant", &tenant.config.name),
+                    ("plugin", "*"),
+                    ("reason", "tenant_busy"),
+                ],
+            );
+            None
+        }
+    }
+}
+
 /// Handles one request.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let request_id = header_str(req.headers(), "x-request-id")
@@ -473,7 +505,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let request_head = Arc::new(request_head);
     let mut chain: Vec<Live> = Vec::with_capacity(tenant.plugins.len());
     let mut request_edits: Vec<HeaderEdits> = Vec::new();
-    for plugin in &tenant.plugins {
+    let turn = plugin_turn(&app, &tenant).await;
+    let plugins = if turn.is_some() {
+        tenant.plugins.as_slice()
+    } else {
+        &[]
+    };
+    for plugin in plugins {
         let admission = plugin.admit();
         if admission == Admission::Skip {
             app.metrics.inc(
@@ -558,6 +596,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             Err(f) => report_fault(&app, &name, plugin.name(), &request_id, &f),
         }
     }
+
+    // Not held while the origin answers: a slow origin must not use up the tenant's turns.
+    drop(turn);
 
     // 4. Origin.
     let (parts, body) = req.into_parts();
@@ -651,6 +692,16 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         headers: export_headers(&parts.headers),
     });
     let mut plans: Vec<(Live, rewrite::CheckedPlan)> = Vec::new();
+    let turn = if chain.is_empty() {
+        None
+    } else {
+        plugin_turn(&app, &tenant).await
+    };
+    if turn.is_none() {
+        for live in chain.drain(..) {
+            live.instance.abandon();
+        }
+    }
     for mut live in chain {
         match live
             .instance
@@ -665,6 +716,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             }
         }
     }
+    drop(turn);
     for (_, plan) in &plans {
         apply_edits(&mut parts.headers, &plan.plan.headers);
     }

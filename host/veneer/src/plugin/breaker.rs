@@ -115,6 +115,11 @@ impl Breaker {
         }
     }
 
+    /// Gives up a trial that never ran, so another request can take it.
+    pub fn release_trial(&self) {
+        self.trial.store(false, Ordering::Release);
+    }
+
     /// Records how a request that ran the plugin ended.
     pub fn record(&self, outcome: Outcome, trial: bool) -> Transition {
         if self.policy.faults == 0 {

@@ -579,6 +579,7 @@ impl Plugin {
             may_yield: true,
             interrupted: false,
             yielded_ns: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            ticks_in_call: 0,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
@@ -594,11 +595,20 @@ impl Plugin {
                 return Ok(wasmtime::UpdateDeadline::Interrupt);
             }
             if s.may_yield {
+                s.ticks_in_call += 1;
+                // A call past its first couple of ticks runs long: from then on it pauses a
+                // tick for every tick it runs, so even a plugin spinning through its whole
+                // budget holds at most half a worker thread.
+                let throttle = s.ticks_in_call > 2;
                 let (yielded, paused_at) = (s.yielded_ns.clone(), Instant::now());
                 Ok(wasmtime::UpdateDeadline::YieldCustom(
                     1,
                     Box::pin(async move {
-                        tokio::task::yield_now().await;
+                        if throttle {
+                            tokio::time::sleep(TICK).await;
+                        } else {
+                            tokio::task::yield_now().await;
+                        }
                         let waited =
                             u64::try_from(paused_at.elapsed().as_nanos()).unwrap_or(u64::MAX);
                         yielded.fetch_add(waited, Ordering::Relaxed);
@@ -616,6 +626,7 @@ impl Plugin {
             faulted: false,
             breaker: self.breaker.clone(),
             trial: admission == Admission::Trial,
+            abandoned: false,
         };
         instance.arm();
         let start = Instant::now();
@@ -669,6 +680,8 @@ struct StoreState {
     /// Nanoseconds the current call spent yielded (waiting for the scheduler), which do not
     /// count against its budget.
     yielded_ns: Arc<std::sync::atomic::AtomicU64>,
+    /// Epoch ticks the current call has seen.
+    ticks_in_call: u32,
 }
 
 /// Host services shared by every contract version's bindings.
@@ -754,11 +767,21 @@ pub struct Instance {
     faulted: bool,
     breaker: Arc<breaker::Breaker>,
     trial: bool,
+    /// Dropped without having had its chance (the request went on without it): the breaker
+    /// learns nothing from it.
+    abandoned: bool,
 }
 
 impl Drop for Instance {
     /// The request is done with the plugin (its body included): tell the breaker how it went.
     fn drop(&mut self) {
+        if self.abandoned {
+            if self.trial {
+                // Let the next request be the trial instead.
+                self.breaker.release_trial();
+            }
+            return;
+        }
         let outcome = if self.faulted {
             breaker::Outcome::Fault
         } else {
@@ -780,7 +803,14 @@ impl Instance {
         let s = self.store.data_mut();
         s.deadline = Instant::now() + left;
         s.yielded_ns.store(0, Ordering::Relaxed);
+        s.ticks_in_call = 0;
         self.store.set_epoch_deadline(1);
+    }
+
+    /// Drops the instance without telling the breaker anything: the request went on without
+    /// the plugin for a reason that is not the plugin's (its tenant had no turn free).
+    pub fn abandon(mut self) {
+        self.abandoned = true;
     }
 
     /// Marks the instance faulted for a fault the host found in what it returned (an invalid
