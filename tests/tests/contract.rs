@@ -417,7 +417,7 @@ fn hex(bytes: &[u8]) -> String {
 /// SHA-256 of `wit/v0.1.0/veneer.wit`, as released.
 const PINNED_0_1_0: &str = "7466238c3407e69718c04857517106820a20c550c5680ceaf756bb135fc17531";
 /// SHA-256 of `wit/veneer.wit` (0.2.0), as released.
-const PINNED_0_2_0: &str = "3e66a3e1dd6c1e987eb9179b48165e422b26462c3bc00d86c83819a6cf3d6504";
+const PINNED_0_2_0: &str = "1039c7b42b527652b2ab41cb6bcbc2400d5d2213f8692544bb40e4b86a31dcb8";
 
 #[tokio::test]
 async fn contract_0_2_resources_answer_every_getter_and_impressions_are_recorded_once() {

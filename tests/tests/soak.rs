@@ -174,7 +174,7 @@ fn bad_load(
                 let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     let tenant = &tenants[(w + n) % tenants.len()];
-                    let path = if n % 3 == 0 { "/chunked" } else { "/" };
+                    let path = if n.is_multiple_of(3) { "/chunked" } else { "/" };
                     let resp = client
                         .get(format!("{host_url}{path}"))
                         .header("host", tenant)
