@@ -521,3 +521,64 @@ async fn a_recovered_plugin_closes_its_breaker() {
     let (_, _, body) = fetch(&host.url("/"), &[]).await;
     assert_eq!(String::from_utf8_lossy(&body), PAGE);
 }
+
+#[tokio::test]
+async fn every_exit_carries_a_request_id_and_is_counted_once() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let cfg = tenant(&[("chaos", "mode = \"ok\"")], "");
+    let down = Host::start(
+        HostSpec {
+            config: &cfg,
+            files: &[],
+        },
+        closed,
+    )
+    .await;
+    let (_o, up) = start(&[("chaos", "mode = \"ok\"")], "").await;
+    let client = reqwest::Client::new();
+    let cases: [(&Host, &str, Option<&str>, u16, &str); 5] = [
+        (&up, "/", None, 200, "rewritten_html"),
+        (&up, "/css", None, 200, "passthrough"),
+        (&up, "/", Some("elsewhere.example"), 404, "unknown_host"),
+        (&up, "/slow", None, 504, "origin_timeout"),
+        (&down, "/", None, 502, "origin_unreachable"),
+    ];
+    for (host, path, host_header, status, outcome) in cases {
+        let mut req = client.get(host.url(path));
+        if let Some(h) = host_header {
+            req = req.header("host", h);
+        }
+        let resp = req.send().await.expect("request");
+        assert_eq!(resp.status().as_u16(), status, "{path}");
+        let id = resp
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        assert_eq!(id.len(), 32, "{outcome}: every response names its request");
+        let tenant = if outcome == "unknown_host" {
+            "(unknown)"
+        } else {
+            "site"
+        };
+        assert_eq!(
+            host.app.metrics.get(
+                "veneer_requests_total",
+                &[("tenant", tenant), ("outcome", outcome)]
+            ),
+            1,
+            "{outcome}\n{}",
+            host.app.metrics.render()
+        );
+        // Once the visitor is known, the visitor cookie goes out, errors included.
+        assert_eq!(
+            resp.headers().get("set-cookie").is_some(),
+            outcome != "unknown_host",
+            "{outcome}"
+        );
+    }
+}

@@ -1,0 +1,304 @@
+//! The body: HTML is rewritten while it streams, JSON is buffered (size-capped) and patched,
+//! anything else (and HEAD, 204, 304, 206, unknown codings) passes through untouched.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use super::ctx::RequestCtx;
+use super::error::ProxyError;
+use super::headers::{apply_edits, header_str};
+use super::plugins::{Live, report_fault};
+use super::{Body, BoxError};
+use crate::app::Tenant;
+use crate::plugin::PluginFault;
+use crate::rewrite::{self, CheckedPlan, Coding, HtmlBody, HtmlJob, PluginHandle};
+
+/// What the client asked for that shapes the body.
+pub(super) struct ClientView {
+    /// A HEAD request (no body).
+    pub(super) is_head: bool,
+    /// The client's `Accept-Encoding`.
+    pub(super) accept_encoding: Option<String>,
+}
+
+/// Applies the plans' header edits and personalizes the body; sets the request's outcome.
+pub(super) async fn personalize(
+    ctx: &mut RequestCtx,
+    tenant: &Tenant,
+    client: ClientView,
+    mut parts: http::response::Parts,
+    body: Incoming,
+    plans: Vec<(Live, CheckedPlan)>,
+) -> Result<Response<Body>, ProxyError> {
+    for (_, plan) in &plans {
+        apply_edits(&mut parts.headers, &plan.plan.headers);
+    }
+    let (app, name, request_id) = (&ctx.app, tenant.config.name.clone(), ctx.id.clone());
+    let status = parts.status;
+    let content_type = header_str(&parts.headers, header::CONTENT_TYPE)
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let bodyless = client.is_head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let partial =
+        status == StatusCode::PARTIAL_CONTENT || parts.headers.contains_key(header::CONTENT_RANGE);
+    let origin_coding =
+        Coding::from_content_encoding(header_str(&parts.headers, header::CONTENT_ENCODING));
+    let wants_html = plans.iter().any(|(_, p)| p.touches_html());
+    let wants_json = plans.iter().any(|(_, p)| !p.plan.json.is_empty());
+    let is_html = content_type.starts_with("text/html");
+    let is_json = content_type.starts_with("application/json")
+        || (content_type.starts_with("application/") && content_type.contains("+json"));
+    let target = Coding::negotiate(client.accept_encoding.as_deref());
+
+    let body: Body = match origin_coding {
+        Some(from) if !bodyless && !partial && is_html && wants_html => {
+            let report: rewrite::FaultReporter = {
+                let (app, tenant, request_id) = (app.clone(), name.clone(), request_id.clone());
+                Arc::new(move |plugin: &str, fault: &PluginFault| {
+                    report_fault(&app, &tenant, plugin, &request_id, fault)
+                })
+            };
+            let job = HtmlJob {
+                plugins: plans
+                    .into_iter()
+                    .filter(|(_, p)| p.touches_html())
+                    .map(|(live, plan)| {
+                        let handle = PluginHandle {
+                            name: live.name,
+                            instance: Mutex::new(live.instance),
+                            faulted: AtomicBool::new(false),
+                            budget: live.budget,
+                            inserted: AtomicU64::new(0),
+                        };
+                        (Arc::new(handle), plan)
+                    })
+                    .collect(),
+                report,
+                on_unsupported_charset: Some({
+                    let (app, tenant, request_id) = (app.clone(), name.clone(), request_id.clone());
+                    Box::new(move |content_type: &str| {
+                        tracing::info!(tenant = %tenant, request_id, content_type, "charset cannot be rewritten safely: page passed through unchanged");
+                        app.metrics.inc(
+                            "veneer_html_unsupported_charset_total",
+                            &[("tenant", &tenant)],
+                        );
+                    })
+                }),
+            };
+            mark_rewritten(&mut parts.headers, target);
+            ctx.outcome = "rewritten_html";
+            RewriteBody {
+                inner: body,
+                html: Some(HtmlBody::new(job, from, target, Some(&content_type))),
+            }
+            .boxed_unsync()
+        }
+        Some(from) if !bodyless && !partial && is_json && wants_json => {
+            let ops: Vec<_> = plans
+                .iter()
+                .flat_map(|(_, p)| p.plan.json.iter().cloned())
+                .collect();
+            match json_body(body, from, &ops, tenant.config.limits.json_max_bytes).await {
+                Ok(Ok(patched)) => {
+                    let mut enc = rewrite::Encoder::new(target);
+                    let mut bytes = enc.push(&patched).unwrap_or_default();
+                    bytes.extend(enc.finish().unwrap_or_default());
+                    mark_rewritten(&mut parts.headers, target);
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                    ctx.outcome = "rewritten_json";
+                    Full::new(Bytes::from(bytes))
+                        .map_err(|never| match never {})
+                        .boxed_unsync()
+                }
+                Ok(Err(original)) => {
+                    ctx.outcome = "passthrough";
+                    original
+                }
+                Err(e) => return Err(ProxyError::OriginBody(e.to_string())),
+            }
+        }
+        _ => {
+            ctx.outcome = "passthrough";
+            body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
+        }
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Headers of a response whose body Veneer changed.
+fn mark_rewritten(headers: &mut HeaderMap, coding: Coding) {
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::CONTENT_ENCODING);
+    headers.remove(header::ACCEPT_RANGES);
+    // The origin's validators describe the origin's bytes, not these.
+    headers.remove(header::ETAG);
+    headers.remove("content-md5");
+    if let Some(c) = coding.header() {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(c));
+    }
+    headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    // A personalized page must not be stored by shared caches for other visitors.
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+}
+
+/// Buffers a JSON body (up to `cap` decoded bytes) and patches it. `Ok(Err(body))` gives the
+/// original bytes back untouched when the body is too large, not JSON, or a patch fails.
+async fn json_body(
+    mut body: Incoming,
+    from: Coding,
+    ops: &[crate::plugin::JsonOp],
+    cap: usize,
+) -> Result<Result<Vec<u8>, Body>, hyper::Error> {
+    let mut raw: Vec<Bytes> = Vec::new();
+    let mut decoder = rewrite::Decoder::new(from);
+    let mut decoded = Vec::new();
+    let mut ok = true;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if ok {
+            match decoder.push(&data) {
+                Ok(d) => decoded.extend(d),
+                Err(_) => ok = false,
+            }
+        }
+        raw.push(data);
+        if decoded.len() > cap {
+            // Too big to patch: send what was read and stream the rest untouched.
+            let head = Full::new(Bytes::from(raw.concat())).map_err(|never| match never {});
+            let rest = body.map_err(|e| Box::new(e) as BoxError);
+            return Ok(Err(Chain {
+                first: Some(head.boxed_unsync()),
+                second: rest.boxed_unsync(),
+            }
+            .boxed_unsync()));
+        }
+    }
+    let original = || {
+        Full::new(Bytes::from(raw.concat()))
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    };
+    if !ok {
+        return Ok(Err(original()));
+    }
+    match decoder.finish() {
+        Ok(rest) => decoded.extend(rest),
+        Err(_) => return Ok(Err(original())),
+    }
+    match rewrite::apply_json(&decoded, ops) {
+        Ok(patched) => Ok(Ok(patched)),
+        Err(e) => {
+            tracing::warn!(error = %e, "JSON plan could not be applied; serving the origin's body");
+            Ok(Err(original()))
+        }
+    }
+}
+
+/// Two bodies, one after the other.
+struct Chain {
+    first: Option<Body>,
+    second: Body,
+}
+
+impl http_body::Body for Chain {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(first) = self.first.as_mut() {
+            match Pin::new(first).poll_frame(cx) {
+                Poll::Ready(None) => self.first = None,
+                other => return other,
+            }
+        }
+        Pin::new(&mut self.second).poll_frame(cx)
+    }
+}
+
+/// The origin's body, rewritten chunk by chunk as it arrives.
+struct RewriteBody {
+    inner: Incoming,
+    html: Option<HtmlBody>,
+}
+
+impl http_body::Body for RewriteBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(html) = this.html.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    this.html = None;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let pushed = html.push(&data);
+                    if pushed.is_ok() && this.inner.is_end_stream() {
+                        // The last chunk: finish now, so a small page goes out in one write.
+                        let Some(html) = this.html.take() else {
+                            return Poll::Ready(None);
+                        };
+                        return match (pushed, html.finish()) {
+                            (Ok(a), Ok(b)) => {
+                                Poll::Ready(Some(Ok(Frame::data([a, b].concat().into()))))
+                            }
+                            (Err(e), _) | (_, Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+                        };
+                    }
+                    match pushed {
+                        Ok(out) if out.is_empty() => continue,
+                        Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Err(e) => {
+                            this.html = None;
+                            return Poll::Ready(Some(Err(Box::new(e))));
+                        }
+                    }
+                }
+                Poll::Ready(None) => {
+                    let Some(html) = this.html.take() else {
+                        return Poll::Ready(None);
+                    };
+                    return match html.finish() {
+                        Ok(out) if out.is_empty() => Poll::Ready(None),
+                        Ok(out) => Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
+                    };
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! What one request carries through the stages.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+
+use super::identify::VisitorCtx;
+use crate::app::{App, Tenant};
+
+/// One request's context: its id, host and clock, and what the stages learned.
+pub(super) struct RequestCtx {
+    /// The host.
+    pub(super) app: Arc<App>,
+    /// The request id (the client's `x-request-id` if sane, else a new one).
+    pub(super) id: String,
+    /// The Host it was addressed to.
+    pub(super) host: String,
+    /// The instant the request is evaluated at, read by every stage.
+    pub(super) now: Timestamp,
+    /// The tenant, once routed.
+    pub(super) tenant: Option<Arc<Tenant>>,
+    /// The visitor, once identified (the cookie is written from here).
+    pub(super) visitor: Option<VisitorCtx>,
+    /// The `outcome` label the request is counted under.
+    pub(super) outcome: &'static str,
+}
+
+impl RequestCtx {
+    /// The tenant's name for labels, `(unknown)` before routing.
+    pub(super) fn tenant_name(&self) -> &str {
+        self.tenant
+            .as_ref()
+            .map_or("(unknown)", |t| t.config.name.as_str())
+    }
+}

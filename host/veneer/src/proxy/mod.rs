@@ -1,0 +1,112 @@
+//! The request flow. [`handle`] is the only place the order of the stages is written:
+//!
+//! ```text
+//! route (tenant by Host)           → error: unknown host (404)
+//! identify (cookie, device, geo, locale, UTM, consent → segments, one shared visitor)
+//! plugins::on_request              → a plugin may answer: redirect │ its own response
+//! origin::fetch                    → error: unreachable (502) │ too slow (504) │ bad target (400)
+//! plugins::on_response             → header edits + checked plans
+//! body::personalize                → HTML streamed through the rewriter │ JSON patched │ untouched
+//! finish::respond                  → the single exit: status for errors, visitor cookie,
+//!                                    x-request-id, one count in veneer_requests_total
+//! ```
+//!
+//! Plugin faults never reach the visitor: a plugin that traps, times out, runs out of memory or
+//! asks for what the host refuses is dropped from this request's chain, logged and counted,
+//! and the response is what it would have been without it. Failures that do reach the client
+//! are [`error::ProxyError`]s, mapped to their status in one place.
+
+mod body;
+mod ctx;
+mod error;
+mod finish;
+mod headers;
+mod identify;
+mod origin;
+mod plugins;
+mod services;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header;
+use http::{Method, Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use jiff::Timestamp;
+
+use crate::app::App;
+use ctx::RequestCtx;
+use error::ProxyError;
+use headers::{header_str, strip_hop_by_hop};
+
+/// The client's socket address, put in request extensions by the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+/// Error type of response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The response body type.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Handles one request.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let id = header_str(req.headers(), "x-request-id")
+        .filter(|v| v.len() <= 128)
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| header_str(req.headers(), header::HOST).map(str::to_owned))
+        .unwrap_or_default();
+    let mut ctx = RequestCtx {
+        app,
+        id,
+        host,
+        now: Timestamp::now(),
+        tenant: None,
+        visitor: None,
+        outcome: "passthrough",
+    };
+    let result = run(&mut ctx, req).await;
+    finish::respond(&mut ctx, result)
+}
+
+/// The stages, in order; `?` is every early exit.
+async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    let tenant = ctx
+        .app
+        .tenant(&ctx.host)
+        .cloned()
+        .ok_or(ProxyError::UnknownHost)?;
+    ctx.tenant = Some(tenant.clone());
+    let (parts, body) = req.into_parts();
+    let visitor = identify::visitor(ctx, &tenant, &parts);
+    let requested = plugins::on_request(ctx, &tenant, &visitor).await;
+    let (chain, edits) = match requested {
+        plugins::Requested::Continue { chain, edits } => (chain, edits),
+        plugins::Requested::Reply(response, outcome) => {
+            ctx.outcome = outcome;
+            ctx.visitor = Some(visitor);
+            return Ok(response);
+        }
+    };
+    let client = body::ClientView {
+        is_head: parts.method == Method::HEAD,
+        accept_encoding: header_str(&parts.headers, header::ACCEPT_ENCODING).map(str::to_owned),
+    };
+    let fetched = origin::fetch(ctx, &tenant, &visitor, parts, body, &edits).await;
+    let response = match fetched {
+        Ok(r) => r,
+        Err(e) => {
+            ctx.visitor = Some(visitor);
+            return Err(e);
+        }
+    };
+    let (mut head, body) = response.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    let plans = plugins::on_response(ctx, &tenant, &visitor, chain, &head).await;
+    ctx.visitor = Some(visitor);
+    body::personalize(ctx, &tenant, client, head, body, plans).await
+}

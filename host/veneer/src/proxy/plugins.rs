@@ -1,0 +1,260 @@
+//! The plugin chain: `on-request` for every plugin (each may continue with header edits,
+//! redirect or answer), then `on-response` for those that continued. Never fails a request: a
+//! plugin that faults, or asks for what the host refuses, is dropped from the chain (fail open).
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use super::Body;
+use super::ctx::RequestCtx;
+use super::finish::full;
+use super::headers::{export_headers, reserved_cookie};
+use super::identify::VisitorCtx;
+use crate::app::{App, Tenant};
+use crate::plugin::{
+    Admission, Budget, HeaderEdits, Instance, PluginFault, RequestAction, ResponseHead,
+    ResponsePlan, SyntheticResponse,
+};
+use crate::rewrite::{self, CheckedPlan};
+
+/// What the `on-request` pass decided.
+pub(super) enum Requested {
+    /// Go on to the origin with these plugins and their request header edits.
+    Continue {
+        /// Plugins that continued, in chain order.
+        chain: Vec<Live>,
+        /// Their request header edits, in chain order.
+        edits: Vec<HeaderEdits>,
+    },
+    /// A plugin answered (redirect or its own response), counted under this outcome.
+    Reply(Response<Body>, &'static str),
+}
+
+/// Runs `on-request` through the tenant's chain.
+pub(super) async fn on_request(ctx: &RequestCtx, tenant: &Tenant, v: &VisitorCtx) -> Requested {
+    let (app, name, request_id) = (&ctx.app, tenant.config.name.as_str(), ctx.id.as_str());
+    let mut chain: Vec<Live> = Vec::with_capacity(tenant.plugins.len());
+    let mut edits: Vec<HeaderEdits> = Vec::new();
+    // Held only for the plugin calls, never while the origin answers.
+    let turn = plugin_turn(app, tenant).await;
+    let plugins = if turn.is_some() {
+        tenant.plugins.as_slice()
+    } else {
+        &[]
+    };
+    for plugin in plugins {
+        let admission = plugin.admit();
+        if admission == Admission::Skip {
+            app.metrics.inc(
+                "veneer_plugin_skipped_total",
+                &[
+                    ("tenant", name),
+                    ("plugin", plugin.name()),
+                    ("reason", "breaker_open"),
+                ],
+            );
+            continue;
+        }
+        let budget = *plugin.budget();
+        let services: Arc<dyn crate::plugin::HostServices> = v.services.clone();
+        let mut instance = match plugin.instantiate(services, admission).await {
+            Ok(i) => i,
+            Err(f) => {
+                report_fault(app, name, plugin.name(), request_id, &f);
+                continue;
+            }
+        };
+        let refused = match instance.on_request(&v.request_head, &v.visitor).await {
+            Ok(RequestAction::Continue(e)) => match budget.check_edits(&e) {
+                Ok(()) => {
+                    edits.push(e);
+                    chain.push(Live {
+                        name: Arc::from(plugin.name()),
+                        instance,
+                        budget,
+                    });
+                    continue;
+                }
+                Err(f) => f,
+            },
+            Ok(RequestAction::Redirect((status, location))) => {
+                let status = StatusCode::from_u16(status)
+                    .ok()
+                    .filter(|s| matches!(s.as_u16(), 301 | 302 | 303 | 307 | 308));
+                match (status, HeaderValue::try_from(location)) {
+                    (Some(status), Ok(location)) => {
+                        let mut r = full(status, "");
+                        r.headers_mut().insert(header::LOCATION, location);
+                        return Requested::Reply(r, "plugin_redirect");
+                    }
+                    _ => PluginFault::InvalidPlan("redirect status or location".into()),
+                }
+            }
+            Ok(RequestAction::Respond(synthetic)) => {
+                match check_synthetic(&synthetic, &budget, tenant).and_then(|()| {
+                    synthetic_response(synthetic)
+                        .ok_or_else(|| PluginFault::InvalidPlan("synthetic response".into()))
+                }) {
+                    Ok(r) => return Requested::Reply(r, "plugin_response"),
+                    Err(f) => f,
+                }
+            }
+            Err(f) => {
+                report_fault(app, name, plugin.name(), request_id, &f);
+                continue;
+            }
+        };
+        instance.mark_faulted();
+        report_fault(app, name, plugin.name(), request_id, &refused);
+    }
+    Requested::Continue { chain, edits }
+}
+
+/// Runs `on-response` through the plugins that continued; returns their checked plans.
+pub(super) async fn on_response(
+    ctx: &RequestCtx,
+    tenant: &Tenant,
+    v: &VisitorCtx,
+    mut chain: Vec<Live>,
+    origin: &http::response::Parts,
+) -> Vec<(Live, CheckedPlan)> {
+    let (app, name, request_id) = (&ctx.app, tenant.config.name.as_str(), ctx.id.as_str());
+    let mut plans = Vec::new();
+    if chain.is_empty() {
+        return plans;
+    }
+    let turn = plugin_turn(app, tenant).await;
+    if turn.is_none() {
+        for live in chain.drain(..) {
+            live.instance.abandon();
+        }
+    }
+    let head = Arc::new(ResponseHead {
+        status: origin.status.as_u16(),
+        headers: export_headers(&origin.headers),
+    });
+    for mut live in chain {
+        match live
+            .instance
+            .on_response(&v.request_head, &head, &v.visitor)
+            .await
+            .and_then(|plan| check_response_plan(plan, &live.budget, tenant))
+        {
+            Ok(plan) => plans.push((live, plan)),
+            Err(f) => {
+                live.instance.mark_faulted();
+                report_fault(app, name, &live.name, request_id, &f)
+            }
+        }
+    }
+    plans
+}
+
+fn synthetic_response(s: SyntheticResponse) -> Option<Response<Body>> {
+    let mut r = Response::new(
+        Full::new(bytes::Bytes::from(s.body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = StatusCode::from_u16(s.status).ok()?;
+    for (k, v) in s.headers {
+        r.headers_mut().append(
+            HeaderName::try_from(k).ok()?,
+            HeaderValue::try_from(v).ok()?,
+        );
+    }
+    Some(r)
+}
+
+/// A plugin taking part in this request.
+pub(super) struct Live {
+    /// Its name in the tenant config.
+    pub(super) name: Arc<str>,
+    /// Its instance for this request.
+    pub(super) instance: Instance,
+    /// What its plans may ask of the host.
+    pub(super) budget: Budget,
+}
+
+/// Everything the host checks in a response plan before applying it.
+fn check_response_plan(
+    plan: ResponsePlan,
+    budget: &Budget,
+    tenant: &Tenant,
+) -> Result<rewrite::CheckedPlan, PluginFault> {
+    budget.check_plan(&plan)?;
+    if let Some(name) = reserved_cookie(&plan.headers.set, tenant) {
+        return Err(PluginFault::InvalidPlan(format!(
+            "set-cookie for {name}, which only the host may set"
+        )));
+    }
+    rewrite::validate_plan(plan)
+}
+
+/// Everything the host checks in a plugin's own response before sending it.
+fn check_synthetic(
+    s: &SyntheticResponse,
+    budget: &Budget,
+    tenant: &Tenant,
+) -> Result<(), PluginFault> {
+    budget.check_synthetic(s)?;
+    match reserved_cookie(&s.headers, tenant) {
+        Some(name) => Err(PluginFault::InvalidPlan(format!(
+            "set-cookie for {name}, which only the host may set"
+        ))),
+        None => Ok(()),
+    }
+}
+
+pub(super) fn report_fault(
+    app: &App,
+    tenant: &str,
+    plugin: &str,
+    request_id: &str,
+    fault: &PluginFault,
+) {
+    tracing::warn!(tenant, plugin, request_id, kind = fault.kind(), error = %fault, "plugin fault: serving without this plugin");
+    app.metrics.inc(
+        "veneer_plugin_faults_total",
+        &[
+            ("tenant", tenant),
+            ("plugin", plugin),
+            ("kind", fault.kind()),
+        ],
+    );
+}
+
+/// Waits for a turn to run the tenant's plugins (see `plugin_concurrency`); `None`, counted,
+/// when none came within 10 × the tenant's plugin time budget: the request is then served
+/// without its plugins, as if they had failed open.
+async fn plugin_turn<'t>(
+    app: &App,
+    tenant: &'t Tenant,
+) -> Option<tokio::sync::SemaphorePermit<'t>> {
+    if tenant.plugins.is_empty() {
+        return None;
+    }
+    if let Ok(permit) = tenant.plugin_slots.try_acquire() {
+        return Some(permit);
+    }
+    // Long enough that a busy tenant's own requests queue rather than lose their
+    // personalization; a tenant whose plugins spin waits its turn and then goes without.
+    let wait = std::time::Duration::from_millis(tenant.config.limits.plugin_time_ms * 10);
+    match tokio::time::timeout(wait, tenant.plugin_slots.acquire()).await {
+        Ok(Ok(permit)) => Some(permit),
+        _ => {
+            app.metrics.inc(
+                "veneer_plugin_skipped_total",
+                &[
+                    ("tenant", &tenant.config.name),
+                    ("plugin", "*"),
+                    ("reason", "tenant_busy"),
+                ],
+            );
+            None
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! What the host provides to the plugins of one request (see [`HostServices`]): fragments,
+//! analytics, campaigns and experiment assignments for this visitor at this instant.
+
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use jiff::Timestamp;
+use veneer_rules::SegmentSet;
+use veneer_rules::experiment::{Context as RunContext, StickyDocs};
+
+use crate::analytics::Event;
+use crate::app::Tenant;
+use crate::plugin::{Assignment, Campaign, Consent, HostServices, Transition};
+
+/// Per-request host services handed to the plugins (see [`HostServices`]).
+pub(super) struct Services {
+    pub(super) tenant: Arc<Tenant>,
+    pub(super) app_analytics: crate::analytics::Analytics,
+    pub(super) metrics: Arc<crate::metrics::Metrics>,
+    pub(super) request_id: String,
+    pub(super) visitor_id: String,
+    pub(super) path: String,
+    pub(super) url: String,
+    pub(super) locale: Option<String>,
+    pub(super) consent: Consent,
+    pub(super) attributes: Arc<serde_json::Value>,
+    pub(super) segments: SegmentSet,
+    pub(super) now: Timestamp,
+    pub(super) campaigns: OnceLock<Vec<Arc<Campaign>>>,
+    /// Campaign ids whose impression was recorded in this request (one event each).
+    pub(super) impressions: Mutex<Vec<String>>,
+    pub(super) sticky: Mutex<StickyDocs>,
+}
+
+impl HostServices for Services {
+    fn fragment(&self, key: &str) -> Option<String> {
+        self.tenant.fragments.get(key, self.locale.as_deref())
+    }
+
+    fn track(&self, plugin: &str, name: &str, properties: Vec<(String, String)>) {
+        if !self.consent.analytics {
+            self.metrics.inc(
+                "veneer_analytics_events_total",
+                &[("outcome", "dropped_no_consent")],
+            );
+            return;
+        }
+        self.app_analytics.record(Event {
+            ts: self.now.to_string(),
+            tenant: self.tenant.config.name.clone(),
+            visitor: self.visitor_id.clone(),
+            request_id: self.request_id.clone(),
+            path: self.path.clone(),
+            plugin: plugin.to_owned(),
+            event: name.chars().take(128).collect(),
+            properties: properties
+                .into_iter()
+                .take(32)
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect(),
+        });
+    }
+
+    fn active_campaigns(&self) -> &[Arc<Campaign>] {
+        self.campaigns.get_or_init(|| {
+            let t = &self.tenant;
+            t.rules
+                .active_campaigns(self.now, &t.config.channel, &self.segments)
+                .into_iter()
+                .map(|c| {
+                    Arc::new(Campaign {
+                        id: c.id.clone(),
+                        name: c.name.clone(),
+                        priority: c.priority,
+                        starts_at: c.start.as_second(),
+                        ends_at: c.end.as_second(),
+                        params: c
+                            .params
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn impression(&self, plugin: &str, campaign_id: &str) {
+        let Some(campaign) = self.active_campaigns().iter().find(|c| c.id == campaign_id) else {
+            // Counted, not logged: a plugin could call this in a loop with any id.
+            self.metrics.inc(
+                "veneer_campaign_impressions_ignored_total",
+                &[("tenant", &self.tenant.config.name), ("plugin", plugin)],
+            );
+            return;
+        };
+        {
+            let mut seen = self
+                .impressions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if seen.iter().any(|id| id == campaign_id) {
+                return;
+            }
+            seen.push(campaign_id.to_owned());
+        }
+        let properties = vec![
+            ("campaign".to_owned(), campaign.id.clone()),
+            ("name".to_owned(), campaign.name.clone()),
+        ];
+        self.track(plugin, "campaign_impression", properties);
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.now.as_millisecond()
+    }
+
+    fn assign(&self, experiment: &str) -> Option<Assignment> {
+        let exp = self.tenant.rules.experiment(experiment)?;
+        let mut sticky = self.sticky.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ctx = RunContext::new(self.attributes.as_ref());
+        ctx.url = Some(&self.url);
+        ctx.saved_groups = Some(self.tenant.rules.saved_groups());
+        ctx.sticky = Some(&mut sticky);
+        let a = exp.run(&mut ctx);
+        Some(Assignment {
+            experiment: experiment.to_owned(),
+            variation: u32::try_from(a.variation_id).unwrap_or(0),
+            key: a.key,
+            value: a.value.to_string(),
+            in_experiment: a.in_experiment,
+        })
+    }
+
+    fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    fn breaker_changed(&self, plugin: &str, transition: Transition) {
+        let tenant = self.tenant.config.name.as_str();
+        let open = transition == Transition::Opened;
+        if open {
+            tracing::warn!(
+                tenant,
+                plugin,
+                "plugin keeps faulting: skipping it for its cool-down (circuit breaker open)"
+            );
+            self.metrics.inc(
+                "veneer_plugin_breaker_trips_total",
+                &[("tenant", tenant), ("plugin", plugin)],
+            );
+        } else {
+            tracing::info!(tenant, plugin, "plugin recovered: circuit breaker closed");
+        }
+        self.metrics.set(
+            "veneer_plugin_breaker_open",
+            &[("tenant", tenant), ("plugin", plugin)],
+            u64::from(open),
+        );
+    }
+
+    fn tenant(&self) -> &str {
+        &self.tenant.config.name
+    }
+}
