@@ -264,6 +264,11 @@ pub struct HostSpec<'a> {
 impl Host {
     /// Starts a host for `spec` in front of `origin`.
     pub async fn start(spec: HostSpec<'_>, origin: SocketAddr) -> Host {
+        Host::start_with_server(spec, origin, "").await
+    }
+
+    /// Like [`Host::start`], with extra `[server]` lines (e.g. `trusted_proxies = [...]`).
+    pub async fn start_with_server(spec: HostSpec<'_>, origin: SocketAddr, server: &str) -> Host {
         let dir = TempDir::new();
         for (name, contents) in spec.files {
             std::fs::write(dir.0.join(name), contents).expect("write test file");
@@ -271,7 +276,7 @@ impl Host {
         let analytics = dir.0.join("analytics.jsonl");
         let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/veneer-test-cache");
         let header = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ncookie_secret = \"{SECRET}\"\ncache_dir = \"{}\"\nanalytics_log = \"{}\"\norigin_timeout_ms = 500\n\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\ncookie_secret = \"{SECRET}\"\ncache_dir = \"{}\"\nanalytics_log = \"{}\"\norigin_timeout_ms = 500\n{server}\n\n",
             cache.display(),
             analytics.display()
         );

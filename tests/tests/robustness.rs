@@ -331,7 +331,18 @@ async fn h2c_clients_are_served() {
 
 #[tokio::test]
 async fn origin_never_sees_the_visitor_cookie_and_gets_forwarding_headers() {
-    let (_o, host) = start(&[], "").await;
+    // From a trusted proxy, the request id it assigned is kept.
+    let origin = Origin::start(pages()).await;
+    let cfg = tenant(&[], "");
+    let host = Host::start_with_server(
+        HostSpec {
+            config: &cfg,
+            files: &[],
+        },
+        origin.addr,
+        "trusted_proxies = [\"127.0.0.1\"]",
+    )
+    .await;
     let (_, _, body) = fetch(
         &host.url("/echo-headers"),
         &[

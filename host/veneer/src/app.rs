@@ -35,6 +35,8 @@ pub struct Tenant {
     pub fragments: Fragments,
     /// The plugin chain.
     pub plugins: Vec<Plugin>,
+    /// Methods this tenant serves (`methods`); others get 405.
+    pub methods: Vec<http::Method>,
     /// Requests that may be inside this tenant's plugins at once (`plugin_concurrency`): a
     /// tenant whose plugins spin cannot take every worker thread from the others.
     pub plugin_slots: Arc<tokio::sync::Semaphore>,
@@ -100,6 +102,8 @@ pub struct App {
     pub client: Client<HttpConnector, OriginBody>,
     /// How long to wait for an origin's response head.
     pub origin_timeout: Duration,
+    /// Proxies whose forwarding headers are believed (`[server] trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Keeps the engine and its ticker alive.
     pub runtime: Arc<Runtime>,
 }
@@ -171,6 +175,12 @@ impl App {
             metrics,
             client,
             origin_timeout: Duration::from_millis(config.server.origin_timeout_ms),
+            trusted_proxies: config
+                .server
+                .trusted_proxies
+                .iter()
+                .filter_map(|c| config::parse_cidr(c))
+                .collect(),
             runtime,
         })
     }
@@ -294,6 +304,11 @@ fn load_tenant(
         rules,
         fragments,
         plugins,
+        methods: t
+            .methods
+            .iter()
+            .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+            .collect(),
         plugin_slots: Arc::new(tokio::sync::Semaphore::new(
             t.limits
                 .plugin_concurrency

@@ -61,6 +61,10 @@ pub struct Server {
     /// On SIGTERM or SIGINT: how long in-flight requests may take to finish before the host
     /// exits anyway. New connections are refused at once.
     pub shutdown_grace_ms: u64,
+    /// Addresses (CIDR, e.g. `10.0.0.0/8`, or single addresses) of proxies in front of Veneer
+    /// whose `X-Forwarded-For`, `X-Request-Id` and tenants' geo headers are believed. From any
+    /// other peer they are replaced (forwarding, id) or ignored and removed (geo). Default none.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for Server {
@@ -74,6 +78,7 @@ impl Default for Server {
             max_instances: 1000,
             origin_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -100,6 +105,9 @@ pub struct Tenant {
     pub channel: String,
     /// Request header holding the visitor's country, set by a trusted edge (e.g. `cf-ipcountry`).
     pub geo_header: Option<String>,
+    /// HTTP methods this site serves; any other gets 405 with `Allow`.
+    #[serde(default = "default_methods")]
+    pub methods: Vec<String>,
     /// Cookie holding consent (`analytics,personalization,marketing`); absent means `default_consent`.
     #[serde(default = "default_consent_cookie")]
     pub consent_cookie: String,
@@ -122,6 +130,11 @@ fn default_channel() -> String {
 }
 fn default_consent_cookie() -> String {
     "veneer_consent".into()
+}
+fn default_methods() -> Vec<String> {
+    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+        .map(str::to_owned)
+        .to_vec()
 }
 fn default_consent() -> Vec<String> {
     vec![
@@ -267,6 +280,14 @@ impl Config {
         if self.server.max_instances == 0 {
             return Err(self.err("server.max_instances", "must be at least 1"));
         }
+        for (i, cidr) in self.server.trusted_proxies.iter().enumerate() {
+            if parse_cidr(cidr).is_none() {
+                return Err(self.err(
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("{cidr:?} is not an address or CIDR block (e.g. \"10.0.0.0/8\")"),
+                ));
+            }
+        }
         if self.server.shutdown_grace_ms > 3_600_000 {
             return Err(self.err(
                 "server.shutdown_grace_ms",
@@ -345,6 +366,18 @@ impl Config {
                     format!("must be between 1 and {MAX_PLUGIN_MEMORY_MB}"),
                 ));
             }
+            for m in &t.methods {
+                let token = !m.is_empty()
+                    && m.len() <= 32
+                    && m.bytes()
+                        .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_');
+                if !token || m == "CONNECT" || m == "TRACE" {
+                    return Err(self.err(
+                        format!("{at}.methods"),
+                        format!("{m:?}: use upper-case method names; CONNECT and TRACE are never proxied"),
+                    ));
+                }
+            }
             for c in &t.default_consent {
                 if !matches!(c.as_str(), "analytics" | "personalization" | "marketing") {
                     return Err(self.err(
@@ -384,6 +417,16 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
+}
+
+/// Parses `10.0.0.0/8`, `2001:db8::/32` or a single address (a /32 or /128).
+pub fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ pub(super) struct RequestCtx {
     pub(super) id: String,
     /// The Host it was addressed to.
     pub(super) host: String,
+    /// The peer is a trusted proxy (`trusted_proxies`): its forwarding headers are believed.
+    pub(super) trusted: bool,
     /// The instant the request is evaluated at, read by every stage.
     pub(super) now: Timestamp,
     /// The tenant, once routed.

@@ -11,6 +11,12 @@ pub(super) enum ProxyError {
     UnknownHost,
     /// The request target cannot be sent on.
     BadTarget,
+    /// The request breaks HTTP's rules in a way a proxy must not pass on (why, for the log).
+    BadRequest(&'static str),
+    /// The method is not served here; the `Allow` header value.
+    MethodNotAllowed(String),
+    /// The client's request body broke (bad chunked framing, cut short) while it was sent on.
+    ClientBody(String),
     /// The origin could not be reached or broke the connection before answering.
     OriginUnreachable(String),
     /// The origin did not answer within `origin_timeout_ms`.
@@ -33,7 +39,10 @@ impl ProxyError {
     pub(super) fn status(&self) -> StatusCode {
         match self {
             ProxyError::UnknownHost => StatusCode::NOT_FOUND,
-            ProxyError::BadTarget => StatusCode::BAD_REQUEST,
+            ProxyError::BadTarget | ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::OriginUnreachable(_) | ProxyError::OriginBody(_) => StatusCode::BAD_GATEWAY,
             ProxyError::OriginTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -43,17 +52,31 @@ impl ProxyError {
     pub(super) fn outcome(&self) -> &'static str {
         match self {
             ProxyError::UnknownHost => "unknown_host",
-            ProxyError::BadTarget => "bad_request",
+            ProxyError::BadTarget | ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+            ProxyError::ClientBody(_) => "bad_request_body",
             ProxyError::OriginUnreachable(_) => "origin_unreachable",
             ProxyError::OriginTimeout => "origin_timeout",
             ProxyError::OriginBody(_) => "origin_body_failed",
         }
     }
 
+    /// The label for `veneer_errors_total{source}`.
+    pub(super) fn source_label(&self) -> &'static str {
+        match self.source() {
+            Source::Client => "client",
+            Source::Origin => "origin",
+        }
+    }
+
     /// Who caused it.
     pub(super) fn source(&self) -> Source {
         match self {
-            ProxyError::UnknownHost | ProxyError::BadTarget => Source::Client,
+            ProxyError::UnknownHost
+            | ProxyError::BadTarget
+            | ProxyError::BadRequest(_)
+            | ProxyError::MethodNotAllowed(_)
+            | ProxyError::ClientBody(_) => Source::Client,
             ProxyError::OriginUnreachable(_)
             | ProxyError::OriginTimeout
             | ProxyError::OriginBody(_) => Source::Origin,
@@ -66,7 +89,7 @@ impl ProxyError {
             ProxyError::OriginUnreachable(_) => Some("unreachable"),
             ProxyError::OriginTimeout => Some("timeout"),
             ProxyError::OriginBody(_) => Some("body"),
-            ProxyError::UnknownHost | ProxyError::BadTarget => None,
+            _ => None,
         }
     }
 
@@ -77,6 +100,17 @@ impl ProxyError {
                 format!("veneer: no site is configured for host {host:?}\n")
             }
             ProxyError::BadTarget => "veneer: malformed request target\n".to_owned(),
+            ProxyError::BadRequest(why) => {
+                format!("veneer: bad request: {why} (request {request_id})\n")
+            }
+            ProxyError::MethodNotAllowed(allow) => {
+                format!(
+                    "veneer: method not allowed here; allowed: {allow} (request {request_id})\n"
+                )
+            }
+            ProxyError::ClientBody(_) => {
+                format!("veneer: the request body is malformed (request {request_id})\n")
+            }
             ProxyError::OriginUnreachable(_) => format!(
                 "veneer: the origin for {host} could not be reached (request {request_id})\n"
             ),
@@ -92,7 +126,11 @@ impl ProxyError {
     /// What went wrong, for the log.
     pub(super) fn detail(&self) -> &str {
         match self {
-            ProxyError::OriginUnreachable(e) | ProxyError::OriginBody(e) => e,
+            ProxyError::OriginUnreachable(e)
+            | ProxyError::OriginBody(e)
+            | ProxyError::ClientBody(e) => e,
+            ProxyError::BadRequest(why) => why,
+            ProxyError::MethodNotAllowed(_) => "method not allowed",
             ProxyError::UnknownHost => "unknown host",
             ProxyError::BadTarget => "malformed request target",
             ProxyError::OriginTimeout => "origin timed out",

@@ -53,13 +53,27 @@ pub(super) fn respond(
                     tracing::warn!(tenant, request_id = %ctx.id, error = e.detail(), "origin failed");
                 }
             }
+            ctx.app.metrics.inc(
+                "veneer_errors_total",
+                &[
+                    ("tenant", tenant),
+                    ("source", e.source_label()),
+                    ("outcome", e.outcome()),
+                ],
+            );
             if let Some(kind) = e.origin_kind() {
                 ctx.app.metrics.inc(
                     "veneer_origin_errors_total",
                     &[("tenant", tenant), ("kind", kind)],
                 );
             }
-            full(e.status(), e.message(&ctx.host, &ctx.id))
+            let mut r = full(e.status(), e.message(&ctx.host, &ctx.id));
+            if let ProxyError::MethodNotAllowed(allow) = &e
+                && let Ok(v) = HeaderValue::try_from(allow.as_str())
+            {
+                r.headers_mut().insert(header::ALLOW, v);
+            }
+            r
         }
     };
     if let Some(v) = ctx.visitor.as_mut() {

@@ -51,10 +51,12 @@ pub(super) fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Parts) -> 
     );
     let user_agent = header_str(headers, header::USER_AGENT).unwrap_or("");
     let device = visitor::device_class(user_agent);
+    // The geo header counts only from a trusted proxy: anyone can send `cf-ipcountry: NO`.
     let country = tenant
         .config
         .geo_header
         .as_deref()
+        .filter(|_| ctx.trusted)
         .and_then(|h| header_str(headers, h))
         .map(|c| c.trim().to_ascii_uppercase())
         .filter(|c| c.len() == 2);

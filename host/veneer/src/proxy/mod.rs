@@ -1,7 +1,8 @@
 //! The request flow. [`handle`] is the only place the order of the stages is written:
 //!
 //! ```text
-//! route (tenant by Host)           → error: unknown host (404)
+//! admit (request hygiene)          → error: bad request (400) │ CONNECT, TRACE (405) │ OPTIONS * answered
+//! route (tenant by Host, methods)  → error: unknown host (404) │ method not allowed here (405)
 //! identify (cookie, device, geo, locale, UTM, consent → segments, one shared visitor)
 //! plugins::on_request              → a plugin may answer: redirect │ its own response
 //! origin::fetch                    → error: unreachable (502) │ too slow (504) │ bad target (400)
@@ -16,6 +17,7 @@
 //! and the response is what it would have been without it. Failures that do reach the client
 //! are [`error::ProxyError`]s, mapped to their status in one place.
 
+mod admit;
 mod body;
 mod ctx;
 mod error;
@@ -51,8 +53,13 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Handles one request.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    // Only a trusted proxy in front of Veneer may name the request (or say who the client is).
+    let trusted = req
+        .extensions()
+        .get::<ClientAddr>()
+        .is_some_and(|ClientAddr(peer)| app.trusted_proxies.iter().any(|n| n.contains(&peer.ip())));
     let id = header_str(req.headers(), "x-request-id")
-        .filter(|v| v.len() <= 128)
+        .filter(|v| trusted && v.len() <= 128)
         .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
     let host = req
         .uri()
@@ -64,6 +71,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         app,
         id,
         host,
+        trusted,
         now: Timestamp::now(),
         tenant: None,
         visitor: None,
@@ -75,13 +83,18 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 
 /// The stages, in order; `?` is every early exit.
 async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    let (parts, body) = req.into_parts();
+    if let admit::Admitted::Reply(response) = admit::check(&parts)? {
+        ctx.outcome = "options";
+        return Ok(response);
+    }
     let tenant = ctx
         .app
         .tenant(&ctx.host)
         .cloned()
         .ok_or(ProxyError::UnknownHost)?;
     ctx.tenant = Some(tenant.clone());
-    let (parts, body) = req.into_parts();
+    admit::method_allowed(&parts.method, &tenant.methods)?;
     let visitor = identify::visitor(ctx, &tenant, &parts);
     let requested = plugins::on_request(ctx, &tenant, &visitor).await;
     let (chain, edits) = match requested {

@@ -1,9 +1,16 @@
 //! The request to the tenant's origin: the client's request minus hop-by-hop headers and
 //! Veneer's cookie, plus the plugins' header edits and forwarding headers, with a timeout.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response};
+use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -26,6 +33,14 @@ pub(super) async fn fetch(
 ) -> Result<Response<Incoming>, ProxyError> {
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
+    // Veneer answers `Expect: 100-continue` itself (hyper sends the 100 when the body is read).
+    headers.remove(header::EXPECT);
+    if !ctx.trusted
+        && let Some(geo) = tenant.config.geo_header.as_deref()
+    {
+        // The origin must not believe a country a client claimed either.
+        headers.remove(geo);
+    }
     headers.remove(header::COOKIE);
     if !v.origin_cookie.is_empty()
         && let Ok(c) = HeaderValue::try_from(v.origin_cookie.as_str())
@@ -44,8 +59,9 @@ pub(super) async fn fetch(
         headers.insert("x-forwarded-host", h);
     }
     if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>() {
-        // Append to any chain a trusted edge in front of Veneer already started.
-        let chain = match header_str(&headers, "x-forwarded-for") {
+        // Append to the chain a trusted proxy in front of Veneer started; anyone else's
+        // X-Forwarded-For is replaced, so a client cannot pose as another address.
+        let chain = match header_str(&headers, "x-forwarded-for").filter(|_| ctx.trusted) {
             Some(prev) => format!("{prev}, {}", peer.ip()),
             None => peer.ip().to_string(),
         };
@@ -62,6 +78,11 @@ pub(super) async fn fetch(
     let uri = format!("http://{}{}", tenant.origin, v.path_and_query)
         .parse()
         .map_err(|_| ProxyError::BadTarget)?;
+    let client_failed = Arc::new(AtomicBool::new(false));
+    let body = WatchedBody {
+        inner: body,
+        failed: client_failed.clone(),
+    };
     let mut request = Request::new(body.boxed_unsync());
     *request.method_mut() = parts.method;
     *request.headers_mut() = headers;
@@ -69,7 +90,42 @@ pub(super) async fn fetch(
     let app = &ctx.app;
     match tokio::time::timeout(app.origin_timeout, app.client.request(request)).await {
         Ok(Ok(r)) => Ok(r),
+        // The client's own body broke (bad chunked framing, cut short): its fault, not the
+        // origin's, whatever the connection to the origin made of it.
+        Ok(Err(e)) if client_failed.load(Ordering::Relaxed) => {
+            Err(ProxyError::ClientBody(e.to_string()))
+        }
         Ok(Err(e)) => Err(ProxyError::OriginUnreachable(e.to_string())),
         Err(_) => Err(ProxyError::OriginTimeout),
+    }
+}
+
+/// The client's request body on its way to the origin, noting whether it broke.
+struct WatchedBody {
+    inner: Incoming,
+    failed: Arc<AtomicBool>,
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

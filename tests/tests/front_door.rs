@@ -1,0 +1,259 @@
+//! The front door over raw sockets, as a security reviewer probes it: requests a proxy must not
+//! pass on are refused with a clear status and counted as client errors, never as origin
+//! errors; forwarding headers are believed only from trusted proxies.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use veneer_tests::{Host, HostSpec, Origin, Page};
+
+const RULES: &str = r#"{"segments": {"norway": {"country": "NO"}}}"#;
+
+fn config(methods: &str) -> String {
+    format!(
+        "[[tenant]]\nname = \"site\"\nhosts = [\"site.test\", \"127.0.0.1\"]\norigin = \"{{origin}}\"\n\
+         rules = \"rules.json\"\ngeo_header = \"cf-ipcountry\"\n{methods}\
+         [[tenant.plugin]]\nname = \"copy\"\npath = \"{{plugins}}/static_rewrites.wasm\"\n\
+         params = {{ segment = \"norway\", rule1 = \"h1 | set-inner-text | Hei\" }}\n"
+    )
+}
+
+async fn start(methods: &str, server: &str) -> (Origin, Host) {
+    let origin = Origin::start(HashMap::from([(
+        "/".to_owned(),
+        Page::html("<html><body><h1>Hello</h1></body></html>"),
+    )]))
+    .await;
+    let cfg = config(methods);
+    let host = Host::start_with_server(
+        HostSpec {
+            config: &cfg,
+            files: &[("rules.json", RULES)],
+        },
+        origin.addr,
+        server,
+    )
+    .await;
+    (origin, host)
+}
+
+/// Sends raw bytes and reads the whole answer (the host closes or the read times out).
+fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    s.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if complete(&String::from_utf8_lossy(&out)) {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `text` holds a whole response with a `content-length` body.
+fn complete(text: &str) -> bool {
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .is_some_and(|n| body.len() >= n)
+}
+
+async fn send(addr: SocketAddr, request: &'static [u8]) -> String {
+    tokio::task::spawn_blocking(move || raw(addr, request))
+        .await
+        .expect("blocking")
+}
+
+fn client_errors(host: &Host) -> u64 {
+    host.app
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("veneer_errors_total") && l.contains("source=\"client\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn origin_errors(host: &Host) -> u64 {
+    host.app
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("veneer_origin_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn requests_a_proxy_must_not_pass_on_are_refused_as_client_errors() {
+    let (_o, host) = start("", "").await;
+    let cases: [(&str, &'static [u8], &str); 8] = [
+        (
+            "CONNECT",
+            b"CONNECT site.test:443 HTTP/1.1\r\nhost: site.test:443\r\n\r\n",
+            "HTTP/1.1 405",
+        ),
+        (
+            "authority-form GET",
+            b"GET site.test:80 HTTP/1.1\r\nhost: site.test\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "absolute-form disagreeing with Host",
+            b"GET http://other.test/ HTTP/1.1\r\nhost: site.test\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "two Host headers",
+            b"GET / HTTP/1.1\r\nhost: site.test\r\nhost: evil.test\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "Transfer-Encoding other than chunked",
+            b"POST / HTTP/1.1\r\nhost: site.test\r\ntransfer-encoding: identity, chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "lower-case method",
+            b"get / HTTP/1.1\r\nhost: site.test\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "control byte in a header value",
+            b"GET / HTTP/1.1\r\nhost: site.test\r\nx-a: a\x01b\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "TRACE",
+            b"TRACE / HTTP/1.1\r\nhost: site.test\r\n\r\n",
+            "HTTP/1.1 405",
+        ),
+    ];
+    for (what, request, status) in cases {
+        let answer = send(host.addr, request).await;
+        assert!(answer.starts_with(status), "{what}: {answer}");
+        assert!(
+            !answer.contains("Connection established") && !answer.contains("<h1>"),
+            "{what}: nothing from the origin is relayed: {answer}"
+        );
+    }
+    assert_eq!(origin_errors(&host), 0, "{}", host.app.metrics.render());
+    assert!(client_errors(&host) >= 7, "{}", host.app.metrics.render());
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_body_is_the_clients_error_not_the_origins() {
+    let (_o, host) = start("", "").await;
+    let answer = send(
+        host.addr,
+        b"POST / HTTP/1.1\r\nhost: site.test\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(origin_errors(&host), 0, "{}", host.app.metrics.render());
+    assert_eq!(
+        host.app.metrics.get(
+            "veneer_errors_total",
+            &[
+                ("tenant", "site"),
+                ("source", "client"),
+                ("outcome", "bad_request_body")
+            ]
+        ),
+        1,
+        "{}",
+        host.app.metrics.render()
+    );
+}
+
+#[tokio::test]
+async fn options_star_is_answered_by_the_host_and_methods_are_per_tenant() {
+    let (_o, host) = start("methods = [\"GET\", \"HEAD\"]\n", "").await;
+    let answer = send(host.addr, b"OPTIONS * HTTP/1.1\r\nhost: site.test\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("allow: get, head, post"),
+        "{answer}"
+    );
+    let answer = send(
+        host.addr,
+        b"POST / HTTP/1.1\r\nhost: site.test\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("allow: get, head\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("x-request-id: "), "{answer}");
+    let answer = send(host.addr, b"GET / HTTP/1.1\r\nhost: site.test\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // An absolute-form target that agrees with Host is fine.
+    let answer = send(
+        host.addr,
+        b"GET http://site.test/ HTTP/1.1\r\nhost: site.test\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn forwarding_headers_and_geo_count_only_from_trusted_proxies() {
+    let norway: &'static [u8] =
+        b"GET / HTTP/1.1\r\nhost: site.test\r\ncf-ipcountry: NO\r\nx-request-id: forged-id\r\nconnection: close\r\n\r\n";
+    // An untrusted client claims Norway and a request id: neither is believed.
+    let (_o, host) = start("", "").await;
+    let answer = send(host.addr, norway).await;
+    assert!(answer.contains("<h1>Hello</h1>"), "{answer}");
+    assert!(!answer.contains("forged-id"), "{answer}");
+    // The same request from a trusted proxy (127.0.0.1 here) is.
+    let (_o, trusted) = start("", "trusted_proxies = [\"127.0.0.0/8\"]").await;
+    let answer = send(trusted.addr, norway).await;
+    assert!(answer.contains("<h1>Hei</h1>"), "{answer}");
+    assert!(answer.contains("x-request-id: forged-id"), "{answer}");
+}
+
+#[tokio::test]
+async fn an_untrusted_clients_forwarded_for_is_replaced_not_extended() {
+    let origin = Origin::start(HashMap::new()).await;
+    let cfg = "[[tenant]]\nname = \"site\"\nhosts = [\"site.test\"]\norigin = \"{origin}\"\ngeo_header = \"cf-ipcountry\"\n";
+    let host = Host::start(
+        HostSpec {
+            config: cfg,
+            files: &[],
+        },
+        origin.addr,
+    )
+    .await;
+    let answer = send(
+        host.addr,
+        b"GET /echo-headers HTTP/1.1\r\nhost: site.test\r\nx-forwarded-for: 6.6.6.6\r\ncf-ipcountry: NO\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.contains("x-forwarded-for: 127.0.0.1\n")
+            || answer.ends_with("x-forwarded-for: 127.0.0.1"),
+        "{answer}"
+    );
+    assert!(!answer.contains("6.6.6.6"), "{answer}");
+    assert!(
+        !answer.contains("cf-ipcountry"),
+        "the origin does not see the claim: {answer}"
+    );
+}
