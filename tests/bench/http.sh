@@ -76,6 +76,7 @@ cat > "$work/veneer.toml" <<TOML
 listen = "127.0.0.1:$VENEER"
 cache_dir = "$root/target/veneer-cache"
 cookie_secret = "benchmark-secret-0123456789abcdef0123456789"
+max_connections_per_client = 0
 
 [[tenant]]
 name = "small"
@@ -83,6 +84,9 @@ hosts = ["small.bench"]
 origin = "http://127.0.0.1:$ORIGIN"
 rules = "$root/examples/shop/rules.json"
 fragments = "$root/examples/shop/fragments.toml"
+# One load generator on loopback is one client address: no per-client limits here.
+[tenant.limits]
+requests_per_second_per_client = 0
 [[tenant.plugin]]
 name = "hero"
 path = "$plugins/hero.wasm"
@@ -91,6 +95,8 @@ path = "$plugins/hero.wasm"
 name = "cloudflare"
 hosts = ["cf.bench"]
 origin = "http://127.0.0.1:$ORIGIN"
+[tenant.limits]
+requests_per_second_per_client = 0
 [[tenant.plugin]]
 name = "static-rewrites"
 path = "$plugins/static_rewrites.wasm"

@@ -127,6 +127,15 @@ async fn respond(pages: &HashMap<String, Page>, req: Request<Incoming>) -> Respo
     if path == "/slow" {
         tokio::time::sleep(Duration::from_secs(30)).await;
     }
+    if path == "/echo-body" {
+        // Like an origin handling a form post: reads the whole body before answering.
+        let read = req.into_body().collect().await.map(|b| b.to_bytes().len());
+        let text = match read {
+            Ok(n) => format!("read {n} bytes"),
+            Err(e) => format!("body failed: {e}"),
+        };
+        return Response::new(Full::new(Bytes::from(text)).boxed());
+    }
     if path == "/echo-headers" {
         let mut lines: Vec<String> = req
             .headers()

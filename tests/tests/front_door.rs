@@ -257,3 +257,148 @@ async fn an_untrusted_clients_forwarded_for_is_replaced_not_extended() {
         "the origin does not see the claim: {answer}"
     );
 }
+
+/// A raw request from a given loopback source address (127.0.0.x: distinct clients).
+async fn send_from(source: &str, addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("source"))
+        .expect("bind source");
+    let mut s = socket.connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                out.extend_from_slice(&buf[..n]);
+                if complete(&String::from_utf8_lossy(&out)) {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn each_client_address_has_its_own_request_rate() {
+    let (_o, host) = start(
+        "[tenant.limits]\nrequests_per_second_per_client = 5\nburst_per_client = 5\n",
+        "",
+    )
+    .await;
+    let get = b"GET / HTTP/1.1\r\nhost: site.test\r\nconnection: close\r\n\r\n";
+    for i in 0..5 {
+        let answer = send_from("127.0.0.2", host.addr, get).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "request {i}: {answer}");
+    }
+    let answer = send_from("127.0.0.2", host.addr, get).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    let answer = send_from("127.0.0.3", host.addr, get).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "another address is not limited: {answer}"
+    );
+}
+
+#[tokio::test]
+async fn request_bodies_are_capped_and_must_not_stall() {
+    let (_o, host) = start(
+        "[tenant.limits]\nmax_body_bytes = 100\nbody_read_timeout_ms = 300\n",
+        "",
+    )
+    .await;
+    // Declared too large: refused before the origin is contacted.
+    let answer = send(
+        host.addr,
+        b"POST / HTTP/1.1\r\nhost: site.test\r\ncontent-length: 1000\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // Chunked, growing past the cap while it streams.
+    let mut big = b"POST /echo-body HTTP/1.1\r\nhost: site.test\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+    for _ in 0..5 {
+        big.extend_from_slice(b"32\r\n");
+        big.extend_from_slice(&[b'a'; 50]);
+        big.extend_from_slice(b"\r\n");
+    }
+    big.extend_from_slice(b"0\r\n\r\n");
+    let answer = send_from("127.0.0.1", host.addr, &big).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // A body that stops arriving.
+    let answer = send_from(
+        "127.0.0.1",
+        host.addr,
+        b"POST /echo-body HTTP/1.1\r\nhost: site.test\r\ncontent-length: 10\r\nconnection: close\r\n\r\nab",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(origin_errors(&host), 0, "{}", host.app.metrics.render());
+}
+
+#[tokio::test]
+async fn one_address_cannot_hold_every_connection_or_dawdle_over_its_head() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_o, host) = start(
+        "",
+        "max_connections_per_client = 2\nheader_read_timeout_ms = 300",
+    )
+    .await;
+    let held: Vec<_> = futures_connect(host.addr, 2).await;
+    // The third connection from the same address is closed at once.
+    let mut third = tokio::net::TcpStream::connect(host.addr)
+        .await
+        .expect("connect");
+    let _ = third
+        .write_all(b"GET / HTTP/1.1\r\nhost: site.test\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf))
+        .await
+        .expect("closed promptly")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "refused: {}", String::from_utf8_lossy(&buf[..n]));
+    assert_eq!(
+        host.app.metrics.get(
+            "veneer_connections_refused_total",
+            &[("reason", "per_client_limit")]
+        ),
+        1
+    );
+    // The held connections never finished their heads: the host drops them.
+    for mut c in held {
+        let n = tokio::time::timeout(Duration::from_secs(3), c.read(&mut buf))
+            .await
+            .expect("the slow head is cut off")
+            .unwrap_or(0);
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    // Their slots are free again.
+    let answer = send(
+        host.addr,
+        b"GET / HTTP/1.1\r\nhost: site.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// `n` connections that send half a request head and stop.
+async fn futures_connect(addr: SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nhost: si")
+            .await
+            .expect("write");
+        out.push(s);
+    }
+    // Let the host accept them before the next one arrives.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    out
+}

@@ -46,18 +46,20 @@ fn config() -> String {
              [[tenant.plugin]]\nname = \"chaos\"\npath = \"{{plugins}}/chaos.wasm\"\nparams = {{ mode = \"{mode}\" }}\n\n"
         )
     };
+    // Every client here is 127.0.0.1, so per-client rate limits are off.
+    let unlimited = "[tenant.limits]\nrequests_per_second_per_client = 0\n";
     for good in ["good-a", "good-b", "neighbour"] {
-        cfg.push_str(&tenant(good, "ok", ""));
+        cfg.push_str(&tenant(good, "ok", unlimited));
     }
     for mode in FAULTS {
-        cfg.push_str(&tenant(&format!("bad-{mode}"), mode, ""));
+        cfg.push_str(&tenant(&format!("bad-{mode}"), mode, unlimited));
     }
     // A spinning plugin whose breaker never trips: only yielding and the tenant's share of
     // plugin work protect the others from it.
     cfg.push_str(&tenant(
         "bad-spin-forever",
         "loop",
-        "[tenant.limits]\nbreaker_faults = 0\n",
+        "[tenant.limits]\nbreaker_faults = 0\nrequests_per_second_per_client = 0\n",
     ));
     cfg
 }

@@ -21,7 +21,7 @@ use crate::plugin::{BreakerPolicy, Budget, Contract, Limits, Plugin, Runtime, Ru
 use crate::visitor::CookieSigner;
 
 /// Body type for requests to the origin.
-pub type OriginBody = UnsyncBoxBody<bytes::Bytes, hyper::Error>;
+pub type OriginBody = UnsyncBoxBody<bytes::Bytes, crate::proxy::BoxError>;
 
 /// One site.
 pub struct Tenant {
@@ -37,6 +37,8 @@ pub struct Tenant {
     pub plugins: Vec<Plugin>,
     /// Methods this tenant serves (`methods`); others get 405.
     pub methods: Vec<http::Method>,
+    /// Its name, shared (rate-limit keys).
+    pub name: Arc<str>,
     /// Requests that may be inside this tenant's plugins at once (`plugin_concurrency`): a
     /// tenant whose plugins spin cannot take every worker thread from the others.
     pub plugin_slots: Arc<tokio::sync::Semaphore>,
@@ -104,11 +106,22 @@ pub struct App {
     pub origin_timeout: Duration,
     /// Proxies whose forwarding headers are believed (`[server] trusted_proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Open connections per client address.
+    pub connections: crate::limits::ConnectionLimiter,
+    /// Requests per client address per tenant.
+    pub rates: crate::limits::RateLimiter,
+    /// How long a client may take to send a request's head.
+    pub header_read_timeout: Duration,
     /// Keeps the engine and its ticker alive.
     pub runtime: Arc<Runtime>,
 }
 
 impl App {
+    /// Whether `ip` is one of the trusted proxies.
+    pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+
     /// Builds the host from a validated config. Must run inside a tokio runtime (analytics).
     pub fn build(config: &Config) -> anyhow::Result<App> {
         let metrics = Arc::new(Metrics::default());
@@ -181,6 +194,11 @@ impl App {
                 .iter()
                 .filter_map(|c| config::parse_cidr(c))
                 .collect(),
+            connections: crate::limits::ConnectionLimiter::new(
+                config.server.max_connections_per_client,
+            ),
+            rates: crate::limits::RateLimiter::default(),
+            header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
             runtime,
         })
     }
@@ -304,6 +322,7 @@ fn load_tenant(
         rules,
         fragments,
         plugins,
+        name: Arc::from(t.name.as_str()),
         methods: t
             .methods
             .iter()

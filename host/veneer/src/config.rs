@@ -65,6 +65,10 @@ pub struct Server {
     /// whose `X-Forwarded-For`, `X-Request-Id` and tenants' geo headers are believed. From any
     /// other peer they are replaced (forwarding, id) or ignored and removed (geo). Default none.
     pub trusted_proxies: Vec<String>,
+    /// Open connections one client address may hold (0: no limit). Trusted proxies are exempt.
+    pub max_connections_per_client: u32,
+    /// How long a client may take to send a request's head (slow-header attacks).
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for Server {
@@ -79,6 +83,8 @@ impl Default for Server {
             origin_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
             trusted_proxies: Vec::new(),
+            max_connections_per_client: 256,
+            header_read_timeout_ms: 10_000,
         }
     }
 }
@@ -181,6 +187,15 @@ pub struct TenantLimits {
     /// least 2). A request that waits longer than 10 × `plugin_time_ms` for a turn is served
     /// without its plugins (counted as skipped, reason `tenant_busy`).
     pub plugin_concurrency: Option<usize>,
+    /// Requests per second one client address may make to this tenant (token bucket; 0:
+    /// no limit). Past it: 429 with `Retry-After`.
+    pub requests_per_second_per_client: f64,
+    /// How many requests a client may make at once before the rate applies.
+    pub burst_per_client: f64,
+    /// Largest request body, in bytes (413 past it).
+    pub max_body_bytes: u64,
+    /// How long a request body may stall between two reads before the request fails (408).
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for TenantLimits {
@@ -200,6 +215,10 @@ impl Default for TenantLimits {
             breaker_faults: 5,
             breaker_cooldown_ms: 30_000,
             plugin_concurrency: None,
+            requests_per_second_per_client: 100.0,
+            burst_per_client: 200.0,
+            max_body_bytes: 10 << 20,
+            body_read_timeout_ms: 30_000,
         }
     }
 }
@@ -345,6 +364,20 @@ impl Config {
                 return Err(self.err(
                     format!("{at}.limits.plugin_concurrency"),
                     "must be between 1 and 100000",
+                ));
+            }
+            if !(l.requests_per_second_per_client >= 0.0
+                && l.requests_per_second_per_client.is_finite())
+            {
+                return Err(self.err(
+                    format!("{at}.limits.requests_per_second_per_client"),
+                    "must be 0 (no limit) or more",
+                ));
+            }
+            if l.requests_per_second_per_client > 0.0 && l.burst_per_client < 1.0 {
+                return Err(self.err(
+                    format!("{at}.limits.burst_per_client"),
+                    "must be at least 1 when a rate is set",
                 ));
             }
             if !(0.0..=1000.0).contains(&l.rewrite_max_growth) {

@@ -47,15 +47,38 @@ pub fn serve_until(
                     continue;
                 }
             };
+            // One client address cannot hold every connection (trusted proxies carry many
+            // clients, so they are exempt).
+            let guard = if app.is_trusted(peer.ip()) {
+                None
+            } else {
+                match app.connections.admit(peer.ip()) {
+                    Some(g) => Some(g),
+                    None => {
+                        app.metrics.inc(
+                            "veneer_connections_refused_total",
+                            &[("reason", "per_client_limit")],
+                        );
+                        drop(stream);
+                        continue;
+                    }
+                }
+            };
             let _ = stream.set_nodelay(true);
             let (app, watcher) = (app.clone(), graceful.watcher());
+            let header_timeout = app.header_read_timeout;
             tokio::spawn(async move {
+                let _guard = guard;
                 let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     let app = app.clone();
                     req.extensions_mut().insert(proxy::ClientAddr(peer));
                     async move { Ok::<_, Infallible>(proxy::handle(app, req).await) }
                 });
-                let builder = auto::Builder::new(TokioExecutor::new());
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_timeout);
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -8,8 +8,10 @@ use http::request::Parts;
 use http::{Method, Response, StatusCode, Uri};
 
 use super::Body;
+use super::ctx::RequestCtx;
 use super::error::ProxyError;
 use super::finish::full;
+use crate::app::Tenant;
 
 /// Longest method name accepted (the registered ones are at most 17 bytes).
 const MAX_METHOD: usize = 32;
@@ -122,4 +124,33 @@ pub(super) fn method_allowed(method: &Method, allowed: &[Method]) -> Result<(), 
     }
     let allow: Vec<&str> = allowed.iter().map(Method::as_str).collect();
     Err(ProxyError::MethodNotAllowed(allow.join(", ")))
+}
+
+/// The tenant's per-client request rate, and a declared body over its size limit.
+pub(super) fn within_limits(
+    ctx: &RequestCtx,
+    tenant: &Tenant,
+    parts: &Parts,
+) -> Result<(), ProxyError> {
+    let limits = &tenant.config.limits;
+    if let Some(ip) = ctx.client_ip {
+        ctx.app
+            .rates
+            .take(
+                &tenant.name,
+                ip,
+                limits.requests_per_second_per_client,
+                limits.burst_per_client,
+            )
+            .map_err(ProxyError::TooManyRequests)?;
+    }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    Ok(())
 }

@@ -17,6 +17,9 @@ pub(super) struct RequestCtx {
     pub(super) host: String,
     /// The peer is a trusted proxy (`trusted_proxies`): its forwarding headers are believed.
     pub(super) trusted: bool,
+    /// The client's address: the peer's, or through trusted proxies the nearest untrusted
+    /// address in `X-Forwarded-For`.
+    pub(super) client_ip: Option<std::net::IpAddr>,
     /// The instant the request is evaluated at, read by every stage.
     pub(super) now: Timestamp,
     /// The tenant, once routed.

@@ -17,6 +17,12 @@ pub(super) enum ProxyError {
     MethodNotAllowed(String),
     /// The client's request body broke (bad chunked framing, cut short) while it was sent on.
     ClientBody(String),
+    /// The request body is larger than the tenant's `max_body_bytes`.
+    BodyTooLarge,
+    /// The request body stalled longer than the tenant's `body_read_timeout_ms`.
+    BodyTimeout,
+    /// The client is over its request rate at this tenant; retry after this long.
+    TooManyRequests(std::time::Duration),
     /// The origin could not be reached or broke the connection before answering.
     OriginUnreachable(String),
     /// The origin did not answer within `origin_timeout_ms`.
@@ -43,6 +49,9 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::OriginUnreachable(_) | ProxyError::OriginBody(_) => StatusCode::BAD_GATEWAY,
             ProxyError::OriginTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -55,6 +64,9 @@ impl ProxyError {
             ProxyError::BadTarget | ProxyError::BadRequest(_) => "bad_request",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::ClientBody(_) => "bad_request_body",
+            ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::BodyTimeout => "body_timeout",
+            ProxyError::TooManyRequests(_) => "rate_limited",
             ProxyError::OriginUnreachable(_) => "origin_unreachable",
             ProxyError::OriginTimeout => "origin_timeout",
             ProxyError::OriginBody(_) => "origin_body_failed",
@@ -76,7 +88,10 @@ impl ProxyError {
             | ProxyError::BadTarget
             | ProxyError::BadRequest(_)
             | ProxyError::MethodNotAllowed(_)
-            | ProxyError::ClientBody(_) => Source::Client,
+            | ProxyError::ClientBody(_)
+            | ProxyError::BodyTooLarge
+            | ProxyError::BodyTimeout
+            | ProxyError::TooManyRequests(_) => Source::Client,
             ProxyError::OriginUnreachable(_)
             | ProxyError::OriginTimeout
             | ProxyError::OriginBody(_) => Source::Origin,
@@ -111,6 +126,15 @@ impl ProxyError {
             ProxyError::ClientBody(_) => {
                 format!("veneer: the request body is malformed (request {request_id})\n")
             }
+            ProxyError::BodyTooLarge => {
+                format!("veneer: the request body is too large (request {request_id})\n")
+            }
+            ProxyError::BodyTimeout => {
+                format!("veneer: the request body arrived too slowly (request {request_id})\n")
+            }
+            ProxyError::TooManyRequests(_) => {
+                format!("veneer: too many requests; slow down (request {request_id})\n")
+            }
             ProxyError::OriginUnreachable(_) => format!(
                 "veneer: the origin for {host} could not be reached (request {request_id})\n"
             ),
@@ -131,6 +155,9 @@ impl ProxyError {
             | ProxyError::ClientBody(e) => e,
             ProxyError::BadRequest(why) => why,
             ProxyError::MethodNotAllowed(_) => "method not allowed",
+            ProxyError::BodyTooLarge => "request body too large",
+            ProxyError::BodyTimeout => "request body stalled",
+            ProxyError::TooManyRequests(_) => "rate limited",
             ProxyError::UnknownHost => "unknown host",
             ProxyError::BadTarget => "malformed request target",
             ProxyError::OriginTimeout => "origin timed out",

@@ -73,6 +73,11 @@ pub(super) fn respond(
             {
                 r.headers_mut().insert(header::ALLOW, v);
             }
+            if let ProxyError::TooManyRequests(wait) = &e {
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
             r
         }
     };

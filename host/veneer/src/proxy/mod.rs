@@ -54,10 +54,24 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 /// Handles one request.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     // Only a trusted proxy in front of Veneer may name the request (or say who the client is).
-    let trusted = req
+    let peer = req
         .extensions()
         .get::<ClientAddr>()
-        .is_some_and(|ClientAddr(peer)| app.trusted_proxies.iter().any(|n| n.contains(&peer.ip())));
+        .map(|ClientAddr(p)| p.ip());
+    let trusted = peer.is_some_and(|ip| app.is_trusted(ip));
+    let client_ip = if trusted {
+        // Walk back through the proxies: the nearest address that is not one of ours.
+        header_str(req.headers(), "x-forwarded-for")
+            .and_then(|chain| {
+                chain
+                    .rsplit(',')
+                    .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+                    .find(|ip| !app.is_trusted(*ip))
+            })
+            .or(peer)
+    } else {
+        peer
+    };
     let id = header_str(req.headers(), "x-request-id")
         .filter(|v| trusted && v.len() <= 128)
         .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
@@ -72,6 +86,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         id,
         host,
         trusted,
+        client_ip,
         now: Timestamp::now(),
         tenant: None,
         visitor: None,
@@ -95,6 +110,7 @@ async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Bo
         .ok_or(ProxyError::UnknownHost)?;
     ctx.tenant = Some(tenant.clone());
     admit::method_allowed(&parts.method, &tenant.methods)?;
+    admit::within_limits(ctx, &tenant, &parts)?;
     let visitor = identify::visitor(ctx, &tenant, &parts);
     let requested = plugins::on_request(ctx, &tenant, &visitor).await;
     let (chain, edits) = match requested {

@@ -1,10 +1,12 @@
 //! The request to the tenant's origin: the client's request minus hop-by-hop headers and
 //! Veneer's cookie, plus the plugins' header edits and forwarding headers, with a timeout.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -14,11 +16,11 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::ClientAddr;
 use super::ctx::RequestCtx;
 use super::error::ProxyError;
 use super::headers::{apply_edits, header_str, strip_hop_by_hop};
 use super::identify::VisitorCtx;
+use super::{BoxError, ClientAddr};
 use crate::app::Tenant;
 use crate::plugin::HeaderEdits;
 
@@ -78,10 +80,14 @@ pub(super) async fn fetch(
     let uri = format!("http://{}{}", tenant.origin, v.path_and_query)
         .parse()
         .map_err(|_| ProxyError::BadTarget)?;
-    let client_failed = Arc::new(AtomicBool::new(false));
+    let client_failed = Arc::new(AtomicU8::new(0));
     let body = WatchedBody {
         inner: body,
         failed: client_failed.clone(),
+        read: 0,
+        max: tenant.config.limits.max_body_bytes,
+        stall: Duration::from_millis(tenant.config.limits.body_read_timeout_ms),
+        timer: None,
     };
     let mut request = Request::new(body.boxed_unsync());
     *request.method_mut() = parts.method;
@@ -92,33 +98,72 @@ pub(super) async fn fetch(
         Ok(Ok(r)) => Ok(r),
         // The client's own body broke (bad chunked framing, cut short): its fault, not the
         // origin's, whatever the connection to the origin made of it.
-        Ok(Err(e)) if client_failed.load(Ordering::Relaxed) => {
-            Err(ProxyError::ClientBody(e.to_string()))
+        Ok(Err(e)) if client_failed.load(Ordering::Relaxed) != 0 => {
+            Err(match client_failed.load(Ordering::Relaxed) {
+                TOO_LARGE => ProxyError::BodyTooLarge,
+                STALLED => ProxyError::BodyTimeout,
+                _ => ProxyError::ClientBody(e.to_string()),
+            })
         }
         Ok(Err(e)) => Err(ProxyError::OriginUnreachable(e.to_string())),
         Err(_) => Err(ProxyError::OriginTimeout),
     }
 }
 
-/// The client's request body on its way to the origin, noting whether it broke.
+/// How the client's body ended, when it did not end well.
+const BROKEN: u8 = 1;
+const TOO_LARGE: u8 = 2;
+const STALLED: u8 = 3;
+
+/// The client's request body on its way to the origin: size-capped, with a stall timeout, and
+/// noting why it failed if it did, so the failure is charged to the client.
 struct WatchedBody {
     inner: Incoming,
-    failed: Arc<AtomicBool>,
+    failed: Arc<AtomicU8>,
+    read: u64,
+    max: u64,
+    stall: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl http_body::Body for WatchedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            self.failed.store(true, Ordering::Relaxed);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                let stall = this.stall;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.failed.store(STALLED, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err("request body stalled".into())));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                this.timer = None;
+                if let Some(data) = frame.data_ref() {
+                    this.read += data.len() as u64;
+                    if this.read > this.max {
+                        this.failed.store(TOO_LARGE, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err("request body too large".into())));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.failed.store(BROKEN, Ordering::Relaxed);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -1,0 +1,166 @@
+//! Per-client limits, like nginx's `limit_conn` / `limit_req` and Envoy's local rate limit:
+//! connections per client address, and a token bucket of requests per client address per
+//! tenant. Both live in memory on one node; state for clients not seen for a minute is pruned,
+//! so a scan over many addresses cannot grow it without bound.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+/// Open connections per client address.
+pub struct ConnectionLimiter {
+    max: u32,
+    open: Arc<DashMap<IpAddr, u32>>,
+}
+
+/// One admitted connection; the count goes down when it is dropped.
+pub struct ConnectionGuard {
+    ip: IpAddr,
+    open: Arc<DashMap<IpAddr, u32>>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        // Remove the entry at zero so idle addresses cost nothing.
+        self.open.remove_if_mut(&self.ip, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+    }
+}
+
+impl ConnectionLimiter {
+    /// At most `max` connections per address (0: no limit).
+    pub fn new(max: u32) -> Self {
+        ConnectionLimiter {
+            max,
+            open: Arc::new(DashMap::new()),
+        }
+    }
+
+    /// Admits one more connection from `ip`, or `None` when it already has `max`.
+    pub fn admit(&self, ip: IpAddr) -> Option<ConnectionGuard> {
+        if self.max > 0 {
+            let mut n = self.open.entry(ip).or_insert(0);
+            if *n >= self.max {
+                return None;
+            }
+            *n += 1;
+        }
+        Some(ConnectionGuard {
+            ip,
+            open: self.open.clone(),
+        })
+    }
+
+    /// Addresses with open connections (for tests and metrics).
+    pub fn tracked(&self) -> usize {
+        self.open.len()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// A token bucket per (tenant, client address).
+#[derive(Default)]
+pub struct RateLimiter {
+    buckets: DashMap<(Arc<str>, IpAddr), Bucket>,
+    inserts: AtomicU64,
+}
+
+/// Prune idle buckets after this many new ones.
+const PRUNE_EVERY: u64 = 10_000;
+/// A bucket idle this long is full again, so forgetting it changes nothing.
+const IDLE: Duration = Duration::from_secs(60);
+
+impl RateLimiter {
+    /// Takes one token for `ip` at `tenant`, refilling `rate` per second up to `burst`.
+    /// `Err(retry_after)` when the bucket is empty.
+    pub fn take(
+        &self,
+        tenant: &Arc<str>,
+        ip: IpAddr,
+        rate: f64,
+        burst: f64,
+    ) -> Result<(), Duration> {
+        if rate <= 0.0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let key = (tenant.clone(), ip);
+        let mut fresh = false;
+        let result = {
+            let mut bucket = self.buckets.entry(key).or_insert_with(|| {
+                fresh = true;
+                Bucket {
+                    tokens: burst,
+                    last: now,
+                }
+            });
+            let elapsed = now.duration_since(bucket.last).as_secs_f64();
+            bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+            bucket.last = now;
+            if bucket.tokens >= 1.0 {
+                bucket.tokens -= 1.0;
+                Ok(())
+            } else {
+                Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+            }
+        };
+        if fresh && self.inserts.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            self.buckets
+                .retain(|_, b| now.duration_since(b.last) < IDLE);
+        }
+        result
+    }
+
+    /// Buckets held (for tests and metrics).
+    pub fn tracked(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_counted_per_address_and_released() {
+        let limiter = ConnectionLimiter::new(2);
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: IpAddr = "10.0.0.2".parse().expect("ip");
+        let g1 = limiter.admit(a).expect("first");
+        let _g2 = limiter.admit(a).expect("second");
+        assert!(limiter.admit(a).is_none(), "third from the same address");
+        assert!(
+            limiter.admit(b).is_some(),
+            "another address is not affected"
+        );
+        drop(g1);
+        assert!(limiter.admit(a).is_some(), "a slot came free");
+    }
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let limiter = RateLimiter::default();
+        let t: Arc<str> = Arc::from("shop");
+        let ip: IpAddr = "10.0.0.1".parse().expect("ip");
+        for _ in 0..5 {
+            assert!(limiter.take(&t, ip, 10.0, 5.0).is_ok());
+        }
+        let wait = limiter.take(&t, ip, 10.0, 5.0).expect_err("burst used up");
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        let other: IpAddr = "10.0.0.2".parse().expect("ip");
+        assert!(limiter.take(&t, other, 10.0, 5.0).is_ok());
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(limiter.take(&t, ip, 10.0, 5.0).is_ok(), "refilled");
+        assert!(limiter.take(&t, ip, 0.0, 0.0).is_ok(), "rate 0 is off");
+    }
+}
