@@ -7,4 +7,7 @@ cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2
 CARGO_TARGET_DIR=target/plugins cargo build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release
 cargo build -p veneer
-exec target/debug/veneer demo "$@"
+# The public-domain country database (visitor.country from the client address); the demo
+# runs without it if npm cannot fetch it.
+geoip="$(pwd)/$(bash tests/geoip.sh)" || geoip=""
+exec target/debug/veneer demo ${geoip:+--geoip "$geoip"} "$@"

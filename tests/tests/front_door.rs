@@ -402,3 +402,62 @@ async fn futures_connect(addr: SocketAddr, n: usize) -> Vec<tokio::net::TcpStrea
     tokio::time::sleep(Duration::from_millis(100)).await;
     out
 }
+
+/// The country database tests/run.sh installs (tests/geoip.sh).
+fn geoip_db() -> String {
+    std::env::var("VENEER_GEOIP_DB").unwrap_or_else(|_| {
+        panic!("VENEER_GEOIP_DB is not set: run the tests with `bash tests/run.sh`, which installs the database (tests/geoip.sh)")
+    })
+}
+
+#[tokio::test]
+async fn geo_from_the_database_follows_a_trusted_forwarded_address() {
+    let db = geoip_db();
+    let geo = veneer::geo::GeoDb::open(std::path::Path::new(&db)).expect("database");
+    // Addresses whose country this (pinned) database states.
+    assert_eq!(
+        geo.country("83.0.0.1".parse().expect("ip")).as_deref(),
+        Some("PL")
+    );
+    assert_eq!(
+        geo.country("8.8.8.8".parse().expect("ip")).as_deref(),
+        Some("US")
+    );
+    assert_eq!(geo.country("127.0.0.1".parse().expect("ip")), None);
+
+    let rules = r#"{"segments": {"poland": {"country": "PL"}}}"#;
+    let cfg = "[[tenant]]\nname = \"site\"\nhosts = [\"site.test\"]\norigin = \"{origin}\"\nrules = \"rules.json\"\n\
+        [[tenant.plugin]]\nname = \"copy\"\npath = \"{plugins}/static_rewrites.wasm\"\n\
+        params = { segment = \"poland\", rule1 = \"h1 | set-inner-text | Witaj\" }\n";
+    let request: &'static [u8] = b"GET / HTTP/1.1\r\nhost: site.test\r\nx-forwarded-for: 83.0.0.1\r\nconnection: close\r\n\r\n";
+    for (server, polish) in [
+        (
+            format!("geoip = \"{db}\"\ntrusted_proxies = [\"127.0.0.1\"]"),
+            true,
+        ),
+        // From an untrusted peer the forwarded address is not believed: 127.0.0.1 has no
+        // country.
+        (format!("geoip = \"{db}\""), false),
+    ] {
+        let origin = Origin::start(HashMap::from([(
+            "/".to_owned(),
+            Page::html("<html><body><h1>Hello</h1></body></html>"),
+        )]))
+        .await;
+        let host = Host::start_with_server(
+            HostSpec {
+                config: cfg,
+                files: &[("rules.json", rules)],
+            },
+            origin.addr,
+            &server,
+        )
+        .await;
+        let answer = send(host.addr, request).await;
+        assert_eq!(
+            answer.contains("<h1>Witaj</h1>"),
+            polish,
+            "{server}: {answer}"
+        );
+    }
+}

@@ -112,6 +112,8 @@ pub struct App {
     pub rates: crate::limits::RateLimiter,
     /// How long a client may take to send a request's head.
     pub header_read_timeout: Duration,
+    /// Country by client address (`[server] geoip`).
+    pub geo: Option<crate::geo::GeoDb>,
     /// Keeps the engine and its ticker alive.
     pub runtime: Arc<Runtime>,
 }
@@ -136,6 +138,15 @@ impl App {
             max_memory_bytes: usize::try_from(max_memory << 20).unwrap_or(usize::MAX),
             max_instances: config.server.max_instances,
         })?);
+        let geo = match &config.server.geoip {
+            Some(path) => {
+                let db = crate::geo::GeoDb::open(&config.resolve(path))
+                    .map_err(|e| err(config, "server.geoip".into(), format!("{e:#}")))?;
+                tracing::info!(kind = db.kind(), "geoip database loaded");
+                Some(db)
+            }
+            None => None,
+        };
         let mut tenants = HashMap::new();
         let mut per_contract: HashMap<Contract, u64> = HashMap::new();
         for (i, t) in config.tenants.iter().enumerate() {
@@ -199,6 +210,7 @@ impl App {
             ),
             rates: crate::limits::RateLimiter::default(),
             header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
+            geo,
             runtime,
         })
     }

@@ -69,6 +69,9 @@ pub struct Server {
     pub max_connections_per_client: u32,
     /// How long a client may take to send a request's head (slow-header attacks).
     pub header_read_timeout_ms: u64,
+    /// A MaxMind-format country database: the client's address (through trusted proxies, the
+    /// forwarded one) gives `visitor.country` when no trusted geo header does.
+    pub geoip: Option<PathBuf>,
 }
 
 impl Default for Server {
@@ -85,6 +88,7 @@ impl Default for Server {
             trusted_proxies: Vec::new(),
             max_connections_per_client: 256,
             header_read_timeout_ms: 10_000,
+            geoip: None,
         }
     }
 }
@@ -306,6 +310,14 @@ impl Config {
                     format!("{cidr:?} is not an address or CIDR block (e.g. \"10.0.0.0/8\")"),
                 ));
             }
+        }
+        if let Some(db) = &self.server.geoip
+            && !self.resolve(db).is_file()
+        {
+            return Err(self.err(
+                "server.geoip",
+                format!("no such file: {}", self.resolve(db).display()),
+            ));
         }
         if self.server.shutdown_grace_ms > 3_600_000 {
             return Err(self.err(

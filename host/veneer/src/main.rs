@@ -47,6 +47,9 @@ enum Command {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// A MaxMind-format country database (examples/demo.sh installs one).
+        #[arg(long)]
+        geoip: Option<PathBuf>,
     },
     /// Test segment and experiment rules.
     Rules {
@@ -92,7 +95,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => run_async(serve(config)),
-        Command::Demo { listen } => run_async(run_demo(listen)),
+        Command::Demo { listen, geoip } => run_async(run_demo(listen, geoip)),
         Command::Rules {
             command: RulesCommand::Eval,
         } => rules_eval(),
@@ -240,7 +243,7 @@ fn examples_dir() -> PathBuf {
     dir.canonicalize().unwrap_or(dir)
 }
 
-async fn run_demo(listen: SocketAddr) -> anyhow::Result<()> {
+async fn run_demo(listen: SocketAddr, geoip: Option<PathBuf>) -> anyhow::Result<()> {
     let dir = examples_dir();
     let origin = server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let origin_addr = origin.local_addr()?;
@@ -250,6 +253,7 @@ async fn run_demo(listen: SocketAddr) -> anyhow::Result<()> {
         anyhow::anyhow!("{e}\n(the demo's plugins are built by examples/demo.sh; run that instead of `veneer demo` directly)")
     })?;
     config.server.listen = listen;
+    config.server.geoip = geoip;
     for t in &mut config.tenants {
         t.origin = format!("http://{origin_addr}");
     }

@@ -59,7 +59,8 @@ pub(super) fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Parts) -> 
         .filter(|_| ctx.trusted)
         .and_then(|h| header_str(headers, h))
         .map(|c| c.trim().to_ascii_uppercase())
-        .filter(|c| c.len() == 2);
+        .filter(|c| c.len() == 2)
+        .or_else(|| app.geo.as_ref()?.country(ctx.client_ip?));
     let locale = header_str(headers, header::ACCEPT_LANGUAGE).and_then(visitor::preferred_locale);
     let utm = visitor::utm_params(parts.uri.query().unwrap_or(""));
     let referrer = header_str(headers, header::REFERER).map(str::to_owned);
