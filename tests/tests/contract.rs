@@ -218,11 +218,16 @@ async fn golden_chaos_faults_are_contained_as_before() {
             ("bad-selector", "invalid_plan"),
             ("trap-element", "trap"),
         ] {
-            let cfg = plugin_at(
+            let mut cfg = plugin_at(
                 "chaos",
                 &golden(version, "chaos"),
                 &format!("mode = \"{mode}\""),
             );
+            if mode == "oom" {
+                // Time enough to reach the memory limit on a loaded machine: the fault under
+                // test is the memory one.
+                cfg.push_str("[tenant.limits]\nplugin_time_ms = 2000\n");
+            }
             let (_origin, host) = shop(&cfg).await;
             let (status, _, body) = get(&host, "/", &[]).await;
             assert_eq!(status, 200);

@@ -319,6 +319,9 @@ impl Config {
                 format!("no such file: {}", self.resolve(db).display()),
             ));
         }
+        if self.server.header_read_timeout_ms == 0 {
+            return Err(self.err("server.header_read_timeout_ms", "must be at least 1"));
+        }
         if self.server.shutdown_grace_ms > 3_600_000 {
             return Err(self.err(
                 "server.shutdown_grace_ms",
@@ -386,10 +389,18 @@ impl Config {
                     "must be 0 (no limit) or more",
                 ));
             }
-            if l.requests_per_second_per_client > 0.0 && l.burst_per_client < 1.0 {
+            if l.requests_per_second_per_client > 0.0
+                && !(l.burst_per_client >= 1.0 && l.burst_per_client.is_finite())
+            {
                 return Err(self.err(
                     format!("{at}.limits.burst_per_client"),
                     "must be at least 1 when a rate is set",
+                ));
+            }
+            if l.body_read_timeout_ms == 0 {
+                return Err(self.err(
+                    format!("{at}.limits.body_read_timeout_ms"),
+                    "must be at least 1",
                 ));
             }
             if !(0.0..=1000.0).contains(&l.rewrite_max_growth) {

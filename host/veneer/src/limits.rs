@@ -32,6 +32,18 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// The key a client address is limited under: IPv4 as it is, IPv6 by its /64 (one host
+/// typically holds a whole /64 and could otherwise rotate through it).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+    }
+}
+
 impl ConnectionLimiter {
     /// At most `max` connections per address (0: no limit).
     pub fn new(max: u32) -> Self {
@@ -43,6 +55,7 @@ impl ConnectionLimiter {
 
     /// Admits one more connection from `ip`, or `None` when it already has `max`.
     pub fn admit(&self, ip: IpAddr) -> Option<ConnectionGuard> {
+        let ip = client_key(ip);
         if self.max > 0 {
             let mut n = self.open.entry(ip).or_insert(0);
             if *n >= self.max {
@@ -94,7 +107,7 @@ impl RateLimiter {
             return Ok(());
         }
         let now = Instant::now();
-        let key = (tenant.clone(), ip);
+        let key = (tenant.clone(), client_key(ip));
         let mut fresh = false;
         let result = {
             let mut bucket = self.buckets.entry(key).or_insert_with(|| {
@@ -111,7 +124,8 @@ impl RateLimiter {
                 bucket.tokens -= 1.0;
                 Ok(())
             } else {
-                Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+                Err(Duration::try_from_secs_f64((1.0 - bucket.tokens) / rate)
+                    .unwrap_or(Duration::from_secs(3600)))
             }
         };
         if fresh && self.inserts.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {

@@ -69,6 +69,15 @@ pub fn serve_until(
             let header_timeout = app.header_read_timeout;
             tokio::spawn(async move {
                 let _guard = guard;
+                // The head timeout starts once hyper knows the protocol; a client that sends
+                // nothing at all is cut off here, so it cannot hold a connection slot for ever.
+                let mut first = [0u8; 1];
+                if !matches!(
+                    tokio::time::timeout(header_timeout, stream.peek(&mut first)).await,
+                    Ok(Ok(n)) if n > 0
+                ) {
+                    return;
+                }
                 let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     let app = app.clone();
                     req.extensions_mut().insert(proxy::ClientAddr(peer));

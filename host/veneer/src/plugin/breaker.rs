@@ -67,6 +67,9 @@ pub struct Breaker {
     open_until_ms: AtomicU64,
     /// A trial request is in flight.
     trial: AtomicBool,
+    /// When the current trial started (ms since `epoch()`): a trial still unresolved after a
+    /// cool-down (its response is stuck streaming) lets another request try.
+    trial_started_ms: AtomicU64,
 }
 
 fn epoch() -> Instant {
@@ -86,6 +89,7 @@ impl Breaker {
             consecutive: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
             trial: AtomicBool::new(false),
+            trial_started_ms: AtomicU64::new(0),
         }
     }
 
@@ -103,12 +107,18 @@ impl Breaker {
         if now_ms() < until {
             return Admission::Skip;
         }
-        // Cool-down over: exactly one request gets to try.
+        // Cool-down over: exactly one request gets to try (or another, once a trial has gone
+        // unresolved for a whole cool-down).
+        let now = now_ms();
+        let cooldown = u64::try_from(self.policy.cooldown.as_millis()).unwrap_or(u64::MAX);
+        let stale = now.saturating_sub(self.trial_started_ms.load(Ordering::Relaxed)) > cooldown;
+        let expected = stale && self.trial.load(Ordering::Acquire);
         if self
             .trial
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .compare_exchange(expected, true, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
+            self.trial_started_ms.store(now, Ordering::Relaxed);
             Admission::Trial
         } else {
             Admission::Skip

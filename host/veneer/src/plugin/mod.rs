@@ -580,6 +580,7 @@ impl Plugin {
             interrupted: false,
             yielded_ns: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             ticks_in_call: 0,
+            wall_deadline: Instant::now(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
@@ -590,7 +591,10 @@ impl Plugin {
             let s = ctx.data_mut();
             // Time spent waiting to be scheduled again after a yield is not the plugin's.
             let paused = Duration::from_nanos(s.yielded_ns.load(Ordering::Relaxed));
-            if Instant::now() >= s.deadline + paused {
+            let now = Instant::now();
+            // Paused time does not count against the budget, but the visitor still waits for
+            // it: a call ends at 4 × its budget of wall time whatever it was doing.
+            if now >= s.deadline + paused || now >= s.wall_deadline {
                 s.interrupted = true;
                 return Ok(wasmtime::UpdateDeadline::Interrupt);
             }
@@ -599,7 +603,7 @@ impl Plugin {
                 // A call past its first couple of ticks runs long: from then on it pauses a
                 // tick for every tick it runs, so even a plugin spinning through its whole
                 // budget holds at most half a worker thread.
-                let throttle = s.ticks_in_call > 2;
+                let throttle = s.ticks_in_call > 2 && now + TICK < s.wall_deadline;
                 let (yielded, paused_at) = (s.yielded_ns.clone(), Instant::now());
                 Ok(wasmtime::UpdateDeadline::YieldCustom(
                     1,
@@ -627,6 +631,7 @@ impl Plugin {
             breaker: self.breaker.clone(),
             trial: admission == Admission::Trial,
             abandoned: false,
+            in_call: false,
         };
         instance.arm();
         let start = Instant::now();
@@ -640,7 +645,8 @@ impl Plugin {
                 .await
                 .map(Bound::V0_2),
         };
-        instance.used += start.elapsed();
+        let paused = instance.store.data().yielded_ns.load(Ordering::Relaxed);
+        instance.used += start.elapsed().saturating_sub(Duration::from_nanos(paused));
         match result {
             Ok(b) => {
                 instance.bindings = Some(b);
@@ -682,6 +688,8 @@ struct StoreState {
     yielded_ns: Arc<std::sync::atomic::AtomicU64>,
     /// Epoch ticks the current call has seen.
     ticks_in_call: u32,
+    /// When the current call ends whatever it was doing (4 × what was left of its budget).
+    wall_deadline: Instant,
 }
 
 /// Host services shared by every contract version's bindings.
@@ -770,12 +778,15 @@ pub struct Instance {
     /// Dropped without having had its chance (the request went on without it): the breaker
     /// learns nothing from it.
     abandoned: bool,
+    /// A call is under way: dropped now, the request was cancelled (the client went away), which
+    /// says nothing about the plugin either.
+    in_call: bool,
 }
 
 impl Drop for Instance {
     /// The request is done with the plugin (its body included): tell the breaker how it went.
     fn drop(&mut self) {
-        if self.abandoned {
+        if self.abandoned || (self.in_call && !self.faulted) {
             if self.trial {
                 // Let the next request be the trial instead.
                 self.breaker.release_trial();
@@ -802,6 +813,7 @@ impl Instance {
         let left = self.budget.saturating_sub(self.used);
         let s = self.store.data_mut();
         s.deadline = Instant::now() + left;
+        s.wall_deadline = s.deadline + left.saturating_mul(3);
         s.yielded_ns.store(0, Ordering::Relaxed);
         s.ticks_in_call = 0;
         self.store.set_epoch_deadline(1);
@@ -847,6 +859,7 @@ impl Instance {
         let s = self.store.data_mut();
         s.may_yield = awaited;
         s.usage = budget::Usage::default();
+        self.in_call = true;
         Ok(Instant::now())
     }
 
@@ -857,6 +870,7 @@ impl Instance {
     ) -> Result<R, PluginFault> {
         let paused = self.store.data().yielded_ns.load(Ordering::Relaxed);
         self.used += start.elapsed().saturating_sub(Duration::from_nanos(paused));
+        self.in_call = false;
         match result {
             Some(Ok(r)) => Ok(r),
             Some(Err(e)) => Err(self.classify(e)),

@@ -74,3 +74,13 @@ pub(super) fn reserved_cookie<'a>(
         .filter_map(|(_, v)| v.split('=').next().map(str::trim))
         .find(|name| *name == visitor::COOKIE || *name == tenant.config.consent_cookie)
 }
+
+/// Every `X-Forwarded-For` line, joined in order (proxies may each add a line of their own).
+pub(super) fn forwarded_for(headers: &HeaderMap) -> String {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -60,15 +60,22 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         .map(|ClientAddr(p)| p.ip());
     let trusted = peer.is_some_and(|ip| app.is_trusted(ip));
     let client_ip = if trusted {
-        // Walk back through the proxies: the nearest address that is not one of ours.
-        header_str(req.headers(), "x-forwarded-for")
-            .and_then(|chain| {
-                chain
-                    .rsplit(',')
-                    .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
-                    .find(|ip| !app.is_trusted(*ip))
-            })
-            .or(peer)
+        // Walk back through the proxies, over every X-Forwarded-For line: the nearest address
+        // that is not one of ours. An entry that is not an address ends the walk (whatever is
+        // left of it could be the client's own invention).
+        let chain = headers::forwarded_for(req.headers());
+        let mut nearest = peer;
+        for entry in chain.rsplit(',') {
+            match entry.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) if app.is_trusted(ip) => nearest = Some(ip),
+                Ok(ip) => {
+                    nearest = Some(ip);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        nearest
     } else {
         peer
     };

@@ -4,7 +4,7 @@
 use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 
 use super::ctx::RequestCtx;
 use super::error::ProxyError;
-use super::headers::{apply_edits, header_str, strip_hop_by_hop};
+use super::headers::{apply_edits, forwarded_for, strip_hop_by_hop};
 use super::identify::VisitorCtx;
 use super::{BoxError, ClientAddr};
 use crate::app::Tenant;
@@ -63,9 +63,11 @@ pub(super) async fn fetch(
     if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>() {
         // Append to the chain a trusted proxy in front of Veneer started; anyone else's
         // X-Forwarded-For is replaced, so a client cannot pose as another address.
-        let chain = match header_str(&headers, "x-forwarded-for").filter(|_| ctx.trusted) {
-            Some(prev) => format!("{prev}, {}", peer.ip()),
-            None => peer.ip().to_string(),
+        let previous = forwarded_for(&headers);
+        let chain = if ctx.trusted && !previous.is_empty() {
+            format!("{previous}, {}", peer.ip())
+        } else {
+            peer.ip().to_string()
         };
         if let Ok(c) = HeaderValue::try_from(chain) {
             headers.insert("x-forwarded-for", c);
@@ -81,8 +83,13 @@ pub(super) async fn fetch(
         .parse()
         .map_err(|_| ProxyError::BadTarget)?;
     let client_failed = Arc::new(AtomicU8::new(0));
+    let progress = Arc::new(Progress::default());
+    progress
+        .done
+        .store(http_body::Body::is_end_stream(&body), Ordering::Relaxed);
     let body = WatchedBody {
         inner: body,
+        progress: progress.clone(),
         failed: client_failed.clone(),
         read: 0,
         max: tenant.config.limits.max_body_bytes,
@@ -94,20 +101,59 @@ pub(super) async fn fetch(
     *request.headers_mut() = headers;
     *request.uri_mut() = uri;
     let app = &ctx.app;
-    match tokio::time::timeout(app.origin_timeout, app.client.request(request)).await {
-        Ok(Ok(r)) => Ok(r),
+    let mut sending = std::pin::pin!(app.client.request(request));
+    // While the client's body is still being sent, the origin's timeout does not run: a slow
+    // upload is the body's stall timeout's business. It does run when the origin stops taking
+    // the body (nothing sent for a whole timeout while the client has more to give).
+    let mut frames = progress.frames.load(Ordering::Relaxed);
+    while !progress.done.load(Ordering::Relaxed) {
+        match tokio::time::timeout(app.origin_timeout, &mut sending).await {
+            Ok(result) => return classify(result, &client_failed),
+            Err(_) => {
+                let now = progress.frames.load(Ordering::Relaxed);
+                let waiting_on_client = progress.waiting_on_client.load(Ordering::Relaxed);
+                if now == frames && !waiting_on_client && !progress.done.load(Ordering::Relaxed) {
+                    return Err(ProxyError::OriginTimeout);
+                }
+                frames = now;
+            }
+        }
+    }
+    match tokio::time::timeout(app.origin_timeout, sending).await {
+        Ok(result) => classify(result, &client_failed),
+        Err(_) => Err(ProxyError::OriginTimeout),
+    }
+}
+
+/// Whose fault a failed origin request was.
+fn classify(
+    result: Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+    client_failed: &AtomicU8,
+) -> Result<Response<Incoming>, ProxyError> {
+    match result {
+        Ok(r) => Ok(r),
         // The client's own body broke (bad chunked framing, cut short): its fault, not the
         // origin's, whatever the connection to the origin made of it.
-        Ok(Err(e)) if client_failed.load(Ordering::Relaxed) != 0 => {
+        Err(e) if client_failed.load(Ordering::Relaxed) != 0 => {
             Err(match client_failed.load(Ordering::Relaxed) {
                 TOO_LARGE => ProxyError::BodyTooLarge,
                 STALLED => ProxyError::BodyTimeout,
                 _ => ProxyError::ClientBody(e.to_string()),
             })
         }
-        Ok(Err(e)) => Err(ProxyError::OriginUnreachable(e.to_string())),
-        Err(_) => Err(ProxyError::OriginTimeout),
+        Err(e) => Err(ProxyError::OriginUnreachable(e.to_string())),
     }
+}
+
+/// How far the client's body has got on its way to the origin.
+#[derive(Default)]
+struct Progress {
+    /// Frames passed on.
+    frames: AtomicU64,
+    /// The body is waiting for the client (not for the origin to take it).
+    waiting_on_client: AtomicBool,
+    /// The body has ended (or there is none).
+    done: AtomicBool,
 }
 
 /// How the client's body ended, when it did not end well.
@@ -119,6 +165,7 @@ const STALLED: u8 = 3;
 /// noting why it failed if it did, so the failure is charged to the client.
 struct WatchedBody {
     inner: Incoming,
+    progress: Arc<Progress>,
     failed: Arc<AtomicU8>,
     read: u64,
     max: u64,
@@ -137,6 +184,9 @@ impl http_body::Body for WatchedBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => {
+                this.progress
+                    .waiting_on_client
+                    .store(true, Ordering::Relaxed);
                 let stall = this.stall;
                 let timer = this
                     .timer
@@ -149,6 +199,13 @@ impl http_body::Body for WatchedBody {
             }
             Poll::Ready(Some(Ok(frame))) => {
                 this.timer = None;
+                this.progress
+                    .waiting_on_client
+                    .store(false, Ordering::Relaxed);
+                this.progress.frames.fetch_add(1, Ordering::Relaxed);
+                if this.inner.is_end_stream() {
+                    this.progress.done.store(true, Ordering::Relaxed);
+                }
                 if let Some(data) = frame.data_ref() {
                     this.read += data.len() as u64;
                     if this.read > this.max {
@@ -162,7 +219,10 @@ impl http_body::Body for WatchedBody {
                 this.failed.store(BROKEN, Ordering::Relaxed);
                 Poll::Ready(Some(Err(Box::new(e))))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.progress.done.store(true, Ordering::Relaxed);
+                Poll::Ready(None)
+            }
         }
     }
 
