@@ -72,6 +72,21 @@ fn complete(text: &str) -> bool {
         .is_some_and(|n| body.len() >= n)
 }
 
+/// Sends raw bytes and reads until the host closes the connection.
+async fn send_all(addr: SocketAddr, request: &'static [u8]) -> String {
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        s.write_all(request).expect("write");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .expect("blocking")
+}
+
 async fn send(addr: SocketAddr, request: &'static [u8]) -> String {
     tokio::task::spawn_blocking(move || raw(addr, request))
         .await
@@ -101,7 +116,17 @@ fn origin_errors(host: &Host) -> u64 {
 #[tokio::test]
 async fn requests_a_proxy_must_not_pass_on_are_refused_as_client_errors() {
     let (_o, host) = start("", "").await;
-    let cases: [(&str, &'static [u8], &str); 8] = [
+    let cases: [(&str, &'static [u8], &str); 10] = [
+        (
+            "Content-Length then Transfer-Encoding",
+            b"POST /echo-body HTTP/1.1\r\nhost: site.test\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "Transfer-Encoding then Content-Length, after a keep-alive request",
+            b"POST /echo-body HTTP/1.1\r\nhost: site.test\r\ncontent-length: 2\r\n\r\nokPOST /echo-body HTTP/1.1\r\nhost: site.test\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 200",
+        ),
         (
             "CONNECT",
             b"CONNECT site.test:443 HTTP/1.1\r\nhost: site.test:443\r\n\r\n",
@@ -144,7 +169,19 @@ async fn requests_a_proxy_must_not_pass_on_are_refused_as_client_errors() {
         ),
     ];
     for (what, request, status) in cases {
-        let answer = send(host.addr, request).await;
+        let mut answer = send(host.addr, request).await;
+        if what.contains("after a keep-alive request") {
+            // The first request is answered; the second, on the same connection, is refused.
+            assert!(answer.starts_with(status), "{what}: {answer}");
+            answer = send_all(host.addr, request).await;
+            let second = answer
+                .match_indices("HTTP/1.1 ")
+                .nth(1)
+                .map(|(i, _)| &answer[i..])
+                .unwrap_or_default();
+            assert!(second.starts_with("HTTP/1.1 400"), "{what}: {answer}");
+            continue;
+        }
         assert!(answer.starts_with(status), "{what}: {answer}");
         assert!(
             !answer.contains("Connection established") && !answer.contains("<h1>"),
@@ -152,7 +189,48 @@ async fn requests_a_proxy_must_not_pass_on_are_refused_as_client_errors() {
         );
     }
     assert_eq!(origin_errors(&host), 0, "{}", host.app.metrics.render());
-    assert!(client_errors(&host) >= 7, "{}", host.app.metrics.render());
+    assert!(client_errors(&host) >= 10, "{}", host.app.metrics.render());
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_by_the_host_before_the_body() {
+    let (_o, host) = start("", "").await;
+    let addr = host.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        s.write_all(
+            b"POST /echo-body HTTP/1.1\r\nhost: site.test\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+        )
+        .expect("head");
+        // A client waits for the interim answer before it sends the body.
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).expect("interim response");
+        let interim = String::from_utf8_lossy(&buf[..n]).into_owned();
+        s.write_all(b"hello").expect("body");
+        let mut out = Vec::new();
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    if complete(&String::from_utf8_lossy(&out)) {
+                        break;
+                    }
+                }
+            }
+        }
+        (interim, String::from_utf8_lossy(&out).into_owned())
+    })
+    .await
+    .expect("blocking");
+    assert!(answer.0.starts_with("HTTP/1.1 100 Continue"), "{answer:?}");
+    assert!(answer.1.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(
+        answer.1.ends_with("read 5 bytes"),
+        "the origin got the body: {answer:?}"
+    );
 }
 
 #[tokio::test]

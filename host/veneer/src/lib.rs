@@ -15,6 +15,7 @@ pub mod app;
 pub mod charset;
 pub mod config;
 pub mod demo;
+pub mod framing;
 pub mod geo;
 pub mod limits;
 pub mod metrics;

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::app::App;
+use crate::framing::{FramingFlag, Watched};
 use crate::proxy;
 
 /// Accepts connections on `listener` and serves them with `app` until the task is aborted.
@@ -78,8 +79,17 @@ pub fn serve_until(
                 ) {
                     return;
                 }
+                // Requests on one HTTP/1 connection reach the service in order, so counting
+                // them here matches the watcher's count of heads.
+                let flag = FramingFlag::default();
+                let stream = Watched::new(stream, flag.clone());
+                let ordinal = std::sync::atomic::AtomicU64::new(0);
                 let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     let app = app.clone();
+                    let n = ordinal.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    if req.version() < http::Version::HTTP_2 && flag.conflicting(n) {
+                        req.extensions_mut().insert(proxy::ConflictingFraming);
+                    }
                     req.extensions_mut().insert(proxy::ClientAddr(peer));
                     async move { Ok::<_, Infallible>(proxy::handle(app, req).await) }
                 });

@@ -54,6 +54,15 @@ pub(super) fn check(parts: &Parts) -> Result<Admitted, ProxyError> {
         return Ok(Admitted::Reply(r));
     }
     target(&parts.uri, &parts.headers, parts.version)?;
+    if parts
+        .extensions
+        .get::<super::ConflictingFraming>()
+        .is_some()
+    {
+        return Err(ProxyError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
     framing(&parts.headers)?;
     Ok(Admitted::Proceed)
 }

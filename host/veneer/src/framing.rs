@@ -1,0 +1,337 @@
+//! A read-side watch over an HTTP/1 connection's raw bytes, for the one framing fault hyper
+//! hides from a service: a request carrying both `Content-Length` and `Transfer-Encoding`.
+//! hyper (correctly) frames such a request by its chunked encoding, drops the length and closes
+//! the connection afterwards, but the service only ever sees the cleaned-up head, so it cannot
+//! refuse the request as RFC 9112 §6.1 asks of an intermediary. This watcher follows the
+//! request heads and body framing as hyper reads them and records the ordinal of the first
+//! request that had both; the service compares its own count of requests against it.
+//!
+//! It only watches: bytes pass through untouched. When it cannot follow the stream (h2c, an
+//! upgrade, a head too large, a framing error, which hyper refuses anyway) it stops watching.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Largest head followed; hyper's own limit is larger, so a bigger head is not watched.
+const MAX_HEAD: usize = 64 * 1024;
+/// Longest chunk-size or trailer line followed.
+const MAX_LINE: usize = 4096;
+/// Most header lines parsed (hyper's default is 100).
+const MAX_HEADERS: usize = 128;
+
+/// The ordinal (1-based) of the first request on a connection that declared both framings;
+/// 0 while there is none. Shared between the watcher and the connection's service.
+#[derive(Clone, Default)]
+pub struct FramingFlag(Arc<AtomicU64>);
+
+impl FramingFlag {
+    /// Whether request number `ordinal` (1-based) on this connection declared both
+    /// `Content-Length` and `Transfer-Encoding`.
+    pub fn conflicting(&self, ordinal: u64) -> bool {
+        self.0.load(Ordering::Acquire) == ordinal
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chunk {
+    /// Reading a chunk-size line.
+    Size,
+    /// Inside chunk data, this many bytes to go.
+    Data(u64),
+    /// The CRLF after chunk data.
+    DataEnd,
+    /// Trailer lines, until an empty one.
+    Trailers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Head,
+    Fixed(u64),
+    Chunked(Chunk),
+    /// Not following any more.
+    Off,
+}
+
+/// Follows request framing over the bytes fed to it.
+pub struct Tracker {
+    phase: Phase,
+    buf: Vec<u8>,
+    requests: u64,
+    flag: FramingFlag,
+}
+
+impl Tracker {
+    /// A tracker reporting into `flag`.
+    pub fn new(flag: FramingFlag) -> Self {
+        Tracker {
+            phase: Phase::Head,
+            buf: Vec::new(),
+            requests: 0,
+            flag,
+        }
+    }
+
+    /// Feeds bytes read from the client, in order.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match self.phase {
+                Phase::Off => return,
+                Phase::Head => {
+                    let searched_from = self.buf.len().saturating_sub(3);
+                    self.buf.extend_from_slice(data);
+                    data = &[];
+                    // Parse only once a blank line has arrived, so a head dripped byte by byte
+                    // is not re-parsed for every byte.
+                    let tail = &self.buf[searched_from..];
+                    let complete = tail.windows(2).any(|w| w == b"\n\n")
+                        || tail.windows(3).any(|w| w == b"\n\r\n");
+                    if !complete {
+                        if self.buf.len() > MAX_HEAD {
+                            self.stop();
+                        }
+                        continue;
+                    }
+                    let rest = match self.head() {
+                        Some(rest) => rest,
+                        None => continue,
+                    };
+                    // The bytes after the head belong to the body (or the next request).
+                    self.buf.clear();
+                    self.feed(&rest);
+                    return;
+                }
+                Phase::Fixed(n) => {
+                    let take = (data.len() as u64).min(n);
+                    data = &data[take as usize..];
+                    self.phase = if n == take {
+                        Phase::Head
+                    } else {
+                        Phase::Fixed(n - take)
+                    };
+                }
+                Phase::Chunked(Chunk::Data(n)) => {
+                    let take = (data.len() as u64).min(n);
+                    data = &data[take as usize..];
+                    self.phase = Phase::Chunked(if n == take {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(n - take)
+                    });
+                }
+                Phase::Chunked(state) => {
+                    let Some(end) = data.iter().position(|&b| b == b'\n') else {
+                        self.buf.extend_from_slice(data);
+                        if self.buf.len() > MAX_LINE {
+                            self.stop();
+                        }
+                        return;
+                    };
+                    self.buf.extend_from_slice(&data[..=end]);
+                    data = &data[end + 1..];
+                    let line = std::mem::take(&mut self.buf);
+                    let line = line
+                        .strip_suffix(b"\n")
+                        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                        .unwrap_or(&line);
+                    self.phase = match state {
+                        Chunk::Size => match chunk_size(line) {
+                            Some(0) => Phase::Chunked(Chunk::Trailers),
+                            Some(n) => Phase::Chunked(Chunk::Data(n)),
+                            None => Phase::Off,
+                        },
+                        Chunk::DataEnd if line.is_empty() => Phase::Chunked(Chunk::Size),
+                        Chunk::Trailers if line.is_empty() => Phase::Head,
+                        Chunk::Trailers => Phase::Chunked(Chunk::Trailers),
+                        Chunk::DataEnd | Chunk::Data(_) => Phase::Off,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Parses the buffered head; returns the bytes after it, or `None` when it stopped.
+    fn head(&mut self) -> Option<Vec<u8>> {
+        // Empty lines before a request line are allowed (RFC 9112 §2.2).
+        let start = self
+            .buf
+            .iter()
+            .position(|&b| b != b'\r' && b != b'\n')
+            .unwrap_or(self.buf.len());
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let used = match req.parse(&self.buf[start..]) {
+            Ok(httparse::Status::Complete(n)) => n,
+            // Only leading blank lines so far: wait for the rest.
+            Ok(httparse::Status::Partial) if self.buf.len() <= MAX_HEAD => return None,
+            _ => {
+                self.stop();
+                return None;
+            }
+        };
+        self.requests += 1;
+        let mut length = None;
+        let mut chunked = false;
+        let mut upgrade = req.method == Some("CONNECT");
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                length = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .or(Some(u64::MAX));
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = true;
+            } else if h.name.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            }
+        }
+        let rest = self.buf[start + used..].to_vec();
+        self.phase = match (length, chunked) {
+            _ if upgrade => Phase::Off,
+            (Some(_), true) => {
+                // hyper closes the connection after this request, so nothing later matters.
+                let _ = self.flag.0.compare_exchange(
+                    0,
+                    self.requests,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                Phase::Off
+            }
+            (None, true) => Phase::Chunked(Chunk::Size),
+            (Some(u64::MAX), false) => Phase::Off,
+            (Some(0), false) | (None, false) => Phase::Head,
+            (Some(n), false) => Phase::Fixed(n),
+        };
+        Some(rest)
+    }
+
+    fn stop(&mut self) {
+        self.phase = Phase::Off;
+        self.buf = Vec::new();
+    }
+}
+
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let hex = line.split(|&b| b == b';').next()?;
+    let hex = std::str::from_utf8(hex).ok()?.trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// An I/O stream whose reads are followed by a [`Tracker`].
+pub struct Watched<S> {
+    inner: S,
+    tracker: Tracker,
+}
+
+impl<S> Watched<S> {
+    /// Watches `inner`, reporting into `flag`.
+    pub fn new(inner: S, flag: FramingFlag) -> Self {
+        Watched {
+            inner,
+            tracker: Tracker::new(flag),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r
+            && this.tracker.phase != Phase::Off
+        {
+            this.tracker.feed(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(chunks: &[&[u8]]) -> (u64, u64) {
+        let flag = FramingFlag::default();
+        let mut t = Tracker::new(flag.clone());
+        for c in chunks {
+            t.feed(c);
+        }
+        (flag.0.load(Ordering::Acquire), t.requests)
+    }
+
+    #[test]
+    fn flags_the_request_with_both_framings_after_others() {
+        let stream = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+GET /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nT: 1\r\n\r\n\
+\r\nPOST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(run(&[stream]), (3, 3));
+        // The same bytes one at a time.
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(run(&bytes), (3, 3));
+    }
+
+    #[test]
+    fn a_body_that_looks_like_a_head_is_not_read_as_one() {
+        let body = b"X: 1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut stream = format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        stream.extend_from_slice(body);
+        stream.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(run(&[&stream]), (0, 2));
+    }
+
+    #[test]
+    fn stops_on_what_it_cannot_follow() {
+        assert_eq!(run(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]), (0, 0));
+        assert_eq!(
+            run(&[b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\nContent-Length: 1\r\n"]),
+            (0, 1)
+        );
+        let big = vec![b'a'; MAX_HEAD + 10];
+        assert_eq!(run(&[b"GET /", &big]), (0, 0));
+    }
+}
