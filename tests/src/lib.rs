@@ -1,6 +1,8 @@
 //! Harness for Veneer's end-to-end tests: a real origin server and a real host, both on
 //! `127.0.0.1:0`, with real plugins compiled to wasm32-wasip2 by this crate's build script.
 
+pub mod fuzz;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future as _;

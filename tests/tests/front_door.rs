@@ -365,7 +365,7 @@ async fn send_from(source: &str, addr: SocketAddr, request: &[u8]) -> String {
 async fn each_client_address_has_its_own_request_rate() {
     let (_o, host) = start(
         // A slow refill, so the test does not race it on a loaded machine.
-        "[tenant.limits]\nrequests_per_second_per_client = 0.1\nburst_per_client = 5\n",
+        "[tenant.limits]\nrequests_per_second_per_client = 0.1\nburst_per_client = 5\nrefusal_delay_ms = 300\n",
         "",
     )
     .await;
@@ -374,8 +374,15 @@ async fn each_client_address_has_its_own_request_rate() {
         let answer = send_from("127.0.0.2", host.addr, get).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "request {i}: {answer}");
     }
+    let started = std::time::Instant::now();
     let answer = send_from("127.0.0.2", host.addr, get).await;
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    // The refusal is held back, so a client flooding over one connection gets few answers.
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(answer.contains("retry-after: 10"), "{answer}");
     let answer = send_from("127.0.0.3", host.addr, get).await;
     assert!(

@@ -110,6 +110,8 @@ pub struct App {
     pub connections: crate::limits::ConnectionLimiter,
     /// Requests per client address per tenant.
     pub rates: crate::limits::RateLimiter,
+    /// Bounds the log lines for refused requests (a flood must not become a log flood).
+    pub refusal_log: crate::limits::LogBudget,
     /// How long a client may take to send a request's head.
     pub header_read_timeout: Duration,
     /// Country by client address (`[server] geoip`).
@@ -209,6 +211,7 @@ impl App {
                 config.server.max_connections_per_client,
             ),
             rates: crate::limits::RateLimiter::default(),
+            refusal_log: crate::limits::LogBudget::new(20),
             header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
             geo,
             runtime,

@@ -196,6 +196,10 @@ pub struct TenantLimits {
     pub requests_per_second_per_client: f64,
     /// How many requests a client may make at once before the rate applies.
     pub burst_per_client: f64,
+    /// How long a client over its rate waits for its 429, in milliseconds. A client flooding
+    /// over one connection then gets ten answers a second instead of tens of thousands, so
+    /// the flood costs the host (and the other clients on it) almost nothing.
+    pub refusal_delay_ms: u64,
     /// Largest request body, in bytes (413 past it).
     pub max_body_bytes: u64,
     /// How long a request body may stall between two reads before the request fails (408).
@@ -221,6 +225,7 @@ impl Default for TenantLimits {
             plugin_concurrency: None,
             requests_per_second_per_client: 100.0,
             burst_per_client: 200.0,
+            refusal_delay_ms: 100,
             max_body_bytes: 10 << 20,
             body_read_timeout_ms: 30_000,
         }
@@ -395,6 +400,12 @@ impl Config {
                 return Err(self.err(
                     format!("{at}.limits.burst_per_client"),
                     "must be at least 1 when a rate is set",
+                ));
+            }
+            if l.refusal_delay_ms > 10_000 {
+                return Err(self.err(
+                    format!("{at}.limits.refusal_delay_ms"),
+                    "must be at most 10000 (a held refusal still holds a connection)",
                 ));
             }
             if l.body_read_timeout_ms == 0 {

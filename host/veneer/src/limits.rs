@@ -141,6 +141,53 @@ impl RateLimiter {
     }
 }
 
+/// Bounds how many lines of one kind are logged per second, so a client flooding the host with
+/// bad or over-limit requests cannot turn each one into a log line (the metrics still count
+/// every one). What was left out is reported once the next second opens.
+pub struct LogBudget {
+    per_second: u64,
+    window: AtomicU64,
+    used: AtomicU64,
+    skipped: AtomicU64,
+}
+
+impl LogBudget {
+    /// At most `per_second` lines per second.
+    pub fn new(per_second: u64) -> Self {
+        LogBudget {
+            per_second,
+            window: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a line may be logged now; `Some(n)` also when `n` lines were skipped in an
+    /// earlier second and should be reported.
+    pub fn admit(&self) -> (bool, Option<u64>) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut skipped = None;
+        let window = self.window.load(Ordering::Relaxed);
+        if window != now
+            && self
+                .window
+                .compare_exchange(window, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.used.store(0, Ordering::Relaxed);
+            skipped = Some(self.skipped.swap(0, Ordering::Relaxed)).filter(|n| *n > 0);
+        }
+        if self.used.fetch_add(1, Ordering::Relaxed) < self.per_second {
+            (true, skipped)
+        } else {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            (false, skipped)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +206,18 @@ mod tests {
         );
         drop(g1);
         assert!(limiter.admit(a).is_some(), "a slot came free");
+    }
+
+    #[test]
+    fn log_lines_are_bounded_per_second_and_the_rest_reported() {
+        let budget = LogBudget::new(3);
+        let admitted = (0..10).filter(|_| budget.admit().0).count();
+        // Ten calls may straddle a second boundary; at most two windows' worth get through.
+        assert!((3..=6).contains(&admitted), "{admitted}");
+        std::thread::sleep(Duration::from_millis(1100));
+        let (ok, skipped) = budget.admit();
+        assert!(ok);
+        assert!(skipped.is_some_and(|n| n >= 4), "{skipped:?}");
     }
 
     #[test]

@@ -47,7 +47,16 @@ pub(super) fn respond(
             let tenant = ctx.tenant_name();
             match e.source() {
                 Source::Client => {
-                    tracing::info!(tenant, request_id = %ctx.id, host = %ctx.host, error = e.detail(), "request refused");
+                    let (log, skipped) = ctx.app.refusal_log.admit();
+                    if let Some(n) = skipped {
+                        tracing::info!(
+                            skipped = n,
+                            "more requests were refused than logged (see veneer_errors_total)"
+                        );
+                    }
+                    if log {
+                        tracing::info!(tenant, request_id = %ctx.id, host = %ctx.host, error = e.detail(), "request refused");
+                    }
                 }
                 Source::Origin => {
                     tracing::warn!(tenant, request_id = %ctx.id, error = e.detail(), "origin failed");

@@ -56,6 +56,17 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The response body type.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
+/// The front door's verdict on a request head as a status, `None` when the request goes on to
+/// a tenant (`OPTIONS *`, answered by the host, is `204`). The fuzz targets feed it arbitrary
+/// heads; [`handle`] runs the same checks.
+pub fn admit_status(parts: &http::request::Parts) -> Option<http::StatusCode> {
+    match admit::check(parts) {
+        Ok(admit::Admitted::Proceed) => None,
+        Ok(admit::Admitted::Reply(r)) => Some(r.status()),
+        Err(e) => Some(e.status()),
+    }
+}
+
 /// Handles one request.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     // Only a trusted proxy in front of Veneer may name the request (or say who the client is).
@@ -122,7 +133,13 @@ async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Bo
         .ok_or(ProxyError::UnknownHost)?;
     ctx.tenant = Some(tenant.clone());
     admit::method_allowed(&parts.method, &tenant.methods)?;
-    admit::within_limits(ctx, &tenant, &parts)?;
+    if let Err(e) = admit::within_limits(ctx, &tenant, &parts) {
+        if matches!(e, ProxyError::TooManyRequests(_)) {
+            let delay = tenant.config.limits.refusal_delay_ms;
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
+        return Err(e);
+    }
     let visitor = identify::visitor(ctx, &tenant, &parts);
     let requested = plugins::on_request(ctx, &tenant, &visitor).await;
     let (chain, edits) = match requested {
