@@ -56,6 +56,22 @@ impl Fragments {
     pub fn parse(text: &str, default_locale: &str) -> Result<Self, String> {
         let by_key: HashMap<String, HashMap<String, String>> =
             toml::from_str(text).map_err(|e| e.to_string())?;
+        Ok(Self::from_map(by_key, default_locale))
+    }
+
+    /// Parses fragments as JSON, `{"hero-new": {"en": "html", ...}, ...}` (the admin API's form).
+    pub fn parse_json(text: &str, default_locale: &str) -> Result<Self, String> {
+        let by_key: HashMap<String, HashMap<String, String>> =
+            serde_json::from_str(text).map_err(|e| e.to_string())?;
+        Ok(Self::from_map(by_key, default_locale))
+    }
+
+    /// Fragments with no entries.
+    pub fn empty(default_locale: &str) -> Self {
+        Self::from_map(HashMap::new(), default_locale)
+    }
+
+    fn from_map(by_key: HashMap<String, HashMap<String, String>>, default_locale: &str) -> Self {
         let by_key = by_key
             .into_iter()
             .map(|(k, locales)| {
@@ -68,10 +84,10 @@ impl Fragments {
                 )
             })
             .collect();
-        Ok(Fragments {
+        Fragments {
             by_key,
             default_locale: default_locale.to_ascii_lowercase(),
-        })
+        }
     }
 
     /// The fragment for `locale` (`nb-NO`), then its language (`nb`), then the default.
@@ -90,10 +106,14 @@ impl Fragments {
     }
 }
 
+/// Tenants by lower-case host name.
+pub type TenantMap = HashMap<String, Arc<Tenant>>;
+
 /// The running host's shared state.
 pub struct App {
-    /// Tenants by lower-case host name.
-    pub tenants: HashMap<String, Arc<Tenant>>,
+    /// Tenants by lower-case host name: one immutable snapshot, swapped whole by the control
+    /// plane, so a request sees one version of its tenant from start to end.
+    pub tenants: arc_swap::ArcSwap<TenantMap>,
     /// Signs visitor cookies.
     pub signer: CookieSigner,
     /// Event queue.
@@ -128,6 +148,12 @@ impl App {
 
     /// Builds the host from a validated config. Must run inside a tokio runtime (analytics).
     pub fn build(config: &Config) -> anyhow::Result<App> {
+        Self::build_with(config, true)
+    }
+
+    /// Like [`App::build`]; without `load_tenants` the config's tenants only size the plugin
+    /// pool and nothing is served until the control plane swaps tenants in.
+    pub fn build_with(config: &Config, load_tenants: bool) -> anyhow::Result<App> {
         let metrics = Arc::new(Metrics::default());
         let max_memory = config
             .tenants
@@ -152,6 +178,9 @@ impl App {
         let mut tenants = HashMap::new();
         let mut per_contract: HashMap<Contract, u64> = HashMap::new();
         for (i, t) in config.tenants.iter().enumerate() {
+            if !load_tenants {
+                break;
+            }
             let tenant = Arc::new(load_tenant(config, i, t, &runtime)?);
             for p in &tenant.plugins {
                 tracing::info!(tenant = %t.name, plugin = p.name(), contract = %p.contract(), "plugin loaded");
@@ -188,7 +217,7 @@ impl App {
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         Ok(App {
-            tenants,
+            tenants: arc_swap::ArcSwap::from_pointee(tenants),
             signer: CookieSigner::new(&secret),
             analytics: Analytics::start(
                 config
@@ -219,14 +248,43 @@ impl App {
     }
 
     /// The tenant serving `host` (port ignored).
-    pub fn tenant(&self, host: &str) -> Option<&Arc<Tenant>> {
+    pub fn tenant(&self, host: &str) -> Option<Arc<Tenant>> {
         let name = match host.rsplit_once(':') {
             Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
                 name
             }
             _ => host,
         };
-        self.tenants.get(&name.to_ascii_lowercase())
+        self.tenants.load().get(&name.to_ascii_lowercase()).cloned()
+    }
+
+    /// The tenant named `name`, if it is being served.
+    pub fn tenant_named(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.tenants
+            .load()
+            .values()
+            .find(|t| &*t.name == name)
+            .cloned()
+    }
+
+    /// Serves `new` in place of the tenant named `name` (or stops serving it, with `None`).
+    /// Requests that already hold the old snapshot finish with it. Callers serialize changes.
+    pub fn swap_tenant(&self, name: &str, new: Option<Arc<Tenant>>) {
+        let mut map: TenantMap = (**self.tenants.load()).clone();
+        map.retain(|_, t| &*t.name != name);
+        if let Some(t) = new {
+            for p in &t.plugins {
+                self.metrics.set(
+                    "veneer_plugin_active_version",
+                    &[("tenant", name), ("plugin", p.name())],
+                    p.version().unwrap_or(0),
+                );
+            }
+            for host in &t.config.hosts {
+                map.insert(host.to_ascii_lowercase(), t.clone());
+            }
+        }
+        self.tenants.store(Arc::new(map));
     }
 }
 
@@ -296,25 +354,7 @@ fn load_tenant(
             })?
         }
     };
-    let l = &t.limits;
-    let limits = Limits {
-        time_budget: Duration::from_millis(l.plugin_time_ms),
-        memory_bytes: usize::try_from(l.plugin_memory_mb << 20).unwrap_or(usize::MAX),
-        budget: Budget {
-            max_rules: l.plan_max_rules,
-            max_inserted_bytes: l.plan_max_inserted_bytes,
-            max_header_edits: l.plan_max_header_edits,
-            max_header_bytes: l.plan_max_header_bytes,
-            max_json_ops: l.plan_max_json_ops,
-            max_json_bytes: l.plan_max_json_bytes,
-            max_growth: l.rewrite_max_growth,
-            extra_bytes: l.rewrite_extra_bytes,
-        },
-        breaker: BreakerPolicy {
-            faults: l.breaker_faults,
-            cooldown: Duration::from_millis(l.breaker_cooldown_ms),
-        },
-    };
+    let limits = plugin_limits(&t.limits);
     let plugins = t
         .plugins
         .iter()
@@ -331,12 +371,40 @@ fn load_tenant(
                 })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Tenant {
-        config: t.clone(),
-        origin,
-        rules,
-        fragments,
-        plugins,
+    Ok(assemble(t.clone(), origin, rules, fragments, plugins))
+}
+
+/// The engine limits for a tenant's `[tenant.limits]`.
+pub fn plugin_limits(l: &config::TenantLimits) -> Limits {
+    Limits {
+        time_budget: Duration::from_millis(l.plugin_time_ms),
+        memory_bytes: usize::try_from(l.plugin_memory_mb << 20).unwrap_or(usize::MAX),
+        budget: Budget {
+            max_rules: l.plan_max_rules,
+            max_inserted_bytes: l.plan_max_inserted_bytes,
+            max_header_edits: l.plan_max_header_edits,
+            max_header_bytes: l.plan_max_header_bytes,
+            max_json_ops: l.plan_max_json_ops,
+            max_json_bytes: l.plan_max_json_bytes,
+            max_growth: l.rewrite_max_growth,
+            extra_bytes: l.rewrite_extra_bytes,
+        },
+        breaker: BreakerPolicy {
+            faults: l.breaker_faults,
+            cooldown: Duration::from_millis(l.breaker_cooldown_ms),
+        },
+    }
+}
+
+/// A tenant from its parts (already loaded and validated).
+pub fn assemble(
+    t: config::Tenant,
+    origin: http::uri::Authority,
+    rules: RuleSet,
+    fragments: Fragments,
+    plugins: Vec<Plugin>,
+) -> Tenant {
+    Tenant {
         name: Arc::from(t.name.as_str()),
         methods: t
             .methods
@@ -348,7 +416,12 @@ fn load_tenant(
                 .plugin_concurrency
                 .unwrap_or_else(default_plugin_concurrency),
         )),
-    })
+        config: t,
+        origin,
+        rules,
+        fragments,
+        plugins,
+    }
 }
 
 /// As many as there are cores (at least 2): a call past its first ticks runs at most half a

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A configuration problem, with its place.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +44,15 @@ pub struct Config {
 pub struct Server {
     /// Where visitors connect (HTTP/1.1 and h2c).
     pub listen: SocketAddr,
-    /// Optional admin listener serving `/metrics` and `/healthz`.
+    /// Optional admin listener: `/metrics`, `/healthz`, `/readyz`, and with `data_dir` the
+    /// admin API (`/v1/...`).
     pub admin_listen: Option<SocketAddr>,
+    /// The state store's directory (SQLite). When set, the store is the source of truth for
+    /// tenants, plugins, rules and fragments: the config's `[[tenant]]` tables seed it on the
+    /// first start and are not read again; the admin API changes it while the host serves.
+    pub data_dir: Option<PathBuf>,
+    /// The first operator token for the admin API; `VENEER_ADMIN_TOKEN` overrides it.
+    pub admin_token: Option<String>,
     /// Secret for signing visitor cookies; `VENEER_COOKIE_SECRET` overrides it. At least 32
     /// bytes. When neither is set, a random secret is made at start (cookies then do not
     /// survive a restart, which is logged).
@@ -79,6 +86,8 @@ impl Default for Server {
         Server {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: None,
+            data_dir: None,
+            admin_token: None,
             cookie_secret: None,
             cache_dir: PathBuf::from(".veneer-cache"),
             analytics_log: None,
@@ -94,7 +103,7 @@ impl Default for Server {
 }
 
 /// `[[tenant]]`: one site.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
     /// Name used in logs, metrics and analytics.
@@ -155,7 +164,7 @@ fn default_consent() -> Vec<String> {
 }
 
 /// `[tenant.limits]`.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantLimits {
     /// Time budget per plugin per request, in milliseconds.
@@ -233,7 +242,7 @@ impl Default for TenantLimits {
 }
 
 /// `[[tenant.plugin]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// Name in logs and metrics.
@@ -293,8 +302,8 @@ impl Config {
         }
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.tenants.is_empty() {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.tenants.is_empty() && self.server.data_dir.is_none() {
             return Err(self.err(
                 "tenant",
                 "no [[tenant]] defined: the host would serve nothing",
@@ -304,6 +313,11 @@ impl Config {
             && secret.len() < 32
         {
             return Err(self.err("server.cookie_secret", "must be at least 32 bytes"));
+        }
+        if let Some(token) = &self.server.admin_token
+            && token.len() < 16
+        {
+            return Err(self.err("server.admin_token", "must be at least 16 characters"));
         }
         if self.server.max_instances == 0 {
             return Err(self.err("server.max_instances", "must be at least 1"));

@@ -10,10 +10,13 @@
 //! - [`server`]: listeners; [`analytics`] and [`metrics`]: what the host reports.
 //! - [`demo`]: the demo shop origin used by `veneer demo`.
 
+pub mod admin;
+pub mod admin_cli;
 pub mod analytics;
 pub mod app;
 pub mod charset;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod framing;
 pub mod geo;
@@ -23,4 +26,5 @@ pub mod plugin;
 pub mod proxy;
 pub mod rewrite;
 pub mod server;
+pub mod store;
 pub mod visitor;

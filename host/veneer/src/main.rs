@@ -61,6 +61,8 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Drive a running host's admin API (tenants, tokens, plugins, rules, fragments, audit).
+    Admin(veneer::admin_cli::AdminArgs),
 }
 
 #[derive(Subcommand)]
@@ -105,11 +107,18 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => plugin_check(&file),
+        Command::Admin(args) => run_async(async move {
+            let out = veneer::admin_cli::run(args).await?;
+            println!("{out}");
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("veneer: {e:#}");
+            // One line: scripts read the reason from stderr.
+            let reason = format!("{e:#}");
+            eprintln!("veneer: {}", reason.lines().collect::<Vec<_>>().join("; "));
             ExitCode::FAILURE
         }
     }
@@ -186,7 +195,30 @@ async fn start(config: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    let app = Arc::new(App::build(&config)?);
+    let store = match &config.server.data_dir {
+        Some(dir) => Some(veneer::store::Store::open(&config.resolve(dir))?),
+        None => None,
+    };
+    let app = Arc::new(App::build_with(&config, store.is_none())?);
+    let control = match store {
+        Some(store) => {
+            let token = std::env::var("VENEER_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .or_else(|| config.server.admin_token.clone());
+            if token.is_none() {
+                tracing::warn!(
+                    "no VENEER_ADMIN_TOKEN (or [server] admin_token): only tokens already in the store can use the admin API"
+                );
+            }
+            let control = veneer::control::Control::new(store, app.clone(), &config, token.as_deref())
+                .map_err(|e| anyhow::anyhow!("opening the state store: {}", e.message))?;
+            control.seed(&config).await.context("importing the config into the state store")?;
+            control.load_all().await?;
+            Some(Arc::new(control))
+        }
+        None => None,
+    };
     let listener = server::bind(config.server.listen).await?;
     tracing::info!(listen = %config.server.listen, tenants = config.tenants.len(), "veneer is serving");
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -195,8 +227,11 @@ async fn start(config: Config) -> anyhow::Result<()> {
         stopped.notified().await;
     });
     if let Some(admin) = config.server.admin_listen {
-        server::serve_admin(app.clone(), server::bind(admin).await?);
-        tracing::info!(%admin, "admin endpoint (/metrics, /healthz)");
+        let api = control.is_some();
+        veneer::admin::serve(app.clone(), control, server::bind(admin).await?);
+        tracing::info!(%admin, api, "admin endpoint (/metrics, /healthz, /readyz; /v1 admin API with a data_dir)");
+    } else if control.is_some() {
+        tracing::warn!("data_dir is set but admin_listen is not: the admin API is not served");
     }
     let signal = tokio::select! {
         _ = &mut proxy => anyhow::bail!("the listener stopped"),

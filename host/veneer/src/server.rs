@@ -4,9 +4,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Response, StatusCode};
-use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -113,31 +110,10 @@ pub fn serve_until(
     })
 }
 
-/// Serves `/metrics` and `/healthz`.
+/// Serves `/metrics`, `/healthz` and `/readyz` (no admin API: that needs a state store, see
+/// [`crate::admin::serve`]).
 pub fn serve_admin(app: Arc<App>, listener: TcpListener) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let app = app.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let app = app.clone();
-                    async move {
-                        let (status, body) = match req.uri().path() {
-                            "/metrics" => (StatusCode::OK, app.metrics.render()),
-                            "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
-                            _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
-                        };
-                        let mut r = Response::new(Full::new(Bytes::from(body)));
-                        *r.status_mut() = status;
-                        Ok::<_, Infallible>(r)
-                    }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    })
+    crate::admin::serve(app, None, listener)
 }
 
 /// Binds `addr`, naming it in the error.

@@ -205,6 +205,7 @@ pub struct Runtime {
     linker: Linker<StoreState>,
     cache_dir: PathBuf,
     ticker_stop: Arc<AtomicBool>,
+    max_memory_bytes: usize,
 }
 
 /// How often the epoch advances; deadlines are whole ticks.
@@ -272,7 +273,13 @@ impl Runtime {
             linker,
             cache_dir: options.cache_dir.clone(),
             ticker_stop,
+            max_memory_bytes: options.max_memory_bytes,
         })
+    }
+
+    /// The largest per-instance memory limit this runtime's pool can give a plugin.
+    pub fn max_memory_bytes(&self) -> usize {
+        self.max_memory_bytes
     }
 
     /// Loads a plugin from a `.wasm` component file.
@@ -346,6 +353,7 @@ impl Runtime {
             engine: self.engine.clone(),
             from_cache,
             breaker: Arc::new(breaker::Breaker::new(limits.breaker)),
+            version: None,
         })
     }
 
@@ -522,6 +530,7 @@ pub struct Plugin {
     engine: Engine,
     from_cache: bool,
     breaker: Arc<breaker::Breaker>,
+    version: Option<u64>,
 }
 
 impl Plugin {
@@ -549,6 +558,17 @@ impl Plugin {
     /// The plugin's name in the tenant config.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The stored version id this plugin was loaded from (plugins from the state store).
+    pub fn version(&self) -> Option<u64> {
+        self.version
+    }
+
+    /// Labels the plugin with its stored version id.
+    pub fn with_version(mut self, version: u64) -> Self {
+        self.version = Some(version);
+        self
     }
 
     /// The contract version the plugin was built for.

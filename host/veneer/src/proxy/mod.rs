@@ -129,7 +129,6 @@ async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Bo
     let tenant = ctx
         .app
         .tenant(&ctx.host)
-        .cloned()
         .ok_or(ProxyError::UnknownHost)?;
     ctx.tenant = Some(tenant.clone());
     admit::method_allowed(&parts.method, &tenant.methods)?;

@@ -1,0 +1,496 @@
+//! `veneer admin ...`: the admin API from the command line, so operators script it without
+//! curl. Every command takes `--url` and `--token` (defaults: `VENEER_ADMIN_URL`,
+//! `VENEER_ADMIN_TOKEN`); it exits 0 on success and otherwise prints a one-line reason on
+//! stderr. Commands that create something print its id (or the token) alone on stdout;
+//! the others print the API's JSON answer.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http::{Method, Request, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+use crate::admin::percent_encode;
+
+/// `veneer admin`.
+#[derive(Args)]
+pub struct AdminArgs {
+    /// The admin listener, e.g. `http://127.0.0.1:9090`.
+    #[arg(long, global = true, env = "VENEER_ADMIN_URL")]
+    pub url: Option<String>,
+    /// A bearer token (operator or tenant).
+    #[arg(long, global = true, env = "VENEER_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Tenants (sites): create, list, show, update, disable, enable, delete.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Admin tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Plugin versions: push, activate, roll back, list, params, remove.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// A tenant's rules (segments, experiments, campaigns, saved groups).
+    Rules {
+        #[command(subcommand)]
+        command: DocCommand,
+    },
+    /// A tenant's content fragments.
+    Fragments {
+        #[command(subcommand)]
+        command: DocCommand,
+    },
+    /// The audit log, newest first.
+    Audit {
+        /// Only this tenant's entries.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        /// Its name.
+        name: String,
+        /// A Host it serves (repeat for more).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Its origin, `http://host:port`.
+        #[arg(long)]
+        origin: String,
+    },
+    /// List the tenants this token sees.
+    List,
+    /// Show one tenant.
+    Show {
+        /// Its name.
+        name: String,
+    },
+    /// Change a tenant: a JSON merge patch of its spec, e.g. '{"origin": "http://..."}'.
+    Update {
+        /// Its name.
+        name: String,
+        /// The patch.
+        #[arg(long)]
+        json: String,
+    },
+    /// Stop serving a tenant (its state is kept).
+    Disable {
+        /// Its name.
+        name: String,
+    },
+    /// Serve a disabled tenant again.
+    Enable {
+        /// Its name.
+        name: String,
+    },
+    /// Delete a tenant and everything it owns.
+    Delete {
+        /// Its name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; prints the token alone (it is not shown again).
+    Create {
+        /// A tenant token for this tenant (without: an operator token).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A note for the audit log.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        /// Its id.
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Upload a component and activate it; prints the new version id alone.
+    Push {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The plugin's name in the chain.
+        #[arg(long)]
+        name: String,
+        /// A param, KEY=VALUE (repeat for more; replaces the plugin's params).
+        #[arg(long = "param")]
+        params: Vec<String>,
+        /// Upload without activating.
+        #[arg(long)]
+        no_activate: bool,
+    },
+    /// Activate a stored version.
+    Activate {
+        /// The version id.
+        version: i64,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The plugin.
+        #[arg(long)]
+        name: String,
+    },
+    /// Re-activate the version active before the current one.
+    Rollback {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The plugin.
+        #[arg(long)]
+        name: String,
+    },
+    /// List a tenant's plugins and their versions.
+    List {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Replace a plugin's params.
+    Params {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The plugin.
+        #[arg(long)]
+        name: String,
+        /// KEY=VALUE (repeat for more).
+        #[arg(long = "param")]
+        params: Vec<String>,
+    },
+    /// Take a plugin out of the chain (its versions stay stored).
+    Remove {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The plugin.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DocCommand {
+    /// Replace it with a file (rules: the same JSON as the `rules` file; fragments: JSON, or
+    /// the TOML of the `fragments` file).
+    Set {
+        /// The file.
+        file: PathBuf,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Merge a JSON merge patch (RFC 7396) into it.
+    Patch {
+        /// The patch file.
+        file: PathBuf,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Print it.
+    Get {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+/// Runs one `veneer admin` command; the text to print on success.
+pub async fn run(args: AdminArgs) -> anyhow::Result<String> {
+    let url = args
+        .url
+        .context("no admin URL: pass --url or set VENEER_ADMIN_URL")?;
+    let token = args
+        .token
+        .context("no token: pass --token or set VENEER_ADMIN_TOKEN")?;
+    let api = Api::new(&url, token)?;
+    let t = |s: &str| percent_encode(s);
+    match args.command {
+        AdminCommand::Tenant { command } => match command {
+            TenantCommand::Create {
+                name,
+                hosts,
+                origin,
+            } => {
+                let v = api
+                    .json(
+                        Method::POST,
+                        "/v1/tenants",
+                        &json!({"name": name, "hosts": hosts, "origin": origin}),
+                    )
+                    .await?;
+                Ok(pretty(&v))
+            }
+            TenantCommand::List => Ok(pretty(&api.get("/v1/tenants").await?)),
+            TenantCommand::Show { name } => {
+                Ok(pretty(&api.get(&format!("/v1/tenants/{}", t(&name))).await?))
+            }
+            TenantCommand::Update { name, json } => {
+                let patch: Value =
+                    serde_json::from_str(&json).context("--json is not valid JSON")?;
+                let v = api
+                    .json(Method::PATCH, &format!("/v1/tenants/{}", t(&name)), &patch)
+                    .await?;
+                Ok(pretty(&v))
+            }
+            TenantCommand::Disable { name } => {
+                let path = format!("/v1/tenants/{}/disable", t(&name));
+                Ok(pretty(&api.json(Method::POST, &path, &json!({})).await?))
+            }
+            TenantCommand::Enable { name } => {
+                let path = format!("/v1/tenants/{}/enable", t(&name));
+                Ok(pretty(&api.json(Method::POST, &path, &json!({})).await?))
+            }
+            TenantCommand::Delete { name } => {
+                let path = format!("/v1/tenants/{}", t(&name));
+                Ok(pretty(&api.send(Method::DELETE, &path, None, Bytes::new()).await?))
+            }
+        },
+        AdminCommand::Token { command } => match command {
+            TokenCommand::Create { tenant, label } => {
+                let v = api
+                    .json(
+                        Method::POST,
+                        "/v1/tokens",
+                        &json!({"tenant": tenant, "label": label}),
+                    )
+                    .await?;
+                field(&v, "token")
+            }
+            TokenCommand::Revoke { id } => {
+                let path = format!("/v1/tokens/{id}");
+                Ok(pretty(&api.send(Method::DELETE, &path, None, Bytes::new()).await?))
+            }
+        },
+        AdminCommand::Plugin { command } => match command {
+            PluginCommand::Push {
+                file,
+                tenant,
+                name,
+                params,
+                no_activate,
+            } => {
+                let bytes = std::fs::read(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let mut query = format!("activate={}", !no_activate);
+                for p in &params {
+                    if !p.contains('=') {
+                        bail!("--param {p:?}: KEY=VALUE expected");
+                    }
+                    query.push_str(&format!("&param={}", percent_encode(p)));
+                }
+                let path = format!(
+                    "/v1/tenants/{}/plugins/{}/versions?{query}",
+                    t(&tenant),
+                    t(&name)
+                );
+                let v = api
+                    .send(
+                        Method::POST,
+                        &path,
+                        Some("application/wasm"),
+                        Bytes::from(bytes),
+                    )
+                    .await?;
+                field(&v, "version")
+            }
+            PluginCommand::Activate {
+                version,
+                tenant,
+                name,
+            } => {
+                let path = format!("/v1/tenants/{}/plugins/{}/activate", t(&tenant), t(&name));
+                let v = api
+                    .json(Method::POST, &path, &json!({"version": version}))
+                    .await?;
+                Ok(pretty(&v))
+            }
+            PluginCommand::Rollback { tenant, name } => {
+                let path = format!("/v1/tenants/{}/plugins/{}/rollback", t(&tenant), t(&name));
+                let v = api.json(Method::POST, &path, &json!({})).await?;
+                field(&v, "version")
+            }
+            PluginCommand::List { tenant } => {
+                let path = format!("/v1/tenants/{}/plugins", t(&tenant));
+                Ok(pretty(&api.get(&path).await?))
+            }
+            PluginCommand::Params {
+                tenant,
+                name,
+                params,
+            } => {
+                let path = format!("/v1/tenants/{}/plugins/{}/params", t(&tenant), t(&name));
+                let v = api
+                    .json(Method::PUT, &path, &json!(key_values(&params)?))
+                    .await?;
+                Ok(pretty(&v))
+            }
+            PluginCommand::Remove { tenant, name } => {
+                let path = format!("/v1/tenants/{}/plugins/{}", t(&tenant), t(&name));
+                Ok(pretty(&api.send(Method::DELETE, &path, None, Bytes::new()).await?))
+            }
+        },
+        AdminCommand::Rules { command } => doc(&api, "rules", command).await,
+        AdminCommand::Fragments { command } => doc(&api, "fragments", command).await,
+        AdminCommand::Audit { tenant, limit } => {
+            let path = match tenant {
+                Some(name) => format!("/v1/tenants/{}/audit?limit={limit}", t(&name)),
+                None => format!("/v1/audit?limit={limit}"),
+            };
+            Ok(pretty(&api.get(&path).await?))
+        }
+    }
+}
+
+async fn doc(api: &Api, kind: &str, command: DocCommand) -> anyhow::Result<String> {
+    let (method, file, tenant) = match command {
+        DocCommand::Get { tenant } => {
+            let path = format!("/v1/tenants/{}/{kind}", percent_encode(&tenant));
+            return Ok(pretty(&api.get(&path).await?));
+        }
+        DocCommand::Set { file, tenant } => (Method::PUT, file, tenant),
+        DocCommand::Patch { file, tenant } => (Method::PATCH, file, tenant),
+    };
+    let body = read_document(&file)?;
+    let path = format!("/v1/tenants/{}/{kind}", percent_encode(&tenant));
+    api.json(method, &path, &body).await?;
+    Ok(format!("{kind} of {tenant} updated"))
+}
+
+/// A JSON file, or a TOML file (by its extension) as JSON.
+fn read_document(file: &Path) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    if file.extension().is_some_and(|e| e == "toml") {
+        let v: toml::Value =
+            toml::from_str(&text).with_context(|| format!("{}: not TOML", file.display()))?;
+        return serde_json::to_value(v).context("converting TOML");
+    }
+    serde_json::from_str(&text).with_context(|| format!("{}: not JSON", file.display()))
+}
+
+fn key_values(params: &[String]) -> anyhow::Result<HashMap<String, String>> {
+    params
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("--param {p:?}: KEY=VALUE expected"))
+        })
+        .collect()
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+fn field(v: &Value, key: &str) -> anyhow::Result<String> {
+    match v.get(key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Ok(other.to_string()),
+        None => bail!("the answer has no {key:?}: {v}"),
+    }
+}
+
+struct Api {
+    base: String,
+    token: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Api {
+    fn new(url: &str, token: String) -> anyhow::Result<Api> {
+        let base = url.trim_end_matches('/').to_owned();
+        if !base.starts_with("http://") {
+            bail!("--url {url:?}: an http:// URL of the admin listener expected");
+        }
+        Ok(Api {
+            base,
+            token,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        })
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(Method::GET, path, None, Bytes::new()).await
+    }
+
+    async fn json(&self, method: Method, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let bytes = Bytes::from(serde_json::to_vec(body)?);
+        self.send(method, path, Some("application/json"), bytes)
+            .await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> anyhow::Result<Value> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        if let Some(ct) = content_type {
+            req = req.header(header::CONTENT_TYPE, ct);
+        }
+        let req = req.body(Full::new(body)).context("building the request")?;
+        let response = tokio::time::timeout(std::time::Duration::from_secs(120), self.client.request(req))
+            .await
+            .context("the admin API did not answer within 120 s")?
+            .with_context(|| format!("cannot reach the admin API at {}", self.base))?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading the answer")?
+            .to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            json!({"error": String::from_utf8_lossy(&bytes).trim().to_owned()})
+        });
+        if !status.is_success() {
+            let reason = value
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given");
+            // One line: multi-line reasons (every rules error) are joined.
+            bail!("{status}: {}", reason.lines().collect::<Vec<_>>().join("; "));
+        }
+        Ok(value)
+    }
+}
