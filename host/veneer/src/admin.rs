@@ -74,7 +74,11 @@ fn text(status: StatusCode, body: String) -> Response<AdminBody> {
 }
 
 /// Serves the admin listener on `listener` until the task is aborted.
-pub fn serve(app: Arc<App>, control: Option<Arc<Control>>, listener: TcpListener) -> JoinHandle<()> {
+pub fn serve(
+    app: Arc<App>,
+    control: Option<Arc<Control>>,
+    listener: TcpListener,
+) -> JoinHandle<()> {
     let admin = Arc::new(Admin {
         app,
         control,
@@ -181,7 +185,11 @@ impl Admin {
         let who = match token.map(|t| control.authenticate(t)) {
             Some(Some(p)) => p,
             found => {
-                let reason = if found.is_none() { "missing" } else { "invalid" };
+                let reason = if found.is_none() {
+                    "missing"
+                } else {
+                    "invalid"
+                };
                 return self.refuse(ip, &path, reason, StatusCode::UNAUTHORIZED);
             }
         };
@@ -191,7 +199,7 @@ impl Admin {
             .trim_start_matches("/v1")
             .split('/')
             .filter(|s| !s.is_empty())
-            .map(|s| percent_decode(s))
+            .map(percent_decode)
             .collect();
         let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
         let need = match segs.as_slice() {
@@ -239,16 +247,16 @@ impl Admin {
             .inc("veneer_admin_auth_failures_total", &[("reason", reason)]);
         let (log, skipped) = self.log.admit();
         if let Some(n) = skipped {
-            tracing::warn!(skipped = n, "more admin authentication failures than logged");
+            tracing::warn!(
+                skipped = n,
+                "more admin authentication failures than logged"
+            );
         }
         if log {
             tracing::warn!(client = %ip, path, reason, "admin authentication failed");
         }
         let key: Arc<str> = Arc::from("(admin)");
-        if let Err(wait) = self
-            .failures
-            .take(&key, ip, AUTH_FAILURES_PER_SEC, 20.0)
-        {
+        if let Err(wait) = self.failures.take(&key, ip, AUTH_FAILURES_PER_SEC, 20.0) {
             self.blocked
                 .insert(ip, Instant::now() + wait.max(Duration::from_secs(10)));
         }
@@ -285,7 +293,9 @@ impl Admin {
                 Ok((StatusCode::CREATED, v))
             }
             ("GET", ["tenants", t]) => ok(c.tenant(t)?),
-            ("PATCH", ["tenants", t]) => ok(c.update_tenant(who, t, json_body(body).await?).await?),
+            ("PATCH", ["tenants", t]) => {
+                ok(c.update_tenant(who, t, json_body(body).await?).await?)
+            }
             ("DELETE", ["tenants", t]) => ok(c.delete_tenant(who, t).await?),
             ("POST", ["tenants", t, "disable"]) => ok(c.set_disabled(who, t, true).await?),
             ("POST", ["tenants", t, "enable"]) => ok(c.set_disabled(who, t, false).await?),
@@ -310,12 +320,9 @@ impl Admin {
             }
             ("POST", ["tenants", t, "plugins", p, "activate"]) => {
                 let body = json_body(body).await?;
-                let version = body
-                    .get("version")
-                    .and_then(Value::as_i64)
-                    .ok_or_else(|| {
-                        ApiError::new(StatusCode::BAD_REQUEST, "body: {\"version\": N} expected")
-                    })?;
+                let version = body.get("version").and_then(Value::as_i64).ok_or_else(|| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "body: {\"version\": N} expected")
+                })?;
                 ok(c.activate(who, t, p, version).await?)
             }
             ("POST", ["tenants", t, "plugins", p, "rollback"]) => ok(c.rollback(who, t, p).await?),
@@ -335,11 +342,12 @@ impl Admin {
             }
             ("PUT" | "PATCH", ["tenants", t, doc @ ("rules" | "fragments")]) => {
                 let body = json_body(body).await?;
-                ok(c
-                    .set_document(who, t, document(doc), body, m == "PATCH")
+                ok(c.set_document(who, t, document(doc), body, m == "PATCH")
                     .await?)
             }
-            ("GET", ["tenants", t, "audit"]) => ok(json!(c.store.audit_log(Some(t), limit(query))?)),
+            ("GET", ["tenants", t, "audit"]) => {
+                ok(json!(c.store.audit_log(Some(t), limit(query))?))
+            }
             ("GET", ["audit"]) => ok(json!(c.store.audit_log(None, limit(query))?)),
             ("POST", ["tokens"]) => {
                 let body = json_body(body).await?;

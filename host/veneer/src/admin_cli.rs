@@ -26,7 +26,12 @@ pub struct AdminArgs {
     #[arg(long, global = true, env = "VENEER_ADMIN_URL")]
     pub url: Option<String>,
     /// A bearer token (operator or tenant).
-    #[arg(long, global = true, env = "VENEER_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "VENEER_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     #[command(subcommand)]
     command: AdminCommand,
@@ -255,9 +260,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<String> {
                 Ok(pretty(&v))
             }
             TenantCommand::List => Ok(pretty(&api.get("/v1/tenants").await?)),
-            TenantCommand::Show { name } => {
-                Ok(pretty(&api.get(&format!("/v1/tenants/{}", t(&name))).await?))
-            }
+            TenantCommand::Show { name } => Ok(pretty(
+                &api.get(&format!("/v1/tenants/{}", t(&name))).await?,
+            )),
             TenantCommand::Update { name, json } => {
                 let patch: Value =
                     serde_json::from_str(&json).context("--json is not valid JSON")?;
@@ -276,7 +281,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<String> {
             }
             TenantCommand::Delete { name } => {
                 let path = format!("/v1/tenants/{}", t(&name));
-                Ok(pretty(&api.send(Method::DELETE, &path, None, Bytes::new()).await?))
+                Ok(pretty(
+                    &api.send(Method::DELETE, &path, None, Bytes::new()).await?,
+                ))
             }
         },
         AdminCommand::Token { command } => match command {
@@ -292,7 +299,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<String> {
             }
             TokenCommand::Revoke { id } => {
                 let path = format!("/v1/tokens/{id}");
-                Ok(pretty(&api.send(Method::DELETE, &path, None, Bytes::new()).await?))
+                Ok(pretty(
+                    &api.send(Method::DELETE, &path, None, Bytes::new()).await?,
+                ))
             }
         },
         AdminCommand::Plugin { command } => match command {
@@ -303,8 +312,8 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<String> {
                 params,
                 no_activate,
             } => {
-                let bytes = std::fs::read(&file)
-                    .with_context(|| format!("reading {}", file.display()))?;
+                let bytes =
+                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
                 let mut query = format!("activate={}", !no_activate);
                 for p in &params {
                     if !p.contains('=') {
@@ -360,7 +369,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<String> {
             }
             PluginCommand::Remove { tenant, name } => {
                 let path = format!("/v1/tenants/{}/plugins/{}", t(&tenant), t(&name));
-                Ok(pretty(&api.send(Method::DELETE, &path, None, Bytes::new()).await?))
+                Ok(pretty(
+                    &api.send(Method::DELETE, &path, None, Bytes::new()).await?,
+                ))
             }
         },
         AdminCommand::Rules { command } => doc(&api, "rules", command).await,
@@ -469,10 +480,13 @@ impl Api {
             req = req.header(header::CONTENT_TYPE, ct);
         }
         let req = req.body(Full::new(body)).context("building the request")?;
-        let response = tokio::time::timeout(std::time::Duration::from_secs(120), self.client.request(req))
-            .await
-            .context("the admin API did not answer within 120 s")?
-            .with_context(|| format!("cannot reach the admin API at {}", self.base))?;
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            self.client.request(req),
+        )
+        .await
+        .context("the admin API did not answer within 120 s")?
+        .with_context(|| format!("cannot reach the admin API at {}", self.base))?;
         let status = response.status();
         let bytes = response
             .into_body()
@@ -480,16 +494,19 @@ impl Api {
             .await
             .context("reading the answer")?
             .to_bytes();
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-            json!({"error": String::from_utf8_lossy(&bytes).trim().to_owned()})
-        });
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(
+            |_| json!({"error": String::from_utf8_lossy(&bytes).trim().to_owned()}),
+        );
         if !status.is_success() {
             let reason = value
                 .get("error")
                 .and_then(Value::as_str)
                 .unwrap_or("no reason given");
             // One line: multi-line reasons (every rules error) are joined.
-            bail!("{status}: {}", reason.lines().collect::<Vec<_>>().join("; "));
+            bail!(
+                "{status}: {}",
+                reason.lines().collect::<Vec<_>>().join("; ")
+            );
         }
         Ok(value)
     }

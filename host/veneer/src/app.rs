@@ -284,6 +284,21 @@ impl App {
                 map.insert(host.to_ascii_lowercase(), t.clone());
             }
         }
+        // Count each tenant once (a tenant appears under each of its hosts).
+        let mut per_contract: HashMap<Contract, u64> = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for t in map.values() {
+            if seen.insert(t.name.clone()) {
+                for p in &t.plugins {
+                    *per_contract.entry(p.contract()).or_default() += 1;
+                }
+            }
+        }
+        for c in Contract::ALL {
+            let n = per_contract.get(&c).copied().unwrap_or(0);
+            self.metrics
+                .set("veneer_plugins_loaded", &[("contract", c.version())], n);
+        }
         self.tenants.store(Arc::new(map));
     }
 }

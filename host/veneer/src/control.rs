@@ -91,17 +91,15 @@ pub struct Control {
 /// Largest plugin component accepted by an upload.
 pub const MAX_PLUGIN_BYTES: usize = 32 << 20;
 
-fn blocking<T: Send + 'static>(
+async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> impl std::future::Future<Output = Result<T, ApiError>> {
-    async move {
-        tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-            Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("control-plane task failed: {e}"),
-            ))
-        })
-    }
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("control-plane task failed: {e}"),
+        ))
+    })
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -328,7 +326,12 @@ impl Control {
         let new = if disabled { None } else { built.map(Arc::new) };
         if let Some(t) = &new {
             for p in &t.plugins {
-                tracing::info!(tenant, plugin = p.name(), version = p.version(), "plugin active");
+                tracing::info!(
+                    tenant,
+                    plugin = p.name(),
+                    version = p.version(),
+                    "plugin active"
+                );
             }
         }
         self.app.swap_tenant(tenant, new);
@@ -367,7 +370,10 @@ impl Control {
     ) -> Result<Value, ApiError> {
         let _guard = self.lock.lock().await;
         let mut rec = self.record(name)?;
-        let mut doc = serde_json::to_value(&rec.spec).unwrap_or(Value::Null);
+        let mut doc = tenant_json(&rec.spec, false);
+        if let Value::Object(map) = &mut doc {
+            map.remove("disabled");
+        }
         merge_patch(&mut doc, &patch);
         if doc.get("name").and_then(Value::as_str) != Some(name) {
             return Err(ApiError::invalid("name: a tenant cannot be renamed"));
@@ -520,8 +526,10 @@ impl Control {
             let built = relabel(built, plugin, id);
             self.publish(tenant, Some(built)).await;
         }
-        Ok(json!({"version": id, "plugin": plugin, "tenant": tenant, "contract": contract,
-                  "sha256": crate::store::sha256_hex(&bytes), "size": bytes.len(), "active": activate}))
+        Ok(
+            json!({"version": id, "plugin": plugin, "tenant": tenant, "contract": contract,
+                  "sha256": crate::store::sha256_hex(&bytes), "size": bytes.len(), "active": activate}),
+        )
     }
 
     /// Activates a stored version.
@@ -537,7 +545,8 @@ impl Control {
         let bytes = self.store.version_bytes(tenant, plugin, version)?;
         set_plugin(&mut rec, plugin, version, bytes);
         let built = self.build(rec).await?;
-        self.store.activate(&who.actor, tenant, plugin, version, None)?;
+        self.store
+            .activate(&who.actor, tenant, plugin, version, None)?;
         self.publish(tenant, Some(built)).await;
         Ok(json!({"tenant": tenant, "plugin": plugin, "version": version}))
     }
@@ -551,7 +560,7 @@ impl Control {
     ) -> Result<Value, ApiError> {
         let _guard = self.lock.lock().await;
         let mut rec = self.record(tenant)?;
-        let Some(target) = self.store.rollback_target(tenant, plugin)? else {
+        let Some((target, params)) = self.store.rollback_target(tenant, plugin)? else {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 format!("plugin {plugin:?} has no earlier version to roll back to"),
@@ -559,6 +568,9 @@ impl Control {
         };
         let bytes = self.store.version_bytes(tenant, plugin, target)?;
         set_plugin(&mut rec, plugin, target, bytes);
+        if let Some(p) = rec.plugins.iter_mut().find(|p| p.name == plugin) {
+            p.params = params;
+        }
         let built = self.build(rec).await?;
         let version = self.store.rollback(&who.actor, tenant, plugin)?;
         self.publish(tenant, Some(built)).await;
@@ -683,7 +695,9 @@ impl Control {
     ) -> Result<Value, ApiError> {
         let _guard = self.lock.lock().await;
         let secret = new_token();
-        let id = self.store.create_token(&who.actor, tenant, label, &secret)?;
+        let id = self
+            .store
+            .create_token(&who.actor, tenant, label, &secret)?;
         self.reload_tokens()?;
         Ok(json!({"id": id, "token": secret, "tenant": tenant}))
     }

@@ -211,9 +211,13 @@ async fn start(config: Config) -> anyhow::Result<()> {
                     "no VENEER_ADMIN_TOKEN (or [server] admin_token): only tokens already in the store can use the admin API"
                 );
             }
-            let control = veneer::control::Control::new(store, app.clone(), &config, token.as_deref())
-                .map_err(|e| anyhow::anyhow!("opening the state store: {}", e.message))?;
-            control.seed(&config).await.context("importing the config into the state store")?;
+            let control =
+                veneer::control::Control::new(store, app.clone(), &config, token.as_deref())
+                    .map_err(|e| anyhow::anyhow!("opening the state store: {}", e.message))?;
+            control
+                .seed(&config)
+                .await
+                .context("importing the config into the state store")?;
             control.load_all().await?;
             Some(Arc::new(control))
         }

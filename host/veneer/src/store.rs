@@ -65,6 +65,7 @@ const MIGRATIONS: &[&str] = &[
         tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
         plugin TEXT NOT NULL,
         version INTEGER NOT NULL,
+        params TEXT NOT NULL DEFAULT '{}',
         undone INTEGER NOT NULL DEFAULT 0,
         at INTEGER NOT NULL
     );
@@ -89,6 +90,9 @@ const MIGRATIONS: &[&str] = &[
     );
     ",
 ];
+
+/// A plugin's params: what it reads with `config(key)`.
+pub type Params = std::collections::HashMap<String, String>;
 
 /// A store failure the API reports as the client's (404, 409) rather than the host's.
 #[derive(Debug, thiserror::Error)]
@@ -229,7 +233,16 @@ fn audit(tx: &Transaction<'_>, a: Audit<'_>) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO audit (at, actor, action, tenant, target, before_hash, after_hash, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![now(), a.actor, a.action, a.tenant, a.target, a.before, a.after, a.detail],
+        params![
+            now(),
+            a.actor,
+            a.action,
+            a.tenant,
+            a.target,
+            a.before,
+            a.after,
+            a.detail
+        ],
     )?;
     Ok(())
 }
@@ -284,7 +297,9 @@ impl Store {
     pub fn seeded(&self) -> Result<bool, StoreError> {
         let conn = self.conn();
         let v: Option<String> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'seeded'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'seeded'", [], |r| {
+                r.get(0)
+            })
             .optional()?;
         Ok(v.is_some())
     }
@@ -592,26 +607,36 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         exists(&tx, tenant)?;
-        activate_in(&tx, actor, tenant, plugin, version, params, "plugin.activate")?;
+        activate_in(
+            &tx,
+            actor,
+            tenant,
+            plugin,
+            version,
+            params,
+            "plugin.activate",
+        )?;
         tx.commit()?;
         Ok(())
     }
 
-    /// Re-activates the version that was active before the current one; a second rollback
-    /// goes one further back. Returns the version now active.
+    /// Re-activates the deployment (version and params) that was active before the current
+    /// one; a second rollback goes one further back. Returns the version now active.
     pub fn rollback(&self, actor: &str, tenant: &str, plugin: &str) -> Result<i64, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         exists(&tx, tenant)?;
-        let history: Vec<(i64, i64)> = {
+        let history: Vec<(i64, i64, String)> = {
             let mut stmt = tx.prepare(
-                "SELECT id, version FROM activations
+                "SELECT id, version, params FROM activations
                  WHERE tenant = ?1 AND plugin = ?2 AND undone = 0 ORDER BY id DESC LIMIT 2",
             )?;
-            stmt.query_map(params![tenant, plugin], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?
+            stmt.query_map(params![tenant, plugin], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?
         };
-        let [(current, _), (_, previous)] = history[..] else {
+        let [(current, _, _), (_, previous, ref previous_params)] = history[..] else {
             return Err(StoreError::Conflict(format!(
                 "plugin {plugin:?} of tenant {tenant:?} has no earlier version to roll back to"
             )));
@@ -622,8 +647,8 @@ impl Store {
         )?;
         let before = active_sha(&tx, tenant, plugin)?;
         tx.execute(
-            "UPDATE plugins SET active = ?3 WHERE tenant = ?1 AND name = ?2",
-            params![tenant, plugin, previous],
+            "UPDATE plugins SET active = ?3, params = ?4 WHERE tenant = ?1 AND name = ?2",
+            params![tenant, plugin, previous, previous_params],
         )?;
         audit(
             &tx,
@@ -667,6 +692,12 @@ impl Store {
         tx.execute(
             "UPDATE plugins SET params = ?3 WHERE tenant = ?1 AND name = ?2",
             params![tenant, plugin, json],
+        )?;
+        // A params change is a deployment of its own, so a rollback can undo it.
+        tx.execute(
+            "INSERT INTO activations (tenant, plugin, version, params, at)
+             SELECT tenant, name, active, params, ?3 FROM plugins WHERE tenant = ?1 AND name = ?2",
+            params![tenant, plugin, now()],
         )?;
         audit(
             &tx,
@@ -739,17 +770,22 @@ impl Store {
             })
     }
 
-    /// The version rollback would activate, if any.
-    pub fn rollback_target(&self, tenant: &str, plugin: &str) -> Result<Option<i64>, StoreError> {
+    /// The deployment (version, params) a rollback would activate, if any.
+    pub fn rollback_target(
+        &self,
+        tenant: &str,
+        plugin: &str,
+    ) -> Result<Option<(i64, Params)>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT version FROM activations
+            "SELECT version, params FROM activations
              WHERE tenant = ?1 AND plugin = ?2 AND undone = 0 ORDER BY id DESC LIMIT 2",
         )?;
-        let v: Vec<i64> = stmt
-            .query_map(params![tenant, plugin], |r| r.get(0))?
+        let v: Vec<(i64, String)> = stmt
+            .query_map(params![tenant, plugin], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        Ok(v.get(1).copied())
+        Ok(v.get(1)
+            .map(|(id, p)| (*id, serde_json::from_str(p).unwrap_or_default())))
     }
 
     /// Names of a tenant's plugins with their versions, newest first.
@@ -997,8 +1033,9 @@ fn activate_in(
         params![tenant, plugin, position, version, params_json],
     )?;
     tx.execute(
-        "INSERT INTO activations (tenant, plugin, version, at) VALUES (?1, ?2, ?3, ?4)",
-        params![tenant, plugin, version, now()],
+        "INSERT INTO activations (tenant, plugin, version, params, at)
+         SELECT tenant, name, active, params, ?3 FROM plugins WHERE tenant = ?1 AND name = ?2",
+        params![tenant, plugin, now()],
     )?;
     audit(
         tx,
@@ -1050,14 +1087,21 @@ mod tests {
         let dir = temp();
         {
             let s = Store::open(&dir).unwrap_or_else(|e| panic!("{e:#}"));
-            s.put_tenant("op", &spec("shop"), true).unwrap_or_else(|e| panic!("{e}"));
+            s.put_tenant("op", &spec("shop"), true)
+                .unwrap_or_else(|e| panic!("{e}"));
             assert!(matches!(
                 s.put_tenant("op", &spec("shop"), true),
                 Err(StoreError::Conflict(_))
             ));
-            let v1 = s.add_version("op", "shop", "hero", b"one", "0.2.0", true, None).unwrap_or_default();
-            let v2 = s.add_version("op", "shop", "hero", b"two", "0.2.0", true, None).unwrap_or_default();
-            let v3 = s.add_version("op", "shop", "hero", b"three", "0.2.0", true, None).unwrap_or_default();
+            let v1 = s
+                .add_version("op", "shop", "hero", b"one", "0.2.0", true, None)
+                .unwrap_or_default();
+            let v2 = s
+                .add_version("op", "shop", "hero", b"two", "0.2.0", true, None)
+                .unwrap_or_default();
+            let v3 = s
+                .add_version("op", "shop", "hero", b"three", "0.2.0", true, None)
+                .unwrap_or_default();
             assert!(v1 < v2 && v2 < v3);
             assert_eq!(s.rollback("op", "shop", "hero").ok(), Some(v2));
             assert_eq!(s.rollback("op", "shop", "hero").ok(), Some(v1));
@@ -1067,11 +1111,18 @@ mod tests {
             ));
         }
         let s = Store::open(&dir).unwrap_or_else(|e| panic!("{e:#}"));
-        let t = s.tenant("shop").ok().flatten().unwrap_or_else(|| panic!("kept"));
+        let t = s
+            .tenant("shop")
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("kept"));
         assert_eq!(t.plugins.len(), 1);
         assert_eq!(t.plugins[0].bytes, b"one");
         let log = s.audit_log(Some("shop"), 100).unwrap_or_default();
-        assert_eq!(log.first().map(|e| e.action.as_str()), Some("plugin.rollback"));
+        assert_eq!(
+            log.first().map(|e| e.action.as_str()),
+            Some("plugin.rollback")
+        );
         assert_eq!(log.len(), 1 + 3 * 2 + 2);
         let _ = std::fs::remove_dir_all(dir);
     }

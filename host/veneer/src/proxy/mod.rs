@@ -126,10 +126,7 @@ async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Bo
         ctx.outcome = "options";
         return Ok(response);
     }
-    let tenant = ctx
-        .app
-        .tenant(&ctx.host)
-        .ok_or(ProxyError::UnknownHost)?;
+    let tenant = ctx.app.tenant(&ctx.host).ok_or(ProxyError::UnknownHost)?;
     ctx.tenant = Some(tenant.clone());
     admit::method_allowed(&parts.method, &tenant.methods)?;
     if let Err(e) = admit::within_limits(ctx, &tenant, &parts) {
