@@ -138,6 +138,8 @@ pub struct App {
     pub geo: Option<crate::geo::GeoDb>,
     /// Keeps the engine and its ticker alive.
     pub runtime: Arc<Runtime>,
+    /// Relative paths (certificates) resolve against the config's directory.
+    pub base_dir: std::path::PathBuf,
 }
 
 impl App {
@@ -244,6 +246,7 @@ impl App {
             header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
             geo,
             runtime,
+            base_dir: config.base_dir.clone(),
         })
     }
 
@@ -256,6 +259,15 @@ impl App {
             _ => host,
         };
         self.tenants.load().get(&name.to_ascii_lowercase()).cloned()
+    }
+
+    /// `path` resolved against the config's directory.
+    pub fn resolve(&self, path: &Path) -> std::path::PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
     }
 
     /// The tenant named `name`, if it is being served.

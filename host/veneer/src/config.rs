@@ -44,6 +44,9 @@ pub struct Config {
 pub struct Server {
     /// Where visitors connect (HTTP/1.1 and h2c).
     pub listen: SocketAddr,
+    /// Where visitors connect over TLS (HTTP/2 and HTTP/1.1 by ALPN); each tenant's
+    /// `tls_cert`/`tls_key` is chosen by SNI.
+    pub tls_listen: Option<SocketAddr>,
     /// Optional admin listener: `/metrics`, `/healthz`, `/readyz`, and with `data_dir` the
     /// admin API (`/v1/...`).
     pub admin_listen: Option<SocketAddr>,
@@ -86,6 +89,7 @@ impl Default for Server {
         Server {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: None,
+            tls_listen: None,
             data_dir: None,
             admin_token: None,
             cookie_secret: None,
@@ -124,6 +128,13 @@ pub struct Tenant {
     pub channel: String,
     /// Request header holding the visitor's country, set by a trusted edge (e.g. `cf-ipcountry`).
     pub geo_header: Option<String>,
+    /// PEM certificate chain served for this tenant's hosts on `tls_listen` (re-read when the
+    /// file changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     /// HTTP methods this site serves; any other gets 405 with `Allow`.
     #[serde(default = "default_methods")]
     pub methods: Vec<String>,
@@ -476,7 +487,15 @@ impl Config {
                     ));
                 }
             }
-            for (field, path) in [("rules", &t.rules), ("fragments", &t.fragments)] {
+            if t.tls_cert.is_some() != t.tls_key.is_some() {
+                return Err(self.err(format!("{at}.tls_cert"), "tls_cert and tls_key go together"));
+            }
+            for (field, path) in [
+                ("rules", &t.rules),
+                ("fragments", &t.fragments),
+                ("tls_cert", &t.tls_cert),
+                ("tls_key", &t.tls_key),
+            ] {
                 if let Some(path) = path {
                     let path = self.resolve(path);
                     if !path.is_file() {

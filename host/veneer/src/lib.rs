@@ -27,4 +27,5 @@ pub mod proxy;
 pub mod rewrite;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod visitor;

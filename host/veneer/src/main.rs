@@ -225,10 +225,34 @@ async fn start(config: Config) -> anyhow::Result<()> {
     };
     let listener = server::bind(config.server.listen).await?;
     tracing::info!(listen = %config.server.listen, tenants = config.tenants.len(), "veneer is serving");
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let stopped = stop.clone();
-    let mut proxy = server::serve_until(app.clone(), listener, async move {
-        stopped.notified().await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut rx = stopped.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let plain = server::serve_until(app.clone(), listener, until_stopped());
+    let secure = match config.server.tls_listen {
+        Some(addr) => {
+            let tls = veneer::tls::watch(app.clone())?;
+            let listener = server::bind(addr).await?;
+            tracing::info!(tls_listen = %addr, "serving TLS (certificates by SNI, h2 and HTTP/1.1 by ALPN)");
+            Some(server::serve_tls_until(
+                app.clone(),
+                listener,
+                tls,
+                until_stopped(),
+            ))
+        }
+        None => None,
+    };
+    // Both listeners stop together and drain together.
+    let mut proxy = tokio::spawn(async move {
+        let _ = plain.await;
+        if let Some(secure) = secure {
+            let _ = secure.await;
+        }
     });
     if let Some(admin) = config.server.admin_listen {
         let api = control.is_some();
@@ -250,7 +274,7 @@ async fn start(config: Config) -> anyhow::Result<()> {
         ?grace,
         "stopping: refusing new connections, draining in-flight requests"
     );
-    stop.notify_one();
+    let _ = stop.send(true);
     tokio::select! {
         _ = &mut proxy => tracing::info!("in-flight requests finished"),
         () = tokio::time::sleep(grace) => {

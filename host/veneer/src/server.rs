@@ -28,6 +28,31 @@ pub fn serve_until(
     listener: TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<()> {
+    serve_with(app, listener, None, stop)
+}
+
+/// Like [`serve_until`], terminating TLS with `tls` (certificates by SNI, h2 or HTTP/1.1 by
+/// ALPN) before HTTP.
+pub fn serve_tls_until(
+    app: Arc<App>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    serve_with(
+        app,
+        listener,
+        Some(tokio_rustls::TlsAcceptor::from(tls)),
+        stop,
+    )
+}
+
+fn serve_with(
+    app: Arc<App>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
         let mut stop = std::pin::pin!(stop);
@@ -63,7 +88,7 @@ pub fn serve_until(
                 }
             };
             let _ = stream.set_nodelay(true);
-            let (app, watcher) = (app.clone(), graceful.watcher());
+            let (app, watcher, tls) = (app.clone(), graceful.watcher(), tls.clone());
             let header_timeout = app.header_read_timeout;
             tokio::spawn(async move {
                 let _guard = guard;
@@ -76,28 +101,21 @@ pub fn serve_until(
                 ) {
                     return;
                 }
-                // Requests on one HTTP/1 connection reach the service in order, so counting
-                // them here matches the watcher's count of heads.
-                let flag = FramingFlag::default();
-                let stream = Watched::new(stream, flag.clone());
-                let ordinal = std::sync::atomic::AtomicU64::new(0);
-                let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                    let app = app.clone();
-                    let n = ordinal.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                    if req.version() < http::Version::HTTP_2 && flag.conflicting(n) {
-                        req.extensions_mut().insert(proxy::ConflictingFraming);
+                match tls {
+                    None => serve_connection(app, stream, peer, false, watcher).await,
+                    Some(acceptor) => {
+                        // A handshake gets the same time as a request head.
+                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => serve_connection(app, tls, peer, true, watcher).await,
+                            Ok(Err(e)) => {
+                                app.metrics.inc("veneer_tls_handshake_errors_total", &[]);
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            }
+                            Err(_) => {
+                                app.metrics.inc("veneer_tls_handshake_errors_total", &[]);
+                            }
+                        }
                     }
-                    req.extensions_mut().insert(proxy::ClientAddr(peer));
-                    async move { Ok::<_, Infallible>(proxy::handle(app, req).await) }
-                });
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(header_timeout);
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             });
         }
@@ -108,6 +126,45 @@ pub fn serve_until(
         );
         graceful.shutdown().await;
     })
+}
+
+/// Serves one accepted connection (HTTP/1.1 or HTTP/2) until it closes.
+async fn serve_connection<S>(
+    app: Arc<App>,
+    stream: S,
+    peer: SocketAddr,
+    tls: bool,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let header_timeout = app.header_read_timeout;
+    // Requests on one HTTP/1 connection reach the service in order, so counting them here
+    // matches the watcher's count of heads.
+    let flag = FramingFlag::default();
+    let stream = Watched::new(stream, flag.clone());
+    let ordinal = std::sync::atomic::AtomicU64::new(0);
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        let app = app.clone();
+        let n = ordinal.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if req.version() < http::Version::HTTP_2 && flag.conflicting(n) {
+            req.extensions_mut().insert(proxy::ConflictingFraming);
+        }
+        req.extensions_mut().insert(proxy::ClientAddr(peer));
+        if tls {
+            req.extensions_mut().insert(proxy::Tls);
+        }
+        async move { Ok::<_, Infallible>(proxy::handle(app, req).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` (no admin API: that needs a state store, see

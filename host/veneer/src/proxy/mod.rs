@@ -46,6 +46,10 @@ use headers::{header_str, strip_hop_by_hop};
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub std::net::SocketAddr);
 
+/// Put in request extensions by the TLS listener: the client connected over TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct Tls;
+
 /// Put in request extensions by the listener when the request's raw head carried both
 /// `Content-Length` and `Transfer-Encoding` (hyper drops the length before a service sees it).
 #[derive(Debug, Clone, Copy)]

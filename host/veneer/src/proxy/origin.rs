@@ -76,6 +76,16 @@ pub(super) async fn fetch(
     if let Ok(id) = HeaderValue::try_from(ctx.id.as_str()) {
         headers.insert("x-request-id", id);
     }
+    // The origin builds absolute links and secure cookies from this; a client's own claim is
+    // replaced like the other forwarding headers (a trusted proxy's is kept).
+    if !(ctx.trusted && headers.contains_key("x-forwarded-proto")) {
+        let proto = if parts.extensions.get::<super::Tls>().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    }
     if let Ok(h) = HeaderValue::try_from(tenant.origin.as_str()) {
         headers.insert(header::HOST, h);
     }
