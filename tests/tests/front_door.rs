@@ -475,6 +475,97 @@ async fn one_address_cannot_hold_every_connection_or_dawdle_over_its_head() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
+#[tokio::test]
+async fn idle_connections_close_and_oversized_heads_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_o, host) = start(
+        "",
+        "idle_timeout_ms = 400\nmax_headers = 20\nmax_header_bytes = 8192",
+    )
+    .await;
+    // A keep-alive connection that goes quiet after its answer is closed.
+    let mut idle = tokio::net::TcpStream::connect(host.addr)
+        .await
+        .expect("connect");
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: site.test\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 65536];
+    let n = idle.read(&mut buf).await.expect("answer");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+        .await
+        .expect("the idle connection is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    // Too many header lines, or too large a head: 431.
+    let mut many = String::from("GET / HTTP/1.1\r\nhost: site.test\r\n");
+    for i in 0..30 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("connection: close\r\n\r\n");
+    let many: &'static [u8] = Box::leak(many.into_bytes().into_boxed_slice());
+    let answer = send(host.addr, many).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: site.test\r\nx-big: {}\r\nconnection: close\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let big: &'static [u8] = Box::leak(big.into_bytes().into_boxed_slice());
+    let answer = send(host.addr, big).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    // A normal request is served.
+    let answer = send(
+        host.addr,
+        b"GET / HTTP/1.1\r\nhost: site.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_tenant_at_its_concurrency_cap_answers_503_with_retry_after() {
+    let (_o, host) = start(
+        "[tenant.limits]\nmax_concurrent_requests = 1\nrequests_per_second_per_client = 0\n",
+        "",
+    )
+    .await;
+    // /slow holds the one slot until the origin timeout (500 ms in the harness).
+    let slow = tokio::spawn(send(
+        host.addr,
+        b"GET /slow HTTP/1.1\r\nhost: site.test\r\nconnection: close\r\n\r\n",
+    ));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let answer = send(
+        host.addr,
+        b"GET / HTTP/1.1\r\nhost: site.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    let slow = slow.await.expect("slow request");
+    assert!(slow.starts_with("HTTP/1.1 504"), "{slow}");
+    // The slot is free again.
+    let answer = send(
+        host.addr,
+        b"GET / HTTP/1.1\r\nhost: site.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let metrics = host.app.metrics.render();
+    assert!(metrics.contains("source=\"host\""), "{metrics}");
+    assert!(
+        metrics.contains("veneer_origin_response_seconds_count{tenant=\"site\"} 1"),
+        "{metrics}"
+    );
+}
+
 /// `n` connections that send half a request head and stop.
 async fn futures_connect(addr: SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
     use tokio::io::AsyncWriteExt;

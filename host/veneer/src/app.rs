@@ -42,6 +42,8 @@ pub struct Tenant {
     /// Requests that may be inside this tenant's plugins at once (`plugin_concurrency`): a
     /// tenant whose plugins spin cannot take every worker thread from the others.
     pub plugin_slots: Arc<tokio::sync::Semaphore>,
+    /// Requests this tenant may have in flight (`max_concurrent_requests`; `None`: no cap).
+    pub request_slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// Content fragments: key → locale → HTML.
@@ -134,6 +136,8 @@ pub struct App {
     pub refusal_log: crate::limits::LogBudget,
     /// How long a client may take to send a request's head.
     pub header_read_timeout: Duration,
+    /// Listener settings: idle timeout, head size and header count.
+    pub server: config::Server,
     /// Country by client address (`[server] geoip`).
     pub geo: Option<crate::geo::GeoDb>,
     /// Keeps the engine and its ticker alive.
@@ -244,6 +248,7 @@ impl App {
             rates: crate::limits::RateLimiter::default(),
             refusal_log: crate::limits::LogBudget::new(20),
             header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
+            server: config.server.clone(),
             geo,
             runtime,
             base_dir: config.base_dir.clone(),
@@ -443,6 +448,11 @@ pub fn assemble(
                 .plugin_concurrency
                 .unwrap_or_else(default_plugin_concurrency),
         )),
+        request_slots: (t.limits.max_concurrent_requests > 0).then(|| {
+            Arc::new(tokio::sync::Semaphore::new(
+                t.limits.max_concurrent_requests,
+            ))
+        }),
         config: t,
         origin,
         rules,

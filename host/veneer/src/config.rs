@@ -79,6 +79,12 @@ pub struct Server {
     pub max_connections_per_client: u32,
     /// How long a client may take to send a request's head (slow-header attacks).
     pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight and no bytes moving for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Largest request head, in bytes (431 past it; at least 8192).
+    pub max_header_bytes: usize,
+    /// Most header lines in a request (431 past it).
+    pub max_headers: usize,
     /// A MaxMind-format country database: the client's address (through trusted proxies, the
     /// forwarded one) gives `visitor.country` when no trusted geo header does.
     pub geoip: Option<PathBuf>,
@@ -101,6 +107,9 @@ impl Default for Server {
             trusted_proxies: Vec::new(),
             max_connections_per_client: 256,
             header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_header_bytes: 64 << 10,
+            max_headers: 100,
             geoip: None,
         }
     }
@@ -220,6 +229,9 @@ pub struct TenantLimits {
     /// over one connection then gets ten answers a second instead of tens of thousands, so
     /// the flood costs the host (and the other clients on it) almost nothing.
     pub refusal_delay_ms: u64,
+    /// Requests this tenant may have in flight at once (0: no cap); past it, 503 with
+    /// `Retry-After`, so one tenant's slow origin cannot hold every connection's worth of work.
+    pub max_concurrent_requests: usize,
     /// Largest request body, in bytes (413 past it).
     pub max_body_bytes: u64,
     /// How long a request body may stall between two reads before the request fails (408).
@@ -246,6 +258,7 @@ impl Default for TenantLimits {
             requests_per_second_per_client: 100.0,
             burst_per_client: 200.0,
             refusal_delay_ms: 100,
+            max_concurrent_requests: 10_000,
             max_body_bytes: 10 << 20,
             body_read_timeout_ms: 30_000,
         }
@@ -348,6 +361,18 @@ impl Config {
                 "server.geoip",
                 format!("no such file: {}", self.resolve(db).display()),
             ));
+        }
+        if self.server.idle_timeout_ms == 0 {
+            return Err(self.err("server.idle_timeout_ms", "must be at least 1"));
+        }
+        if !(8192..=16 << 20).contains(&self.server.max_header_bytes) {
+            return Err(self.err(
+                "server.max_header_bytes",
+                "must be between 8192 and 16777216",
+            ));
+        }
+        if !(1..=10_000).contains(&self.server.max_headers) {
+            return Err(self.err("server.max_headers", "must be between 1 and 10000"));
         }
         if self.server.header_read_timeout_ms == 0 {
             return Err(self.err("server.header_read_timeout_ms", "must be at least 1"));

@@ -223,18 +223,53 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// An I/O stream whose reads are followed by a [`Tracker`].
+/// When bytes last moved on a connection, for its idle timeout.
+#[derive(Clone)]
+pub struct Activity(Arc<AtomicU64>);
+
+fn clock_ms() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+impl Activity {
+    /// Activity as of now.
+    pub fn new() -> Self {
+        Activity(Arc::new(AtomicU64::new(clock_ms())))
+    }
+
+    fn touch(&self) {
+        self.0.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    /// How long since bytes last moved.
+    pub fn idle(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(clock_ms().saturating_sub(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An I/O stream whose reads are followed by a [`Tracker`] and whose traffic is timed.
 pub struct Watched<S> {
     inner: S,
     tracker: Tracker,
+    activity: Activity,
 }
 
 impl<S> Watched<S> {
-    /// Watches `inner`, reporting into `flag`.
-    pub fn new(inner: S, flag: FramingFlag) -> Self {
+    /// Watches `inner`, reporting into `flag` and `activity`.
+    pub fn new(inner: S, flag: FramingFlag, activity: Activity) -> Self {
         Watched {
             inner,
             tracker: Tracker::new(flag),
+            activity,
         }
     }
 }
@@ -248,10 +283,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let before = buf.filled().len();
         let this = &mut *self;
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r
-            && this.tracker.phase != Phase::Off
-        {
-            this.tracker.feed(&buf.filled()[before..]);
+        if let Poll::Ready(Ok(())) = r {
+            this.activity.touch();
+            if this.tracker.phase != Phase::Off {
+                this.tracker.feed(&buf.filled()[before..]);
+            }
         }
         r
     }
@@ -263,7 +299,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(_)) = r {
+            self.activity.touch();
+        }
+        r
     }
 
     fn poll_write_vectored(
@@ -271,7 +311,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(_)) = r {
+            self.activity.touch();
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::app::App;
-use crate::framing::{FramingFlag, Watched};
+use crate::framing::{Activity, FramingFlag, Watched};
 use crate::proxy;
 
 /// Accepts connections on `listener` and serves them with `app` until the task is aborted.
@@ -142,10 +142,15 @@ async fn serve_connection<S>(
     // Requests on one HTTP/1 connection reach the service in order, so counting them here
     // matches the watcher's count of heads.
     let flag = FramingFlag::default();
-    let stream = Watched::new(stream, flag.clone());
+    let activity = Activity::new();
+    let stream = Watched::new(stream, flag.clone(), activity.clone());
     let ordinal = std::sync::atomic::AtomicU64::new(0);
+    let in_flight = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = in_flight.clone();
+    let server = app.server.clone();
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let app = app.clone();
+        let guard = InFlight::enter(&counted);
         let n = ordinal.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if req.version() < http::Version::HTTP_2 && flag.conflicting(n) {
             req.extensions_mut().insert(proxy::ConflictingFraming);
@@ -154,16 +159,57 @@ async fn serve_connection<S>(
         if tls {
             req.extensions_mut().insert(proxy::Tls);
         }
-        async move { Ok::<_, Infallible>(proxy::handle(app, req).await) }
+        async move {
+            let response = proxy::handle(app, req).await;
+            drop(guard);
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        .header_read_timeout(header_timeout)
+        .max_buf_size(server.max_header_bytes)
+        .max_headers(server.max_headers);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX));
+    let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+    let idle = std::time::Duration::from_millis(server.idle_timeout_ms);
+    let idle_cut = async {
+        loop {
+            tokio::time::sleep(idle / 4).await;
+            if in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0 && activity.idle() >= idle
+            {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        result = conn => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = idle_cut => tracing::debug!(%peer, "idle connection closed"),
+    }
+}
+
+/// Counts a request in flight on its connection until dropped.
+struct InFlight(Arc<std::sync::atomic::AtomicU64>);
+
+impl InFlight {
+    fn enter(counter: &Arc<std::sync::atomic::AtomicU64>) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -29,6 +29,8 @@ pub(super) enum ProxyError {
     OriginTimeout,
     /// The origin's body broke while Veneer buffered it (JSON patching).
     OriginBody(String),
+    /// The tenant has `max_concurrent_requests` in flight already.
+    TenantBusy,
 }
 
 /// Who caused a failure, for logs and metrics.
@@ -38,6 +40,8 @@ pub(super) enum Source {
     Client,
     /// The tenant's origin failed.
     Origin,
+    /// The host itself (a tenant at its concurrency cap).
+    Host,
 }
 
 impl ProxyError {
@@ -54,6 +58,7 @@ impl ProxyError {
             ProxyError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::OriginUnreachable(_) | ProxyError::OriginBody(_) => StatusCode::BAD_GATEWAY,
             ProxyError::OriginTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::TenantBusy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -70,6 +75,7 @@ impl ProxyError {
             ProxyError::OriginUnreachable(_) => "origin_unreachable",
             ProxyError::OriginTimeout => "origin_timeout",
             ProxyError::OriginBody(_) => "origin_body_failed",
+            ProxyError::TenantBusy => "tenant_busy",
         }
     }
 
@@ -78,6 +84,7 @@ impl ProxyError {
         match self.source() {
             Source::Client => "client",
             Source::Origin => "origin",
+            Source::Host => "host",
         }
     }
 
@@ -95,6 +102,7 @@ impl ProxyError {
             ProxyError::OriginUnreachable(_)
             | ProxyError::OriginTimeout
             | ProxyError::OriginBody(_) => Source::Origin,
+            ProxyError::TenantBusy => Source::Host,
         }
     }
 
@@ -144,6 +152,9 @@ impl ProxyError {
             ProxyError::OriginBody(_) => {
                 format!("veneer: the origin's response body failed (request {request_id})\n")
             }
+            ProxyError::TenantBusy => {
+                format!("veneer: {host} is busy; try again shortly (request {request_id})\n")
+            }
         }
     }
 
@@ -161,6 +172,7 @@ impl ProxyError {
             ProxyError::UnknownHost => "unknown host",
             ProxyError::BadTarget => "malformed request target",
             ProxyError::OriginTimeout => "origin timed out",
+            ProxyError::TenantBusy => "tenant at its concurrent-request cap",
         }
     }
 }

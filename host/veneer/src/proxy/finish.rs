@@ -46,7 +46,7 @@ pub(super) fn respond(
             ctx.outcome = e.outcome();
             let tenant = ctx.tenant_name();
             match e.source() {
-                Source::Client => {
+                Source::Client | Source::Host => {
                     let (log, skipped) = ctx.app.refusal_log.admit();
                     if let Some(n) = skipped {
                         tracing::info!(
@@ -86,6 +86,10 @@ pub(super) fn respond(
                 let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            if let ProxyError::TenantBusy = &e {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             r
         }

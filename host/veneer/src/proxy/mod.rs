@@ -132,6 +132,16 @@ async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Bo
     }
     let tenant = ctx.app.tenant(&ctx.host).ok_or(ProxyError::UnknownHost)?;
     ctx.tenant = Some(tenant.clone());
+    // Held until the response head is ready (streaming bodies are not counted).
+    let _slot = match &tenant.request_slots {
+        Some(slots) => Some(
+            slots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ProxyError::TenantBusy)?,
+        ),
+        None => None,
+    };
     admit::method_allowed(&parts.method, &tenant.methods)?;
     if let Err(e) = admit::within_limits(ctx, &tenant, &parts) {
         if matches!(e, ProxyError::TooManyRequests(_)) {
@@ -154,7 +164,15 @@ async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Bo
         is_head: parts.method == Method::HEAD,
         accept_encoding: header_str(&parts.headers, header::ACCEPT_ENCODING).map(str::to_owned),
     };
+    let started = std::time::Instant::now();
     let fetched = origin::fetch(ctx, &tenant, &visitor, parts, body, &edits).await;
+    if fetched.is_ok() {
+        ctx.app.metrics.observe(
+            "veneer_origin_response_seconds",
+            &[("tenant", &tenant.name)],
+            started.elapsed(),
+        );
+    }
     let response = match fetched {
         Ok(r) => r,
         Err(e) => {

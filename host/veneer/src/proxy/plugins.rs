@@ -67,7 +67,18 @@ pub(super) async fn on_request(ctx: &RequestCtx, tenant: &Tenant, v: &VisitorCtx
                 continue;
             }
         };
-        let refused = match instance.on_request(&v.request_head, &v.visitor).await {
+        let started = std::time::Instant::now();
+        let answer = instance.on_request(&v.request_head, &v.visitor).await;
+        app.metrics.observe(
+            "veneer_plugin_hook_seconds",
+            &[
+                ("tenant", name),
+                ("plugin", plugin.name()),
+                ("hook", "on_request"),
+            ],
+            started.elapsed(),
+        );
+        let refused = match answer {
             Ok(RequestAction::Continue(e)) => match budget.check_edits(&e) {
                 Ok(()) => {
                     edits.push(e);
@@ -137,12 +148,21 @@ pub(super) async fn on_response(
         headers: export_headers(&origin.headers),
     });
     for mut live in chain {
-        match live
+        let started = std::time::Instant::now();
+        let answer = live
             .instance
             .on_response(&v.request_head, &head, &v.visitor)
-            .await
-            .and_then(|plan| check_response_plan(plan, &live.budget, tenant))
-        {
+            .await;
+        app.metrics.observe(
+            "veneer_plugin_hook_seconds",
+            &[
+                ("tenant", name),
+                ("plugin", &live.name),
+                ("hook", "on_response"),
+            ],
+            started.elapsed(),
+        );
+        match answer.and_then(|plan| check_response_plan(plan, &live.budget, tenant)) {
             Ok(plan) => plans.push((live, plan)),
             Err(f) => {
                 live.instance.mark_faulted();
