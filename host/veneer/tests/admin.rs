@@ -592,6 +592,12 @@ fn deploys_swap_atomically_refusals_change_nothing_and_a_restart_keeps_everythin
         metrics.contains("veneer_plugins_loaded{contract=\"0.1.0\"} 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains(
+            "veneer_plugin_hook_seconds_bucket{tenant=\"shop\",plugin=\"banner\",hook=\"on_response\",le=\"+Inf\"}"
+        ),
+        "{metrics}"
+    );
     drop(v);
     v = start(&dir, origin);
     let (status, body) = page(&v, "shop.test");
