@@ -160,7 +160,8 @@ impl Admin {
                 "the admin API needs a state store: set [server] data_dir",
             ));
         };
-        let ip = peer.ip();
+        // Limited like the proxy's clients: IPv6 by its /64.
+        let ip = crate::limits::client_key(peer.ip());
         if let Some(until) = self.blocked.get(&ip).map(|u| *u) {
             let now = Instant::now();
             if until > now {
@@ -351,7 +352,18 @@ impl Admin {
             ("GET", ["audit"]) => ok(json!(c.store.audit_log(None, limit(query))?)),
             ("POST", ["tokens"]) => {
                 let body = json_body(body).await?;
-                let tenant = body.get("tenant").and_then(Value::as_str);
+                // An operator token only when asked for in so many words: a misspelt or
+                // malformed tenant must not quietly mint one.
+                let tenant = match (body.get("tenant"), body.get("operator")) {
+                    (Some(Value::String(t)), None | Some(Value::Bool(false))) => Some(t.as_str()),
+                    (None | Some(Value::Null), Some(Value::Bool(true))) => None,
+                    _ => {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "body: {\"tenant\": NAME} for a tenant token, or {\"operator\": true}",
+                        ));
+                    }
+                };
                 let label = body.get("label").and_then(Value::as_str).unwrap_or("");
                 let v = c.create_token(who, tenant, label).await?;
                 Ok((StatusCode::CREATED, v))

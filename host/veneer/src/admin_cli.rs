@@ -292,7 +292,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<String> {
                     .json(
                         Method::POST,
                         "/v1/tokens",
-                        &json!({"tenant": tenant, "label": label}),
+                        &match &tenant {
+                            Some(t) => json!({"tenant": t, "label": label}),
+                            None => json!({"operator": true, "label": label}),
+                        },
                     )
                     .await?;
                 field(&v, "token")

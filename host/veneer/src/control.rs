@@ -85,7 +85,8 @@ pub struct Control {
     lock: tokio::sync::Mutex<()>,
     bootstrap: Option<[u8; 32]>,
     tokens: ArcSwap<Vec<TokenRecord>>,
-    ready: std::sync::atomic::AtomicBool,
+    loaded: std::sync::atomic::AtomicBool,
+    failed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Largest plugin component accepted by an upload.
@@ -150,13 +151,20 @@ impl Control {
             lock: tokio::sync::Mutex::new(()),
             bootstrap: admin_token.map(digest),
             tokens: ArcSwap::from_pointee(tokens),
-            ready: std::sync::atomic::AtomicBool::new(false),
+            loaded: std::sync::atomic::AtomicBool::new(false),
+            failed: std::sync::Mutex::new(std::collections::HashSet::new()),
         })
     }
 
-    /// Whether every stored tenant has been loaded and is serving.
+    /// Whether every stored tenant has been loaded and is serving (a tenant that failed to
+    /// load at start counts until a later change builds it or deletes it).
     pub fn ready(&self) -> bool {
-        self.ready.load(std::sync::atomic::Ordering::Acquire)
+        self.loaded.load(std::sync::atomic::Ordering::Acquire)
+            && self
+                .failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_empty()
     }
 
     /// Who holds `token`, if anyone. Every stored hash is compared, each in constant time.
@@ -195,6 +203,13 @@ impl Control {
                 );
             }
             return Ok(());
+        }
+        // Not seeded but holding tenants: an earlier import was cut off (nothing else writes
+        // before the import completes, the admin API is not served yet). Start it again from
+        // empty, so the store ends with all of the config or, until then, none of it.
+        for name in self.store.tenant_names()? {
+            tracing::warn!(tenant = %name, "removing a tenant left by an interrupted config import");
+            self.store.delete_tenant("config-import", &name)?;
         }
         for t in &config.tenants {
             let actor = "config-import";
@@ -251,27 +266,39 @@ impl Control {
             }
             match self.build(rec).await {
                 Ok(t) => {
-                    for p in &t.plugins {
+                    for p in t.iter().flat_map(|t| &t.plugins) {
                         tracing::info!(tenant = %name, plugin = p.name(), version = p.version(), contract = %p.contract(), "plugin loaded");
                     }
-                    self.app.swap_tenant(&name, Some(Arc::new(t)));
+                    self.app.swap_tenant(&name, t.map(Arc::new));
                 }
                 Err(e) => {
                     failed += 1;
                     tracing::error!(tenant = %name, error = %e.message, "stored tenant cannot be served");
+                    self.failed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(name);
                 }
             }
         }
-        if failed == 0 {
-            self.ready.store(true, std::sync::atomic::Ordering::Release);
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                "/readyz stays 503 until the failed tenants are fixed or deleted"
+            );
         }
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
-    /// Builds a tenant from a stored (or about to be stored) record.
-    async fn build(&self, rec: TenantRecord) -> Result<Tenant, ApiError> {
+    /// Builds a tenant from a stored (or about to be stored) record: everything is checked
+    /// even for a disabled tenant, which is then not served (`None`).
+    async fn build(&self, rec: TenantRecord) -> Result<Option<Tenant>, ApiError> {
         let app = self.app.clone();
-        blocking(move || build_tenant(&app, rec)).await
+        let disabled = rec.disabled;
+        let built = blocking(move || build_tenant(&app, rec)).await?;
+        Ok((!disabled).then_some(built))
     }
 
     /// Validates `spec` beside every other tenant (names, hosts, limits), as the config
@@ -279,9 +306,9 @@ impl Control {
     fn check_spec(&self, spec: &config::Tenant) -> Result<(), ApiError> {
         let mut specs: Vec<config::Tenant> = self
             .store
-            .tenants()?
+            .tenant_specs()?
             .into_iter()
-            .map(|r| r.spec)
+            .map(|(t, _)| t)
             .filter(|t| t.name != spec.name)
             .collect();
         specs.push(spec.clone());
@@ -309,6 +336,15 @@ impl Control {
         Ok(())
     }
 
+    fn record_spec(&self, tenant: &str) -> Result<config::Tenant, ApiError> {
+        self.store
+            .tenant_specs()?
+            .into_iter()
+            .map(|(t, _)| t)
+            .find(|t| t.name == tenant)
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no tenant {tenant:?}")))
+    }
+
     fn record(&self, tenant: &str) -> Result<TenantRecord, ApiError> {
         self.store
             .tenant(tenant)?
@@ -317,13 +353,25 @@ impl Control {
 
     /// Swaps in the tenant as stored now.
     async fn publish(&self, tenant: &str, built: Option<Tenant>) {
-        let disabled = self
-            .store
-            .tenant(tenant)
-            .ok()
-            .flatten()
-            .is_none_or(|r| r.disabled);
-        let new = if disabled { None } else { built.map(Arc::new) };
+        let new = built.map(|mut t| {
+            // Requests still running on the old snapshot hold its permits: the new one must
+            // count against the same semaphores, or every change would reset the caps.
+            if let Some(old) = self.app.tenant_named(tenant) {
+                if old.config.limits.plugin_concurrency == t.config.limits.plugin_concurrency {
+                    t.plugin_slots = old.plugin_slots.clone();
+                }
+                if old.config.limits.max_concurrent_requests
+                    == t.config.limits.max_concurrent_requests
+                {
+                    t.request_slots = old.request_slots.clone();
+                }
+            }
+            Arc::new(t)
+        });
+        self.failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(tenant);
         if let Some(t) = &new {
             for p in &t.plugins {
                 tracing::info!(
@@ -357,7 +405,7 @@ impl Control {
         };
         let built = self.build(rec).await?;
         self.store.put_tenant(&who.actor, &spec, true)?;
-        self.publish(&spec.name, Some(built)).await;
+        self.publish(&spec.name, built).await;
         Ok(tenant_json(&spec, false))
     }
 
@@ -391,7 +439,7 @@ impl Control {
         let disabled = rec.disabled;
         let built = self.build(rec).await?;
         self.store.put_tenant(&who.actor, &spec, false)?;
-        self.publish(name, Some(built)).await;
+        self.publish(name, built).await;
         Ok(tenant_json(&spec, disabled))
     }
 
@@ -406,11 +454,7 @@ impl Control {
         let mut rec = self.record(name)?;
         rec.disabled = disabled;
         let spec = rec.spec.clone();
-        let built = if disabled {
-            None
-        } else {
-            Some(self.build(rec).await?)
-        };
+        let built = self.build(rec).await?;
         self.store.set_disabled(&who.actor, name, disabled)?;
         self.publish(name, built).await;
         Ok(tenant_json(&spec, disabled))
@@ -420,7 +464,7 @@ impl Control {
     pub async fn delete_tenant(&self, who: &Principal, name: &str) -> Result<Value, ApiError> {
         let _guard = self.lock.lock().await;
         self.store.delete_tenant(&who.actor, name)?;
-        self.app.swap_tenant(name, None);
+        self.publish(name, None).await;
         self.reload_tokens()?;
         Ok(json!({"deleted": name}))
     }
@@ -441,9 +485,9 @@ impl Control {
     /// Every tenant `who` may see.
     pub fn tenants(&self, who: &Principal) -> Result<Value, ApiError> {
         let mut out = Vec::new();
-        for rec in self.store.tenants()? {
-            if who.may(&rec.spec.name) {
-                out.push(tenant_json(&rec.spec, rec.disabled));
+        for (spec, disabled) in self.store.tenant_specs()? {
+            if who.may(&spec.name) {
+                out.push(tenant_json(&spec, disabled));
             }
         }
         Ok(Value::Array(out))
@@ -467,14 +511,10 @@ impl Control {
                 format!("a plugin may be at most {MAX_PLUGIN_BYTES} bytes"),
             ));
         }
-        let _guard = self.lock.lock().await;
-        let mut rec = self.record(tenant)?;
-        // Validate on its own first, so the refusal names the upload, not the chain.
-        let (app, limits, probe) = (
-            self.app.clone(),
-            app::plugin_limits(&rec.spec.limits),
-            bytes.clone(),
-        );
+        // Validate on its own first, before taking the lock (compiling can take a while and
+        // must not hold up other changes), so the refusal names the upload, not the chain.
+        let limits = app::plugin_limits(&self.record_spec(tenant)?.limits);
+        let (app, probe) = (self.app.clone(), bytes.clone());
         let contract = blocking(move || {
             let info = app
                 .runtime
@@ -486,6 +526,8 @@ impl Control {
             Ok(info.version.to_string())
         })
         .await?;
+        let _guard = self.lock.lock().await;
+        let mut rec = self.record(tenant)?;
         let built = if activate {
             let params = params
                 .clone()
@@ -523,8 +565,8 @@ impl Control {
         )?;
         if let Some(built) = built {
             // Label the new plugin with the id the store just gave it.
-            let built = relabel(built, plugin, id);
-            self.publish(tenant, Some(built)).await;
+            let built = built.map(|t| relabel(t, plugin, id));
+            self.publish(tenant, built).await;
         }
         Ok(
             json!({"version": id, "plugin": plugin, "tenant": tenant, "contract": contract,
@@ -547,7 +589,7 @@ impl Control {
         let built = self.build(rec).await?;
         self.store
             .activate(&who.actor, tenant, plugin, version, None)?;
-        self.publish(tenant, Some(built)).await;
+        self.publish(tenant, built).await;
         Ok(json!({"tenant": tenant, "plugin": plugin, "version": version}))
     }
 
@@ -573,7 +615,7 @@ impl Control {
         }
         let built = self.build(rec).await?;
         let version = self.store.rollback(&who.actor, tenant, plugin)?;
-        self.publish(tenant, Some(built)).await;
+        self.publish(tenant, built).await;
         Ok(json!({"tenant": tenant, "plugin": plugin, "version": version}))
     }
 
@@ -598,7 +640,7 @@ impl Control {
         }
         let built = self.build(rec).await?;
         self.store.set_params(&who.actor, tenant, plugin, &params)?;
-        self.publish(tenant, Some(built)).await;
+        self.publish(tenant, built).await;
         Ok(json!({"tenant": tenant, "plugin": plugin, "params": params}))
     }
 
@@ -614,7 +656,7 @@ impl Control {
         rec.plugins.retain(|p| p.name != plugin);
         let built = self.build(rec).await?;
         self.store.remove_plugin(&who.actor, tenant, plugin)?;
-        self.publish(tenant, Some(built)).await;
+        self.publish(tenant, built).await;
         Ok(json!({"tenant": tenant, "removed": plugin}))
     }
 
@@ -682,7 +724,7 @@ impl Control {
         }
         let built = self.build(rec).await?;
         self.store.set_document(&who.actor, tenant, kind, &text)?;
-        self.publish(tenant, Some(built)).await;
+        self.publish(tenant, built).await;
         Ok(doc)
     }
 
@@ -716,7 +758,7 @@ impl Control {
     }
 }
 
-/// 256 random bits, URL-safe, with a prefix that secret scanners recognise.
+/// 244 random bits (two v4 UUIDs), URL-safe, with a prefix secret scanners recognise.
 fn new_token() -> String {
     use base64::Engine as _;
     let mut bytes = uuid::Uuid::new_v4().as_bytes().to_vec();

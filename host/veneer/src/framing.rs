@@ -58,6 +58,21 @@ enum Phase {
     Off,
 }
 
+/// What parsing a head found.
+enum Head {
+    /// A whole head of this many bytes (leading blank lines included).
+    Complete(usize),
+    /// Not yet a whole head.
+    Partial,
+    /// Something the watcher does not follow; it stopped.
+    Stopped,
+}
+
+/// Whether `bytes` hold an empty line (the end of a head).
+fn blank_line(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
+}
+
 /// Follows request framing over the bytes fed to it.
 pub struct Tracker {
     phase: Phase,
@@ -83,28 +98,46 @@ impl Tracker {
             match self.phase {
                 Phase::Off => return,
                 Phase::Head => {
-                    let searched_from = self.buf.len().saturating_sub(3);
-                    self.buf.extend_from_slice(data);
-                    data = &[];
-                    // Parse only once a blank line has arrived, so a head dripped byte by byte
-                    // is not re-parsed for every byte.
-                    let tail = &self.buf[searched_from..];
-                    let complete = tail.windows(2).any(|w| w == b"\n\n")
-                        || tail.windows(3).any(|w| w == b"\n\r\n");
-                    if !complete {
-                        if self.buf.len() > MAX_HEAD {
-                            self.stop();
+                    // Heads are parsed in place; only a head split across reads is buffered
+                    // (and only until it is whole), so pipelined requests cost no copies.
+                    if self.buf.is_empty() {
+                        // httparse stops at the end of the head, so parsing in place costs the
+                        // head's length, whatever follows it.
+                        match self.head(data) {
+                            Head::Complete(used) => data = &data[used.min(data.len())..],
+                            Head::Partial => {
+                                self.hold(data);
+                                return;
+                            }
+                            Head::Stopped => return,
                         }
-                        continue;
+                    } else {
+                        let old_len = self.buf.len();
+                        let searched_from = old_len.saturating_sub(3);
+                        self.buf.extend_from_slice(data);
+                        if !blank_line(&self.buf[searched_from..]) {
+                            if self.buf.len() > MAX_HEAD {
+                                self.stop();
+                            }
+                            return;
+                        }
+                        let buf = std::mem::take(&mut self.buf);
+                        match self.head(&buf) {
+                            Head::Complete(used) => {
+                                // The head ends in the new bytes: the old ones held none.
+                                let from_data = used.saturating_sub(old_len).min(data.len());
+                                data = &data[from_data..];
+                            }
+                            Head::Partial => {
+                                self.buf = buf;
+                                if self.buf.len() > MAX_HEAD {
+                                    self.stop();
+                                }
+                                return;
+                            }
+                            Head::Stopped => return,
+                        }
                     }
-                    let rest = match self.head() {
-                        Some(rest) => rest,
-                        None => continue,
-                    };
-                    // The bytes after the head belong to the body (or the next request).
-                    self.buf.clear();
-                    self.feed(&rest);
-                    return;
                 }
                 Phase::Fixed(n) => {
                     let take = (data.len() as u64).min(n);
@@ -155,23 +188,30 @@ impl Tracker {
         }
     }
 
-    /// Parses the buffered head; returns the bytes after it, or `None` when it stopped.
-    fn head(&mut self) -> Option<Vec<u8>> {
+    /// Keeps the start of a head that has not arrived whole.
+    fn hold(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() > MAX_HEAD {
+            self.stop();
+        }
+    }
+
+    /// Parses a head at the start of `bytes`.
+    fn head(&mut self, bytes: &[u8]) -> Head {
         // Empty lines before a request line are allowed (RFC 9112 §2.2).
-        let start = self
-            .buf
+        let start = bytes
             .iter()
             .position(|&b| b != b'\r' && b != b'\n')
-            .unwrap_or(self.buf.len());
+            .unwrap_or(bytes.len());
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
-        let used = match req.parse(&self.buf[start..]) {
+        let used = match req.parse(&bytes[start..]) {
             Ok(httparse::Status::Complete(n)) => n,
             // Only leading blank lines so far: wait for the rest.
-            Ok(httparse::Status::Partial) if self.buf.len() <= MAX_HEAD => return None,
+            Ok(httparse::Status::Partial) if bytes.len() <= MAX_HEAD => return Head::Partial,
             _ => {
                 self.stop();
-                return None;
+                return Head::Stopped;
             }
         };
         self.requests += 1;
@@ -190,7 +230,6 @@ impl Tracker {
                 upgrade = true;
             }
         }
-        let rest = self.buf[start + used..].to_vec();
         self.phase = match (length, chunked) {
             _ if upgrade => Phase::Off,
             (Some(_), true) => {
@@ -208,7 +247,7 @@ impl Tracker {
             (Some(0), false) | (None, false) => Phase::Head,
             (Some(n), false) => Phase::Fixed(n),
         };
-        Some(rest)
+        Head::Complete(start + used)
     }
 
     fn stop(&mut self) {
@@ -366,6 +405,22 @@ GET /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello
         stream.extend_from_slice(body);
         stream.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(run(&[&stream]), (0, 2));
+    }
+
+    #[test]
+    fn thousands_of_pipelined_heads_in_one_read_are_followed_without_recursion() {
+        let one = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut stream = Vec::new();
+        for _ in 0..20_000 {
+            stream.extend_from_slice(one);
+        }
+        stream.extend_from_slice(
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(run(&[&stream]), (20_001, 20_001));
+        // Split at awkward places.
+        let pieces: Vec<&[u8]> = stream.chunks(37).collect();
+        assert_eq!(run(&pieces), (20_001, 20_001));
     }
 
     #[test]

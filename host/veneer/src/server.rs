@@ -160,9 +160,13 @@ async fn serve_connection<S>(
             req.extensions_mut().insert(proxy::Tls);
         }
         async move {
+            // The request stays in flight until its body has gone out (a streaming response
+            // that pauses is not idle).
             let response = proxy::handle(app, req).await;
-            drop(guard);
-            Ok::<_, Infallible>(response)
+            Ok::<_, Infallible>(response.map(|inner| Guarded {
+                inner,
+                _guard: guard,
+            }))
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -194,6 +198,32 @@ async fn serve_connection<S>(
             }
         }
         () = idle_cut => tracing::debug!(%peer, "idle connection closed"),
+    }
+}
+
+/// A response body that keeps its request counted in flight until it is dropped.
+struct Guarded<B> {
+    inner: B,
+    _guard: InFlight,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

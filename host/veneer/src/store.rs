@@ -91,6 +91,9 @@ const MIGRATIONS: &[&str] = &[
     ",
 ];
 
+/// Versions kept per plugin (besides the active one); older ones are deleted on upload.
+pub const KEEP_VERSIONS: i64 = 20;
+
 /// A plugin's params: what it reads with `config(key)`.
 pub type Params = std::collections::HashMap<String, String>;
 
@@ -321,6 +324,32 @@ impl Store {
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
         Ok(names)
+    }
+
+    /// Every tenant's spec and whether it is disabled, without documents or plugin bytes.
+    pub fn tenant_specs(&self) -> Result<Vec<(config::Tenant, bool)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, spec, disabled FROM tenants ORDER BY name")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(name, spec, disabled)| {
+                serde_json::from_str(&spec)
+                    .map(|s| (s, disabled))
+                    .map_err(|e| {
+                        StoreError::Conflict(format!(
+                            "stored spec of tenant {name:?} is unreadable: {e}"
+                        ))
+                    })
+            })
+            .collect()
     }
 
     /// One tenant with its rules, fragments and active plugins.
@@ -575,6 +604,15 @@ impl Store {
             params![tenant, plugin, sha, bytes.len() as i64, contract, bytes, actor, now()],
         )?;
         let id = tx.last_insert_rowid();
+        // Keep the newest versions of each plugin (and the active one): a tenant pushing in a
+        // loop cannot fill the disk.
+        tx.execute(
+            "DELETE FROM plugin_versions WHERE tenant = ?1 AND plugin = ?2
+               AND id NOT IN (SELECT id FROM plugin_versions WHERE tenant = ?1 AND plugin = ?2
+                              ORDER BY id DESC LIMIT ?3)
+               AND id NOT IN (SELECT active FROM plugins WHERE tenant = ?1 AND name = ?2)",
+            params![tenant, plugin, KEEP_VERSIONS],
+        )?;
         audit(
             &tx,
             Audit {
@@ -924,8 +962,12 @@ impl Store {
     ) -> Result<Vec<AuditEntry>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
+            // A tenant's log starts at its latest creation: a tenant made again under a deleted
+            // one's name does not read the old one's history.
             "SELECT id, at, actor, action, tenant, target, before_hash, after_hash, detail
-             FROM audit WHERE ?1 IS NULL OR tenant = ?1 ORDER BY id DESC LIMIT ?2",
+             FROM audit WHERE ?1 IS NULL OR (tenant = ?1 AND id >= coalesce(
+                 (SELECT max(id) FROM audit WHERE tenant = ?1 AND action = 'tenant.create'), 0))
+             ORDER BY id DESC LIMIT ?2",
         )?;
         let rows = stmt
             .query_map(params![tenant, limit], |r| {

@@ -29,7 +29,9 @@ struct Source {
     key: PathBuf,
 }
 
-type Stamp = (Option<SystemTime>, Option<SystemTime>);
+/// Modification time and size of the certificate and the key: a file rewritten within one
+/// timestamp tick still shows as changed by its size.
+type Stamp = [(Option<SystemTime>, u64); 2];
 
 /// Certificates by host name, chosen by SNI.
 #[derive(Debug, Default)]
@@ -65,8 +67,8 @@ pub fn load_pair(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
 }
 
 fn stamp(s: &Source) -> Stamp {
-    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    (m(&s.cert), m(&s.key))
+    let m = |p: &Path| std::fs::metadata(p).map_or((None, 0), |m| (m.modified().ok(), m.len()));
+    [m(&s.cert), m(&s.key)]
 }
 
 /// Keeps an [`SniResolver`] in step with the tenants being served and their files.

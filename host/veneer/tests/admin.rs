@@ -301,6 +301,11 @@ fn every_admin_route_needs_the_right_token() {
             "{answer}"
         );
     }
+    // A malformed token request never mints an operator token.
+    for body in [&b"{\"tenant\": 5}"[..], b"{\"tenat\": \"shop\"}", b"{}"] {
+        let (status, answer) = http(v.admin, "POST", "/v1/tokens", Some(OPERATOR), body);
+        assert_eq!(status, 400, "{answer}");
+    }
     // A tenant token sees only its own tenant.
     let (status, list) = http(v.admin, "GET", "/v1/tenants", Some(&shop), b"");
     assert_eq!(status, 200);
@@ -549,15 +554,24 @@ fn deploys_swap_atomically_refusals_change_nothing_and_a_restart_keeps_everythin
         &["plugin", "rollback", "--tenant", "shop", "--name", "banner"],
     );
     assert_eq!(banner_slot(&page(&v, "shop.test").1), "a");
-    // Activating a version by id keeps the current params.
+    // Activating a version by id keeps the current params; only the newest 20 versions
+    // are kept, so the first one is gone, with a clear answer.
     ok(
+        &v,
+        &token,
+        &[
+            "plugin", "activate", &last, "--tenant", "shop", "--name", "banner",
+        ],
+    );
+    assert_eq!(banner_slot(&page(&v, "shop.test").1), "a");
+    let (success, _, stderr) = cli(
         &v,
         &token,
         &[
             "plugin", "activate", &first, "--tenant", "shop", "--name", "banner",
         ],
     );
-    assert_eq!(banner_slot(&page(&v, "shop.test").1), "a");
+    assert!(!success && stderr.contains("no version"), "{stderr}");
 
     // The audit log says who did what.
     let audit = ok(&v, &token, &["audit", "--tenant", "shop", "--limit", "500"]);
@@ -585,7 +599,9 @@ fn deploys_swap_atomically_refusals_change_nothing_and_a_restart_keeps_everythin
     // A restart keeps every change; the config's seed tenant is not imported twice.
     let (_, metrics) = http(v.admin, "GET", "/metrics", None, b"");
     assert!(
-        metrics.contains("veneer_plugin_active_version{tenant=\"shop\",plugin=\"banner\"} 1"),
+        metrics.contains(&format!(
+            "veneer_plugin_active_version{{tenant=\"shop\",plugin=\"banner\"}} {last}"
+        )),
         "{metrics}"
     );
     assert!(
