@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# HTTP benchmark: Veneer against nginx, same origin, same machine, same run.
+# HTTP benchmark: Veneer against floors measured on the same machine in the same run.
 #
-# Prints one JSON line per scenario:
-#   small-page-segment-plugin: the demo home page through Veneer with the hero plugin
-#                              vs nginx plain proxy_pass            (target ratio >= 0.5)
-#   cloudflare-3-rewrites:     ../shared/pages/cloudflare.com.html through Veneer with 3
-#                              declarative rewrites vs nginx sub_filter doing 3 replacements
-#                              (target ratio >= 1.2)
-# The origin is nginx serving static files. Installs nginx-light and wrk when missing.
-# Environment: DURATION (seconds per run, default 10), CONNS (default 32).
+# The servers under test (Veneer with one tokio worker, nginx with one worker, the bare hyper
+# proxy tests/src/bin/bare_proxy.rs) run alone on core 1; wrk (one thread) and the origin
+# (a separate nginx serving static files) on core 0. Each scenario is measured RUNS times,
+# alternating Veneer and its floor, after a warm-up; one JSON line per scenario gives the
+# median ratio and its spread (min, max), and the median p99 latency of both sides.
+#
+#   small-noop         demo home page (2.3 KB), noop plugin     vs bare hyper proxy  (target >= 0.6)
+#   small-hero         demo home page, hero plugin              vs nginx proxy_pass  (target >= 0.5)
+#   cloudflare-noop    ../shared/pages/cloudflare.com.html (119 KB), noop plugin vs bare hyper proxy
+#   cloudflare-3-rewrites  3 declarative rewrites               vs nginx sub_filter  (target >= 1.2)
+#   cloudflare-callbacks   an element callback on every a[href]: µs per callback
+#                          from the difference to cloudflare-noop (target <= 1 µs)
+#
+# Installs nginx-light and wrk when missing. Environment: DURATION (seconds per measurement,
+# default 5), RUNS (default 3), CONNS (default 32).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-5}
+RUNS=${RUNS:-3}
 CONNS=${CONNS:-32}
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
@@ -20,37 +28,51 @@ if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
 fi
 rustup target add wasm32-wasip2 >/dev/null 2>&1
 CARGO_TARGET_DIR=target/plugins cargo build -q --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release
-cargo build -q --release -p veneer
+cargo build -q --release -p veneer -p veneer-tests --bin veneer --bin bare_proxy
 plugins="$root/target/plugins/wasm32-wasip2/release"
 cf_page="$root/../shared/pages/cloudflare.com.html"
 
+# Core 1 for the servers under test, core 0 for the load and the origin.
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  sut=(taskset -c 1) load=(taskset -c 0)
+else
+  sut=() load=()
+  echo "note: fewer than 2 cores; nothing is pinned" >&2
+fi
+
 work=$(mktemp -d)
+pids=()
 cleanup() {
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  [ -n "${veneer_pid:-}" ] && kill "$veneer_pid" 2>/dev/null || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-ORIGIN=$(free_port); NGX_PROXY=$(free_port); NGX_SUB=$(free_port); VENEER=$(free_port)
+ORIGIN=$(free_port); NGX_PROXY=$(free_port); NGX_SUB=$(free_port); VENEER=$(free_port); BARE=$(free_port)
 
 mkdir -p "$work/site" "$work/logs"
 cp "$root/examples/shop/site/index.html" "$work/site/small.html"
 have_cf=0
 if [ -f "$cf_page" ]; then cp "$cf_page" "$work/site/cloudflare.html"; have_cf=1; fi
 
-cat > "$work/nginx.conf" <<NGINX
+common_http='access_log off; types { text/html html; } default_type text/html;'
+cat > "$work/origin.conf" <<NGINX
 worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/logs/error.log warn;
+pid $work/origin.pid;
+error_log $work/logs/origin.log warn;
+events { worker_connections 4096; }
+http { $common_http server { listen 127.0.0.1:$ORIGIN; root $work/site; } }
+NGINX
+cat > "$work/reference.conf" <<NGINX
+worker_processes 1;
+pid $work/reference.pid;
+error_log $work/logs/reference.log warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
-  types { text/html html; }
-  default_type text/html;
+  $common_http
   upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; }
-  server { listen 127.0.0.1:$ORIGIN; root $work/site; }
   server {
     listen 127.0.0.1:$NGX_PROXY;
     location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
@@ -69,8 +91,13 @@ http {
 }
 NGINX
 chmod -R a+rX "$work"
-nginx -c "$work/nginx.conf" -p "$work"
+"${load[@]}" nginx -c "$work/origin.conf" -p "$work"
+"${sut[@]}" nginx -c "$work/reference.conf" -p "$work"
 
+# The cloudflare tenant's campaign makes the callback plugin tag links.
+cat > "$work/rules.json" <<JSON
+{"campaigns": [{"id": "bench", "start": "2020-01-01T00:00:00Z", "end": "2099-01-01T00:00:00Z"}]}
+JSON
 cat > "$work/veneer.toml" <<TOML
 [server]
 listen = "127.0.0.1:$VENEER"
@@ -78,13 +105,23 @@ cache_dir = "$root/target/veneer-cache"
 cookie_secret = "benchmark-secret-0123456789abcdef0123456789"
 max_connections_per_client = 0
 
+# One load generator on loopback is one client address: no per-client limits here.
 [[tenant]]
-name = "small"
-hosts = ["small.bench"]
+name = "small-noop"
+hosts = ["small-noop.bench"]
+origin = "http://127.0.0.1:$ORIGIN"
+[tenant.limits]
+requests_per_second_per_client = 0
+[[tenant.plugin]]
+name = "noop"
+path = "$plugins/noop.wasm"
+
+[[tenant]]
+name = "small-hero"
+hosts = ["small-hero.bench"]
 origin = "http://127.0.0.1:$ORIGIN"
 rules = "$root/examples/shop/rules.json"
 fragments = "$root/examples/shop/fragments.toml"
-# One load generator on loopback is one client address: no per-client limits here.
 [tenant.limits]
 requests_per_second_per_client = 0
 [[tenant.plugin]]
@@ -92,8 +129,18 @@ name = "hero"
 path = "$plugins/hero.wasm"
 
 [[tenant]]
-name = "cloudflare"
-hosts = ["cf.bench"]
+name = "cf-noop"
+hosts = ["cf-noop.bench"]
+origin = "http://127.0.0.1:$ORIGIN"
+[tenant.limits]
+requests_per_second_per_client = 0
+[[tenant.plugin]]
+name = "noop"
+path = "$plugins/noop.wasm"
+
+[[tenant]]
+name = "cf-rewrites"
+hosts = ["cf-rewrites.bench"]
 origin = "http://127.0.0.1:$ORIGIN"
 [tenant.limits]
 requests_per_second_per_client = 0
@@ -101,35 +148,95 @@ requests_per_second_per_client = 0
 name = "static-rewrites"
 path = "$plugins/static_rewrites.wasm"
 params = { rule1 = "title | set-inner-text | Personalized title", rule2 = "h1 | add-class | veneer", rule3 = "meta[name=description] | set-attribute | content=Personalized" }
+
+[[tenant]]
+name = "cf-callbacks"
+hosts = ["cf-callbacks.bench"]
+origin = "http://127.0.0.1:$ORIGIN"
+rules = "$work/rules.json"
+[tenant.limits]
+requests_per_second_per_client = 0
+plan_max_inserted_bytes = 1048576
+rewrite_max_growth = 10.0
+[[tenant.plugin]]
+name = "product-links"
+path = "$plugins/product_links.wasm"
+params = { links = "a[href]" }
 TOML
-VENEER_LOG=warn TOKIO_WORKER_THREADS=${VENEER_WORKERS:-2} "$root/target/release/veneer" serve --config "$work/veneer.toml" &
-veneer_pid=$!
-for _ in $(seq 50); do curl -sf -o /dev/null -H 'Host: small.bench' "http://127.0.0.1:$VENEER/small.html" && break; sleep 0.1; done
+VENEER_LOG=warn TOKIO_WORKER_THREADS=1 "${sut[@]}" "$root/target/release/veneer" serve --config "$work/veneer.toml" &
+pids+=($!)
+TOKIO_WORKER_THREADS=1 "${sut[@]}" "$root/target/release/bare_proxy" "127.0.0.1:$BARE" "127.0.0.1:$ORIGIN" &
+pids+=($!)
+for _ in $(seq 100); do curl -sf -o /dev/null -H 'Host: small-noop.bench' "http://127.0.0.1:$VENEER/small.html" && break; sleep 0.1; done
 
-# Sanity: both sides really do the work being measured.
-curl -sf -H 'Host: small.bench' "http://127.0.0.1:$VENEER/small.html" | grep 'data-segment="new"' >/dev/null || { echo "veneer did not personalize:" >&2; curl -s -H 'Host: small.bench' "http://127.0.0.1:$VENEER/small.html" | head -30 >&2; exit 1; }
-
-rps() { # url [host]
-  local out
-  wrk -t2 -c"$CONNS" -d2s -H "Host: ${2:-localhost}" "$1" >/dev/null  # warm-up: pools, caches
-  out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" -H "Host: ${2:-localhost}" "$1")
-  echo "$out" | awk '/Requests\/sec/ {print $2}'
+# Sanity: every side really does the work being measured.
+check() { # what url host pattern
+  local body
+  body=$(curl -sf -H "Host: $3" "$2") || true
+  grep -qF -- "$4" <<<"$body" || { echo "sanity check failed: $1 ($2, Host $3) has no $4" >&2; exit 1; }
 }
-
-report() { # scenario veneer_rps reference reference_rps target
-  python3 -c "import json,sys; v,r=float('$2'),float('$4'); print(json.dumps({'scenario':'$1','veneer_rps':round(v),'reference':'$3','reference_rps':round(r),'ratio':round(v/r,2),'target_ratio':$5}))"
-}
-
-v=$(rps "http://127.0.0.1:$VENEER/small.html" small.bench)
-n=$(rps "http://127.0.0.1:$NGX_PROXY/small.html")
-report small-page-segment-plugin "$v" nginx-proxy "$n" 0.5
-
+check veneer-hero "http://127.0.0.1:$VENEER/small.html" small-hero.bench 'data-segment="new"'
+check bare-proxy "http://127.0.0.1:$BARE/small.html" localhost '<html'
 if [ "$have_cf" = 1 ]; then
-  curl -sf -H "Host: cf.bench" "http://127.0.0.1:$VENEER/cloudflare.html" | grep "<title>Personalized title</title>" >/dev/null || { echo "veneer did not rewrite:" >&2; curl -s -H "Host: cf.bench" "http://127.0.0.1:$VENEER/cloudflare.html" | grep -o "<title>.*</title>" >&2; exit 1; }
-  curl -sf "http://127.0.0.1:$NGX_SUB/cloudflare.html" | grep '<title>Personalized title</title>' >/dev/null || { echo "nginx sub_filter did not rewrite" >&2; exit 1; }
-  v=$(rps "http://127.0.0.1:$VENEER/cloudflare.html" cf.bench)
-  n=$(rps "http://127.0.0.1:$NGX_SUB/cloudflare.html")
-  report cloudflare-3-rewrites "$v" nginx-sub_filter "$n" 1.2
+  check veneer-rewrites "http://127.0.0.1:$VENEER/cloudflare.html" cf-rewrites.bench '<title>Personalized title</title>'
+  check veneer-callbacks "http://127.0.0.1:$VENEER/cloudflare.html" cf-callbacks.bench 'campaign=bench'
+  check nginx-sub_filter "http://127.0.0.1:$NGX_SUB/cloudflare.html" localhost '<title>Personalized title</title>'
+  links=$(grep -o '<a [^>]*href' "$cf_page" | wc -l)
+  tagged=$(curl -sf -H 'Host: cf-callbacks.bench' "http://127.0.0.1:$VENEER/cloudflare.html" | grep -o 'campaign=bench' | wc -l)
+  [ "$tagged" -ge "$((links * 9 / 10))" ] || { echo "sanity check failed: $tagged of $links links tagged" >&2; exit 1; }
+fi
+
+# One measurement: "rps p99_ms".
+measure() { # url host
+  "${load[@]}" wrk -t1 -c"$CONNS" -d2s -H "Host: $2" "$1" >/dev/null   # warm-up: pools, caches
+  "${load[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $2" "$1" | python3 -c '
+import re, sys
+text = sys.stdin.read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+print(rps, float(m.group(1)) * scale)'
+}
+
+# scenario veneer_url veneer_host reference reference_url target_ratio
+scenario() {
+  local name=$1 vurl=$2 vhost=$3 ref=$4 rurl=$5 target=$6 results=()
+  for _ in $(seq "$RUNS"); do
+    results+=("$(measure "$vurl" "$vhost") $(measure "$rurl" localhost)")
+  done
+  printf '%s\n' "${results[@]}" | python3 -c '
+import json, statistics, sys
+name, ref, target = sys.argv[1], sys.argv[2], float(sys.argv[3])
+runs = [list(map(float, l.split())) for l in sys.stdin if l.strip()]
+ratios = [v / r for v, _, r, _ in runs]
+print(json.dumps({"scenario": name, "runs": len(runs),
+  "veneer_rps": round(statistics.median(v for v, _, _, _ in runs)),
+  "reference": ref, "reference_rps": round(statistics.median(r for _, _, r, _ in runs)),
+  "ratio": round(statistics.median(ratios), 2), "ratio_min": round(min(ratios), 2), "ratio_max": round(max(ratios), 2),
+  "target_ratio": target,
+  "veneer_p99_ms": round(statistics.median(p for _, p, _, _ in runs), 2),
+  "reference_p99_ms": round(statistics.median(p for _, _, _, p in runs), 2)}))' "$name" "$ref" "$target"
+}
+
+scenario small-noop "http://127.0.0.1:$VENEER/small.html" small-noop.bench bare-hyper-proxy "http://127.0.0.1:$BARE/small.html" 0.6
+scenario small-hero "http://127.0.0.1:$VENEER/small.html" small-hero.bench nginx-proxy "http://127.0.0.1:$NGX_PROXY/small.html" 0.5
+if [ "$have_cf" = 1 ]; then
+  scenario cloudflare-noop "http://127.0.0.1:$VENEER/cloudflare.html" cf-noop.bench bare-hyper-proxy "http://127.0.0.1:$BARE/cloudflare.html" 0
+  scenario cloudflare-3-rewrites "http://127.0.0.1:$VENEER/cloudflare.html" cf-rewrites.bench nginx-sub_filter "http://127.0.0.1:$NGX_SUB/cloudflare.html" 1.2
+  # Per callback: the extra time per request over the noop plugin, divided by the links.
+  runs=()
+  for _ in $(seq "$RUNS"); do
+    runs+=("$(measure "http://127.0.0.1:$VENEER/cloudflare.html" cf-callbacks.bench) $(measure "http://127.0.0.1:$VENEER/cloudflare.html" cf-noop.bench)")
+  done
+  printf '%s\n' "${runs[@]}" | python3 -c '
+import json, statistics, sys
+links = int(sys.argv[1])
+runs = [list(map(float, l.split())) for l in sys.stdin if l.strip()]
+# One worker thread saturated: time per request = 1 / rps.
+per = [(1 / c - 1 / n) * 1e6 / links for c, _, n, _ in runs]
+print(json.dumps({"scenario": "cloudflare-callbacks", "runs": len(runs), "callbacks_per_request": links,
+  "us_per_callback": round(statistics.median(per), 2), "min": round(min(per), 2), "max": round(max(per), 2),
+  "target_us": 1.0}))' "$links"
 else
-  echo "SKIPPED cloudflare-3-rewrites: $cf_page not found" >&2
+  echo "SKIPPED cloudflare scenarios: $cf_page not found" >&2
 fi
