@@ -44,6 +44,8 @@ pub struct Tenant {
     pub plugin_slots: Arc<tokio::sync::Semaphore>,
     /// Requests this tenant may have in flight (`max_concurrent_requests`; `None`: no cap).
     pub request_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Cached origin responses (`[tenant.cache]`; `None`: off).
+    pub cache: Option<Arc<crate::cache::Cache>>,
 }
 
 /// Content fragments: key → locale → HTML.
@@ -448,6 +450,12 @@ pub fn assemble(
                 .plugin_concurrency
                 .unwrap_or_else(default_plugin_concurrency),
         )),
+        cache: (t.cache.max_bytes > 0).then(|| {
+            Arc::new(crate::cache::Cache::new(
+                t.cache.max_bytes,
+                t.cache.max_object_bytes,
+            ))
+        }),
         request_slots: (t.limits.max_concurrent_requests > 0).then(|| {
             Arc::new(tokio::sync::Semaphore::new(
                 t.limits.max_concurrent_requests,

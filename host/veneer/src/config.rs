@@ -156,6 +156,9 @@ pub struct Tenant {
     /// Limits for this tenant's plugins.
     #[serde(default)]
     pub limits: TenantLimits,
+    /// The cache of origin responses (off unless `max_bytes` is set).
+    #[serde(default)]
+    pub cache: TenantCache,
     /// The plugin chain, in order.
     #[serde(rename = "plugin", default)]
     pub plugins: Vec<PluginConfig>,
@@ -181,6 +184,25 @@ fn default_consent() -> Vec<String> {
         "personalization".into(),
         "marketing".into(),
     ]
+}
+
+/// `[tenant.cache]`: an in-memory cache of origin responses, before the plugins.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantCache {
+    /// Byte budget (0: no cache).
+    pub max_bytes: usize,
+    /// Largest response stored.
+    pub max_object_bytes: usize,
+}
+
+impl Default for TenantCache {
+    fn default() -> Self {
+        TenantCache {
+            max_bytes: 0,
+            max_object_bytes: 1 << 20,
+        }
+    }
 }
 
 /// `[tenant.limits]`.

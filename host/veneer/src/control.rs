@@ -365,6 +365,10 @@ impl Control {
                 {
                     t.request_slots = old.request_slots.clone();
                 }
+                // Cached origin responses stay valid while the origin is the same.
+                if old.config.cache == t.config.cache && old.config.origin == t.config.origin {
+                    t.cache = old.cache.clone();
+                }
             }
             Arc::new(t)
         });

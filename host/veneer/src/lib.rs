@@ -14,6 +14,7 @@ pub mod admin;
 pub mod admin_cli;
 pub mod analytics;
 pub mod app;
+pub mod cache;
 pub mod charset;
 pub mod config;
 pub mod control;

@@ -35,7 +35,8 @@ async fn main() {
         });
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build(connector);
+    let client: Client<HttpConnector, Body> =
+        Client::builder(TokioExecutor::new()).build(connector);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -48,9 +49,7 @@ async fn main() {
                 async move {
                     let (mut parts, body) = req.into_parts();
                     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-                    parts.uri = format!("http://{origin}{path}")
-                        .parse()
-                        .unwrap_or_default();
+                    parts.uri = format!("http://{origin}{path}").parse().unwrap_or_default();
                     let req = http::Request::from_parts(parts, body.boxed_unsync());
                     let response = match client.request(req).await {
                         Ok(r) => r.map(|b| b.boxed_unsync()),

@@ -11,7 +11,6 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 
 use super::ctx::RequestCtx;
 use super::error::ProxyError;
@@ -36,7 +35,7 @@ pub(super) async fn personalize(
     tenant: &Tenant,
     client: ClientView,
     mut parts: http::response::Parts,
-    body: Incoming,
+    body: Body,
     plans: Vec<(Live, CheckedPlan)>,
 ) -> Result<Response<Body>, ProxyError> {
     for (_, plan) in &plans {
@@ -133,7 +132,7 @@ pub(super) async fn personalize(
         }
         _ => {
             ctx.outcome = "passthrough";
-            body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
+            body
         }
     };
     Ok(Response::from_parts(parts, body))
@@ -161,11 +160,11 @@ fn mark_rewritten(headers: &mut HeaderMap, coding: Coding) {
 /// Buffers a JSON body (up to `cap` decoded bytes) and patches it. `Ok(Err(body))` gives the
 /// original bytes back untouched when the body is too large, not JSON, or a patch fails.
 async fn json_body(
-    mut body: Incoming,
+    mut body: Body,
     from: Coding,
     ops: &[crate::plugin::JsonOp],
     cap: usize,
-) -> Result<Result<Vec<u8>, Body>, hyper::Error> {
+) -> Result<Result<Vec<u8>, Body>, BoxError> {
     let mut raw: Vec<Bytes> = Vec::new();
     let mut decoder = rewrite::Decoder::new(from);
     let mut decoded = Vec::new();
@@ -184,10 +183,9 @@ async fn json_body(
         if decoded.len() > cap {
             // Too big to patch: send what was read and stream the rest untouched.
             let head = Full::new(Bytes::from(raw.concat())).map_err(|never| match never {});
-            let rest = body.map_err(|e| Box::new(e) as BoxError);
             return Ok(Err(Chain {
                 first: Some(head.boxed_unsync()),
-                second: rest.boxed_unsync(),
+                second: body,
             }
             .boxed_unsync()));
         }
@@ -210,6 +208,34 @@ async fn json_body(
             tracing::warn!(error = %e, "JSON plan could not be applied; serving the origin's body");
             Ok(Err(original()))
         }
+    }
+}
+
+/// `first`, then `second`.
+pub(super) fn chain(first: Body, second: Body) -> Body {
+    Chain {
+        first: Some(first),
+        second,
+    }
+    .boxed_unsync()
+}
+
+/// A body that fails with `e` when read.
+pub(super) fn failing(e: BoxError) -> Body {
+    Failing(Some(e)).boxed_unsync()
+}
+
+struct Failing(Option<BoxError>);
+
+impl http_body::Body for Failing {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.0.take().map(Err))
     }
 }
 
@@ -239,7 +265,7 @@ impl http_body::Body for Chain {
 
 /// The origin's body, rewritten chunk by chunk as it arrives.
 struct RewriteBody {
-    inner: Incoming,
+    inner: Body,
     html: Option<HtmlBody>,
 }
 
@@ -260,7 +286,7 @@ impl http_body::Body for RewriteBody {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => {
                     this.html = None;
-                    return Poll::Ready(Some(Err(Box::new(e))));
+                    return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     let Ok(data) = frame.into_data() else {

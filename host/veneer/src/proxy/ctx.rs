@@ -28,6 +28,8 @@ pub(super) struct RequestCtx {
     pub(super) visitor: Option<VisitorCtx>,
     /// The `outcome` label the request is counted under.
     pub(super) outcome: &'static str,
+    /// The cache's answer (`HIT`, `MISS`, ...), when the tenant has a cache.
+    pub(super) cache_status: Option<&'static str>,
 }
 
 impl RequestCtx {

@@ -94,6 +94,11 @@ pub(super) fn respond(
             r
         }
     };
+    if let Some(status) = ctx.cache_status {
+        response
+            .headers_mut()
+            .insert("x-veneer-cache", HeaderValue::from_static(status));
+    }
     if let Some(v) = ctx.visitor.as_mut() {
         write_cookie(&ctx.app, v, response.headers_mut());
     }

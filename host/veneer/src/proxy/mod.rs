@@ -19,6 +19,7 @@
 
 mod admit;
 mod body;
+mod cached;
 mod ctx;
 mod error;
 mod finish;
@@ -40,7 +41,7 @@ use jiff::Timestamp;
 use crate::app::App;
 use ctx::RequestCtx;
 use error::ProxyError;
-use headers::{header_str, strip_hop_by_hop};
+use headers::header_str;
 
 /// The client's socket address, put in request extensions by the listener.
 #[derive(Debug, Clone, Copy)]
@@ -118,6 +119,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         tenant: None,
         visitor: None,
         outcome: "passthrough",
+        cache_status: None,
     };
     let result = run(&mut ctx, req).await;
     finish::respond(&mut ctx, result)
@@ -165,23 +167,27 @@ async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Bo
         accept_encoding: header_str(&parts.headers, header::ACCEPT_ENCODING).map(str::to_owned),
     };
     let started = std::time::Instant::now();
-    let fetched = origin::fetch(ctx, &tenant, &visitor, parts, body, &edits).await;
-    if fetched.is_ok() {
-        ctx.app.metrics.observe(
-            "veneer_origin_response_seconds",
-            &[("tenant", &tenant.name)],
-            started.elapsed(),
-        );
-    }
-    let response = match fetched {
-        Ok(r) => r,
+    let fetched = cached::fetch(ctx, &tenant, &visitor, parts, body, &edits).await;
+    let fetched = match fetched {
+        Ok(f) => f,
         Err(e) => {
             ctx.visitor = Some(visitor);
             return Err(e);
         }
     };
-    let (mut head, body) = response.into_parts();
-    strip_hop_by_hop(&mut head.headers);
+    ctx.app.metrics.observe(
+        "veneer_origin_response_seconds",
+        &[("tenant", &tenant.name)],
+        started.elapsed(),
+    );
+    if let Some(status) = fetched.status {
+        ctx.cache_status = Some(status);
+        ctx.app.metrics.inc(
+            "veneer_cache_requests_total",
+            &[("tenant", &tenant.name), ("status", status)],
+        );
+    }
+    let (head, body) = fetched.response.into_parts();
     let plans = plugins::on_response(ctx, &tenant, &visitor, chain, &head).await;
     ctx.visitor = Some(visitor);
     body::personalize(ctx, &tenant, client, head, body, plans).await

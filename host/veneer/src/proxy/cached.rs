@@ -1,0 +1,329 @@
+//! The origin, through the tenant's cache when it has one (see [`crate::cache`]): a fresh
+//! entry is served without contacting the origin, a stale one is revalidated (in the
+//! background within `stale-while-revalidate`), and concurrent misses for one key make one
+//! origin request. The status (`HIT`, `MISS`, `STALE`, `REVALIDATED`, `EXPIRED`, `BYPASS`)
+//! goes out in `x-veneer-cache` and `veneer_cache_requests_total`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use super::ctx::RequestCtx;
+use super::error::ProxyError;
+use super::headers::{apply_edits, strip_hop_by_hop};
+use super::identify::VisitorCtx;
+use super::origin;
+use super::{Body, BoxError};
+use crate::app::Tenant;
+use crate::cache::{self, Cache, Entry, Fill, Lookup};
+use crate::plugin::HeaderEdits;
+
+/// The origin's response (or the cache's), with the cache status when the tenant has a cache.
+pub(super) struct Fetched {
+    pub(super) response: Response<Body>,
+    pub(super) status: Option<&'static str>,
+}
+
+fn boxed(r: Response<Incoming>) -> Response<Body> {
+    let (mut head, body) = r.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    Response::from_parts(
+        head,
+        body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+    )
+}
+
+fn from_entry(e: &Entry, head_only: bool) -> Response<Body> {
+    let body = if head_only {
+        Bytes::new()
+    } else {
+        e.body.clone()
+    };
+    let mut r = Response::new(
+        Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = e.status;
+    *r.headers_mut() = e.headers.clone();
+    r.headers_mut()
+        .insert(header::AGE, HeaderValue::from(e.age().as_secs()));
+    r
+}
+
+/// Fetches through the cache (or straight from the origin without one).
+pub(super) async fn fetch(
+    ctx: &RequestCtx,
+    tenant: &Tenant,
+    v: &VisitorCtx,
+    mut parts: Parts,
+    body: Incoming,
+    edits: &[HeaderEdits],
+) -> Result<Fetched, ProxyError> {
+    let Some(cache) = tenant.cache.clone() else {
+        let r = origin::fetch(ctx, tenant, v, parts, body, edits).await?;
+        return Ok(Fetched {
+            response: boxed(r),
+            status: None,
+        });
+    };
+    let Some(no_cache) = cache::request_policy(&parts.method, &parts.headers) else {
+        let r = origin::fetch(ctx, tenant, v, parts, body, edits).await?;
+        return Ok(Fetched {
+            response: boxed(r),
+            status: Some("BYPASS"),
+        });
+    };
+    let head_only = parts.method == Method::HEAD;
+    // Host and target: a tenant's hosts may be different sites to its origin
+    // (`x-forwarded-host`).
+    let key = format!(
+        "{} {}",
+        ctx.host.to_ascii_lowercase(),
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    // Varying headers are compared as the origin sees them: after the plugins' edits.
+    let mut seen = parts.headers.clone();
+    for e in edits {
+        apply_edits(&mut seen, e);
+    }
+    let authorized = parts.headers.contains_key(header::AUTHORIZATION);
+    let mut waited = false;
+    loop {
+        match cache.lookup(&key, &seen, no_cache) {
+            Lookup::Fresh(e) => {
+                return Ok(Fetched {
+                    response: from_entry(&e, head_only),
+                    status: Some("HIT"),
+                });
+            }
+            Lookup::StaleWhileRevalidate(e) => {
+                if let Fill::Leader(guard) = cache.begin_fill(&key) {
+                    let (app, origin) = (ctx.app.clone(), tenant.origin.clone());
+                    let (cache, key, seen, e) =
+                        (cache.clone(), key.clone(), seen.clone(), e.clone());
+                    tokio::spawn(async move {
+                        revalidate_in_background(&app, &origin, &cache, &key, &seen, &e).await;
+                        drop(guard);
+                    });
+                }
+                return Ok(Fetched {
+                    response: from_entry(&e, head_only),
+                    status: Some("STALE"),
+                });
+            }
+            Lookup::Stale(e) => {
+                for (name, value) in e.validators() {
+                    parts.headers.insert(name, value);
+                }
+                let r = origin::fetch(ctx, tenant, v, parts, body, edits).await?;
+                if r.status() == StatusCode::NOT_MODIFIED {
+                    let response = match e.refreshed(r.headers(), &seen) {
+                        Some(fresh) => {
+                            let response = from_entry(&fresh, head_only);
+                            cache.store(&key, fresh);
+                            response
+                        }
+                        None => from_entry(&e, head_only),
+                    };
+                    return Ok(Fetched {
+                        response,
+                        status: Some("REVALIDATED"),
+                    });
+                }
+                let response =
+                    keep(ctx, tenant, &cache, &key, &seen, authorized, head_only, r).await;
+                return Ok(Fetched {
+                    response,
+                    status: Some("EXPIRED"),
+                });
+            }
+            Lookup::Miss if head_only || waited => {
+                // A HEAD cannot fill the cache; a second miss after waiting means the
+                // response was not storable: fetch without coalescing.
+                let r = origin::fetch(ctx, tenant, v, parts, body, edits).await?;
+                let response = if head_only {
+                    boxed(r)
+                } else {
+                    keep(ctx, tenant, &cache, &key, &seen, authorized, false, r).await
+                };
+                return Ok(Fetched {
+                    response,
+                    status: Some("MISS"),
+                });
+            }
+            Lookup::Miss => match cache.begin_fill(&key) {
+                Fill::Leader(guard) => {
+                    let r = origin::fetch(ctx, tenant, v, parts, body, edits).await;
+                    let response = match r {
+                        Ok(r) => keep(ctx, tenant, &cache, &key, &seen, authorized, false, r).await,
+                        Err(e) => return Err(e),
+                    };
+                    drop(guard);
+                    return Ok(Fetched {
+                        response,
+                        status: Some("MISS"),
+                    });
+                }
+                Fill::Follower(done) => {
+                    // Someone is fetching this key: wait for it (bounded), then look again.
+                    let notified = done.notified();
+                    let _ = tokio::time::timeout(ctx.app.origin_timeout, notified).await;
+                    waited = true;
+                }
+            },
+        }
+    }
+}
+
+/// Stores the origin's response when it may be, and gives it back either way.
+#[allow(clippy::too_many_arguments)]
+async fn keep(
+    ctx: &RequestCtx,
+    tenant: &Tenant,
+    cache: &Arc<Cache>,
+    key: &str,
+    seen: &HeaderMap,
+    authorized: bool,
+    head_only: bool,
+    r: Response<Incoming>,
+) -> Response<Body> {
+    let r = boxed(r);
+    let Some(freshness) = cache::storable(r.status(), r.headers(), authorized) else {
+        return r;
+    };
+    let declared = r
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > cache.max_object_bytes) {
+        return r;
+    }
+    let (head, body) = r.into_parts();
+    // Read the whole body (bounded); one too large, or broken, goes on as it came.
+    let mut collected = Vec::new();
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    collected.extend_from_slice(&data);
+                    if collected.len() > cache.max_object_bytes {
+                        let first = Full::new(Bytes::from(collected))
+                            .map_err(|never| match never {})
+                            .boxed_unsync();
+                        return Response::from_parts(head, super::body::chain(first, body));
+                    }
+                }
+            }
+            Err(e) => {
+                let first = Full::new(Bytes::from(collected))
+                    .map_err(|never| match never {})
+                    .boxed_unsync();
+                return Response::from_parts(
+                    head,
+                    super::body::chain(first, super::body::failing(e)),
+                );
+            }
+        }
+    }
+    let entry = Entry::new(
+        head.status,
+        head.headers.clone(),
+        Bytes::from(collected),
+        freshness,
+        seen,
+    );
+    let response = from_entry(&entry, head_only);
+    if cache.store(key, entry) {
+        ctx.app.metrics.set(
+            "veneer_cache_bytes",
+            &[("tenant", &tenant.name)],
+            cache.bytes() as u64,
+        );
+    }
+    response
+}
+
+/// Revalidates a stale entry with the origin, outside any client request.
+async fn revalidate_in_background(
+    app: &crate::app::App,
+    origin: &http::uri::Authority,
+    cache: &Arc<Cache>,
+    key: &str,
+    seen: &HeaderMap,
+    e: &Arc<Entry>,
+) {
+    let path = key.split_once(' ').map_or(key, |(_, p)| p);
+    let uri = format!("http://{origin}{path}");
+    let mut req = http::Request::new(
+        http_body_util::Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    let Ok(uri) = uri.parse() else { return };
+    *req.uri_mut() = uri;
+    // The varying headers as the origin saw them, so the answer fits this variant.
+    let mut headers = seen.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::COOKIE);
+    headers.remove(header::AUTHORIZATION);
+    *req.headers_mut() = headers;
+    if let Ok(h) = HeaderValue::try_from(origin.as_str()) {
+        req.headers_mut().insert(header::HOST, h);
+    }
+    if let Some(Ok(h)) = key.split_once(' ').map(|(h, _)| HeaderValue::try_from(h)) {
+        req.headers_mut().insert("x-forwarded-host", h);
+    }
+    for (name, value) in e.validators() {
+        req.headers_mut().insert(name, value);
+    }
+    let answer = tokio::time::timeout(app.origin_timeout, app.client.request(req)).await;
+    let Ok(Ok(r)) = answer else {
+        return;
+    };
+    if r.status() == StatusCode::NOT_MODIFIED {
+        if let Some(fresh) = e.refreshed(r.headers(), seen) {
+            cache.store(key, fresh);
+        }
+        return;
+    }
+    let r = boxed(r);
+    let Some(freshness) = cache::storable(r.status(), r.headers(), false) else {
+        return;
+    };
+    let (head, mut body) = r.into_parts();
+    let mut collected = Vec::new();
+    let read_all = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            if let Ok(data) = frame.into_data() {
+                collected.extend_from_slice(&data);
+                if collected.len() > cache.max_object_bytes {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    if !matches!(
+        tokio::time::timeout(Duration::from_secs(30), read_all).await,
+        Ok(true)
+    ) {
+        return;
+    }
+    let entry = Entry::new(
+        head.status,
+        head.headers,
+        Bytes::from(collected),
+        freshness,
+        seen,
+    );
+    cache.store(key, entry);
+}
