@@ -13,6 +13,9 @@
 #   cloudflare-3-rewrites  3 declarative rewrites               vs nginx sub_filter  (target >= 1.2)
 #   cloudflare-callbacks   an element callback on every a[href]: µs per callback
 #                          from the difference to cloudflare-noop (target <= 1 µs)
+#   cloudflare-cached-3-rewrites  the same 3 rewrites with the tenant cache on
+#                                 vs nginx proxy_cache + sub_filter   (target >= 1.5)
+# The origin sends `Cache-Control: max-age=3600` (nginx `expires 1h`).
 #
 # Installs nginx-light and wrk when missing. Environment: DURATION (seconds per measurement,
 # default 5), RUNS (default 3), CONNS (default 32).
@@ -50,7 +53,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-ORIGIN=$(free_port); NGX_PROXY=$(free_port); NGX_SUB=$(free_port); VENEER=$(free_port); BARE=$(free_port)
+ORIGIN=$(free_port); NGX_PROXY=$(free_port); NGX_SUB=$(free_port); NGX_CACHE=$(free_port); VENEER=$(free_port); BARE=$(free_port)
 
 mkdir -p "$work/site" "$work/logs"
 cp "$root/examples/shop/site/index.html" "$work/site/small.html"
@@ -63,7 +66,7 @@ worker_processes 1;
 pid $work/origin.pid;
 error_log $work/logs/origin.log warn;
 events { worker_connections 4096; }
-http { $common_http server { listen 127.0.0.1:$ORIGIN; root $work/site; } }
+http { $common_http server { listen 127.0.0.1:$ORIGIN; root $work/site; expires 1h; } }
 NGINX
 cat > "$work/reference.conf" <<NGINX
 worker_processes 1;
@@ -82,6 +85,19 @@ http {
     location / {
       proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header Accept-Encoding "";
+      sub_filter_once on;
+      sub_filter '<title>Cloudflare - The Web Performance & Security Company | Cloudflare</title>' '<title>Personalized title</title>';
+      sub_filter 'class="header-h1"' 'class="header-h1 veneer"';
+      sub_filter '<meta name="description" content="Here at Cloudflare' '<meta name="description" content="Personalized. Here at Cloudflare';
+    }
+  }
+  proxy_cache_path $work/nginx-cache keys_zone=pages:10m max_size=64m;
+  server {
+    listen 127.0.0.1:$NGX_CACHE;
+    location / {
+      proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Accept-Encoding "";
+      proxy_cache pages; proxy_cache_valid 200 1h;
       sub_filter_once on;
       sub_filter '<title>Cloudflare - The Web Performance & Security Company | Cloudflare</title>' '<title>Personalized title</title>';
       sub_filter 'class="header-h1"' 'class="header-h1 veneer"';
@@ -150,6 +166,19 @@ path = "$plugins/static_rewrites.wasm"
 params = { rule1 = "title | set-inner-text | Personalized title", rule2 = "h1 | add-class | veneer", rule3 = "meta[name=description] | set-attribute | content=Personalized" }
 
 [[tenant]]
+name = "cf-cached"
+hosts = ["cf-cached.bench"]
+origin = "http://127.0.0.1:$ORIGIN"
+[tenant.limits]
+requests_per_second_per_client = 0
+[tenant.cache]
+max_bytes = 67108864
+[[tenant.plugin]]
+name = "static-rewrites"
+path = "$plugins/static_rewrites.wasm"
+params = { rule1 = "title | set-inner-text | Personalized title", rule2 = "h1 | add-class | veneer", rule3 = "meta[name=description] | set-attribute | content=Personalized" }
+
+[[tenant]]
 name = "cf-callbacks"
 hosts = ["cf-callbacks.bench"]
 origin = "http://127.0.0.1:$ORIGIN"
@@ -181,6 +210,9 @@ if [ "$have_cf" = 1 ]; then
   check veneer-rewrites "http://127.0.0.1:$VENEER/cloudflare.html" cf-rewrites.bench '<title>Personalized title</title>'
   check veneer-callbacks "http://127.0.0.1:$VENEER/cloudflare.html" cf-callbacks.bench 'campaign=bench'
   check nginx-sub_filter "http://127.0.0.1:$NGX_SUB/cloudflare.html" localhost '<title>Personalized title</title>'
+  check veneer-cached "http://127.0.0.1:$VENEER/cloudflare.html" cf-cached.bench '<title>Personalized title</title>'
+  check nginx-proxy_cache "http://127.0.0.1:$NGX_CACHE/cloudflare.html" localhost '<title>Personalized title</title>'
+  curl -sfI -H 'Host: cf-cached.bench' "http://127.0.0.1:$VENEER/cloudflare.html" | grep -qi 'x-veneer-cache: HIT' || { echo "sanity check failed: the Veneer cache does not hit" >&2; exit 1; }
   links=$(grep -o '<a [^>]*href' "$cf_page" | wc -l)
   tagged=$(curl -sf -H 'Host: cf-callbacks.bench' "http://127.0.0.1:$VENEER/cloudflare.html" | grep -o 'campaign=bench' | wc -l)
   [ "$tagged" -ge "$((links * 9 / 10))" ] || { echo "sanity check failed: $tagged of $links links tagged" >&2; exit 1; }
@@ -223,6 +255,7 @@ scenario small-hero "http://127.0.0.1:$VENEER/small.html" small-hero.bench nginx
 if [ "$have_cf" = 1 ]; then
   scenario cloudflare-noop "http://127.0.0.1:$VENEER/cloudflare.html" cf-noop.bench bare-hyper-proxy "http://127.0.0.1:$BARE/cloudflare.html" 0
   scenario cloudflare-3-rewrites "http://127.0.0.1:$VENEER/cloudflare.html" cf-rewrites.bench nginx-sub_filter "http://127.0.0.1:$NGX_SUB/cloudflare.html" 1.2
+  scenario cloudflare-cached-3-rewrites "http://127.0.0.1:$VENEER/cloudflare.html" cf-cached.bench nginx-proxy_cache+sub_filter "http://127.0.0.1:$NGX_CACHE/cloudflare.html" 1.5
   # Per callback: the extra time per request over the noop plugin, divided by the links.
   runs=()
   for _ in $(seq "$RUNS"); do
