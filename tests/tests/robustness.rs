@@ -254,6 +254,35 @@ async fn gzip_origin_is_decoded_rewritten_and_reencoded_for_the_client() {
 }
 
 #[tokio::test]
+async fn a_compressed_origin_body_is_decoded_for_a_client_that_does_not_take_it() {
+    // No plugin rewrites anything here: the body would otherwise go out as it came.
+    let (_o, host) = start(&[], "").await;
+    let (_, headers, body) = fetch(&host.url("/gzip"), &[("accept-encoding", "identity")]).await;
+    assert!(headers.get("content-encoding").is_none(), "{headers:?}");
+    assert_eq!(String::from_utf8_lossy(&body), PAGE);
+    let (_, headers, body) = fetch(&host.url("/gzip"), &[("accept-encoding", "br")]).await;
+    assert_eq!(
+        headers
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok()),
+        Some("br")
+    );
+    let mut plain = String::new();
+    brotli::Decompressor::new(&body[..], 4096)
+        .read_to_string(&mut plain)
+        .expect("brotli");
+    assert_eq!(plain, PAGE);
+    // A client that takes gzip gets the origin's bytes untouched.
+    let (_, headers, _) = fetch(&host.url("/gzip"), &[("accept-encoding", "gzip")]).await;
+    assert_eq!(
+        headers
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok()),
+        Some("gzip")
+    );
+}
+
+#[tokio::test]
 async fn chunked_origin_streams_through_the_rewriter() {
     let (_o, host) = start(&[("chaos", "mode = \"ok\"")], "").await;
     let (status, headers, body) = fetch(&host.url("/chunked"), &[]).await;

@@ -58,26 +58,31 @@ impl Coding {
 
     /// The best coding a client accepts (Accept-Encoding): br, then gzip, then identity.
     pub fn negotiate(accept_encoding: Option<&str>) -> Coding {
-        let accepts = |name: &str| {
-            accept_encoding.is_some_and(|h| {
-                h.split(',').any(|part| {
-                    let mut it = part.split(';');
-                    let coding = it.next().unwrap_or("").trim();
-                    let q = it
-                        .find_map(|p| p.trim().strip_prefix("q="))
-                        .and_then(|q| q.trim().parse::<f32>().ok())
-                        .unwrap_or(1.0);
-                    (coding.eq_ignore_ascii_case(name) || coding == "*") && q > 0.0
-                })
-            })
-        };
-        if accepts("br") {
+        if Coding::Brotli.accepted_by(accept_encoding) {
             Coding::Brotli
-        } else if accepts("gzip") {
+        } else if Coding::Gzip.accepted_by(accept_encoding) {
             Coding::Gzip
         } else {
             Coding::Identity
         }
+    }
+
+    /// Whether a client's Accept-Encoding takes this coding (identity always).
+    pub fn accepted_by(self, accept_encoding: Option<&str>) -> bool {
+        let Some(name) = self.header() else {
+            return true;
+        };
+        accept_encoding.is_some_and(|h| {
+            h.split(',').any(|part| {
+                let mut it = part.split(';');
+                let coding = it.next().unwrap_or("").trim();
+                let q = it
+                    .find_map(|p| p.trim().strip_prefix("q="))
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .unwrap_or(1.0);
+                (coding.eq_ignore_ascii_case(name) || coding == "*") && q > 0.0
+            })
+        })
     }
 }
 

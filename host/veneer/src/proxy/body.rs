@@ -130,6 +130,34 @@ pub(super) async fn personalize(
                 Err(e) => return Err(ProxyError::OriginBody(e.to_string())),
             }
         }
+        // Veneer asks the origin for gzip and br (so it can rewrite anything); a client that
+        // takes neither gets the body decoded (or re-encoded) as it streams.
+        Some(from)
+            if !bodyless && !partial && !from.accepted_by(client.accept_encoding.as_deref()) =>
+        {
+            ctx.outcome = "passthrough";
+            match target.header() {
+                Some(name) => {
+                    parts
+                        .headers
+                        .insert(header::CONTENT_ENCODING, HeaderValue::from_static(name));
+                }
+                None => {
+                    parts.headers.remove(header::CONTENT_ENCODING);
+                }
+            }
+            parts.headers.remove(header::CONTENT_LENGTH);
+            parts.headers.remove(header::ETAG);
+            parts
+                .headers
+                .append(header::VARY, HeaderValue::from_static("accept-encoding"));
+            RecodeBody {
+                inner: body,
+                decoder: Some(rewrite::Decoder::new(from)),
+                encoder: Some(rewrite::Encoder::new(target)),
+            }
+            .boxed_unsync()
+        }
         _ => {
             ctx.outcome = "passthrough";
             body
@@ -207,6 +235,63 @@ async fn json_body(
         Err(e) => {
             tracing::warn!(error = %e, "JSON plan could not be applied; serving the origin's body");
             Ok(Err(original()))
+        }
+    }
+}
+
+/// A body decoded from one content coding and encoded into another as it streams.
+struct RecodeBody {
+    inner: Body,
+    decoder: Option<rewrite::Decoder>,
+    encoder: Option<rewrite::Encoder>,
+}
+
+impl http_body::Body for RecodeBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let (Some(decoder), Some(encoder)) = (this.decoder.as_mut(), this.encoder.as_mut())
+            else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let out = decoder.push(&data).and_then(|plain| encoder.push(&plain));
+                    match out {
+                        Ok(out) if out.is_empty() => continue,
+                        Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out.into())))),
+                        Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                    }
+                }
+                Poll::Ready(None) => {
+                    let (Some(decoder), Some(mut encoder)) =
+                        (this.decoder.take(), this.encoder.take())
+                    else {
+                        return Poll::Ready(None);
+                    };
+                    let out = decoder.finish().and_then(|rest| {
+                        let mut out = encoder.push(&rest)?;
+                        out.extend(encoder.finish()?);
+                        Ok(out)
+                    });
+                    return match out {
+                        Ok(out) if out.is_empty() => Poll::Ready(None),
+                        Ok(out) => Poll::Ready(Some(Ok(Frame::data(out.into())))),
+                        Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
+                    };
+                }
+            }
         }
     }
 }
