@@ -194,6 +194,10 @@ async fn cache_control_and_expires_decide_what_is_kept() {
     );
     assert_eq!(counts.get("/fresh"), 2);
 
+    // A request with the site's cookies gets its own answer, which is not shared.
+    let own = get(&host, "/expires", &[("cookie", "session=alice")]).await;
+    let again = get(&host, "/expires", &[("cookie", "session=alice")]).await;
+    assert_eq!((own.1.as_str(), again.1.as_str()), ("MISS", "MISS"));
     for path in ["/private", "/nostore", "/cookie"] {
         get(&host, path, &[]).await;
         let again = get(&host, path, &[]).await;
@@ -202,7 +206,7 @@ async fn cache_control_and_expires_decide_what_is_kept() {
     }
     get(&host, "/expires", &[]).await;
     assert_eq!(get(&host, "/expires", &[]).await.1, "HIT");
-    assert_eq!(counts.get("/expires"), 1);
+    assert_eq!(counts.get("/expires"), 3, "two for alice, one shared");
     // POST goes through.
     let r = reqwest::Client::new()
         .post(host.url("/fresh"))

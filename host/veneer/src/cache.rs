@@ -22,6 +22,9 @@ use http::{Method, StatusCode};
 /// these as heuristically cacheable; this cache only stores them with explicit freshness).
 const STORABLE: [u16; 8] = [200, 203, 204, 300, 301, 308, 404, 410];
 
+/// The largest delta-seconds value kept (RFC 9111 §1.2.2).
+const MAX_DELTA: u64 = 1 << 31;
+
 /// Cache-Control directives, as far as this cache reads them.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct Directives {
@@ -53,7 +56,11 @@ pub fn directives(headers: &HeaderMap) -> Directives {
                 Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
                 None => (part.trim(), None),
             };
-            let seconds = || arg.and_then(|a| a.parse::<u64>().ok());
+            // Delta-seconds past 2^31 mean 2^31 (RFC 9111 §1.2.2): no overflow downstream.
+            let seconds = || {
+                arg.and_then(|a| a.parse::<u64>().ok())
+                    .map(|n| n.min(MAX_DELTA))
+            };
             match name.to_ascii_lowercase().as_str() {
                 "no-store" => d.no_store = true,
                 "no-cache" => d.no_cache = true,
@@ -86,8 +93,10 @@ pub struct Freshness {
     pub always_revalidate: bool,
 }
 
-/// Whether a response to a request may be stored, and for how long.
-pub fn storable(status: StatusCode, headers: &HeaderMap, authorized: bool) -> Option<Freshness> {
+/// Whether a response to a request may be stored, and for how long. `personal`: the request
+/// carried credentials (Authorization, cookies), so the answer is the visitor's own unless it
+/// says `public` or `s-maxage`.
+pub fn storable(status: StatusCode, headers: &HeaderMap, personal: bool) -> Option<Freshness> {
     if !STORABLE.contains(&status.as_u16())
         || headers.contains_key(header::SET_COOKIE)
         || headers.contains_key(header::CONTENT_RANGE)
@@ -102,8 +111,7 @@ pub fn storable(status: StatusCode, headers: &HeaderMap, authorized: bool) -> Op
     if d.no_store || d.private {
         return None;
     }
-    // A response to an authorized request is someone's own unless it says otherwise.
-    if authorized && !(d.public || d.s_maxage.is_some() || d.must_revalidate) {
+    if personal && !(d.public || d.s_maxage.is_some()) {
         return None;
     }
     let validators =
@@ -163,7 +171,7 @@ impl Entry {
         let initial_age = headers
             .get(header::AGE)
             .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-            .map_or(Duration::ZERO, Duration::from_secs);
+            .map_or(Duration::ZERO, |n| Duration::from_secs(n.min(MAX_DELTA)));
         let vary = vary_names(&headers)
             .into_iter()
             .map(|n| {
@@ -185,7 +193,7 @@ impl Entry {
 
     /// The response's current age.
     pub fn age(&self) -> Duration {
-        self.initial_age + self.stored.elapsed()
+        self.initial_age.saturating_add(self.stored.elapsed())
     }
 
     /// `If-None-Match` / `If-Modified-Since` for revalidating this entry.
@@ -200,12 +208,17 @@ impl Entry {
         out
     }
 
-    /// The entry refreshed by a `304 Not Modified`: its headers updated, its clock restarted.
+    /// The entry refreshed by a `304 Not Modified` (hop-by-hop headers already removed): its
+    /// headers updated, its clock restarted.
     pub fn refreshed(&self, not_modified: &HeaderMap, request: &HeaderMap) -> Option<Entry> {
         let mut headers = self.headers.clone();
-        for (name, value) in not_modified {
-            if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
-                headers.insert(name.clone(), value.clone());
+        for name in not_modified.keys() {
+            if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+                continue;
+            }
+            headers.remove(name);
+            for value in not_modified.get_all(name) {
+                headers.append(name.clone(), value.clone());
             }
         }
         let freshness = storable(self.status, &headers, false)?;
@@ -229,9 +242,9 @@ impl Entry {
     }
 
     fn matches(&self, request: &HeaderMap) -> bool {
-        self.vary
-            .iter()
-            .all(|(name, value)| request.get(name) == value.as_ref())
+        self.vary.iter().all(|(name, value)| {
+            request.get(name) == value.as_ref() && request.get_all(name).iter().count() <= 1
+        })
     }
 }
 
@@ -261,8 +274,9 @@ pub enum Lookup {
 pub enum Fill {
     /// Fetch it; others wait until this is dropped.
     Leader(FillGuard),
-    /// Someone is fetching it: wait on this, then look again.
-    Follower(Arc<tokio::sync::Notify>),
+    /// Someone is fetching it: wait on this (created before the fetch can end, so the
+    /// wake-up cannot be missed), then look again.
+    Follower(tokio::sync::futures::OwnedNotified),
 }
 
 /// Held while one request fetches a key; wakes the waiters when dropped.
@@ -344,7 +358,7 @@ impl Cache {
             Lookup::Stale(entry)
         } else if age < f.lifetime {
             Lookup::Fresh(entry)
-        } else if age < f.lifetime + f.stale_while_revalidate {
+        } else if age < f.lifetime.saturating_add(f.stale_while_revalidate) {
             Lookup::StaleWhileRevalidate(entry)
         } else {
             Lookup::Stale(entry)
@@ -405,7 +419,7 @@ impl Cache {
     pub fn begin_fill(self: &Arc<Self>, key: &str) -> Fill {
         let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(done) = inflight.get(key) {
-            return Fill::Follower(done.clone());
+            return Fill::Follower(done.clone().notified_owned());
         }
         let done = Arc::new(tokio::sync::Notify::new());
         inflight.insert(key.to_owned(), done.clone());

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 
 use super::ctx::RequestCtx;
 use super::error::ProxyError;
-use super::headers::{apply_edits, strip_hop_by_hop};
+use super::headers::strip_hop_by_hop;
 use super::identify::VisitorCtx;
 use super::origin;
 use super::{Body, BoxError};
@@ -81,19 +81,28 @@ pub(super) async fn fetch(
         });
     };
     let head_only = parts.method == Method::HEAD;
-    // Host and target: a tenant's hosts may be different sites to its origin
-    // (`x-forwarded-host`).
+    // Varying headers are compared as the origin sees them (after the plugins' edits, with
+    // Veneer's forwarding headers); the key holds the scheme the origin is told, the host
+    // (a tenant's hosts may be different sites to its origin) and the target.
+    let seen = origin::origin_headers(
+        ctx,
+        tenant,
+        v,
+        parts.headers.clone(),
+        &parts.extensions,
+        edits,
+    );
+    let proto = seen
+        .get("x-forwarded-proto")
+        .and_then(|p| p.to_str().ok())
+        .unwrap_or("http");
     let key = format!(
-        "{} {}",
+        "{proto} {} {}",
         ctx.host.to_ascii_lowercase(),
         parts.uri.path_and_query().map_or("/", |p| p.as_str())
     );
-    // Varying headers are compared as the origin sees them: after the plugins' edits.
-    let mut seen = parts.headers.clone();
-    for e in edits {
-        apply_edits(&mut seen, e);
-    }
-    let authorized = parts.headers.contains_key(header::AUTHORIZATION);
+    // Credentials make the answer the visitor's own unless the origin says otherwise.
+    let authorized = seen.contains_key(header::AUTHORIZATION) || seen.contains_key(header::COOKIE);
     let mut waited = false;
     loop {
         match cache.lookup(&key, &seen, no_cache) {
@@ -103,7 +112,9 @@ pub(super) async fn fetch(
                     status: Some("HIT"),
                 });
             }
-            Lookup::StaleWhileRevalidate(e) => {
+            // Revalidated in the background only without credentials: that request goes out
+            // on behalf of nobody in particular.
+            Lookup::StaleWhileRevalidate(e) if !authorized => {
                 if let Fill::Leader(guard) = cache.begin_fill(&key) {
                     let (app, origin) = (ctx.app.clone(), tenant.origin.clone());
                     let (cache, key, seen, e) =
@@ -118,13 +129,15 @@ pub(super) async fn fetch(
                     status: Some("STALE"),
                 });
             }
-            Lookup::Stale(e) => {
+            Lookup::Stale(e) | Lookup::StaleWhileRevalidate(e) => {
                 for (name, value) in e.validators() {
                     parts.headers.insert(name, value);
                 }
                 let r = origin::fetch(ctx, tenant, v, parts, body, edits).await?;
                 if r.status() == StatusCode::NOT_MODIFIED {
-                    let response = match e.refreshed(r.headers(), &seen) {
+                    let mut not_modified = r.headers().clone();
+                    strip_hop_by_hop(&mut not_modified);
+                    let response = match e.refreshed(&not_modified, &seen) {
                         Some(fresh) => {
                             let response = from_entry(&fresh, head_only);
                             cache.store(&key, fresh);
@@ -137,8 +150,12 @@ pub(super) async fn fetch(
                         status: Some("REVALIDATED"),
                     });
                 }
-                let response =
-                    keep(ctx, tenant, &cache, &key, &seen, authorized, head_only, r).await;
+                // A HEAD's answer has no body to keep.
+                let response = if head_only {
+                    boxed(r)
+                } else {
+                    keep(ctx, tenant, &cache, &key, &seen, authorized, r).await
+                };
                 return Ok(Fetched {
                     response,
                     status: Some("EXPIRED"),
@@ -151,7 +168,7 @@ pub(super) async fn fetch(
                 let response = if head_only {
                     boxed(r)
                 } else {
-                    keep(ctx, tenant, &cache, &key, &seen, authorized, false, r).await
+                    keep(ctx, tenant, &cache, &key, &seen, authorized, r).await
                 };
                 return Ok(Fetched {
                     response,
@@ -162,7 +179,7 @@ pub(super) async fn fetch(
                 Fill::Leader(guard) => {
                     let r = origin::fetch(ctx, tenant, v, parts, body, edits).await;
                     let response = match r {
-                        Ok(r) => keep(ctx, tenant, &cache, &key, &seen, authorized, false, r).await,
+                        Ok(r) => keep(ctx, tenant, &cache, &key, &seen, authorized, r).await,
                         Err(e) => return Err(e),
                     };
                     drop(guard);
@@ -173,8 +190,7 @@ pub(super) async fn fetch(
                 }
                 Fill::Follower(done) => {
                     // Someone is fetching this key: wait for it (bounded), then look again.
-                    let notified = done.notified();
-                    let _ = tokio::time::timeout(ctx.app.origin_timeout, notified).await;
+                    let _ = tokio::time::timeout(ctx.app.origin_timeout, done).await;
                     waited = true;
                 }
             },
@@ -183,7 +199,6 @@ pub(super) async fn fetch(
 }
 
 /// Stores the origin's response when it may be, and gives it back either way.
-#[allow(clippy::too_many_arguments)]
 async fn keep(
     ctx: &RequestCtx,
     tenant: &Tenant,
@@ -191,7 +206,6 @@ async fn keep(
     key: &str,
     seen: &HeaderMap,
     authorized: bool,
-    head_only: bool,
     r: Response<Incoming>,
 ) -> Response<Body> {
     let r = boxed(r);
@@ -233,6 +247,8 @@ async fn keep(
             }
         }
     }
+    // Stored bytes are counted by length: give the spare capacity back.
+    collected.shrink_to_fit();
     let entry = Entry::new(
         head.status,
         head.headers.clone(),
@@ -240,7 +256,7 @@ async fn keep(
         freshness,
         seen,
     );
-    let response = from_entry(&entry, head_only);
+    let response = from_entry(&entry, false);
     if cache.store(key, entry) {
         ctx.app.metrics.set(
             "veneer_cache_bytes",
@@ -260,7 +276,7 @@ async fn revalidate_in_background(
     seen: &HeaderMap,
     e: &Arc<Entry>,
 ) {
-    let path = key.split_once(' ').map_or(key, |(_, p)| p);
+    let path = key.splitn(3, ' ').nth(2).unwrap_or("/");
     let uri = format!("http://{origin}{path}");
     let mut req = http::Request::new(
         http_body_util::Empty::<Bytes>::new()
@@ -269,18 +285,9 @@ async fn revalidate_in_background(
     );
     let Ok(uri) = uri.parse() else { return };
     *req.uri_mut() = uri;
-    // The varying headers as the origin saw them, so the answer fits this variant.
-    let mut headers = seen.clone();
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::COOKIE);
-    headers.remove(header::AUTHORIZATION);
-    *req.headers_mut() = headers;
-    if let Ok(h) = HeaderValue::try_from(origin.as_str()) {
-        req.headers_mut().insert(header::HOST, h);
-    }
-    if let Some(Ok(h)) = key.split_once(' ').map(|(h, _)| HeaderValue::try_from(h)) {
-        req.headers_mut().insert("x-forwarded-host", h);
-    }
+    // The headers the origin saw for the request that found the entry stale (no credentials:
+    // such requests revalidate inline), so the answer fits this variant.
+    *req.headers_mut() = seen.clone();
     for (name, value) in e.validators() {
         req.headers_mut().insert(name, value);
     }
@@ -289,7 +296,9 @@ async fn revalidate_in_background(
         return;
     };
     if r.status() == StatusCode::NOT_MODIFIED {
-        if let Some(fresh) = e.refreshed(r.headers(), seen) {
+        let mut not_modified = r.headers().clone();
+        strip_hop_by_hop(&mut not_modified);
+        if let Some(fresh) = e.refreshed(&not_modified, seen) {
             cache.store(key, fresh);
         }
         return;
@@ -318,6 +327,7 @@ async fn revalidate_in_background(
     ) {
         return;
     }
+    collected.shrink_to_fit();
     let entry = Entry::new(
         head.status,
         head.headers,

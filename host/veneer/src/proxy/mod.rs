@@ -175,11 +175,14 @@ async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Bo
             return Err(e);
         }
     };
-    ctx.app.metrics.observe(
-        "veneer_origin_response_seconds",
-        &[("tenant", &tenant.name)],
-        started.elapsed(),
-    );
+    // Only answers that came from the origin time the origin.
+    if !matches!(fetched.status, Some("HIT" | "STALE")) {
+        ctx.app.metrics.observe(
+            "veneer_origin_response_seconds",
+            &[("tenant", &tenant.name)],
+            started.elapsed(),
+        );
+    }
     if let Some(status) = fetched.status {
         ctx.cache_status = Some(status);
         ctx.app.metrics.inc(

@@ -24,16 +24,18 @@ use super::{BoxError, ClientAddr};
 use crate::app::Tenant;
 use crate::plugin::HeaderEdits;
 
-/// Sends the request on and waits for the origin's response head.
-pub(super) async fn fetch(
+/// The request headers the origin gets: hop-by-hop and client claims removed, the visitor's
+/// own cookies only, the plugins' edits, and Veneer's forwarding headers. The cache compares
+/// `Vary` against exactly these.
+pub(super) fn origin_headers(
     ctx: &RequestCtx,
     tenant: &Tenant,
     v: &VisitorCtx,
-    parts: Parts,
-    body: Incoming,
+    headers: http::HeaderMap,
+    extensions: &http::Extensions,
     edits: &[HeaderEdits],
-) -> Result<Response<Incoming>, ProxyError> {
-    let mut headers = parts.headers;
+) -> http::HeaderMap {
+    let mut headers = headers;
     strip_hop_by_hop(&mut headers);
     // Veneer answers `Expect: 100-continue` itself (hyper sends the 100 when the body is read).
     headers.remove(header::EXPECT);
@@ -60,7 +62,7 @@ pub(super) async fn fetch(
     if let Ok(h) = HeaderValue::try_from(ctx.host.as_str()) {
         headers.insert("x-forwarded-host", h);
     }
-    if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>() {
+    if let Some(ClientAddr(peer)) = extensions.get::<ClientAddr>() {
         // Append to the chain a trusted proxy in front of Veneer started; anyone else's
         // X-Forwarded-For is replaced, so a client cannot pose as another address.
         let previous = forwarded_for(&headers);
@@ -79,7 +81,7 @@ pub(super) async fn fetch(
     // The origin builds absolute links and secure cookies from this; a client's own claim is
     // replaced like the other forwarding headers (a trusted proxy's is kept).
     if !(ctx.trusted && headers.contains_key("x-forwarded-proto")) {
-        let proto = if parts.extensions.get::<super::Tls>().is_some() {
+        let proto = if extensions.get::<super::Tls>().is_some() {
             "https"
         } else {
             "http"
@@ -89,6 +91,19 @@ pub(super) async fn fetch(
     if let Ok(h) = HeaderValue::try_from(tenant.origin.as_str()) {
         headers.insert(header::HOST, h);
     }
+    headers
+}
+
+/// Sends the request on and waits for the origin's response head.
+pub(super) async fn fetch(
+    ctx: &RequestCtx,
+    tenant: &Tenant,
+    v: &VisitorCtx,
+    parts: Parts,
+    body: Incoming,
+    edits: &[HeaderEdits],
+) -> Result<Response<Incoming>, ProxyError> {
+    let headers = origin_headers(ctx, tenant, v, parts.headers, &parts.extensions, edits);
     let uri = format!("http://{}{}", tenant.origin, v.path_and_query)
         .parse()
         .map_err(|_| ProxyError::BadTarget)?;
