@@ -61,6 +61,11 @@ have_cf=0
 if [ -f "$cf_page" ]; then cp "$cf_page" "$work/site/cloudflare.html"; have_cf=1; fi
 
 common_http='access_log off; types { text/html html; } default_type text/html;'
+# The same 3 replacements Veneer's static-rewrites plugin makes.
+rewrites="sub_filter_once on;
+      sub_filter '<title>Cloudflare - The Web Performance & Security Company | Cloudflare</title>' '<title>Personalized title</title>';
+      sub_filter 'class=\"header-h1\"' 'class=\"header-h1 veneer\"';
+      sub_filter '<meta name=\"description\" content=\"Here at Cloudflare' '<meta name=\"description\" content=\"Personalized. Here at Cloudflare';"
 cat > "$work/origin.conf" <<NGINX
 worker_processes 1;
 pid $work/origin.pid;
@@ -85,10 +90,7 @@ http {
     location / {
       proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header Accept-Encoding "";
-      sub_filter_once on;
-      sub_filter '<title>Cloudflare - The Web Performance & Security Company | Cloudflare</title>' '<title>Personalized title</title>';
-      sub_filter 'class="header-h1"' 'class="header-h1 veneer"';
-      sub_filter '<meta name="description" content="Here at Cloudflare' '<meta name="description" content="Personalized. Here at Cloudflare';
+      $rewrites
     }
   }
   proxy_cache_path $work/nginx-cache keys_zone=pages:10m max_size=64m;
@@ -98,10 +100,7 @@ http {
       proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header Accept-Encoding "";
       proxy_cache pages; proxy_cache_valid 200 1h;
-      sub_filter_once on;
-      sub_filter '<title>Cloudflare - The Web Performance & Security Company | Cloudflare</title>' '<title>Personalized title</title>';
-      sub_filter 'class="header-h1"' 'class="header-h1 veneer"';
-      sub_filter '<meta name="description" content="Here at Cloudflare' '<meta name="description" content="Personalized. Here at Cloudflare';
+      $rewrites
     }
   }
 }
