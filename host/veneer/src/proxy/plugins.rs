@@ -236,7 +236,15 @@ pub(super) fn report_fault(
     request_id: &str,
     fault: &PluginFault,
 ) {
-    tracing::warn!(tenant, plugin, request_id, kind = fault.kind(), error = %fault, "plugin fault: serving without this plugin");
+    // The stored version now serving (faults are rare and the breaker bounds them, so the
+    // lookup stays off the hot path); `None` for plugins from the config file.
+    let version = app.tenant_named(tenant).and_then(|t| {
+        t.plugins
+            .iter()
+            .find(|p| p.name() == plugin)
+            .and_then(|p| p.version())
+    });
+    tracing::warn!(tenant, plugin, version, request_id, kind = fault.kind(), error = %fault, "plugin fault: serving without this plugin");
     app.metrics.inc(
         "veneer_plugin_faults_total",
         &[
