@@ -113,84 +113,45 @@ chmod -R a+rX "$work"
 cat > "$work/rules.json" <<JSON
 {"campaigns": [{"id": "bench", "start": "2020-01-01T00:00:00Z", "end": "2099-01-01T00:00:00Z"}]}
 JSON
-cat > "$work/veneer.toml" <<TOML
+rewrites3='{ rule1 = "title | set-inner-text | Personalized title", rule2 = "h1 | add-class | veneer", rule3 = "meta[name=description] | set-attribute | content=Personalized" }'
+# One tenant per scenario, host NAME.bench: tenant NAME PLUGIN PARAMS [EXTRA TOML LINES].
+# One load generator on loopback is one client address: no per-client limits here.
+tenant() {
+  cat <<TOML
+
+[[tenant]]
+name = "$1"
+hosts = ["$1.bench"]
+origin = "http://127.0.0.1:$ORIGIN"
+${4:-}
+[tenant.limits]
+requests_per_second_per_client = 0
+${5:-}
+[[tenant.plugin]]
+name = "$2"
+path = "$plugins/$2.wasm"
+params = $3
+TOML
+}
+{
+  cat <<TOML
 [server]
 listen = "127.0.0.1:$VENEER"
 cache_dir = "$root/target/veneer-cache"
 cookie_secret = "benchmark-secret-0123456789abcdef0123456789"
 max_connections_per_client = 0
-
-# One load generator on loopback is one client address: no per-client limits here.
-[[tenant]]
-name = "small-noop"
-hosts = ["small-noop.bench"]
-origin = "http://127.0.0.1:$ORIGIN"
-[tenant.limits]
-requests_per_second_per_client = 0
-[[tenant.plugin]]
-name = "noop"
-path = "$plugins/noop.wasm"
-
-[[tenant]]
-name = "small-hero"
-hosts = ["small-hero.bench"]
-origin = "http://127.0.0.1:$ORIGIN"
-rules = "$root/examples/shop/rules.json"
-fragments = "$root/examples/shop/fragments.toml"
-[tenant.limits]
-requests_per_second_per_client = 0
-[[tenant.plugin]]
-name = "hero"
-path = "$plugins/hero.wasm"
-
-[[tenant]]
-name = "cf-noop"
-hosts = ["cf-noop.bench"]
-origin = "http://127.0.0.1:$ORIGIN"
-[tenant.limits]
-requests_per_second_per_client = 0
-[[tenant.plugin]]
-name = "noop"
-path = "$plugins/noop.wasm"
-
-[[tenant]]
-name = "cf-rewrites"
-hosts = ["cf-rewrites.bench"]
-origin = "http://127.0.0.1:$ORIGIN"
-[tenant.limits]
-requests_per_second_per_client = 0
-[[tenant.plugin]]
-name = "static-rewrites"
-path = "$plugins/static_rewrites.wasm"
-params = { rule1 = "title | set-inner-text | Personalized title", rule2 = "h1 | add-class | veneer", rule3 = "meta[name=description] | set-attribute | content=Personalized" }
-
-[[tenant]]
-name = "cf-cached"
-hosts = ["cf-cached.bench"]
-origin = "http://127.0.0.1:$ORIGIN"
-[tenant.limits]
-requests_per_second_per_client = 0
-[tenant.cache]
-max_bytes = 67108864
-[[tenant.plugin]]
-name = "static-rewrites"
-path = "$plugins/static_rewrites.wasm"
-params = { rule1 = "title | set-inner-text | Personalized title", rule2 = "h1 | add-class | veneer", rule3 = "meta[name=description] | set-attribute | content=Personalized" }
-
-[[tenant]]
-name = "cf-callbacks"
-hosts = ["cf-callbacks.bench"]
-origin = "http://127.0.0.1:$ORIGIN"
-rules = "$work/rules.json"
-[tenant.limits]
-requests_per_second_per_client = 0
-plan_max_inserted_bytes = 1048576
-rewrite_max_growth = 10.0
-[[tenant.plugin]]
-name = "product-links"
-path = "$plugins/product_links.wasm"
-params = { links = "a[href]" }
 TOML
+  tenant small-noop noop '{}'
+  tenant small-hero hero '{}' "rules = \"$root/examples/shop/rules.json\"
+fragments = \"$root/examples/shop/fragments.toml\""
+  tenant cf-noop noop '{}'
+  tenant cf-rewrites static_rewrites "$rewrites3"
+  tenant cf-cached static_rewrites "$rewrites3" "" "[tenant.cache]
+max_bytes = 67108864"
+  tenant cf-callbacks product_links '{ links = "a[href]" }' "rules = \"$work/rules.json\"" \
+    "plan_max_inserted_bytes = 1048576
+rewrite_max_growth = 10.0"
+} > "$work/veneer.toml"
 VENEER_LOG=warn TOKIO_WORKER_THREADS=1 "${sut[@]}" "$root/target/release/veneer" serve --config "$work/veneer.toml" &
 pids+=($!)
 TOKIO_WORKER_THREADS=1 "${sut[@]}" "$root/target/release/bare_proxy" "127.0.0.1:$BARE" "127.0.0.1:$ORIGIN" &

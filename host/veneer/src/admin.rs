@@ -107,7 +107,7 @@ pub fn serve(
             let admin = admin.clone();
             tokio::spawn(async move {
                 let _guard = guard;
-                let timeout = admin.app.header_read_timeout;
+                let timeout = admin.app.header_read_timeout();
                 let service = service_fn(move |req: Request<Incoming>| {
                     let admin = admin.clone();
                     async move { Ok::<_, Infallible>(admin.handle(peer, req).await) }

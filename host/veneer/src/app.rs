@@ -136,8 +136,6 @@ pub struct App {
     pub rates: crate::limits::RateLimiter,
     /// Bounds the log lines for refused requests (a flood must not become a log flood).
     pub refusal_log: crate::limits::LogBudget,
-    /// How long a client may take to send a request's head.
-    pub header_read_timeout: Duration,
     /// Listener settings: idle timeout, head size and header count.
     pub server: config::Server,
     /// Country by client address (`[server] geoip`).
@@ -249,7 +247,6 @@ impl App {
             ),
             rates: crate::limits::RateLimiter::default(),
             refusal_log: crate::limits::LogBudget::new(20),
-            header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
             server: config.server.clone(),
             geo,
             runtime,
@@ -266,6 +263,11 @@ impl App {
             _ => host,
         };
         self.tenants.load().get(&name.to_ascii_lowercase()).cloned()
+    }
+
+    /// How long a client may take to send a request's head (or a TLS handshake).
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.header_read_timeout_ms)
     }
 
     /// `path` resolved against the config's directory.

@@ -89,7 +89,7 @@ fn serve_with(
             };
             let _ = stream.set_nodelay(true);
             let (app, watcher, tls) = (app.clone(), graceful.watcher(), tls.clone());
-            let header_timeout = app.header_read_timeout;
+            let header_timeout = app.header_read_timeout();
             tokio::spawn(async move {
                 let _guard = guard;
                 // The head timeout starts once hyper knows the protocol; a client that sends
@@ -138,7 +138,7 @@ async fn serve_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let header_timeout = app.header_read_timeout;
+    let header_timeout = app.header_read_timeout();
     // Requests on one HTTP/1 connection reach the service in order, so counting them here
     // matches the watcher's count of heads.
     let flag = FramingFlag::default();

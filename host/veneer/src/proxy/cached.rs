@@ -62,7 +62,7 @@ pub(super) async fn fetch(
     ctx: &RequestCtx,
     tenant: &Tenant,
     v: &VisitorCtx,
-    mut parts: Parts,
+    parts: Parts,
     body: Incoming,
     edits: &[HeaderEdits],
 ) -> Result<Fetched, ProxyError> {
@@ -84,14 +84,8 @@ pub(super) async fn fetch(
     // Varying headers are compared as the origin sees them (after the plugins' edits, with
     // Veneer's forwarding headers); the key holds the scheme the origin is told, the host
     // (a tenant's hosts may be different sites to its origin) and the target.
-    let seen = origin::origin_headers(
-        ctx,
-        tenant,
-        v,
-        parts.headers.clone(),
-        &parts.extensions,
-        edits,
-    );
+    // Built once: compared here and sent as they are.
+    let seen = origin::origin_headers(ctx, tenant, v, parts.headers, &parts.extensions, edits);
     let proto = seen
         .get("x-forwarded-proto")
         .and_then(|p| p.to_str().ok())
@@ -130,10 +124,11 @@ pub(super) async fn fetch(
                 });
             }
             Lookup::Stale(e) | Lookup::StaleWhileRevalidate(e) => {
+                let mut headers = seen.clone();
                 for (name, value) in e.validators() {
-                    parts.headers.insert(name, value);
+                    headers.insert(name, value);
                 }
-                let r = origin::fetch(ctx, tenant, v, parts, body, edits).await?;
+                let r = origin::send(ctx, tenant, v, parts.method, headers, body).await?;
                 if r.status() == StatusCode::NOT_MODIFIED {
                     let mut not_modified = r.headers().clone();
                     strip_hop_by_hop(&mut not_modified);
@@ -150,38 +145,27 @@ pub(super) async fn fetch(
                         status: Some("REVALIDATED"),
                     });
                 }
-                // A HEAD's answer has no body to keep.
-                let response = if head_only {
-                    boxed(r)
-                } else {
-                    keep(ctx, tenant, &cache, &key, &seen, authorized, r).await
-                };
                 return Ok(Fetched {
-                    response,
+                    response: keep(ctx, tenant, &cache, &key, &seen, authorized, head_only, r)
+                        .await,
                     status: Some("EXPIRED"),
                 });
             }
             Lookup::Miss if head_only || waited => {
                 // A HEAD cannot fill the cache; a second miss after waiting means the
                 // response was not storable: fetch without coalescing.
-                let r = origin::fetch(ctx, tenant, v, parts, body, edits).await?;
-                let response = if head_only {
-                    boxed(r)
-                } else {
-                    keep(ctx, tenant, &cache, &key, &seen, authorized, r).await
-                };
+                let r = origin::send(ctx, tenant, v, parts.method, seen.clone(), body).await?;
                 return Ok(Fetched {
-                    response,
+                    response: keep(ctx, tenant, &cache, &key, &seen, authorized, head_only, r)
+                        .await,
                     status: Some("MISS"),
                 });
             }
             Lookup::Miss => match cache.begin_fill(&key) {
                 Fill::Leader(guard) => {
-                    let r = origin::fetch(ctx, tenant, v, parts, body, edits).await;
-                    let response = match r {
-                        Ok(r) => keep(ctx, tenant, &cache, &key, &seen, authorized, r).await,
-                        Err(e) => return Err(e),
-                    };
+                    let r = origin::send(ctx, tenant, v, parts.method, seen.clone(), body).await?;
+                    let response =
+                        keep(ctx, tenant, &cache, &key, &seen, authorized, false, r).await;
                     drop(guard);
                     return Ok(Fetched {
                         response,
@@ -198,7 +182,9 @@ pub(super) async fn fetch(
     }
 }
 
-/// Stores the origin's response when it may be, and gives it back either way.
+/// Stores the origin's response when it may be, and gives it back either way. The answer to a
+/// HEAD has no body to keep.
+#[allow(clippy::too_many_arguments)]
 async fn keep(
     ctx: &RequestCtx,
     tenant: &Tenant,
@@ -206,9 +192,13 @@ async fn keep(
     key: &str,
     seen: &HeaderMap,
     authorized: bool,
+    head_only: bool,
     r: Response<Incoming>,
 ) -> Response<Body> {
     let r = boxed(r);
+    if head_only {
+        return r;
+    }
     let Some(freshness) = cache::storable(r.status(), r.headers(), authorized) else {
         return r;
     };

@@ -3,9 +3,11 @@
 //! ```text
 //! admit (request hygiene)          → error: bad request (400) │ CONNECT, TRACE (405) │ OPTIONS * answered
 //! route (tenant by Host, methods)  → error: unknown host (404) │ method not allowed here (405)
+//!                                    │ tenant at its concurrency cap (503) │ over rate (429)
 //! identify (cookie, device, geo, locale, UTM, consent → segments, one shared visitor)
 //! plugins::on_request              → a plugin may answer: redirect │ its own response
-//! origin::fetch                    → error: unreachable (502) │ too slow (504) │ bad target (400)
+//! cached::fetch (→ origin)         → the tenant cache's entry │ the origin's response
+//!                                    error: unreachable (502) │ too slow (504) │ bad target (400)
 //! plugins::on_response             → header edits + checked plans
 //! body::personalize                → HTML streamed through the rewriter │ JSON patched │ untouched
 //! finish::respond                  → the single exit: status for errors, visitor cookie,

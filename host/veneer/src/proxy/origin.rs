@@ -104,6 +104,18 @@ pub(super) async fn fetch(
     edits: &[HeaderEdits],
 ) -> Result<Response<Incoming>, ProxyError> {
     let headers = origin_headers(ctx, tenant, v, parts.headers, &parts.extensions, edits);
+    send(ctx, tenant, v, parts.method, headers, body).await
+}
+
+/// Like [`fetch`], with the origin's request headers already made by [`origin_headers`].
+pub(super) async fn send(
+    ctx: &RequestCtx,
+    tenant: &Tenant,
+    v: &VisitorCtx,
+    method: http::Method,
+    headers: http::HeaderMap,
+    body: Incoming,
+) -> Result<Response<Incoming>, ProxyError> {
     let uri = format!("http://{}{}", tenant.origin, v.path_and_query)
         .parse()
         .map_err(|_| ProxyError::BadTarget)?;
@@ -122,7 +134,7 @@ pub(super) async fn fetch(
         timer: None,
     };
     let mut request = Request::new(body.boxed_unsync());
-    *request.method_mut() = parts.method;
+    *request.method_mut() = method;
     *request.headers_mut() = headers;
     *request.uri_mut() = uri;
     let app = &ctx.app;
