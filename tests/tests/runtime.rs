@@ -53,6 +53,40 @@ fn a_restart_loads_compiled_plugins_from_the_cache() {
 }
 
 #[test]
+fn tenants_deploying_the_same_component_share_one_loaded_copy() {
+    let dir = TempDir::new();
+    let rt = Runtime::new(&options(&dir)).expect("runtime");
+    let path = veneer_tests::plugin("hero");
+    let first = rt
+        .load("hero", &path, HashMap::new(), limits())
+        .expect("load");
+    assert!(!first.from_cache());
+    // With the compile cache gone, only the copy already in memory can avoid a compile.
+    for entry in std::fs::read_dir(&dir.0).expect("dir") {
+        std::fs::remove_file(entry.expect("entry").path()).expect("remove");
+    }
+    let params = HashMap::from([("selector".to_owned(), "h1".to_owned())]);
+    let second = rt.load("hero-b", &path, params, limits()).expect("load");
+    assert!(
+        second.from_cache(),
+        "the second tenant reuses the linked component"
+    );
+    assert_eq!(
+        second.name(),
+        "hero-b",
+        "each tenant keeps its own name and params"
+    );
+    drop((first, second));
+    let third = rt
+        .load("hero", &path, HashMap::new(), limits())
+        .expect("load");
+    assert!(
+        !third.from_cache(),
+        "once no tenant holds it, the shared copy is released"
+    );
+}
+
+#[test]
 fn a_corrupt_cache_entry_is_recompiled_not_trusted_blindly() {
     let dir = TempDir::new();
     let rt = Runtime::new(&options(&dir)).expect("runtime");

@@ -35,8 +35,8 @@ mod v0_2;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -206,6 +206,16 @@ pub struct Runtime {
     cache_dir: PathBuf,
     ticker_stop: Arc<AtomicBool>,
     max_memory_bytes: usize,
+    /// Components linked so far, by the SHA-256 of their bytes: tenants deploying the same
+    /// component share its code and linking (one copy in memory however many load it); an
+    /// entry lives as long as some loaded plugin holds it.
+    linked: std::sync::Mutex<HashMap<[u8; 32], Weak<Linked>>>,
+}
+
+/// A component compiled and linked against its contract version's bindings.
+struct Linked {
+    pre: Pre,
+    contract: Contract,
 }
 
 /// How often the epoch advances; deadlines are whole ticks.
@@ -274,6 +284,7 @@ impl Runtime {
             cache_dir: options.cache_dir.clone(),
             ticker_stop,
             max_memory_bytes: options.max_memory_bytes,
+            linked: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -312,7 +323,42 @@ impl Runtime {
                  produces components)"
             );
         }
-        let (component, from_cache) = self.compile_cached(bytes).context("compiling")?;
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let shared = self
+            .linked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&digest)
+            .and_then(Weak::upgrade);
+        let (linked, from_cache) = match shared {
+            Some(linked) => (linked, true),
+            None => {
+                let (linked, from_cache) = self.link(bytes, &digest)?;
+                let linked = Arc::new(linked);
+                let mut map = self
+                    .linked
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                map.retain(|_, w| w.strong_count() > 0);
+                map.insert(digest, Arc::downgrade(&linked));
+                (linked, from_cache)
+            }
+        };
+        Ok(Plugin {
+            name: Arc::from(name),
+            linked,
+            params: Arc::new(params),
+            limits,
+            engine: self.engine.clone(),
+            from_cache,
+            breaker: Arc::new(breaker::Breaker::new(limits.breaker)),
+            version: None,
+        })
+    }
+
+    /// Compiles (or takes from the cache) and links a component.
+    fn link(&self, bytes: &[u8], digest: &[u8; 32]) -> anyhow::Result<(Linked, bool)> {
+        let (component, from_cache) = self.compile_cached(bytes, digest).context("compiling")?;
         let target = self.contract_of(&component)?;
         let unlinkable = |e: anyhow::Error| {
             let newer = semver::Version::parse(target.contract.version())
@@ -344,17 +390,13 @@ impl Runtime {
                 Pre::V0_2(wt(v0_2::PersonalizerPre::new(instance_pre)).map_err(unlinkable)?)
             }
         };
-        Ok(Plugin {
-            name: Arc::from(name),
-            pre,
-            contract: target.contract,
-            params: Arc::new(params),
-            limits,
-            engine: self.engine.clone(),
+        Ok((
+            Linked {
+                pre,
+                contract: target.contract,
+            },
             from_cache,
-            breaker: Arc::new(breaker::Breaker::new(limits.breaker)),
-            version: None,
-        })
+        ))
     }
 
     /// Reads the contract version a component targets from its hooks export, without
@@ -365,7 +407,8 @@ impl Runtime {
                 "this is a core WebAssembly module, not a component: build it for wasm32-wasip2"
             );
         }
-        let (component, _) = self.compile_cached(bytes).context("compiling")?;
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let (component, _) = self.compile_cached(bytes, &digest).context("compiling")?;
         let target = self.contract_of(&component)?;
         let ty = component.component_type();
         let imports = ty
@@ -417,13 +460,12 @@ impl Runtime {
 
     /// Returns the compiled component, from the cache when the same bytes were compiled by a
     /// compatible engine before.
-    fn compile_cached(&self, bytes: &[u8]) -> anyhow::Result<(Component, bool)> {
+    fn compile_cached(&self, bytes: &[u8], digest: &[u8; 32]) -> anyhow::Result<(Component, bool)> {
         use std::hash::{Hash, Hasher};
         let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
         self.engine
             .precompile_compatibility_hash()
             .hash(&mut engine_hash);
-        let digest = Sha256::digest(bytes);
         let key: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         let path = self
             .cache_dir
@@ -523,8 +565,7 @@ enum Bound {
 #[derive(Clone)]
 pub struct Plugin {
     name: Arc<str>,
-    pre: Pre,
-    contract: Contract,
+    linked: Arc<Linked>,
     params: Arc<HashMap<String, String>>,
     limits: Limits,
     engine: Engine,
@@ -573,7 +614,7 @@ impl Plugin {
 
     /// The contract version the plugin was built for.
     pub fn contract(&self) -> Contract {
-        self.contract
+        self.linked.contract
     }
 
     /// A fresh instance for one request; `admission` is what [`Plugin::admit`] said (a
@@ -655,7 +696,7 @@ impl Plugin {
         };
         instance.arm();
         let start = Instant::now();
-        let result = match &self.pre {
+        let result = match &self.linked.pre {
             Pre::V0_1(pre) => pre
                 .instantiate_async(&mut instance.store)
                 .await
