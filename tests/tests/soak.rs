@@ -5,7 +5,9 @@
 //! It asserts what an operator needs from a shared host: no crash; every good response is
 //! exactly right; beside faulty neighbours the good tenants keep at least half the throughput
 //! and a p99 within 5× of what they get beside the same neighbours' traffic when it is healthy
-//! (the control separates what faults cost from what mere load costs); memory stays bounded. The test command runs a short version
+//! (the control separates what faults cost from what mere load costs); memory stays bounded. A
+//! second test sends flat out to spinning tenants whose breakers never trip and compares the
+//! good tenants with their figure alone. The test command runs a short version
 //! (`VENEER_SOAK_REQUESTS`, default 6,000); the full one is in the README:
 //!
 //! ```sh
@@ -331,5 +333,105 @@ async fn good_tenants_keep_their_service_beside_every_kind_of_faulty_neighbour()
     assert!(
         rss_after < rss_before + 512 * 1024,
         "memory grew from {rss_before} KiB to {rss_after} KiB"
+    );
+}
+
+/// The issue's own scenario: 16 connections sending as fast as they can to tenants whose
+/// plugins spin (in `on-request`, and in element callbacks, which cannot yield) with breakers
+/// that never trip. The good tenants are compared with their figure alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_neighbours_sending_flat_out_cannot_starve_a_good_tenant() {
+    let origin = Origin::start(HashMap::from([
+        ("/".to_owned(), Page::html(PAGE)),
+        (
+            "/chunked".to_owned(),
+            Page::html(PAGE).chunked(16, Duration::ZERO),
+        ),
+    ]))
+    .await;
+    let host_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("host runtime");
+    let mut cfg = String::new();
+    for (name, mode, breaker) in [
+        ("good-a", "ok", ""),
+        ("good-b", "ok", ""),
+        ("spin-request", "loop", "breaker_faults = 0\n"),
+        ("spin-element", "spin-element", "breaker_faults = 0\n"),
+    ] {
+        cfg.push_str(&format!(
+            "[[tenant]]\nname = \"{name}\"\nhosts = [\"{name}.test\"]\norigin = \"{{origin}}\"\n\
+             [tenant.limits]\nrequests_per_second_per_client = 0\n{breaker}\
+             [[tenant.plugin]]\nname = \"chaos\"\npath = \"{{plugins}}/chaos.wasm\"\nparams = {{ mode = \"{mode}\" }}\n\n"
+        ));
+    }
+    let cfg: &'static str = Box::leak(cfg.into_boxed_str());
+    let origin_addr = origin.addr;
+    let host = host_runtime
+        .spawn(async move {
+            Host::start(
+                HostSpec {
+                    config: cfg,
+                    files: &[],
+                },
+                origin_addr,
+            )
+            .await
+        })
+        .await
+        .expect("host starts");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("client");
+    let n = 1_500;
+    good_load(&client, &host, 200, 8).await;
+    let alone = good_load(&client, &host, n, 8).await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let unpaced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinners = bad_load(
+        &client,
+        &host,
+        vec!["spin-request.test".into(), "spin-element.test".into()],
+        stop.clone(),
+        unpaced,
+    );
+    tokio::time::sleep(SETTLE).await;
+    let beside = good_load(&client, &host, n, 8).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut spun = 0;
+    for t in spinners {
+        spun += t.await.expect("spinning-tenant client");
+    }
+    let metrics = host.app.metrics.render();
+    drop(host);
+    host_runtime.shutdown_background();
+
+    let ratio = beside.throughput() / alone.throughput();
+    let p99_ratio = beside.p99().as_secs_f64() / alone.p99().as_secs_f64();
+    println!(
+        "{{\"scenario\":\"spinning-neighbours\",\"good_alone_rps\":{:.0},\"good_beside_rps\":{:.0},\"throughput_ratio\":{ratio:.2},\"good_alone_p99_ms\":{:.2},\"good_beside_p99_ms\":{:.2},\"p99_ratio\":{p99_ratio:.2},\"spinning_requests\":{spun}}}",
+        alone.throughput(),
+        beside.throughput(),
+        alone.p99().as_secs_f64() * 1e3,
+        beside.p99().as_secs_f64() * 1e3,
+    );
+    assert!(
+        metrics.contains(
+            "veneer_plugin_faults_total{tenant=\"spin-element\",plugin=\"chaos\",kind=\"deadline\"}"
+        ),
+        "the spinning callbacks were stopped: {metrics}"
+    );
+    assert!(spun > 0, "the spinning tenants were busy");
+    assert!(
+        ratio >= 0.5,
+        "the good tenants kept {ratio:.2} of their throughput alone"
+    );
+    assert!(
+        p99_ratio <= 5.0,
+        "the good tenants' p99 grew {p99_ratio:.1}× over alone"
     );
 }

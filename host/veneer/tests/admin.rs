@@ -450,6 +450,47 @@ fn deploys_swap_atomically_refusals_change_nothing_and_a_restart_keeps_everythin
         stderr.contains("422") && stderr.contains("component"),
         "{stderr}"
     );
+    // A component for a contract version this host does not have: the same golden banner with
+    // its hooks export renamed to 0.3.0 (same length, every occurrence, so it stays valid).
+    let golden_bytes = std::fs::read(b).expect("golden");
+    let (from, to) = (b"veneer:plugin/hooks@0.2.0", b"veneer:plugin/hooks@0.3.0");
+    let mut future = Vec::with_capacity(golden_bytes.len());
+    let mut i = 0;
+    while i < golden_bytes.len() {
+        if golden_bytes[i..].starts_with(from) {
+            future.extend_from_slice(to);
+            i += from.len();
+        } else {
+            future.push(golden_bytes[i]);
+            i += 1;
+        }
+    }
+    assert_ne!(
+        future, golden_bytes,
+        "the golden 0.2.0 banner exports hooks@0.2.0"
+    );
+    std::fs::write(dir.join("future.wasm"), future).expect("future component");
+    let (success, _, stderr) = cli(
+        &v,
+        &token,
+        &[
+            "plugin",
+            "push",
+            dir.join("future.wasm").to_str().unwrap_or_default(),
+            "--tenant",
+            "shop",
+            "--name",
+            "banner",
+        ],
+    );
+    assert!(!success);
+    assert!(
+        stderr.contains("422")
+            && stderr.contains("veneer:plugin@0.3.0")
+            && stderr.contains("0.1.0")
+            && stderr.contains("0.2.0"),
+        "refused at upload with its version and the supported ones: {stderr}"
+    );
     std::fs::write(
         dir.join("bad-rules.json"),
         r#"{"segments": {"x": {"country": {"$regex": "("}}}}"#,

@@ -167,6 +167,10 @@ pub enum PluginFault {
     /// The plugin used up its time budget.
     #[error("deadline exceeded ({0:?} budget)")]
     Deadline(Duration),
+    /// One element or text callback ran longer than a streaming call may
+    /// ([`STREAMING_CALL_LIMIT`]): it cannot yield, so it holds a worker thread while it runs.
+    #[error("a streaming callback ran past {0:?} in one call")]
+    StreamingCall(Duration),
     /// The plugin tried to grow memory beyond its limit.
     #[error("memory limit of {0} bytes exceeded")]
     Memory(usize),
@@ -189,7 +193,7 @@ impl PluginFault {
     pub fn kind(&self) -> &'static str {
         match self {
             PluginFault::Trap(_) => "trap",
-            PluginFault::Deadline(_) => "deadline",
+            PluginFault::Deadline(_) | PluginFault::StreamingCall(_) => "deadline",
             PluginFault::Memory(_) => "memory",
             PluginFault::Instantiate(_) => "instantiate",
             PluginFault::InvalidPlan(_) => "invalid_plan",
@@ -220,6 +224,13 @@ struct Linked {
 
 /// How often the epoch advances; deadlines are whole ticks.
 const TICK: Duration = Duration::from_millis(1);
+
+/// The longest one `on-element` or `on-text` call may run. Awaited hooks yield to the
+/// scheduler every tick; a streaming callback runs inside the body's poll and cannot, so
+/// until it returns its worker thread serves nobody else. A callback is meant to take
+/// microseconds; one running this long is stopped as a fault instead of holding the worker
+/// for the rest of the request's budget.
+pub const STREAMING_CALL_LIMIT: Duration = Duration::from_millis(5);
 
 impl Runtime {
     /// Builds the engine and starts the epoch ticker.
@@ -639,6 +650,7 @@ impl Plugin {
             deadline: Instant::now(),
             may_yield: true,
             interrupted: false,
+            streaming_limited: false,
             yielded_ns: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             ticks_in_call: 0,
             wall_deadline: Instant::now(),
@@ -694,7 +706,7 @@ impl Plugin {
             abandoned: false,
             in_call: false,
         };
-        instance.arm();
+        instance.arm(true);
         let start = Instant::now();
         let result = match &self.linked.pre {
             Pre::V0_1(pre) => pre
@@ -744,6 +756,9 @@ struct StoreState {
     may_yield: bool,
     /// The epoch callback stopped the call at its deadline.
     interrupted: bool,
+    /// The current call is a streaming callback held to [`STREAMING_CALL_LIMIT`] rather than
+    /// to what is left of the budget.
+    streaming_limited: bool,
     /// Nanoseconds the current call spent yielded (waiting for the scheduler), which do not
     /// count against its budget.
     yielded_ns: Arc<std::sync::atomic::AtomicU64>,
@@ -870,9 +885,15 @@ impl Drop for Instance {
 impl Instance {
     /// Sets the deadline to what is left of the request's budget; the epoch callback checks
     /// it every tick.
-    fn arm(&mut self) {
+    fn arm(&mut self, awaited: bool) {
         let left = self.budget.saturating_sub(self.used);
         let s = self.store.data_mut();
+        s.streaming_limited = !awaited && left > STREAMING_CALL_LIMIT;
+        let left = if awaited {
+            left
+        } else {
+            left.min(STREAMING_CALL_LIMIT)
+        };
         s.deadline = Instant::now() + left;
         s.wall_deadline = s.deadline + left.saturating_mul(3);
         s.yielded_ns.store(0, Ordering::Relaxed);
@@ -906,6 +927,9 @@ impl Instance {
                 Some(wasmtime::Trap::Interrupt)
             )
         {
+            if self.store.data().streaming_limited {
+                return PluginFault::StreamingCall(STREAMING_CALL_LIMIT);
+            }
             return PluginFault::Deadline(self.budget);
         }
         PluginFault::Trap(format!("{e:#}").lines().next().unwrap_or("trap").to_owned())
@@ -916,7 +940,7 @@ impl Instance {
         if self.faulted || self.bindings.is_none() {
             return Err(PluginFault::AlreadyFaulted);
         }
-        self.arm();
+        self.arm(awaited);
         let s = self.store.data_mut();
         s.may_yield = awaited;
         s.usage = budget::Usage::default();

@@ -1,6 +1,7 @@
 //! The body: HTML is rewritten while it streams, JSON is buffered (size-capped) and patched,
 //! anything else (and HEAD, 204, 304, 206, unknown codings) passes through untouched.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -69,6 +70,9 @@ pub(super) async fn personalize(
                     report_fault(&app, &tenant, plugin, &request_id, fault)
                 })
             };
+            let callbacks = plans
+                .iter()
+                .any(|(_, p)| p.touches_html() && !p.plan.subscribe.is_empty());
             let job = HtmlJob {
                 plugins: plans
                     .into_iter()
@@ -101,6 +105,8 @@ pub(super) async fn personalize(
             RewriteBody {
                 inner: body,
                 html: Some(HtmlBody::new(job, from, target, Some(&content_type))),
+                next: None,
+                turns: callbacks.then(|| Turns::new(tenant.plugin_slots.clone())),
             }
             .boxed_unsync()
         }
@@ -352,6 +358,85 @@ impl http_body::Body for Chain {
 struct RewriteBody {
     inner: Body,
     html: Option<HtmlBody>,
+    /// What comes next for the rewriter, once it may run.
+    next: Option<Step>,
+    /// Set when the plans subscribe to element or text callbacks.
+    turns: Option<Turns>,
+}
+
+enum Step {
+    /// A chunk of the body; `last` when the origin has nothing after it.
+    Chunk(Bytes, bool),
+    Finish,
+}
+
+/// Streaming callbacks run inside the body's poll and cannot yield, so each chunk that runs
+/// them takes one of the tenant's plugin turns (the ones `on-request` and `on-response`
+/// take), and a chunk whose callbacks ran long pauses for as long while still holding the
+/// turn. A tenant whose callbacks spin then holds at most half of its turns' worth of
+/// threads, and never more turns than its `plugin_concurrency`.
+struct Turns {
+    slots: Arc<tokio::sync::Semaphore>,
+    acquiring: Option<Pin<Box<AcquireFuture>>>,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+type AcquireFuture = dyn Future<Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>>
+    + Send;
+
+/// Callbacks running longer than this in one chunk make the chunk pause after them.
+const LONG_CHUNK: std::time::Duration = std::time::Duration::from_millis(1);
+
+impl Turns {
+    fn new(slots: Arc<tokio::sync::Semaphore>) -> Self {
+        Turns {
+            slots,
+            acquiring: None,
+            held: None,
+            pause: None,
+        }
+    }
+
+    /// Ready once the last long chunk's pause is over and a turn is held.
+    fn poll_turn(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        if let Some(pause) = self.pause.as_mut() {
+            if pause.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.pause = None;
+            self.held = None;
+        }
+        if self.held.is_some() {
+            return Poll::Ready(());
+        }
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            self.held = Some(permit);
+            return Poll::Ready(());
+        }
+        let slots = self.slots.clone();
+        let acquiring = self
+            .acquiring
+            .get_or_insert_with(|| Box::pin(slots.acquire_owned()));
+        match acquiring.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(permit) => {
+                self.acquiring = None;
+                // A closed semaphore (never closed today) would only mean no turn to wait for.
+                self.held = permit.ok();
+                Poll::Ready(())
+            }
+        }
+    }
+
+    /// After a chunk: a long one keeps the turn through a pause as long as it ran.
+    fn ran(&mut self, took: std::time::Duration) {
+        if took >= LONG_CHUNK {
+            self.pause = Some(Box::pin(tokio::time::sleep(took)));
+        } else {
+            self.held = None;
+        }
+    }
 }
 
 impl http_body::Body for RewriteBody {
@@ -364,50 +449,60 @@ impl http_body::Body for RewriteBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
-            let Some(html) = this.html.as_mut() else {
+            if this.html.is_none() {
+                return Poll::Ready(None);
+            }
+            if this.next.is_none() {
+                this.next = match Pin::new(&mut this.inner).poll_frame(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Err(e))) => {
+                        this.html = None;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => Some(Step::Chunk(data, this.inner.is_end_stream())),
+                        Err(_) => continue,
+                    },
+                    Poll::Ready(None) => Some(Step::Finish),
+                };
+            }
+            if let Some(turns) = this.turns.as_mut()
+                && turns.poll_turn(cx).is_pending()
+            {
+                return Poll::Pending;
+            }
+            let (Some(step), Some(html)) = (this.next.take(), this.html.as_mut()) else {
                 return Poll::Ready(None);
             };
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => {
-                    this.html = None;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
+            let started = std::time::Instant::now();
+            let out = match step {
+                Step::Chunk(data, last) => {
                     let pushed = html.push(&data);
-                    if pushed.is_ok() && this.inner.is_end_stream() {
+                    if pushed.is_ok() && last {
                         // The last chunk: finish now, so a small page goes out in one write.
-                        let Some(html) = this.html.take() else {
-                            return Poll::Ready(None);
-                        };
-                        return match (pushed, html.finish()) {
-                            (Ok(a), Ok(b)) => {
-                                Poll::Ready(Some(Ok(Frame::data([a, b].concat().into()))))
-                            }
-                            (Err(e), _) | (_, Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
-                        };
-                    }
-                    match pushed {
-                        Ok(out) if out.is_empty() => continue,
-                        Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
-                        Err(e) => {
-                            this.html = None;
-                            return Poll::Ready(Some(Err(Box::new(e))));
+                        match (pushed, this.html.take().map(HtmlBody::finish)) {
+                            (Ok(a), Some(Ok(b))) => Ok([a, b].concat().into()),
+                            (Err(e), _) | (_, Some(Err(e))) => Err(e),
+                            (Ok(a), None) => Ok(a),
                         }
+                    } else {
+                        pushed
                     }
                 }
-                Poll::Ready(None) => {
-                    let Some(html) = this.html.take() else {
-                        return Poll::Ready(None);
-                    };
-                    return match html.finish() {
-                        Ok(out) if out.is_empty() => Poll::Ready(None),
-                        Ok(out) => Poll::Ready(Some(Ok(Frame::data(out)))),
-                        Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
-                    };
+                Step::Finish => match this.html.take() {
+                    Some(html) => html.finish(),
+                    None => return Poll::Ready(None),
+                },
+            };
+            if let Some(turns) = this.turns.as_mut() {
+                turns.ran(started.elapsed());
+            }
+            match out {
+                Ok(out) if out.is_empty() => continue,
+                Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                Err(e) => {
+                    this.html = None;
+                    return Poll::Ready(Some(Err(Box::new(e))));
                 }
             }
         }
