@@ -116,7 +116,12 @@ fn origin_errors(host: &Host) -> u64 {
 #[tokio::test]
 async fn requests_a_proxy_must_not_pass_on_are_refused_as_client_errors() {
     let (_o, host) = start("", "").await;
-    let cases: [(&str, &'static [u8], &str); 10] = [
+    let long_method: &'static [u8] = Box::leak(
+        format!("{} / HTTP/1.1\r\nhost: site.test\r\n\r\n", "A".repeat(10_240))
+            .into_bytes()
+            .into_boxed_slice(),
+    );
+    let cases: [(&str, &'static [u8], &str); 14] = [
         (
             "Content-Length then Transfer-Encoding",
             b"POST /echo-body HTTP/1.1\r\nhost: site.test\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -150,6 +155,26 @@ async fn requests_a_proxy_must_not_pass_on_are_refused_as_client_errors() {
         (
             "Transfer-Encoding other than chunked",
             b"POST / HTTP/1.1\r\nhost: site.test\r\ntransfer-encoding: identity, chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "HTTP/1.1 without Host",
+            b"GET / HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "absolute form without Host",
+            b"GET http://site.test/ HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "Transfer-Encoding: Chunked",
+            b"POST / HTTP/1.1\r\nhost: site.test\r\ntransfer-encoding: Chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "a 10 KB method",
+            long_method,
             "HTTP/1.1 400",
         ),
         (
@@ -189,7 +214,15 @@ async fn requests_a_proxy_must_not_pass_on_are_refused_as_client_errors() {
         );
     }
     assert_eq!(origin_errors(&host), 0, "{}", host.app.metrics.render());
-    assert!(client_errors(&host) >= 10, "{}", host.app.metrics.render());
+    assert!(client_errors(&host) >= 11, "{}", host.app.metrics.render());
+    // hyper answers a head it cannot parse by itself; the refusal is still counted.
+    let metrics = host.app.metrics.render();
+    assert!(
+        metrics.contains(
+            "veneer_errors_total{tenant=\"(unknown)\",source=\"client\",outcome=\"bad_request_head\"}"
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -236,12 +269,24 @@ async fn expect_100_continue_is_answered_by_the_host_before_the_body() {
 #[tokio::test]
 async fn a_malformed_chunked_body_is_the_clients_error_not_the_origins() {
     let (_o, host) = start("", "").await;
-    let answer = send(
-        host.addr,
-        b"POST / HTTP/1.1\r\nhost: site.test\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
-    )
-    .await;
-    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let vectors: [(&str, &[u8]); 3] = [
+        (
+            "bad chunk size",
+            b"POST / HTTP/1.1\r\nhost: site.test\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "bare LF after the chunk size",
+            b"POST / HTTP/1.1\r\nhost: site.test\r\ntransfer-encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "no CRLF after the chunk data",
+            b"POST / HTTP/1.1\r\nhost: site.test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloX0\r\n\r\n",
+        ),
+    ];
+    for (what, request) in vectors {
+        let answer = send(host.addr, request).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer}");
+    }
     assert_eq!(origin_errors(&host), 0, "{}", host.app.metrics.render());
     assert_eq!(
         host.app.metrics.get(
@@ -252,7 +297,7 @@ async fn a_malformed_chunked_body_is_the_clients_error_not_the_origins() {
                 ("outcome", "bad_request_body")
             ]
         ),
-        1,
+        3,
         "{}",
         host.app.metrics.render()
     );

@@ -151,6 +151,11 @@ async fn faulty_plugins_fail_open_within_the_deadline_and_the_host_keeps_serving
             "{mode}: each fault is counted as {kind}\n{}",
             host.app.metrics.render()
         );
+        let by_source = host.app.metrics.get(
+            "veneer_errors_total",
+            &[("tenant", "site"), ("source", "plugin"), ("outcome", kind)],
+        );
+        assert_eq!(by_source, 3, "{mode}: counted among errors by source");
     }
 }
 

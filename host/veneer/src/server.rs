@@ -148,6 +148,7 @@ async fn serve_connection<S>(
     let in_flight = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counted = in_flight.clone();
     let server = app.server.clone();
+    let host = app.clone();
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let app = app.clone();
         let guard = InFlight::enter(&counted);
@@ -194,10 +195,46 @@ async fn serve_connection<S>(
     tokio::select! {
         result = conn => {
             if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                connection_error(&host, peer, &*e);
             }
         }
         () = idle_cut => tracing::debug!(%peer, "idle connection closed"),
+    }
+}
+
+/// A connection that hyper ended: a request head it could not parse (control bytes in a header
+/// value, a bad header name, a head over `max_header_bytes`) was answered by hyper itself with
+/// a bare 400/431 before any request reached Veneer, and a head that did not arrive in time was
+/// cut off. Those are client errors like the ones Veneer refuses itself: counted under
+/// `veneer_errors_total{source="client"}` (tenant `(unknown)`: no head, no Host) and logged
+/// within the refusal log's budget. Anything else (a reset, a broken pipe) is routine.
+fn connection_error(app: &App, peer: SocketAddr, e: &(dyn std::error::Error + 'static)) {
+    let outcome = match e.downcast_ref::<hyper::Error>() {
+        Some(h) if h.is_parse_too_large() => "request_head_too_large",
+        Some(h) if h.is_parse() => "bad_request_head",
+        Some(h) if h.is_timeout() => "head_timeout",
+        _ => {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+            return;
+        }
+    };
+    app.metrics.inc(
+        "veneer_errors_total",
+        &[
+            ("tenant", "(unknown)"),
+            ("source", "client"),
+            ("outcome", outcome),
+        ],
+    );
+    let (log, skipped) = app.refusal_log.admit();
+    if let Some(n) = skipped {
+        tracing::info!(
+            skipped = n,
+            "more requests were refused than logged (see veneer_errors_total)"
+        );
+    }
+    if log {
+        tracing::info!(%peer, outcome, error = %e, "request head refused by the HTTP parser");
     }
 }
 

@@ -72,9 +72,23 @@ fn target(uri: &Uri, headers: &HeaderMap, version: http::Version) -> Result<(), 
     if hosts > 1 {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     if version >= http::Version::HTTP_2 {
-        // HTTP/2 carries the target in pseudo-headers; hyper has checked them.
-        return Ok(());
+        // HTTP/2 carries the target in pseudo-headers (hyper has checked them); a Host header
+        // beside `:authority` must name the same host (RFC 9113 §8.3.1), or a front-end
+        // reading one and Veneer the other would disagree about the site.
+        return match (uri.authority(), host) {
+            (Some(a), Some(h)) if !h.eq_ignore_ascii_case(a.as_str()) => Err(
+                ProxyError::BadRequest(":authority and Host name different hosts"),
+            ),
+            _ => Ok(()),
+        };
+    }
+    if version == http::Version::HTTP_11 && host.is_none() {
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400, absolute form or not.
+        return Err(ProxyError::BadRequest(
+            "HTTP/1.1 request without a Host header",
+        ));
     }
     match (uri.scheme(), uri.authority()) {
         // Origin form: `/path?query`, the usual one.
@@ -82,16 +96,13 @@ fn target(uri: &Uri, headers: &HeaderMap, version: http::Version) -> Result<(), 
         // Authority form (`host:port`) belongs to CONNECT alone.
         (None, Some(_)) => Err(ProxyError::BadRequest("authority-form target")),
         // Absolute form: accepted only when it names the same host as the Host header.
-        (Some(_), Some(authority)) => {
-            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-            match host {
-                Some(h) if h.eq_ignore_ascii_case(authority.as_str()) => Ok(()),
-                None => Ok(()),
-                Some(_) => Err(ProxyError::BadRequest(
-                    "absolute-form target disagrees with Host",
-                )),
-            }
-        }
+        (Some(_), Some(authority)) => match host {
+            Some(h) if h.eq_ignore_ascii_case(authority.as_str()) => Ok(()),
+            None => Ok(()),
+            Some(_) => Err(ProxyError::BadRequest(
+                "absolute-form target disagrees with Host",
+            )),
+        },
         (Some(_), None) => Err(ProxyError::BadRequest("target without a host")),
     }
 }

@@ -253,6 +253,16 @@ pub(super) fn report_fault(
             ("kind", fault.kind()),
         ],
     );
+    // Every failure is also counted by its source; a plugin's fails open (the visitor still
+    // gets the page), so it is the one source whose count is not of error responses.
+    app.metrics.inc(
+        "veneer_errors_total",
+        &[
+            ("tenant", tenant),
+            ("source", "plugin"),
+            ("outcome", fault.kind()),
+        ],
+    );
 }
 
 /// Waits for a turn to run the tenant's plugins (see `plugin_concurrency`); `None`, counted,
