@@ -117,9 +117,12 @@ fn origin_errors(host: &Host) -> u64 {
 async fn requests_a_proxy_must_not_pass_on_are_refused_as_client_errors() {
     let (_o, host) = start("", "").await;
     let long_method: &'static [u8] = Box::leak(
-        format!("{} / HTTP/1.1\r\nhost: site.test\r\n\r\n", "A".repeat(10_240))
-            .into_bytes()
-            .into_boxed_slice(),
+        format!(
+            "{} / HTTP/1.1\r\nhost: site.test\r\n\r\n",
+            "A".repeat(10_240)
+        )
+        .into_bytes()
+        .into_boxed_slice(),
     );
     let cases: [(&str, &'static [u8], &str); 14] = [
         (

@@ -94,7 +94,18 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    // Scripts drive these commands: a usage error is one line on stderr and exit status 2
+    // (help and version print as clap prints them).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let rendered = e.to_string();
+            let line = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{line} (see `veneer help`)");
+            std::process::exit(2);
+        }
+    };
     let result = match cli.command {
         Command::Serve { config } => run_async(serve(config)),
         Command::Demo { listen, geoip } => run_async(run_demo(listen, geoip)),

@@ -228,6 +228,35 @@ fn every_admin_route_needs_the_right_token() {
         "{shop}"
     );
 
+    // The tenant list: 401 without a valid token; a tenant token sees its own tenant only.
+    for token in [None, Some("vnr_not-a-token")] {
+        let (status, answer) = request_from(
+            "127.0.0.200",
+            v.admin,
+            "GET",
+            "/v1/tenants",
+            "admin.test",
+            token,
+            b"",
+        );
+        assert_eq!(status, 401, "{token:?}: {answer}");
+        assert!(!answer.contains("shop"), "{answer}");
+    }
+    let (status, answer) = request_from(
+        "127.0.0.200",
+        v.admin,
+        "GET",
+        "/v1/tenants",
+        "admin.test",
+        Some(&rival),
+        b"",
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.contains("rival") && !answer.contains("\"shop\""),
+        "{answer}"
+    );
+
     let routes: &[(&str, &str, &[u8])] = &[
         ("GET", "/v1/tenants/shop", b""),
         (
@@ -257,6 +286,7 @@ fn every_admin_route_needs_the_right_token() {
         ("PATCH", "/v1/tenants/shop/rules", b"{}"),
         ("GET", "/v1/tenants/shop/fragments", b""),
         ("PUT", "/v1/tenants/shop/fragments", b"{}"),
+        ("PATCH", "/v1/tenants/shop/fragments", b"{}"),
         ("GET", "/v1/tenants/shop/audit", b""),
         ("GET", "/v1/tenants/nosuch", b""),
         (
@@ -452,6 +482,29 @@ fn deploys_swap_atomically_refusals_change_nothing_and_a_restart_keeps_everythin
     );
     // A component for a contract version this host does not have: the same golden banner with
     // its hooks export renamed to 0.3.0 (same length, every occurrence, so it stays valid).
+    // The explicit flags work without the environment; a usage error is one line, status 2.
+    let admin_url = format!("http://{}", v.admin);
+    let out = Command::new(env!("CARGO_BIN_EXE_veneer"))
+        .args(["admin", "--url", &admin_url, "--token", &token])
+        .args(["tenant", "show", "shop"])
+        .env_remove("VENEER_ADMIN_URL")
+        .env_remove("VENEER_ADMIN_TOKEN")
+        .output()
+        .expect("run veneer admin");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("shop"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_veneer"))
+        .args(["admin", "tenant", "frobnicate"])
+        .output()
+        .expect("run veneer admin");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("frobnicate"), "{stderr}");
+
     let golden_bytes = std::fs::read(b).expect("golden");
     let (from, to) = (b"veneer:plugin/hooks@0.2.0", b"veneer:plugin/hooks@0.3.0");
     let mut future = Vec::with_capacity(golden_bytes.len());
