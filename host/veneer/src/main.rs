@@ -56,6 +56,9 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Experiment statistics as GrowthBook computes them: JSON lines on stdin, one JSON
+    /// answer per line on stdout, in order (see README "Statistics").
+    Stats,
     /// Inspect plugin components.
     Plugin {
         #[command(subcommand)]
@@ -111,10 +114,11 @@ fn main() -> ExitCode {
         Command::Demo { listen, geoip } => run_async(run_demo(listen, geoip)),
         Command::Rules {
             command: RulesCommand::Eval,
-        } => rules_eval(),
+        } => answer_lines(veneer_rules::cli::eval_line),
         Command::Rules {
             command: RulesCommand::Check { file },
         } => return rules_check(&file),
+        Command::Stats => answer_lines(veneer_stats::answer_line),
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => plugin_check(&file),
@@ -359,7 +363,9 @@ async fn run_demo(listen: SocketAddr, geoip: Option<PathBuf>) -> anyhow::Result<
     start(config).await
 }
 
-fn rules_eval() -> anyhow::Result<()> {
+/// A JSON-lines protocol: each non-blank line of stdin answered by one line of stdout, flushed
+/// at once so a script can converse line by line.
+fn answer_lines<T: std::fmt::Display>(answer: impl Fn(&str) -> T) -> anyhow::Result<()> {
     let stdin = std::io::stdin();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for line in stdin.lock().lines() {
@@ -367,8 +373,7 @@ fn rules_eval() -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let answer = veneer_rules::cli::eval_line(&line);
-        writeln!(out, "{answer}").context("writing stdout")?;
+        writeln!(out, "{}", answer(&line)).context("writing stdout")?;
         out.flush().context("writing stdout")?;
     }
     Ok(())

@@ -62,6 +62,64 @@ fn rules_eval_answers_every_line_in_order_and_survives_bad_lines() {
 }
 
 #[test]
+fn stats_answers_every_line_in_order_in_the_documented_form() {
+    let mut child = veneer()
+        .arg("stats")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run veneer");
+    let input = [
+        // A 10 % control against 12 %: the variation is ahead, the split is exact.
+        r#"{"metric":"proportion","arms":[{"users":1000,"sum":100},{"users":1000,"sum":120}],"weights":[0.5,0.5],"engine":"frequentist","difference":"relative","sequential":false,"prior":null}"#,
+        r#"{"metric": "proportion""#,
+        r#"{"metric":"mean","arms":[{"users":500,"sum":5000,"sum_squares":260000},{"users":520,"sum":5400,"sum_squares":280000},{"users":480,"sum":4700,"sum_squares":240000}],"engine":"bayesian","prior":{"mean":0,"variance":0.01}}"#,
+    ]
+    .join("\n");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let v = &lines[0]["variations"][0];
+    assert!((lines[0]["srm_p"].as_f64().unwrap_or(0.0) - 1.0).abs() < 1e-9);
+    assert!(
+        (v["expected"].as_f64().unwrap_or(0.0) - 0.2).abs() < 1e-9,
+        "{v}"
+    );
+    let ci = v["ci"].as_array().expect("ci");
+    assert!(
+        ci[0].as_f64() < Some(0.0) && ci[1].as_f64() > Some(0.2),
+        "{v}"
+    );
+    assert!(
+        v["p_value"].as_f64().is_some_and(|p| p > 0.05 && p < 0.5),
+        "{v}"
+    );
+    assert!(v["chance_to_win"].is_null() && v["risk"].is_null(), "{v}");
+    assert!(lines[1]["error"].is_string(), "{}", lines[1]);
+    let variations = lines[2]["variations"].as_array().expect("variations");
+    assert_eq!(variations.len(), 2, "one entry per non-control arm");
+    for v in variations {
+        assert!(v["p_value"].is_null(), "{v}");
+        assert!(
+            v["chance_to_win"]
+                .as_f64()
+                .is_some_and(|c| (0.0..=1.0).contains(&c))
+        );
+        assert_eq!(v["risk"].as_array().map(Vec::len), Some(2));
+    }
+}
+
+#[test]
 fn rules_check_reports_every_error_with_its_location() {
     let dir = std::env::temp_dir().join(format!("veneer-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
