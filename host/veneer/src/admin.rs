@@ -346,6 +346,30 @@ impl Admin {
                 ok(c.set_document(who, t, document(doc), body, m == "PATCH")
                     .await?)
             }
+            ("GET", ["tenants", t, "reports", "experiments", key]) => {
+                let q = parse_query(query);
+                let get = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+                let goal = get("goal").ok_or_else(|| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "query: goal=NAME is required")
+                })?;
+                let engine = match get("engine").as_deref() {
+                    None | Some("bayesian") => veneer_stats::EngineKind::Bayesian,
+                    Some("frequentist") => veneer_stats::EngineKind::Frequentist,
+                    Some(other) => {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            format!("engine {other:?}: use bayesian or frequentist"),
+                        ));
+                    }
+                };
+                let (app, t, key) = (c.app().clone(), (*t).to_owned(), (*key).to_owned());
+                let report = tokio::task::spawn_blocking(move || {
+                    crate::report::experiment(&app, &t, &key, &goal, engine)
+                })
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+                ok(report)
+            }
             ("GET", ["tenants", t, "audit"]) => {
                 ok(json!(c.store.audit_log(Some(t), limit(query))?))
             }

@@ -514,3 +514,166 @@ impl Api {
         Ok(value)
     }
 }
+
+/// `veneer report`: an experiment's results as a readable table (or the API's JSON).
+#[derive(Args)]
+pub struct ReportArgs {
+    /// The admin listener, e.g. `http://127.0.0.1:9090`.
+    #[arg(long, env = "VENEER_ADMIN_URL")]
+    pub url: Option<String>,
+    /// A bearer token (operator, or the tenant's).
+    #[arg(long, env = "VENEER_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The tenant.
+    #[arg(long)]
+    pub tenant: String,
+    /// The experiment's key.
+    #[arg(long)]
+    pub experiment: String,
+    /// The goal conversions are counted for.
+    #[arg(long)]
+    pub goal: String,
+    /// `bayesian` (chance to win, risk) or `frequentist` (p-value).
+    #[arg(long, default_value = "bayesian")]
+    pub engine: String,
+    /// Print the API's JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Fetches and formats an experiment report.
+pub async fn report(args: ReportArgs) -> anyhow::Result<String> {
+    let url = args
+        .url
+        .context("no admin URL: pass --url or set VENEER_ADMIN_URL")?;
+    let token = args
+        .token
+        .context("no token: pass --token or set VENEER_ADMIN_TOKEN")?;
+    let api = Api::new(&url, token)?;
+    let path = format!(
+        "/v1/tenants/{}/reports/experiments/{}?goal={}&engine={}",
+        percent_encode(&args.tenant),
+        percent_encode(&args.experiment),
+        percent_encode(&args.goal),
+        percent_encode(&args.engine)
+    );
+    let v = api.get(&path).await?;
+    if args.json {
+        return Ok(pretty(&v));
+    }
+    Ok(report_table(&v))
+}
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or_else(|| "—".to_owned(), |x| format!("{:+.1}%", x * 100.0))
+}
+
+/// The report as a marketer reads it.
+pub fn report_table(v: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+    let srm_p = v["srm_p"].as_f64().unwrap_or(1.0);
+    let _ = writeln!(
+        out,
+        "experiment {} · goal {} · tenant {} · {} engine",
+        s("experiment"),
+        s("goal"),
+        s("tenant"),
+        s("engine")
+    );
+    let _ = writeln!(
+        out,
+        "sample ratio: p = {srm_p:.4}{}   bots excluded: {}",
+        if v["srm_warning"].as_bool() == Some(true) {
+            "  WARNING: the traffic split is off (sample ratio mismatch); do not trust these results"
+        } else {
+            " (ok)"
+        },
+        v["bots_excluded"].as_u64().unwrap_or(0)
+    );
+    let bayesian = s("engine") == "bayesian";
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:>8} {:>11} {:>8} {:>11}   {:<30} {:>13}",
+        "variation",
+        "users",
+        "conversions",
+        "rate",
+        "value/user",
+        "uplift in rate (95% interval)",
+        if bayesian { "chance to win" } else { "p-value" }
+    );
+    let empty = Vec::new();
+    let results = v["conversion_rate"].as_array().unwrap_or(&empty);
+    for (i, row) in v["variations"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .enumerate()
+    {
+        let name = format!(
+            "{} {}",
+            row["variation"],
+            row["name"].as_str().unwrap_or_default()
+        );
+        let (uplift, decision) = if i == 0 {
+            ("control".to_owned(), String::new())
+        } else {
+            let r = &results[i - 1];
+            let ci = r["ci"].as_array();
+            let lo = ci.and_then(|c| c.first()).and_then(Value::as_f64);
+            let hi = ci.and_then(|c| c.get(1)).and_then(Value::as_f64);
+            let uplift = match r["error_message"].as_str() {
+                Some(msg) => format!("n/a ({msg})"),
+                None => format!("{} [{}, {}]", pct(r["expected"].as_f64()), pct(lo), pct(hi)),
+            };
+            let decision = if bayesian {
+                r["chance_to_win"]
+                    .as_f64()
+                    .map_or_else(String::new, |c| format!("{:.1}%", c * 100.0))
+            } else {
+                r["p_value"]
+                    .as_f64()
+                    .map_or_else(String::new, |p| format!("{p:.4}"))
+            };
+            (uplift, decision)
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:>8} {:>11} {:>7.2}% {:>11.2}   {:<30} {:>13}",
+            name,
+            row["users"],
+            row["conversions"],
+            row["rate"].as_f64().unwrap_or(0.0) * 100.0,
+            row["value_per_user"].as_f64().unwrap_or(0.0),
+            uplift,
+            decision
+        );
+    }
+    for (title, key, label) in [
+        ("by day (exposure date, UTC)", "by_day", "day"),
+        ("by segment (at exposure)", "by_segment", "segment"),
+    ] {
+        let groups = v[key].as_array().unwrap_or(&empty);
+        if groups.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "\n{title}: users / conversions per variation");
+        for g in groups {
+            let cells: Vec<String> = g["variations"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(|r| format!("{}/{}", r["users"], r["conversions"]))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {:<24} {}",
+                g[label].as_str().unwrap_or_default(),
+                cells.join("   ")
+            );
+        }
+    }
+    out
+}

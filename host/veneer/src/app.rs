@@ -134,6 +134,8 @@ pub struct App {
     pub connections: crate::limits::ConnectionLimiter,
     /// Requests per client address per tenant.
     pub rates: crate::limits::RateLimiter,
+    /// Per-visitor rate of beacon events.
+    pub event_rates: crate::limits::RateLimiter<(Arc<str>, String)>,
     /// Bounds the log lines for refused requests (a flood must not become a log flood).
     pub refusal_log: crate::limits::LogBudget,
     /// Listener settings: idle timeout, head size and header count.
@@ -144,6 +146,8 @@ pub struct App {
     pub runtime: Arc<Runtime>,
     /// Relative paths (certificates) resolve against the config's directory.
     pub base_dir: std::path::PathBuf,
+    /// Exposures and conversions for reports (`data_dir/ledger.db`; none without a data_dir).
+    pub ledger: Option<Arc<crate::ledger::Ledger>>,
 }
 
 impl App {
@@ -222,6 +226,13 @@ impl App {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
+        let ledger = match &config.server.data_dir {
+            Some(dir) => Some(Arc::new(
+                crate::ledger::Ledger::open(&config.resolve(dir), metrics.clone())
+                    .map_err(|e| err(config, "server.data_dir".into(), format!("{e:#}")))?,
+            )),
+            None => None,
+        };
         Ok(App {
             tenants: arc_swap::ArcSwap::from_pointee(tenants),
             signer: CookieSigner::new(&secret),
@@ -246,11 +257,13 @@ impl App {
                 config.server.max_connections_per_client,
             ),
             rates: crate::limits::RateLimiter::default(),
+            event_rates: crate::limits::RateLimiter::default(),
             refusal_log: crate::limits::LogBudget::new(20),
             server: config.server.clone(),
             geo,
             runtime,
             base_dir: config.base_dir.clone(),
+            ledger,
         })
     }
 

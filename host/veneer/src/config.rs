@@ -162,6 +162,94 @@ pub struct Tenant {
     /// The plugin chain, in order.
     #[serde(rename = "plugin", default)]
     pub plugins: Vec<PluginConfig>,
+    /// What counts as a conversion on this site (see README "Goals and reports").
+    #[serde(rename = "goal", default, skip_serializing_if = "Vec::is_empty")]
+    pub goals: Vec<Goal>,
+}
+
+/// A conversion goal: reached by a request to a path, or by a named event sent to the beacon
+/// (`POST /_veneer/event`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Goal {
+    /// The goal's name in reports.
+    pub name: String,
+    /// A path pattern (`*` matches any run of characters): a successful GET of a matching
+    /// path is a conversion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// An event name: a beacon event of that name is a conversion, with its `value`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// The value of a path conversion (a beacon event brings its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// The currency of the goal's values (ISO 4217).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+}
+
+impl Goal {
+    /// Why this goal is unusable, if it is.
+    pub fn problem(&self) -> Option<String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !name_ok {
+            return Some(format!(
+                "name {:?}: 1 to 64 letters, digits, '-', '_' or '.'",
+                self.name
+            ));
+        }
+        match (&self.path, &self.event) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Some("give exactly one of `path` and `event`".into());
+            }
+            (Some(p), None) if !p.starts_with('/') => {
+                return Some(format!("path {p:?} must start with '/'"));
+            }
+            _ => {}
+        }
+        if self.value.is_some_and(|v| !v.is_finite()) {
+            return Some("value must be a finite number".into());
+        }
+        if let Some(c) = &self.currency
+            && !(c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            return Some(format!(
+                "currency {c:?}: a 3-letter ISO 4217 code such as EUR"
+            ));
+        }
+        None
+    }
+
+    /// Whether a request path reaches this (path) goal.
+    pub fn matches_path(&self, path: &str) -> bool {
+        self.path.as_deref().is_some_and(|p| glob(p, path))
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 fn default_locale() -> String {
@@ -517,6 +605,11 @@ impl Config {
                     ));
                 }
             }
+            for (j, g) in t.goals.iter().enumerate() {
+                if let Some(problem) = g.problem() {
+                    return Err(self.err(format!("{at}.goal[{j}]"), problem));
+                }
+            }
             for c in &t.default_consent {
                 if !matches!(c.as_str(), "analytics" | "personalization" | "marketing") {
                     return Err(self.err(
@@ -574,6 +667,22 @@ pub fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
             .ok()
             .map(ipnet::IpNet::from)
     })
+}
+
+#[cfg(test)]
+mod goal_tests {
+    use super::glob;
+
+    #[test]
+    fn goal_paths_match_with_stars() {
+        assert!(glob("/checkout/thank-you", "/checkout/thank-you"));
+        assert!(!glob("/checkout/thank-you", "/checkout/thank-you/x"));
+        assert!(glob("/checkout/*", "/checkout/thank-you"));
+        assert!(glob("/order/*/done", "/order/42/done"));
+        assert!(!glob("/order/*/done", "/order/42/done/again"));
+        assert!(glob("*", "/anything"));
+        assert!(!glob("/a*b", "/a"));
+    }
 }
 
 #[cfg(test)]

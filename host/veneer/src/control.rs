@@ -156,6 +156,11 @@ impl Control {
         })
     }
 
+    /// The running host this control plane changes.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
     /// Whether every stored tenant has been loaded and is serving (a tenant that failed to
     /// load at start counts until a later change builds it or deletes it).
     pub fn ready(&self) -> bool {

@@ -81,11 +81,20 @@ struct Bucket {
     last: Instant,
 }
 
-/// A token bucket per (tenant, client address).
-#[derive(Default)]
-pub struct RateLimiter {
-    buckets: DashMap<(Arc<str>, IpAddr), Bucket>,
+/// A token bucket per key: per (tenant, client address) for requests, per (tenant, visitor)
+/// for beacon events.
+pub struct RateLimiter<K = (Arc<str>, IpAddr)> {
+    buckets: DashMap<K, Bucket>,
     inserts: AtomicU64,
+}
+
+impl<K: std::hash::Hash + Eq> Default for RateLimiter<K> {
+    fn default() -> Self {
+        RateLimiter {
+            buckets: DashMap::new(),
+            inserts: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Prune idle buckets after this many new ones.
@@ -103,11 +112,18 @@ impl RateLimiter {
         rate: f64,
         burst: f64,
     ) -> Result<(), Duration> {
+        self.take_key((tenant.clone(), client_key(ip)), rate, burst)
+    }
+}
+
+impl<K: std::hash::Hash + Eq> RateLimiter<K> {
+    /// Takes one token from `key`'s bucket, refilling `rate` per second up to `burst`.
+    /// `Err(retry_after)` when the bucket is empty.
+    pub fn take_key(&self, key: K, rate: f64, burst: f64) -> Result<(), Duration> {
         if rate <= 0.0 {
             return Ok(());
         }
         let now = Instant::now();
-        let key = (tenant.clone(), client_key(ip));
         let mut fresh = false;
         let result = {
             let mut bucket = self.buckets.entry(key).or_insert_with(|| {

@@ -56,6 +56,9 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// An experiment's results from a running host: users, conversions, uplift with its
+    /// interval, chance to win or p-value, by day and by segment (see README "Reports").
+    Report(veneer::admin_cli::ReportArgs),
     /// Experiment statistics as GrowthBook computes them: JSON lines on stdin, one JSON
     /// answer per line on stdout, in order (see README "Statistics").
     Stats,
@@ -119,6 +122,11 @@ fn main() -> ExitCode {
             command: RulesCommand::Check { file },
         } => return rules_check(&file),
         Command::Stats => answer_lines(veneer_stats::answer_line),
+        Command::Report(args) => run_async(async move {
+            let out = veneer::admin_cli::report(args).await?;
+            print!("{out}");
+            Ok(())
+        }),
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => plugin_check(&file),
@@ -305,6 +313,17 @@ async fn start(config: Config) -> anyhow::Result<()> {
         }
         _ = term.recv() => second_signal(),
         _ = int.recv() => second_signal(),
+    }
+    if let Some(ledger) = app.ledger.clone() {
+        let flushed = tokio::task::spawn_blocking(move || ledger.flush());
+        tokio::select! {
+            _ = flushed => tracing::info!("ledger written"),
+            () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {
+                tracing::warn!("ledger did not flush within 5 s");
+            }
+            _ = term.recv() => second_signal(),
+            _ = int.recv() => second_signal(),
+        }
     }
     Ok(())
 }

@@ -31,6 +31,10 @@ pub(super) enum ProxyError {
     OriginBody(String),
     /// The tenant has `max_concurrent_requests` in flight already.
     TenantBusy,
+    /// A beacon event that is not in the documented form (why, for the client).
+    BadEvent(String),
+    /// A beacon event posted from another site's page.
+    CrossOrigin,
 }
 
 /// Who caused a failure, for logs and metrics.
@@ -59,6 +63,8 @@ impl ProxyError {
             ProxyError::OriginUnreachable(_) | ProxyError::OriginBody(_) => StatusCode::BAD_GATEWAY,
             ProxyError::OriginTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::TenantBusy => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BadEvent(_) => StatusCode::BAD_REQUEST,
+            ProxyError::CrossOrigin => StatusCode::FORBIDDEN,
         }
     }
 
@@ -76,6 +82,8 @@ impl ProxyError {
             ProxyError::OriginTimeout => "origin_timeout",
             ProxyError::OriginBody(_) => "origin_body_failed",
             ProxyError::TenantBusy => "tenant_busy",
+            ProxyError::BadEvent(_) => "bad_event",
+            ProxyError::CrossOrigin => "cross_origin_event",
         }
     }
 
@@ -98,7 +106,9 @@ impl ProxyError {
             | ProxyError::ClientBody(_)
             | ProxyError::BodyTooLarge
             | ProxyError::BodyTimeout
-            | ProxyError::TooManyRequests(_) => Source::Client,
+            | ProxyError::TooManyRequests(_)
+            | ProxyError::BadEvent(_)
+            | ProxyError::CrossOrigin => Source::Client,
             ProxyError::OriginUnreachable(_)
             | ProxyError::OriginTimeout
             | ProxyError::OriginBody(_) => Source::Origin,
@@ -155,6 +165,14 @@ impl ProxyError {
             ProxyError::TenantBusy => {
                 format!("veneer: {host} is busy; try again shortly (request {request_id})\n")
             }
+            ProxyError::BadEvent(why) => {
+                format!("veneer: bad event: {why} (request {request_id})\n")
+            }
+            ProxyError::CrossOrigin => {
+                format!(
+                    "veneer: events are accepted from {host}'s own pages only (request {request_id})\n"
+                )
+            }
         }
     }
 
@@ -163,7 +181,9 @@ impl ProxyError {
         match self {
             ProxyError::OriginUnreachable(e)
             | ProxyError::OriginBody(e)
-            | ProxyError::ClientBody(e) => e,
+            | ProxyError::ClientBody(e)
+            | ProxyError::BadEvent(e) => e,
+            ProxyError::CrossOrigin => "event from another origin",
             ProxyError::BadRequest(why) => why,
             ProxyError::MethodNotAllowed(_) => "method not allowed",
             ProxyError::BodyTooLarge => "request body too large",

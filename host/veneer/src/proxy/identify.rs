@@ -133,6 +133,7 @@ pub(super) fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Parts) -> 
         campaigns: OnceLock::new(),
         impressions: Mutex::new(Vec::new()),
         sticky: Mutex::new(sticky),
+        ledger: app.ledger.clone(),
     });
     // Plugins see the request as the client sent it, minus Veneer's own cookie.
     let origin_cookie = visitor::strip_cookie(&cookie_header, visitor::COOKIE);

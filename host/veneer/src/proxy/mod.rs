@@ -5,11 +5,13 @@
 //! route (tenant by Host, methods)  → error: unknown host (404) │ method not allowed here (405)
 //!                                    │ tenant at its concurrency cap (503) │ over rate (429)
 //! identify (cookie, device, geo, locale, UTM, consent → segments, one shared visitor)
+//! events::beacon                   → POST /_veneer/event answered here (204), never proxied
 //! plugins::on_request              → a plugin may answer: redirect │ its own response
 //! cached::fetch (→ origin)         → the tenant cache's entry │ the origin's response
 //!                                    error: unreachable (502) │ too slow (504) │ bad target (400)
 //! plugins::on_response             → header edits + checked plans
 //! body::personalize                → HTML streamed through the rewriter │ JSON patched │ untouched
+//! events::after_response           → page_view, path goals reached (conversions)
 //! finish::respond                  → the single exit: status for errors, visitor cookie,
 //!                                    x-request-id, one count in veneer_requests_total
 //! ```
@@ -24,6 +26,7 @@ mod body;
 mod cached;
 mod ctx;
 mod error;
+mod events;
 mod finish;
 mod headers;
 mod identify;
@@ -155,6 +158,11 @@ async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Bo
         return Err(e);
     }
     let visitor = identify::visitor(ctx, &tenant, &parts);
+    if parts.uri.path() == events::BEACON_PATH {
+        let answer = events::beacon(ctx, &tenant, &visitor, &parts, body).await;
+        ctx.visitor = Some(visitor);
+        return answer;
+    }
     let requested = plugins::on_request(ctx, &tenant, &visitor).await;
     let (chain, edits) = match requested {
         plugins::Requested::Continue { chain, edits } => (chain, edits),
@@ -168,6 +176,7 @@ async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Bo
         is_head: parts.method == Method::HEAD,
         accept_encoding: header_str(&parts.headers, header::ACCEPT_ENCODING).map(str::to_owned),
     };
+    let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
     let started = std::time::Instant::now();
     let fetched = cached::fetch(ctx, &tenant, &visitor, parts, body, &edits).await;
     let fetched = match fetched {
@@ -195,5 +204,9 @@ async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Bo
     let (head, body) = fetched.response.into_parts();
     let plans = plugins::on_response(ctx, &tenant, &visitor, chain, &head).await;
     ctx.visitor = Some(visitor);
-    body::personalize(ctx, &tenant, client, head, body, plans).await
+    let response = body::personalize(ctx, &tenant, client, head, body, plans).await?;
+    if let Some(visitor) = &ctx.visitor {
+        events::after_response(&tenant, visitor, &method, &path, &response);
+    }
+    Ok(response)
 }

@@ -29,6 +29,93 @@ pub(super) struct Services {
     /// Campaign ids whose impression was recorded in this request (one event each).
     pub(super) impressions: Mutex<Vec<String>>,
     pub(super) sticky: Mutex<StickyDocs>,
+    /// Where exposures go for reports.
+    pub(super) ledger: Option<Arc<crate::ledger::Ledger>>,
+}
+
+impl Services {
+    /// The visitor's id (from the signed cookie, or new).
+    pub(super) fn visitor_id(&self) -> &str {
+        &self.visitor_id
+    }
+
+    /// What the visitor consented to.
+    pub(super) fn consent(&self) -> &Consent {
+        &self.consent
+    }
+
+    /// Records an analytics event on behalf of `source` (a plugin, `veneer` or `beacon`).
+    pub(super) fn record(&self, source: &str, name: &str, properties: Vec<(String, String)>) {
+        self.track(source, name, properties);
+    }
+
+    /// Records a conversion for `goal`: a `conversion` event and a ledger row, which reports
+    /// attribute to every experiment variation the visitor was exposed to before it.
+    pub(super) fn converted(
+        &self,
+        goal: &crate::config::Goal,
+        value: f64,
+        currency: Option<String>,
+    ) {
+        if !self.consent.analytics {
+            return;
+        }
+        let mut properties = vec![
+            ("goal".to_owned(), goal.name.clone()),
+            ("value".to_owned(), value.to_string()),
+        ];
+        if let Some(c) = &currency {
+            properties.push(("currency".to_owned(), c.clone()));
+        }
+        self.track("veneer", "conversion", properties);
+        if let Some(ledger) = &self.ledger {
+            ledger.conversion(crate::ledger::Conversion {
+                tenant: self.tenant.config.name.clone(),
+                goal: goal.name.clone(),
+                visitor: self.visitor_id.clone(),
+                at_ms: self.now.as_millisecond(),
+                value,
+                currency,
+                bot: self.is_bot(),
+            });
+        }
+    }
+
+    /// Whether the visitor's device class is `bot` (kept in the ledger, left out of reports).
+    pub(super) fn is_bot(&self) -> bool {
+        self.attributes.get("device").and_then(|d| d.as_str()) == Some("bot")
+    }
+
+    /// Records a first exposure: an `experiment_exposure` event and a ledger row.
+    fn exposed(&self, experiment: &str, variation: usize, key: &str) {
+        if !self.consent.analytics {
+            return;
+        }
+        self.track(
+            "veneer",
+            "experiment_exposure",
+            vec![
+                ("experiment".to_owned(), experiment.to_owned()),
+                ("variation".to_owned(), variation.to_string()),
+                ("key".to_owned(), key.to_owned()),
+            ],
+        );
+        if let Some(ledger) = &self.ledger {
+            let names = self.tenant.rules.segment_names();
+            ledger.exposure(crate::ledger::Exposure {
+                tenant: self.tenant.config.name.clone(),
+                experiment: experiment.to_owned(),
+                variation: u32::try_from(variation).unwrap_or(u32::MAX),
+                visitor: self.visitor_id.clone(),
+                at_ms: self.now.as_millisecond(),
+                segments: (0..names.len())
+                    .filter(|i| self.segments.contains(*i))
+                    .map(|i| names[i].clone())
+                    .collect(),
+                bot: self.is_bot(),
+            });
+        }
+    }
 }
 
 impl HostServices for Services {
@@ -122,6 +209,12 @@ impl HostServices for Services {
         ctx.saved_groups = Some(self.tenant.rules.saved_groups());
         ctx.sticky = Some(&mut sticky);
         let a = exp.run(&mut ctx);
+        drop(sticky);
+        // A first exposure: hashed into the experiment now, not read back from the cookie
+        // (and not forced by a QA query string).
+        if a.in_experiment && a.hash_used && !a.sticky_bucket_used {
+            self.exposed(experiment, a.variation_id, &a.key);
+        }
         Some(Assignment {
             experiment: experiment.to_owned(),
             variation: u32::try_from(a.variation_id).unwrap_or(0),

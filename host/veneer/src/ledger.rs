@@ -1,0 +1,328 @@
+//! The experiment ledger: who was exposed to which variation and when, and every conversion,
+//! kept in SQLite (`data_dir/ledger.db`) so reports survive restarts. Requests never wait for
+//! it: they hand rows to a bounded queue (a full queue drops and counts), and one writer thread
+//! stores them in a transaction per batch. A graceful stop drains the queue first.
+//!
+//! Reports are computed from these rows when asked for: a conversion counts for the variation
+//! a visitor was exposed to if it came at or after the exposure (attribution), each visitor
+//! once per experiment (the first exposure wins, as the sticky assignment does), and bots are
+//! kept but left out of the figures.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::Context as _;
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+
+/// Rows buffered before new ones are dropped (and counted).
+pub const QUEUE: usize = 65_536;
+
+/// A visitor's first exposure to an experiment.
+#[derive(Debug, Clone)]
+pub struct Exposure {
+    /// Tenant name.
+    pub tenant: String,
+    /// Experiment key.
+    pub experiment: String,
+    /// Variation index (0 is the control).
+    pub variation: u32,
+    /// Visitor id.
+    pub visitor: String,
+    /// Milliseconds since the epoch.
+    pub at_ms: i64,
+    /// The segments the visitor was in.
+    pub segments: Vec<String>,
+    /// A bot (kept, left out of reports).
+    pub bot: bool,
+}
+
+/// A conversion: a goal reached, with its value.
+#[derive(Debug, Clone)]
+pub struct Conversion {
+    /// Tenant name.
+    pub tenant: String,
+    /// Goal name.
+    pub goal: String,
+    /// Visitor id.
+    pub visitor: String,
+    /// Milliseconds since the epoch.
+    pub at_ms: i64,
+    /// Revenue or any value (0 when none).
+    pub value: f64,
+    /// ISO 4217 code of `value`, when it is money.
+    pub currency: Option<String>,
+    /// A bot (kept, left out of reports).
+    pub bot: bool,
+}
+
+enum Row {
+    Exposure(Exposure),
+    Conversion(Conversion),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// The ledger: a queue in front of the writer thread, and a reader connection for reports.
+pub struct Ledger {
+    tx: SyncSender<Row>,
+    reader: Mutex<Connection>,
+    metrics: Arc<Metrics>,
+    path: PathBuf,
+}
+
+/// One variation's figures for one goal.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct VariationFigures {
+    /// Variation index.
+    pub variation: u32,
+    /// Visitors exposed (bots left out).
+    pub users: u64,
+    /// Exposed visitors who reached the goal at or after their exposure.
+    pub conversions: u64,
+    /// Their values, summed per visitor then over visitors.
+    pub value_sum: f64,
+    /// The sum over visitors of the square of each visitor's value.
+    pub value_sum_squares: f64,
+}
+
+/// An experiment's figures, overall and broken down.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Figures {
+    /// Per variation, in variation order.
+    pub variations: Vec<VariationFigures>,
+    /// Per exposure day (UTC, `YYYY-MM-DD`), per variation.
+    pub by_day: Vec<(String, Vec<VariationFigures>)>,
+    /// Per segment the visitors were in at exposure, per variation.
+    pub by_segment: Vec<(String, Vec<VariationFigures>)>,
+    /// Exposed bots, left out of every figure above.
+    pub bots_excluded: u64,
+}
+
+impl Ledger {
+    /// Opens (or creates) `dir/ledger.db` and starts the writer thread.
+    pub fn open(dir: &Path, metrics: Arc<Metrics>) -> anyhow::Result<Ledger> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("ledger.db");
+        let writer = connect(&path)?;
+        writer
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS exposures (
+                    tenant TEXT NOT NULL, experiment TEXT NOT NULL, visitor TEXT NOT NULL,
+                    variation INTEGER NOT NULL, at_ms INTEGER NOT NULL, day TEXT NOT NULL,
+                    segments TEXT NOT NULL, bot INTEGER NOT NULL,
+                    PRIMARY KEY (tenant, experiment, visitor)) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS conversions (
+                    tenant TEXT NOT NULL, goal TEXT NOT NULL, visitor TEXT NOT NULL,
+                    at_ms INTEGER NOT NULL, value REAL NOT NULL, currency TEXT,
+                    bot INTEGER NOT NULL);
+                 CREATE INDEX IF NOT EXISTS conversions_by_visitor
+                    ON conversions (tenant, goal, visitor, at_ms);",
+            )
+            .with_context(|| format!("creating the ledger schema in {}", path.display()))?;
+        let reader = connect(&path)?;
+        let (tx, rx) = sync_channel(QUEUE);
+        let m = metrics.clone();
+        std::thread::Builder::new()
+            .name("veneer-ledger".into())
+            .spawn(move || write_loop(writer, rx, &m))
+            .context("starting the ledger writer")?;
+        Ok(Ledger {
+            tx,
+            reader: Mutex::new(reader),
+            metrics,
+            path,
+        })
+    }
+
+    /// Where the ledger lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues an exposure (never blocks).
+    pub fn exposure(&self, e: Exposure) {
+        self.send(Row::Exposure(e), "exposure");
+    }
+
+    /// Queues a conversion (never blocks).
+    pub fn conversion(&self, c: Conversion) {
+        self.send(Row::Conversion(c), "conversion");
+    }
+
+    fn send(&self, row: Row, kind: &'static str) {
+        let outcome = match self.tx.try_send(row) {
+            Ok(()) => "queued",
+            Err(TrySendError::Full(_)) => "dropped_queue_full",
+            Err(TrySendError::Disconnected(_)) => "dropped_writer_gone",
+        };
+        self.metrics.inc(
+            "veneer_ledger_rows_total",
+            &[("kind", kind), ("outcome", outcome)],
+        );
+    }
+
+    /// Waits until every row queued before this call is stored.
+    pub fn flush(&self) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if self.tx.send(Row::Flush(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+
+    /// An experiment's figures for one goal.
+    pub fn figures(&self, tenant: &str, experiment: &str, goal: &str) -> anyhow::Result<Figures> {
+        let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        // Per visitor: their variation, exposure day and segments, and what they converted
+        // at or after their exposure.
+        let sql = "SELECT e.variation, e.day, e.segments, COUNT(c.at_ms), COALESCE(SUM(c.value), 0)
+             FROM exposures e
+             LEFT JOIN conversions c ON c.tenant = e.tenant AND c.goal = ?3
+                  AND c.visitor = e.visitor AND c.at_ms >= e.at_ms
+             WHERE e.tenant = ?1 AND e.experiment = ?2 AND e.bot = 0
+             GROUP BY e.visitor";
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params![tenant, experiment, goal], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, f64>(4)?,
+            ))
+        })?;
+        let mut figures = Figures::default();
+        for row in rows {
+            let (variation, day, segments, converted, value) = row?;
+            let variation = u32::try_from(variation).unwrap_or(0);
+            let add = |list: &mut Vec<VariationFigures>| {
+                let i = variation as usize;
+                if list.len() <= i {
+                    list.resize_with(i + 1, VariationFigures::default);
+                    for (j, v) in list.iter_mut().enumerate() {
+                        v.variation = u32::try_from(j).unwrap_or(u32::MAX);
+                    }
+                }
+                let v = &mut list[i];
+                v.users += 1;
+                v.conversions += u64::from(converted > 0);
+                v.value_sum += value;
+                v.value_sum_squares += value * value;
+            };
+            add(&mut figures.variations);
+            add(group(&mut figures.by_day, &day));
+            for s in segments.split(',').filter(|s| !s.is_empty()) {
+                add(group(&mut figures.by_segment, s));
+            }
+        }
+        figures.by_day.sort_by(|a, b| a.0.cmp(&b.0));
+        figures.by_segment.sort_by(|a, b| a.0.cmp(&b.0));
+        figures.bots_excluded = conn.query_row(
+            "SELECT COUNT(*) FROM exposures WHERE tenant = ?1 AND experiment = ?2 AND bot = 1",
+            params![tenant, experiment],
+            |r| r.get::<_, i64>(0),
+        )? as u64;
+        Ok(figures)
+    }
+}
+
+fn group<'a>(
+    groups: &'a mut Vec<(String, Vec<VariationFigures>)>,
+    key: &str,
+) -> &'a mut Vec<VariationFigures> {
+    let i = match groups.iter().position(|(k, _)| k == key) {
+        Some(i) => i,
+        None => {
+            groups.push((key.to_owned(), Vec::new()));
+            groups.len() - 1
+        }
+    };
+    &mut groups[i].1
+}
+
+fn connect(path: &Path) -> anyhow::Result<Connection> {
+    let conn =
+        Connection::open(path).with_context(|| format!("opening ledger {}", path.display()))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // A batch committed is on disk; the queue in front of it is what a crash can lose.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn write_loop(mut conn: Connection, rx: Receiver<Row>, metrics: &Metrics) {
+    let mut batch = Vec::with_capacity(1024);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(row) => batch.push(row),
+                Err(_) => break,
+            }
+        }
+        let mut waiting = Vec::new();
+        let stored = store(&mut conn, &mut batch, &mut waiting);
+        match stored {
+            Ok(n) => metrics.add("veneer_ledger_rows_stored_total", &[], n),
+            Err(e) => {
+                metrics.inc("veneer_ledger_write_errors_total", &[]);
+                tracing::error!(error = %e, "ledger batch could not be stored");
+            }
+        }
+        for done in waiting {
+            let _ = done.send(());
+        }
+    }
+}
+
+fn store(
+    conn: &mut Connection,
+    batch: &mut Vec<Row>,
+    waiting: &mut Vec<std::sync::mpsc::Sender<()>>,
+) -> rusqlite::Result<u64> {
+    let tx = conn.transaction()?;
+    let mut n = 0;
+    {
+        let mut exposure = tx.prepare_cached(
+            "INSERT OR IGNORE INTO exposures
+             (tenant, experiment, visitor, variation, at_ms, day, segments, bot)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut conversion = tx.prepare_cached(
+            "INSERT INTO conversions (tenant, goal, visitor, at_ms, value, currency, bot)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for row in batch.drain(..) {
+            match row {
+                Row::Exposure(e) => {
+                    let day = jiff::Timestamp::from_millisecond(e.at_ms)
+                        .map(|t| t.strftime("%Y-%m-%d").to_string())
+                        .unwrap_or_default();
+                    let segments = format!(",{},", e.segments.join(","));
+                    exposure.execute(params![
+                        e.tenant,
+                        e.experiment,
+                        e.visitor,
+                        e.variation,
+                        e.at_ms,
+                        day,
+                        segments,
+                        e.bot
+                    ])?;
+                    n += 1;
+                }
+                Row::Conversion(c) => {
+                    conversion.execute(params![
+                        c.tenant, c.goal, c.visitor, c.at_ms, c.value, c.currency, c.bot
+                    ])?;
+                    n += 1;
+                }
+                Row::Flush(done) => waiting.push(done),
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(n)
+}

@@ -1,0 +1,446 @@
+//! The marketer's loop against the real `veneer` binary: visitors exposed to an experiment by
+//! a golden plugin, conversions from the beacon and from a goal path, attribution, and the
+//! report through `veneer report` — before and after a graceful restart.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, origin};
+
+const OPERATOR: &str = "operator-secret-0123456789";
+
+struct Veneer {
+    child: Child,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Drop for Veneer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Veneer {
+    /// SIGTERM, and the exit status of the graceful stop.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().expect("wait")
+    }
+}
+
+fn start(dir: &Path, origin: SocketAddr) -> Veneer {
+    let (listen, admin) = (free_port(), free_port());
+    let plugin =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/v0.2.0/headline_ab.wasm");
+    std::fs::write(
+        dir.join("rules.json"),
+        r#"{"experiments": [{"key": "headline", "variations": ["Old", "New"], "weights": [0.5, 0.5],
+            "meta": [{"key": "control"}, {"key": "new"}]}],
+            "segments": {"mobile": {"device": "mobile"}}}"#,
+    )
+    .expect("rules");
+    let config = format!(
+        "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\ndata_dir = \"{data}\"\n\
+         cookie_secret = \"0123456789abcdef0123456789abcdef\"\ncache_dir = \"{cache}\"\n\n\
+         [[tenant]]\nname = \"shop\"\nhosts = [\"shop.test\"]\norigin = \"http://{origin}\"\n\
+         rules = \"rules.json\"\n\
+         [tenant.limits]\nrequests_per_second_per_client = 0\n\
+         [[tenant.goal]]\nname = \"purchase\"\nevent = \"purchase\"\ncurrency = \"EUR\"\n\
+         [[tenant.goal]]\nname = \"thank-you\"\npath = \"/checkout/thank-*\"\nvalue = 5\n\
+         [[tenant.plugin]]\nname = \"headline\"\npath = \"{plugin}\"\n\
+         params = {{ experiment = \"headline\", path = \"/\" }}\n",
+        data = dir.join("data").display(),
+        cache = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/veneer-test-cache")
+            .display(),
+        plugin = plugin.display(),
+    );
+    std::fs::write(dir.join("veneer.toml"), config).expect("config");
+    let child = Command::new(env!("CARGO_BIN_EXE_veneer"))
+        .args(["serve", "--config"])
+        .arg(dir.join("veneer.toml"))
+        .env("VENEER_ADMIN_TOKEN", OPERATOR)
+        .env("VENEER_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start veneer");
+    let v = Veneer {
+        child,
+        listen,
+        admin,
+    };
+    let started = Instant::now();
+    while send(v.admin, "GET", "/readyz", "admin.test", &[], b"").status != 200 {
+        assert!(started.elapsed() < Duration::from_secs(60), "not ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    v
+}
+
+struct Answer {
+    status: u16,
+    head: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+}
+
+fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return Answer {
+            status: 0,
+            head: String::new(),
+        };
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {host}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(body);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    Answer {
+        status: text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0),
+        head: text
+            .split_once("\r\n\r\n")
+            .map_or(text.clone(), |(h, _)| h.to_owned()),
+    }
+}
+
+/// A visitor: the cookie the host gave them and the variation they saw.
+struct Visitor {
+    cookie: String,
+    variation: String,
+}
+
+fn visit(v: &Veneer, ua: &str) -> Visitor {
+    let a = send(
+        v.listen,
+        "GET",
+        "/",
+        "shop.test",
+        &[("user-agent", ua)],
+        b"",
+    );
+    assert_eq!(a.status, 200, "{}", a.head);
+    let cookie = a
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next().map(str::to_owned))
+        .expect("the visitor cookie");
+    let variation = a
+        .header("x-veneer-experiment")
+        .and_then(|h| h.strip_prefix("headline=").map(str::to_owned))
+        .expect("in the experiment");
+    Visitor { cookie, variation }
+}
+
+fn event(v: &Veneer, cookie: &str, body: &str, extra: &[(&str, &str)]) -> Answer {
+    let mut headers = vec![("cookie", cookie), ("content-type", "application/json")];
+    headers.extend_from_slice(extra);
+    send(
+        v.listen,
+        "POST",
+        "/_veneer/event",
+        "shop.test",
+        &headers,
+        body.as_bytes(),
+    )
+}
+
+fn report(v: &Veneer, goal: &str) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_veneer"))
+        .args(["report", "--tenant", "shop", "--experiment", "headline"])
+        .args(["--goal", goal, "--json"])
+        .env("VENEER_ADMIN_URL", format!("http://{}", v.admin))
+        .env("VENEER_ADMIN_TOKEN", OPERATOR)
+        .output()
+        .expect("veneer report");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("report JSON")
+}
+
+fn data_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("veneer-reports-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+const DESKTOP: &str = "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0";
+const MOBILE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Mobile/15E148";
+const BOT: &str = "Googlebot/2.1 (+http://www.google.com/bot.html)";
+
+#[test]
+fn conversions_are_attributed_to_the_variation_seen_and_reports_survive_a_restart() {
+    let dir = data_dir();
+    let origin = origin();
+    let v = start(&dir, origin);
+
+    // A purchase before any exposure counts for nobody's variation.
+    let early = send(v.listen, "GET", "/about", "shop.test", &[], b"");
+    let early_cookie = early
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next().map(str::to_owned))
+        .expect("cookie");
+    assert_eq!(
+        event(
+            &v,
+            &early_cookie,
+            r#"{"event": "purchase", "value": 99}"#,
+            &[]
+        )
+        .status,
+        204
+    );
+
+    let visitors: Vec<Visitor> = (0..40)
+        .map(|i| visit(&v, if i % 4 == 0 { MOBILE } else { DESKTOP }))
+        .collect();
+    let bot = visit(&v, BOT);
+    // The early visitor is exposed now, after their purchase.
+    let early_exposed = send(
+        v.listen,
+        "GET",
+        "/",
+        "shop.test",
+        &[("cookie", &early_cookie)],
+        b"",
+    );
+    assert_eq!(early_exposed.status, 200);
+
+    // Every third visitor buys (one of them twice); a repeat visit does not expose again.
+    let mut expected: std::collections::HashMap<String, (u64, f64, u64)> = Default::default();
+    for (i, visitor) in visitors.iter().enumerate() {
+        let e = expected.entry(visitor.variation.clone()).or_default();
+        e.0 += 1;
+        assert_eq!(visit_again(&v, visitor), visitor.variation, "sticky");
+        if i % 3 == 0 {
+            let a = event(
+                &v,
+                &visitor.cookie,
+                r#"{"event": "purchase", "value": 20.5, "currency": "EUR", "properties": {"sku": "boots"}}"#,
+                &[("origin", "http://shop.test")],
+            );
+            assert_eq!(a.status, 204, "{}", a.head);
+            e.1 += 20.5;
+            e.2 += 1;
+            if i == 0 {
+                assert_eq!(
+                    event(
+                        &v,
+                        &visitor.cookie,
+                        r#"{"event": "purchase", "value": 10}"#,
+                        &[]
+                    )
+                    .status,
+                    204
+                );
+                e.1 += 10.0;
+            }
+        }
+    }
+    assert_eq!(
+        event(&v, &bot.cookie, r#"{"event": "purchase", "value": 1}"#, &[]).status,
+        204
+    );
+
+    // What the beacon refuses.
+    let first = &visitors[1].cookie;
+    let refused = [
+        (
+            event(
+                &v,
+                first,
+                r#"{"event": "purchase"}"#,
+                &[("origin", "https://evil.test")],
+            ),
+            403,
+        ),
+        (
+            event(
+                &v,
+                first,
+                r#"{"event": "purchase", "visitor": "someone-else"}"#,
+                &[],
+            ),
+            400,
+        ),
+        (event(&v, first, r#"{"event": ""}"#, &[]), 400),
+        (
+            event(
+                &v,
+                first,
+                r#"{"event": "purchase", "currency": "euro"}"#,
+                &[],
+            ),
+            400,
+        ),
+        (
+            event(
+                &v,
+                first,
+                &format!(
+                    r#"{{"event": "purchase", "properties": {{"x": "{}"}}}}"#,
+                    "y".repeat(5000)
+                ),
+                &[],
+            ),
+            413,
+        ),
+        (
+            send(
+                v.listen,
+                "GET",
+                "/_veneer/event",
+                "shop.test",
+                &[("cookie", first)],
+                b"",
+            ),
+            405,
+        ),
+    ];
+    for (i, (answer, status)) in refused.iter().enumerate() {
+        assert_eq!(answer.status, *status, "case {i}: {}", answer.head);
+    }
+    // Without analytics consent the event is acknowledged and not recorded.
+    let no_consent = format!("{first}; veneer_consent=personalization");
+    assert_eq!(
+        event(
+            &v,
+            &no_consent,
+            r#"{"event": "purchase", "value": 1000}"#,
+            &[]
+        )
+        .status,
+        204
+    );
+
+    let check = |r: &serde_json::Value| {
+        let rows = r["variations"].as_array().expect("variations");
+        assert_eq!(rows.len(), 2, "{r}");
+        for row in rows {
+            let key = if row["variation"] == 0 {
+                "control"
+            } else {
+                "new"
+            };
+            let (users, value, converted) = expected.get(key).copied().unwrap_or_default();
+            // The early visitor was exposed too, but their purchase came before.
+            let early = u64::from(
+                early_exposed.header("x-veneer-experiment").as_deref()
+                    == Some(&format!("headline={key}")),
+            );
+            assert_eq!(row["users"], users + early, "{key}: {r}");
+            assert_eq!(row["conversions"], converted, "{key}: {r}");
+            let got = row["value"].as_f64().unwrap_or(-1.0);
+            assert!((got - value).abs() < 1e-9, "{key}: value {got} vs {value}");
+        }
+        assert_eq!(r["bots_excluded"], 1, "{r}");
+        let stats = r["conversion_rate"].as_array().expect("stats");
+        assert_eq!(stats.len(), 1);
+        assert!(stats[0]["chance_to_win"].as_f64().is_some(), "{r}");
+        let mobile = r["by_segment"]
+            .as_array()
+            .and_then(|s| s.iter().find(|g| g["segment"] == "mobile"))
+            .expect("the mobile segment");
+        let mobile_users: u64 = mobile["variations"]
+            .as_array()
+            .map(|v| v.iter().filter_map(|x| x["users"].as_u64()).sum())
+            .unwrap_or(0);
+        assert_eq!(mobile_users, 10, "{r}");
+        assert_eq!(r["by_day"].as_array().map(Vec::len), Some(1), "{r}");
+    };
+    let before = report(&v, "purchase");
+    check(&before);
+
+    // A goal reached by visiting a path, with its configured value.
+    let a = send(
+        v.listen,
+        "GET",
+        "/checkout/thank-you",
+        "shop.test",
+        &[("cookie", &visitors[2].cookie)],
+        b"",
+    );
+    assert_eq!(a.status, 200);
+    let thanks = report(&v, "thank-you");
+    let converted: u64 = thanks["variations"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|x| x["conversions"].as_u64()).sum())
+        .unwrap_or(0);
+    assert_eq!(converted, 1, "{thanks}");
+
+    // The table marketers read.
+    let out = Command::new(env!("CARGO_BIN_EXE_veneer"))
+        .args(["report", "--tenant", "shop", "--experiment", "headline"])
+        .args(["--goal", "purchase", "--engine", "frequentist"])
+        .args(["--url", &format!("http://{}", v.admin), "--token", OPERATOR])
+        .output()
+        .expect("veneer report");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.contains("p-value") && table.contains("1 new") && table.contains("by segment"),
+        "{table}"
+    );
+
+    // A graceful stop keeps everything accepted; the restarted host reports the same.
+    let status = v.stop();
+    assert!(status.success(), "{status:?}");
+    let v = start(&dir, origin);
+    let after = report(&v, "purchase");
+    check(&after);
+    assert_eq!(before["variations"], after["variations"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn visit_again(v: &Veneer, visitor: &Visitor) -> String {
+    let a = send(
+        v.listen,
+        "GET",
+        "/",
+        "shop.test",
+        &[("cookie", &visitor.cookie)],
+        b"",
+    );
+    a.header("x-veneer-experiment")
+        .and_then(|h| h.strip_prefix("headline=").map(str::to_owned))
+        .unwrap_or_default()
+}
