@@ -243,6 +243,19 @@ impl RuleSet {
         set
     }
 
+    /// The set of the named segments (unknown names are left out), as a preview forces it.
+    pub fn segments_named(&self, names: &[String]) -> SegmentSet {
+        let mut set = SegmentSet {
+            bits: vec![0; self.segments.len().div_ceil(64)],
+        };
+        for (i, name) in self.segment_names().iter().enumerate() {
+            if names.contains(name) {
+                set.insert(i);
+            }
+        }
+        set
+    }
+
     /// Names of the segments in `set`.
     pub fn segment_list<'a>(&'a self, set: &'a SegmentSet) -> impl Iterator<Item = &'a str> + 'a {
         self.segment_names

@@ -346,6 +346,12 @@ impl Admin {
                 ok(c.set_document(who, t, document(doc), body, m == "PATCH")
                     .await?)
             }
+            ("POST", ["tenants", t, "previews"]) => {
+                let body = json_body(body).await?;
+                let v = crate::preview::create(c.app(), t, &body)
+                    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+                Ok((StatusCode::CREATED, v))
+            }
             ("GET", ["tenants", t, "reports", "experiments", key]) => {
                 let q = parse_query(query);
                 let get = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());

@@ -64,6 +64,11 @@ enum AdminCommand {
         #[command(subcommand)]
         command: DocCommand,
     },
+    /// Preview links: a page as a segment, variation, consent and instant, recording nothing.
+    Preview {
+        #[command(subcommand)]
+        command: PreviewCommand,
+    },
     /// The audit log, newest first.
     Audit {
         /// Only this tenant's entries.
@@ -72,6 +77,35 @@ enum AdminCommand {
         /// How many entries.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum PreviewCommand {
+    /// Create a link; prints its path (add it to the site's address).
+    Create {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// A segment the visitor is shown as being in (repeat for more; none given: the
+        /// rules decide).
+        #[arg(long = "segment")]
+        segments: Vec<String>,
+        /// A forced variation, `EXPERIMENT=INDEX` (repeatable).
+        #[arg(long = "variation")]
+        variations: Vec<String>,
+        /// Consent shown as given, e.g. `analytics,personalization` (`none` for none).
+        #[arg(long)]
+        consent: Option<String>,
+        /// The instant to show the page at (RFC 3339), e.g. one second before a campaign ends.
+        #[arg(long)]
+        at: Option<String>,
+        /// How long the link works, in seconds (default a day).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// The page (default `/`).
+        #[arg(long)]
+        path: Option<String>,
     },
 }
 
@@ -379,6 +413,56 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<String> {
         },
         AdminCommand::Rules { command } => doc(&api, "rules", command).await,
         AdminCommand::Fragments { command } => doc(&api, "fragments", command).await,
+        AdminCommand::Preview {
+            command:
+                PreviewCommand::Create {
+                    tenant,
+                    segments,
+                    variations,
+                    consent,
+                    at,
+                    ttl,
+                    path,
+                },
+        } => {
+            let mut forced = serde_json::Map::new();
+            for v in &variations {
+                let (k, n) = v
+                    .split_once('=')
+                    .and_then(|(k, n)| Some((k, n.parse::<i64>().ok()?)))
+                    .with_context(|| format!("--variation {v:?}: EXPERIMENT=INDEX expected"))?;
+                forced.insert(k.to_owned(), json!(n));
+            }
+            let mut body = json!({ "variations": forced });
+            if !segments.is_empty() {
+                body["segments"] = json!(segments);
+            }
+            if let Some(c) = consent {
+                let list: Vec<&str> = c
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty() && *s != "none")
+                    .collect();
+                body["consent"] = json!(list);
+            }
+            if let Some(at) = at {
+                body["at"] = json!(at);
+            }
+            if let Some(ttl) = ttl {
+                body["ttl_seconds"] = json!(ttl);
+            }
+            if let Some(p) = path {
+                body["path"] = json!(p);
+            }
+            let v = api
+                .json(
+                    Method::POST,
+                    &format!("/v1/tenants/{}/previews", t(&tenant)),
+                    &body,
+                )
+                .await?;
+            field(&v, "path")
+        }
         AdminCommand::Audit { tenant, limit } => {
             let path = match tenant {
                 Some(name) => format!("/v1/tenants/{}/audit?limit={limit}", t(&name)),

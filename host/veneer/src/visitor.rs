@@ -75,12 +75,17 @@ impl CookieSigner {
 
     /// The state in a cookie value, if its tag verifies and it parses.
     pub fn decode(&self, value: &str) -> Option<VisitorState> {
+        serde_json::from_slice(&self.open(value)?).ok()
+    }
+
+    /// The payload of a value made by [`seal`](Self::seal), if its tag verifies.
+    pub fn open(&self, value: &str) -> Option<Vec<u8>> {
         let (payload, tag) = value.split_once('.')?;
         let tag = B64.decode(tag).ok()?;
         let mut mac = self.mac();
         mac.update(payload.as_bytes());
         mac.verify_slice(&tag).ok()?;
-        serde_json::from_slice(&B64.decode(payload).ok()?).ok()
+        B64.decode(payload).ok()
     }
 }
 

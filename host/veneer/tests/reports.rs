@@ -38,13 +38,16 @@ impl Veneer {
 
 fn start(dir: &Path, origin: SocketAddr) -> Veneer {
     let (listen, admin) = (free_port(), free_port());
-    let plugin =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/v0.2.0/headline_ab.wasm");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/v0.2.0");
+    let plugin = golden.join("headline_ab.wasm");
+    let banner = golden.join("campaign_banner.wasm");
     std::fs::write(
         dir.join("rules.json"),
         r#"{"experiments": [{"key": "headline", "variations": ["Old", "New"], "weights": [0.5, 0.5],
             "meta": [{"key": "control"}, {"key": "new"}]}],
-            "segments": {"mobile": {"device": "mobile"}}}"#,
+            "segments": {"mobile": {"device": "mobile"}},
+            "campaigns": [{"id": "xmas", "name": "Christmas", "start": "2026-12-01T00:00:00Z",
+                "end": "2026-12-24T23:00:00Z", "params": {"banner": "Merry Christmas"}}]}"#,
     )
     .expect("rules");
     let config = format!(
@@ -56,12 +59,14 @@ fn start(dir: &Path, origin: SocketAddr) -> Veneer {
          [[tenant.goal]]\nname = \"purchase\"\nevent = \"purchase\"\ncurrency = \"EUR\"\n\
          [[tenant.goal]]\nname = \"thank-you\"\npath = \"/checkout/thank-*\"\nvalue = 5\n\
          [[tenant.plugin]]\nname = \"headline\"\npath = \"{plugin}\"\n\
-         params = {{ experiment = \"headline\", path = \"/\" }}\n",
+         params = {{ experiment = \"headline\", path = \"/\" }}\n\
+         [[tenant.plugin]]\nname = \"banner\"\npath = \"{banner}\"\nparams = {{ selector = \"#a\" }}\n",
         data = dir.join("data").display(),
         cache = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../target/veneer-test-cache")
             .display(),
         plugin = plugin.display(),
+        banner = banner.display(),
     );
     std::fs::write(dir.join("veneer.toml"), config).expect("config");
     let child = Command::new(env!("CARGO_BIN_EXE_veneer"))
@@ -89,6 +94,7 @@ fn start(dir: &Path, origin: SocketAddr) -> Veneer {
 struct Answer {
     status: u16,
     head: String,
+    body: String,
 }
 
 impl Answer {
@@ -112,6 +118,7 @@ fn send(
         return Answer {
             status: 0,
             head: String::new(),
+            body: String::new(),
         };
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
@@ -128,11 +135,11 @@ fn send(
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     Answer {
         status: text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0),
-        head: text
-            .split_once("\r\n\r\n")
-            .map_or(text.clone(), |(h, _)| h.to_owned()),
+        head: head.to_owned(),
+        body: body.to_owned(),
     }
 }
 
@@ -419,6 +426,90 @@ fn conversions_are_attributed_to_the_variation_seen_and_reports_survive_a_restar
     assert!(
         table.contains("p-value") && table.contains("1 new") && table.contains("by segment"),
         "{table}"
+    );
+
+    // Previews: the page at an instant, as a variation, recording nothing.
+    let preview = |args: &[&str]| -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_veneer"))
+            .args(["admin", "preview", "create", "--tenant", "shop"])
+            .args(args)
+            .env("VENEER_ADMIN_URL", format!("http://{}", v.admin))
+            .env("VENEER_ADMIN_TOKEN", OPERATOR)
+            .output()
+            .expect("veneer admin preview");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let today = send(
+        v.listen,
+        "GET",
+        "/",
+        "shop.test",
+        &[("cookie", &visitors[3].cookie)],
+        b"",
+    );
+    assert!(!today.body.contains("Merry Christmas"), "not started yet");
+    let before_end = preview(&["--at", "2026-12-24T22:59:59Z", "--variation", "headline=1"]);
+    let at_end = preview(&["--at", "2026-12-24T23:00:00Z", "--variation", "headline=0"]);
+    assert!(before_end.starts_with("/?veneer_preview="), "{before_end}");
+    let shown = send(v.listen, "GET", &before_end, "shop.test", &[], b"");
+    assert_eq!(shown.status, 200, "{}", shown.head);
+    assert!(shown.body.contains("Merry Christmas"), "{}", shown.body);
+    assert_eq!(
+        shown.header("x-veneer-experiment").as_deref(),
+        Some("headline=new")
+    );
+    assert_eq!(
+        shown.header("cache-control").as_deref(),
+        Some("private, no-store")
+    );
+    assert!(
+        shown.header("set-cookie").is_none(),
+        "a preview is not a visit"
+    );
+    let ended = send(v.listen, "GET", &at_end, "shop.test", &[], b"");
+    assert!(!ended.body.contains("Merry Christmas"), "{}", ended.body);
+    assert_eq!(
+        ended.header("x-veneer-experiment").as_deref(),
+        Some("headline=control")
+    );
+    let mut tampered = before_end.clone();
+    tampered.push('x');
+    assert_eq!(
+        send(v.listen, "GET", &tampered, "shop.test", &[], b"").status,
+        403
+    );
+    let bad = Command::new(env!("CARGO_BIN_EXE_veneer"))
+        .args([
+            "admin",
+            "preview",
+            "create",
+            "--tenant",
+            "shop",
+            "--variation",
+            "headline=7",
+        ])
+        .env("VENEER_ADMIN_URL", format!("http://{}", v.admin))
+        .env("VENEER_ADMIN_TOKEN", OPERATOR)
+        .output()
+        .expect("veneer admin preview");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("headline"));
+    let after_previews = report(&v, "purchase");
+    let users = |r: &serde_json::Value| -> Vec<serde_json::Value> {
+        r["variations"]
+            .as_array()
+            .map(|v| v.iter().map(|x| x["users"].clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        users(&after_previews),
+        users(&before),
+        "previews record nothing"
     );
 
     // A graceful stop keeps everything accepted; the restarted host reports the same.

@@ -30,6 +30,8 @@ pub(super) struct RequestCtx {
     pub(super) outcome: &'static str,
     /// The cache's answer (`HIT`, `MISS`, ...), when the tenant has a cache.
     pub(super) cache_status: Option<&'static str>,
+    /// A preview link's settings: nothing is recorded and no cookie is written.
+    pub(super) preview: Option<Arc<crate::preview::Preview>>,
 }
 
 impl RequestCtx {

@@ -35,6 +35,8 @@ pub(super) enum ProxyError {
     BadEvent(String),
     /// A beacon event posted from another site's page.
     CrossOrigin,
+    /// A preview link that is altered, expired or for another site (why).
+    BadPreview(&'static str),
 }
 
 /// Who caused a failure, for logs and metrics.
@@ -64,7 +66,7 @@ impl ProxyError {
             ProxyError::OriginTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::TenantBusy => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadEvent(_) => StatusCode::BAD_REQUEST,
-            ProxyError::CrossOrigin => StatusCode::FORBIDDEN,
+            ProxyError::CrossOrigin | ProxyError::BadPreview(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -84,6 +86,7 @@ impl ProxyError {
             ProxyError::TenantBusy => "tenant_busy",
             ProxyError::BadEvent(_) => "bad_event",
             ProxyError::CrossOrigin => "cross_origin_event",
+            ProxyError::BadPreview(_) => "bad_preview",
         }
     }
 
@@ -108,7 +111,8 @@ impl ProxyError {
             | ProxyError::BodyTimeout
             | ProxyError::TooManyRequests(_)
             | ProxyError::BadEvent(_)
-            | ProxyError::CrossOrigin => Source::Client,
+            | ProxyError::CrossOrigin
+            | ProxyError::BadPreview(_) => Source::Client,
             ProxyError::OriginUnreachable(_)
             | ProxyError::OriginTimeout
             | ProxyError::OriginBody(_) => Source::Origin,
@@ -168,6 +172,7 @@ impl ProxyError {
             ProxyError::BadEvent(why) => {
                 format!("veneer: bad event: {why} (request {request_id})\n")
             }
+            ProxyError::BadPreview(why) => format!("veneer: {why} (request {request_id})\n"),
             ProxyError::CrossOrigin => {
                 format!(
                     "veneer: events are accepted from {host}'s own pages only (request {request_id})\n"
@@ -184,6 +189,7 @@ impl ProxyError {
             | ProxyError::ClientBody(e)
             | ProxyError::BadEvent(e) => e,
             ProxyError::CrossOrigin => "event from another origin",
+            ProxyError::BadPreview(why) => why,
             ProxyError::BadRequest(why) => why,
             ProxyError::MethodNotAllowed(_) => "method not allowed",
             ProxyError::BodyTooLarge => "request body too large",

@@ -99,7 +99,13 @@ pub(super) fn respond(
             .headers_mut()
             .insert("x-veneer-cache", HeaderValue::from_static(status));
     }
-    if let Some(v) = ctx.visitor.as_mut() {
+    if ctx.preview.is_some() {
+        // A preview is not a visit: no cookie, and never cached anywhere.
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-store"),
+        );
+    } else if let Some(v) = ctx.visitor.as_mut() {
         write_cookie(&ctx.app, v, response.headers_mut());
     }
     if let Ok(v) = HeaderValue::try_from(ctx.id.as_str()) {

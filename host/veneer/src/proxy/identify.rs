@@ -64,11 +64,14 @@ pub(super) fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Parts) -> 
     let locale = header_str(headers, header::ACCEPT_LANGUAGE).and_then(visitor::preferred_locale);
     let utm = visitor::utm_params(parts.uri.query().unwrap_or(""));
     let referrer = header_str(headers, header::REFERER).map(str::to_owned);
-    let consent = visitor::consent(
-        visitor::cookie(&cookie_header, &tenant.config.consent_cookie),
-        &tenant.config.default_consent,
-        header_str(headers, "sec-gpc") == Some("1"),
-    );
+    let consent = match ctx.preview.as_ref().and_then(|p| p.consent.as_ref()) {
+        Some(chosen) => visitor::consent(Some(&chosen.join(",")), &[], false),
+        None => visitor::consent(
+            visitor::cookie(&cookie_header, &tenant.config.consent_cookie),
+            &tenant.config.default_consent,
+            header_str(headers, "sec-gpc") == Some("1"),
+        ),
+    };
     let path = parts.uri.path().to_owned();
     let facts = Facts {
         state: &state,
@@ -83,7 +86,10 @@ pub(super) fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Parts) -> 
         consent,
     };
     let attributes = Arc::new(facts.attributes());
-    let segments = tenant.rules.segments(&attributes);
+    let segments = match ctx.preview.as_ref().and_then(|p| p.segments.as_ref()) {
+        Some(names) => tenant.rules.segments_named(names),
+        None => tenant.rules.segments(&attributes),
+    };
     let segment_names: Vec<String> = tenant
         .rules
         .segment_list(&segments)
@@ -134,6 +140,7 @@ pub(super) fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Parts) -> 
         impressions: Mutex::new(Vec::new()),
         sticky: Mutex::new(sticky),
         ledger: app.ledger.clone(),
+        preview: ctx.preview.clone(),
     });
     // Plugins see the request as the client sent it, minus Veneer's own cookie.
     let origin_cookie = visitor::strip_cookie(&cookie_header, visitor::COOKIE);

@@ -125,14 +125,46 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         visitor: None,
         outcome: "passthrough",
         cache_status: None,
+        preview: None,
     };
     let result = run(&mut ctx, req).await;
     finish::respond(&mut ctx, result)
 }
 
+/// A preview link (`veneer_preview=TOKEN` in the query): verified, taken out of the URL the
+/// origin sees, and its instant made the request's.
+fn preview(
+    ctx: &mut RequestCtx,
+    tenant: &crate::app::Tenant,
+    parts: &mut http::request::Parts,
+) -> Result<(), ProxyError> {
+    let Some((token, rest)) = parts.uri.query().and_then(crate::preview::take_from_query) else {
+        return Ok(());
+    };
+    let p =
+        crate::preview::Preview::verify(&ctx.app.signer, &token, &tenant.name, ctx.now.as_second())
+            .map_err(|r| ProxyError::BadPreview(r.reason()))?;
+    let path_and_query = if rest.is_empty() {
+        parts.uri.path().to_owned()
+    } else {
+        format!("{}?{rest}", parts.uri.path())
+    };
+    let mut uri = http::uri::Parts::from(parts.uri.clone());
+    uri.path_and_query = path_and_query.parse().ok();
+    parts.uri = http::Uri::from_parts(uri).map_err(|_| ProxyError::BadTarget)?;
+    if let Some(at) = p.at {
+        ctx.now = at;
+    }
+    ctx.app
+        .metrics
+        .inc("veneer_preview_requests_total", &[("tenant", &tenant.name)]);
+    ctx.preview = Some(Arc::new(p));
+    Ok(())
+}
+
 /// The stages, in order; `?` is every early exit.
 async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     if let admit::Admitted::Reply(response) = admit::check(&parts)? {
         ctx.outcome = "options";
         return Ok(response);
@@ -157,6 +189,7 @@ async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Bo
         }
         return Err(e);
     }
+    preview(ctx, &tenant, &mut parts)?;
     let visitor = identify::visitor(ctx, &tenant, &parts);
     if parts.uri.path() == events::BEACON_PATH {
         let answer = events::beacon(ctx, &tenant, &visitor, &parts, body).await;

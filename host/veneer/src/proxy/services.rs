@@ -31,6 +31,8 @@ pub(super) struct Services {
     pub(super) sticky: Mutex<StickyDocs>,
     /// Where exposures go for reports.
     pub(super) ledger: Option<Arc<crate::ledger::Ledger>>,
+    /// A preview: forced variations, and nothing recorded.
+    pub(super) preview: Option<Arc<crate::preview::Preview>>,
 }
 
 impl Services {
@@ -57,7 +59,7 @@ impl Services {
         value: f64,
         currency: Option<String>,
     ) {
-        if !self.consent.analytics {
+        if !self.consent.analytics || self.preview.is_some() {
             return;
         }
         let mut properties = vec![
@@ -88,7 +90,7 @@ impl Services {
 
     /// Records a first exposure: an `experiment_exposure` event and a ledger row.
     fn exposed(&self, experiment: &str, variation: usize, key: &str) {
-        if !self.consent.analytics {
+        if !self.consent.analytics || self.preview.is_some() {
             return;
         }
         self.track(
@@ -124,6 +126,13 @@ impl HostServices for Services {
     }
 
     fn track(&self, plugin: &str, name: &str, properties: Vec<(String, String)>) {
+        if self.preview.is_some() {
+            self.metrics.inc(
+                "veneer_analytics_events_total",
+                &[("outcome", "left_out_preview")],
+            );
+            return;
+        }
         if !self.consent.analytics {
             self.metrics.inc(
                 "veneer_analytics_events_total",
@@ -207,7 +216,18 @@ impl HostServices for Services {
         let mut ctx = RunContext::new(self.attributes.as_ref());
         ctx.url = Some(&self.url);
         ctx.saved_groups = Some(self.tenant.rules.saved_groups());
-        ctx.sticky = Some(&mut sticky);
+        let forced: Option<std::collections::HashMap<String, i64>> = self
+            .preview
+            .as_ref()
+            .map(|p| p.variations.iter().map(|(k, v)| (k.clone(), *v)).collect());
+        ctx.forced_variations = forced.as_ref();
+        // A preview neither reads nor writes the visitor's sticky assignments.
+        let mut scratch = StickyDocs::new();
+        ctx.sticky = Some(if self.preview.is_some() {
+            &mut scratch
+        } else {
+            &mut sticky
+        });
         let a = exp.run(&mut ctx);
         drop(sticky);
         // A first exposure: hashed into the experiment now, not read back from the cookie
