@@ -31,6 +31,23 @@ pub struct Campaign {
     /// Free-form parameters handed to plugins (banner text, colours, links).
     #[serde(default)]
     pub params: BTreeMap<String, String>,
+    /// What the campaign cost (in its goals' currency), for the report's return on investment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+    /// Impressions one visitor may get per UTC day; past it the campaign is not live for them
+    /// until the next day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_cap: Option<u32>,
+    /// Days after an impression within which a conversion counts for the campaign (default 7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution_days: Option<u32>,
+}
+
+impl Campaign {
+    /// The attribution window, in days.
+    pub fn attribution_window_days(&self) -> u32 {
+        self.attribution_days.unwrap_or(7)
+    }
 }
 
 impl Campaign {
@@ -62,6 +79,9 @@ mod tests {
             segments: vec!["returning".into()],
             channels: vec!["web".into()],
             params: BTreeMap::new(),
+            cost: None,
+            frequency_cap: None,
+            attribution_days: None,
         }
     }
 

@@ -185,6 +185,19 @@ impl RuleSet {
                                     format!("end {} is not after start {}", c.end, c.start),
                                 );
                             }
+                            if c.cost.is_some_and(|x| !(x.is_finite() && x >= 0.0)) {
+                                push(at.clone(), "cost must be a number >= 0".into());
+                            }
+                            if c.frequency_cap == Some(0) {
+                                push(
+                                    at.clone(),
+                                    "frequency_cap must be at least 1 (leave it out for no cap)"
+                                        .into(),
+                                );
+                            }
+                            if c.attribution_days == Some(0) {
+                                push(at.clone(), "attribution_days must be at least 1".into());
+                            }
                             for s in &c.segments {
                                 if !set.segment_names.contains(s) {
                                     push(at.clone(), format!("targets unknown segment {s:?}"));

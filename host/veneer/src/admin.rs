@@ -352,6 +352,22 @@ impl Admin {
                     .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
                 Ok((StatusCode::CREATED, v))
             }
+            ("GET", ["tenants", t, "reports", "campaigns", id]) => {
+                let goal = parse_query(query)
+                    .into_iter()
+                    .find(|(k, _)| k == "goal")
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| {
+                        ApiError::new(StatusCode::BAD_REQUEST, "query: goal=NAME is required")
+                    })?;
+                let (app, t, id) = (c.app().clone(), (*t).to_owned(), (*id).to_owned());
+                let report = tokio::task::spawn_blocking(move || {
+                    crate::report::campaign(&app, &t, &id, &goal)
+                })
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+                ok(report)
+            }
             ("GET", ["tenants", t, "reports", "experiments", key]) => {
                 let q = parse_query(query);
                 let get = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());

@@ -599,8 +599,10 @@ impl Api {
     }
 }
 
-/// `veneer report`: an experiment's results as a readable table (or the API's JSON).
+/// `veneer report`: an experiment's or a campaign's results as a readable table (or the API's
+/// JSON).
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("subject").required(true).args(["experiment", "campaign"])))]
 pub struct ReportArgs {
     /// The admin listener, e.g. `http://127.0.0.1:9090`.
     #[arg(long, env = "VENEER_ADMIN_URL")]
@@ -613,7 +615,10 @@ pub struct ReportArgs {
     pub tenant: String,
     /// The experiment's key.
     #[arg(long)]
-    pub experiment: String,
+    pub experiment: Option<String>,
+    /// The campaign's id.
+    #[arg(long)]
+    pub campaign: Option<String>,
     /// The goal conversions are counted for.
     #[arg(long)]
     pub goal: String,
@@ -634,18 +639,104 @@ pub async fn report(args: ReportArgs) -> anyhow::Result<String> {
         .token
         .context("no token: pass --token or set VENEER_ADMIN_TOKEN")?;
     let api = Api::new(&url, token)?;
-    let path = format!(
-        "/v1/tenants/{}/reports/experiments/{}?goal={}&engine={}",
-        percent_encode(&args.tenant),
-        percent_encode(&args.experiment),
-        percent_encode(&args.goal),
-        percent_encode(&args.engine)
-    );
+    let tenant = percent_encode(&args.tenant);
+    let goal = percent_encode(&args.goal);
+    let (path, campaign) = match (&args.experiment, &args.campaign) {
+        (Some(e), _) => (
+            format!(
+                "/v1/tenants/{tenant}/reports/experiments/{}?goal={goal}&engine={}",
+                percent_encode(e),
+                percent_encode(&args.engine)
+            ),
+            false,
+        ),
+        (None, Some(c)) => (
+            format!(
+                "/v1/tenants/{tenant}/reports/campaigns/{}?goal={goal}",
+                percent_encode(c)
+            ),
+            true,
+        ),
+        (None, None) => bail!("give --experiment KEY or --campaign ID"),
+    };
     let v = api.get(&path).await?;
     if args.json {
         return Ok(pretty(&v));
     }
-    Ok(report_table(&v))
+    Ok(if campaign {
+        campaign_table(&v)
+    } else {
+        report_table(&v)
+    })
+}
+
+/// A campaign report as a marketer reads it.
+pub fn campaign_table(v: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+    let n = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    let currency = v["currency"].as_str().unwrap_or("");
+    let _ = writeln!(
+        out,
+        "campaign {} ({}) · goal {} · tenant {}\nlive {} → {} · conversions within {} days of an impression",
+        s("campaign"),
+        s("name"),
+        s("goal"),
+        s("tenant"),
+        s("start"),
+        s("end"),
+        v["attribution_days"]
+    );
+    let _ = writeln!(
+        out,
+        "\nimpressions {}   reach {}   conversions {} ({:.2}% of reach)   value {:.2} {currency}   value/user {:.2}",
+        v["impressions"],
+        v["reach"],
+        v["conversions"],
+        n("conversion_rate") * 100.0,
+        n("value"),
+        n("value_per_user"),
+    );
+    match (v["cost"].as_f64(), v["roi"].as_f64()) {
+        (Some(cost), Some(roi)) => {
+            let _ = writeln!(
+                out,
+                "cost {cost:.2} {currency}   return on investment {:+.1}%",
+                roi * 100.0
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "cost not set (add \"cost\" to the campaign for its ROI)"
+            );
+        }
+    }
+    let empty = Vec::new();
+    for (title, key) in [("by day", "by_day"), ("by channel", "by_channel")] {
+        let rows = v[key].as_array().unwrap_or(&empty);
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "\n{title:<14} {:>11} {:>8} {:>11} {:>12}",
+            "impressions", "reach", "conversions", "value"
+        );
+        for r in rows {
+            let _ = writeln!(
+                out,
+                "{:<14} {:>11} {:>8} {:>11} {:>12.2}",
+                r["key"].as_str().unwrap_or_default(),
+                r["impressions"],
+                r["reach"],
+                r["conversions"],
+                r["value"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    out
 }
 
 fn pct(x: Option<f64>) -> String {

@@ -162,9 +162,83 @@ pub struct Tenant {
     /// The plugin chain, in order.
     #[serde(rename = "plugin", default)]
     pub plugins: Vec<PluginConfig>,
+    /// How a request's channel is found (the first rule that matches; otherwise `channel`),
+    /// so one campaign reaches web, app and kiosk alike.
+    #[serde(
+        rename = "channel_rule",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub channel_rules: Vec<ChannelRule>,
     /// What counts as a conversion on this site (see README "Goals and reports").
     #[serde(rename = "goal", default, skip_serializing_if = "Vec::is_empty")]
     pub goals: Vec<Goal>,
+}
+
+/// A request matching every condition given is on channel `name`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelRule {
+    /// The channel (as campaigns' `channels` name it: `app`, `kiosk`...).
+    pub name: String,
+    /// A request header that must be present (e.g. `x-channel`)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// ...with this value (case-insensitive), if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// A path prefix (e.g. `/api/app/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// A media type the request's `Accept` names (e.g. `application/json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept: Option<String>,
+}
+
+impl ChannelRule {
+    /// Why this rule is unusable, if it is.
+    pub fn problem(&self) -> Option<String> {
+        if self.name.is_empty() || self.name.len() > 32 {
+            return Some("name: 1 to 32 characters".into());
+        }
+        if self.header.is_none() && self.path_prefix.is_none() && self.accept.is_none() {
+            return Some("give at least one of header, path_prefix, accept".into());
+        }
+        if self.value.is_some() && self.header.is_none() {
+            return Some("value needs a header".into());
+        }
+        if let Some(h) = &self.header
+            && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            return Some(format!("header {h:?} is not a header name"));
+        }
+        None
+    }
+
+    /// Whether a request with these headers and path is on this channel.
+    pub fn matches(&self, headers: &http::HeaderMap, path: &str) -> bool {
+        let header_ok = self.header.as_deref().is_none_or(|h| {
+            headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    self.value
+                        .as_deref()
+                        .is_none_or(|want| v.trim().eq_ignore_ascii_case(want))
+                })
+        });
+        let path_ok = self
+            .path_prefix
+            .as_deref()
+            .is_none_or(|p| path.starts_with(p));
+        let accept_ok = self.accept.as_deref().is_none_or(|a| {
+            headers
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.to_ascii_lowercase().contains(&a.to_ascii_lowercase()))
+        });
+        header_ok && path_ok && accept_ok
+    }
 }
 
 /// A conversion goal: reached by a request to a path, or by a named event sent to the beacon
@@ -603,6 +677,11 @@ impl Config {
                         format!("{at}.methods"),
                         format!("{m:?}: use upper-case method names; CONNECT and TRACE are never proxied"),
                     ));
+                }
+            }
+            for (j, r) in t.channel_rules.iter().enumerate() {
+                if let Some(problem) = r.problem() {
+                    return Err(self.err(format!("{at}.channel_rule[{j}]"), problem));
                 }
             }
             for (j, g) in t.goals.iter().enumerate() {

@@ -40,6 +40,23 @@ pub struct Exposure {
     pub bot: bool,
 }
 
+/// A campaign shown to a visitor (a plugin said so with `campaigns.impression`).
+#[derive(Debug, Clone)]
+pub struct Impression {
+    /// Tenant name.
+    pub tenant: String,
+    /// Campaign id.
+    pub campaign: String,
+    /// Visitor id.
+    pub visitor: String,
+    /// Milliseconds since the epoch.
+    pub at_ms: i64,
+    /// The channel it was shown on.
+    pub channel: String,
+    /// A bot (kept, left out of reports).
+    pub bot: bool,
+}
+
 /// A conversion: a goal reached, with its value.
 #[derive(Debug, Clone)]
 pub struct Conversion {
@@ -61,6 +78,7 @@ pub struct Conversion {
 
 enum Row {
     Exposure(Exposure),
+    Impression(Impression),
     Conversion(Conversion),
     Flush(std::sync::mpsc::Sender<()>),
 }
@@ -119,7 +137,13 @@ impl Ledger {
                     at_ms INTEGER NOT NULL, value REAL NOT NULL, currency TEXT,
                     bot INTEGER NOT NULL);
                  CREATE INDEX IF NOT EXISTS conversions_by_visitor
-                    ON conversions (tenant, goal, visitor, at_ms);",
+                    ON conversions (tenant, goal, visitor, at_ms);
+                 CREATE TABLE IF NOT EXISTS impressions (
+                    tenant TEXT NOT NULL, campaign TEXT NOT NULL, visitor TEXT NOT NULL,
+                    at_ms INTEGER NOT NULL, day TEXT NOT NULL, channel TEXT NOT NULL,
+                    bot INTEGER NOT NULL);
+                 CREATE INDEX IF NOT EXISTS impressions_by_visitor
+                    ON impressions (tenant, campaign, visitor, at_ms);",
             )
             .with_context(|| format!("creating the ledger schema in {}", path.display()))?;
         let reader = connect(&path)?;
@@ -145,6 +169,11 @@ impl Ledger {
     /// Queues an exposure (never blocks).
     pub fn exposure(&self, e: Exposure) {
         self.send(Row::Exposure(e), "exposure");
+    }
+
+    /// Queues an impression (never blocks).
+    pub fn impression(&self, i: Impression) {
+        self.send(Row::Impression(i), "impression");
     }
 
     /// Queues a conversion (never blocks).
@@ -228,6 +257,132 @@ impl Ledger {
     }
 }
 
+/// A campaign's figures for one goal.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CampaignFigures {
+    /// Impressions (bots left out).
+    pub impressions: u64,
+    /// Visitors who saw it.
+    pub reach: u64,
+    /// Visitors who reached the goal within the window after an impression.
+    pub conversions: u64,
+    /// Those conversions' values.
+    pub value: f64,
+    /// Impressions, reach, conversions and value per UTC day (of the impression, and of the
+    /// conversion for conversions and value).
+    pub by_day: Vec<PeriodFigures>,
+    /// Impressions and reach per channel.
+    pub by_channel: Vec<PeriodFigures>,
+}
+
+/// One row of a campaign breakdown.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PeriodFigures {
+    /// The day or channel.
+    pub key: String,
+    /// Impressions.
+    pub impressions: u64,
+    /// Distinct visitors who saw it.
+    pub reach: u64,
+    /// Attributed converters (by day only).
+    pub conversions: u64,
+    /// Attributed value (by day only).
+    pub value: f64,
+}
+
+impl Ledger {
+    /// A campaign's figures for one goal: a conversion counts if it came within
+    /// `window_days` after one of the visitor's impressions.
+    pub fn campaign_figures(
+        &self,
+        tenant: &str,
+        campaign: &str,
+        goal: &str,
+        window_days: u32,
+    ) -> anyhow::Result<CampaignFigures> {
+        let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let window_ms = i64::from(window_days) * 86_400_000;
+        let mut figures = CampaignFigures::default();
+        let mut shown = conn.prepare_cached(
+            "SELECT day, channel, COUNT(*), COUNT(DISTINCT visitor) FROM impressions
+             WHERE tenant = ?1 AND campaign = ?2 AND bot = 0 GROUP BY day, channel",
+        )?;
+        let rows = shown.query_map(params![tenant, campaign], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (day, channel, n, reach) = row?;
+            let (n, reach) = (n as u64, reach as u64);
+            for (list, key) in [
+                (&mut figures.by_day, day),
+                (&mut figures.by_channel, channel),
+            ] {
+                let p = period(list, &key);
+                p.impressions += n;
+                p.reach += reach;
+            }
+            figures.impressions += n;
+        }
+        figures.reach = conn.query_row(
+            "SELECT COUNT(DISTINCT visitor) FROM impressions
+             WHERE tenant = ?1 AND campaign = ?2 AND bot = 0",
+            params![tenant, campaign],
+            |r| r.get::<_, i64>(0),
+        )? as u64;
+        // Reach per day/channel above counts a visitor once per group; overall, once.
+        let mut converted = conn.prepare_cached(
+            "SELECT c.visitor, c.at_ms, c.value FROM conversions c
+             WHERE c.tenant = ?1 AND c.goal = ?3 AND c.bot = 0 AND EXISTS (
+                SELECT 1 FROM impressions i WHERE i.tenant = c.tenant AND i.campaign = ?2
+                  AND i.visitor = c.visitor AND i.bot = 0
+                  AND i.at_ms <= c.at_ms AND c.at_ms < i.at_ms + ?4)
+             ORDER BY c.visitor, c.at_ms",
+        )?;
+        let rows = converted.query_map(params![tenant, campaign, goal, window_ms], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, f64>(2)?,
+            ))
+        })?;
+        let mut last_visitor: Option<String> = None;
+        for row in rows {
+            let (visitor, at_ms, value) = row?;
+            let first = last_visitor.as_deref() != Some(visitor.as_str());
+            let p = period(&mut figures.by_day, &day_of(at_ms));
+            p.value += value;
+            if first {
+                p.conversions += 1;
+                figures.conversions += 1;
+            }
+            figures.value += value;
+            last_visitor = Some(visitor);
+        }
+        figures.by_day.sort_by(|a, b| a.key.cmp(&b.key));
+        figures.by_channel.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(figures)
+    }
+}
+
+fn period<'a>(list: &'a mut Vec<PeriodFigures>, key: &str) -> &'a mut PeriodFigures {
+    let i = match list.iter().position(|p| p.key == key) {
+        Some(i) => i,
+        None => {
+            list.push(PeriodFigures {
+                key: key.to_owned(),
+                ..PeriodFigures::default()
+            });
+            list.len() - 1
+        }
+    };
+    &mut list[i]
+}
+
 fn group<'a>(
     groups: &'a mut Vec<(String, Vec<VariationFigures>)>,
     key: &str,
@@ -240,6 +395,13 @@ fn group<'a>(
         }
     };
     &mut groups[i].1
+}
+
+/// The UTC date of an instant, `YYYY-MM-DD`.
+fn day_of(at_ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(at_ms)
+        .map(|t| t.strftime("%Y-%m-%d").to_string())
+        .unwrap_or_default()
 }
 
 fn connect(path: &Path) -> anyhow::Result<Connection> {
@@ -290,16 +452,30 @@ fn store(
              (tenant, experiment, visitor, variation, at_ms, day, segments, bot)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
+        let mut impression = tx.prepare_cached(
+            "INSERT INTO impressions (tenant, campaign, visitor, at_ms, day, channel, bot)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
         let mut conversion = tx.prepare_cached(
             "INSERT INTO conversions (tenant, goal, visitor, at_ms, value, currency, bot)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         for row in batch.drain(..) {
             match row {
+                Row::Impression(i) => {
+                    impression.execute(params![
+                        i.tenant,
+                        i.campaign,
+                        i.visitor,
+                        i.at_ms,
+                        day_of(i.at_ms),
+                        i.channel,
+                        i.bot
+                    ])?;
+                    n += 1;
+                }
                 Row::Exposure(e) => {
-                    let day = jiff::Timestamp::from_millisecond(e.at_ms)
-                        .map(|t| t.strftime("%Y-%m-%d").to_string())
-                        .unwrap_or_default();
+                    let day = day_of(e.at_ms);
                     let segments = format!(",{},", e.segments.join(","));
                     exposure.execute(params![
                         e.tenant,

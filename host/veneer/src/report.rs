@@ -34,26 +34,8 @@ pub fn experiment(
             format!("tenant {tenant:?} has no experiment {key:?}"),
         )
     })?;
-    if !t.config.goals.iter().any(|g| g.name == goal) {
-        let names: Vec<&str> = t.config.goals.iter().map(|g| g.name.as_str()).collect();
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "tenant {tenant:?} has no goal {goal:?} (its goals: {})",
-                if names.is_empty() {
-                    "none".to_owned()
-                } else {
-                    names.join(", ")
-                }
-            ),
-        ));
-    }
-    let ledger = app.ledger.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "reports need a ledger: set [server] data_dir",
-        )
-    })?;
+    known_goal(&t, tenant, goal)?;
+    let ledger = ledger(app)?;
     // Everything accepted so far is counted.
     ledger.flush();
     let figures = ledger.figures(tenant, key, goal).map_err(|e| {
@@ -177,4 +159,101 @@ fn analysis(v: &[VariationFigures], metric: Metric, engine: EngineKind, weights:
         Ok(a) => serde_json::to_value(a.variations).unwrap_or(Value::Null),
         Err(e) => json!({ "error": e.0 }),
     }
+}
+
+/// The report of campaign `id` of `tenant` for goal `goal`: impressions, reach, conversions
+/// within the campaign's attribution window after an impression, their value, and the return
+/// on the campaign's cost, by day and by channel.
+pub fn campaign(app: &App, tenant: &str, id: &str, goal: &str) -> Result<Value, ApiError> {
+    let t = app.tenant_named(tenant).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no tenant {tenant:?} is serving"),
+        )
+    })?;
+    let c = t
+        .rules
+        .campaigns()
+        .iter()
+        .find(|c| c.id == id)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("tenant {tenant:?} has no campaign {id:?}"),
+            )
+        })?;
+    let g = known_goal(&t, tenant, goal)?;
+    let ledger = ledger(app)?;
+    ledger.flush();
+    let window = c.attribution_window_days();
+    let f = ledger
+        .campaign_figures(tenant, id, goal, window)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading the ledger: {e:#}"),
+            )
+        })?;
+    let per_reach = |x: f64| {
+        if f.reach == 0 {
+            0.0
+        } else {
+            x / f.reach as f64
+        }
+    };
+    Ok(json!({
+        "tenant": tenant,
+        "campaign": id,
+        "name": c.name,
+        "start": c.start.to_string(),
+        "end": c.end.to_string(),
+        "channels": c.channels,
+        "goal": goal,
+        "currency": g.currency,
+        "attribution_days": window,
+        "impressions": f.impressions,
+        "reach": f.reach,
+        "conversions": f.conversions,
+        "conversion_rate": per_reach(f.conversions as f64),
+        "value": f.value,
+        "value_per_user": per_reach(f.value),
+        "cost": c.cost,
+        "roi": c.cost.filter(|cost| *cost > 0.0).map(|cost| (f.value - cost) / cost),
+        "by_day": f.by_day,
+        "by_channel": f.by_channel,
+    }))
+}
+
+fn known_goal<'t>(
+    t: &'t crate::app::Tenant,
+    tenant: &str,
+    goal: &str,
+) -> Result<&'t crate::config::Goal, ApiError> {
+    t.config
+        .goals
+        .iter()
+        .find(|g| g.name == goal)
+        .ok_or_else(|| {
+            let names: Vec<&str> = t.config.goals.iter().map(|g| g.name.as_str()).collect();
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "tenant {tenant:?} has no goal {goal:?} (its goals: {})",
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            )
+        })
+}
+
+fn ledger(app: &App) -> Result<&crate::ledger::Ledger, ApiError> {
+    app.ledger.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "reports need a ledger: set [server] data_dir",
+        )
+    })
 }

@@ -38,6 +38,10 @@ pub struct VisitorState {
     /// Sticky assignments: `"<experiment>__<bucketVersion>"` → variation key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sticky: BTreeMap<String, String>,
+    /// Today's impressions of frequency-capped campaigns: campaign id → (UTC day number,
+    /// impressions that day).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub caps: BTreeMap<String, (u32, u32)>,
 }
 
 /// Signs and verifies visitor cookies.
@@ -267,6 +271,8 @@ impl Facts<'_> {
 pub fn resume(signer: &CookieSigner, cookie_value: Option<&str>, now: u64) -> VisitorState {
     match cookie_value.and_then(|v| signer.decode(v)) {
         Some(mut s) => {
+            let today = day_number(i64::try_from(now).unwrap_or(i64::MAX));
+            s.caps.retain(|_, (day, _)| *day == today);
             if now.saturating_sub(s.last) > VISIT_GAP_SECS {
                 s.visits = s.visits.saturating_add(1);
             }
@@ -279,8 +285,14 @@ pub fn resume(signer: &CookieSigner, cookie_value: Option<&str>, now: u64) -> Vi
             last: now,
             visits: 1,
             sticky: BTreeMap::new(),
+            caps: BTreeMap::new(),
         },
     }
+}
+
+/// The UTC day number of `unix_secs` (frequency caps count per day).
+pub fn day_number(unix_secs: i64) -> u32 {
+    u32::try_from(unix_secs.max(0) / 86_400).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

@@ -47,7 +47,13 @@ fn start(dir: &Path, origin: SocketAddr) -> Veneer {
             "meta": [{"key": "control"}, {"key": "new"}]}],
             "segments": {"mobile": {"device": "mobile"}},
             "campaigns": [{"id": "xmas", "name": "Christmas", "start": "2026-12-01T00:00:00Z",
-                "end": "2026-12-24T23:00:00Z", "params": {"banner": "Merry Christmas"}}]}"#,
+                "end": "2026-12-24T23:00:00Z", "priority": 10, "params": {"banner": "Merry Christmas"}},
+              {"id": "sale", "name": "Sale", "start": "2026-01-01T00:00:00Z",
+                "end": "2027-12-31T00:00:00Z", "priority": 1, "cost": 100, "frequency_cap": 2,
+                "attribution_days": 7, "params": {"banner": "Sale now on"}},
+              {"id": "kiosk-deal", "name": "Kiosk deal", "start": "2026-01-01T00:00:00Z",
+                "end": "2027-12-31T00:00:00Z", "priority": 5, "channels": ["kiosk"],
+                "params": {"banner": "Scan for a deal"}}]}"#,
     )
     .expect("rules");
     let config = format!(
@@ -56,6 +62,7 @@ fn start(dir: &Path, origin: SocketAddr) -> Veneer {
          [[tenant]]\nname = \"shop\"\nhosts = [\"shop.test\"]\norigin = \"http://{origin}\"\n\
          rules = \"rules.json\"\n\
          [tenant.limits]\nrequests_per_second_per_client = 0\n\
+         [[tenant.channel_rule]]\nname = \"kiosk\"\nheader = \"x-channel\"\nvalue = \"kiosk\"\n\
          [[tenant.goal]]\nname = \"purchase\"\nevent = \"purchase\"\ncurrency = \"EUR\"\n\
          [[tenant.goal]]\nname = \"thank-you\"\npath = \"/checkout/thank-*\"\nvalue = 5\n\
          [[tenant.plugin]]\nname = \"headline\"\npath = \"{plugin}\"\n\
@@ -534,4 +541,132 @@ fn visit_again(v: &Veneer, visitor: &Visitor) -> String {
     a.header("x-veneer-experiment")
         .and_then(|h| h.strip_prefix("headline=").map(str::to_owned))
         .unwrap_or_default()
+}
+
+fn campaign_report(v: &Veneer, campaign: &str) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_veneer"))
+        .args(["report", "--tenant", "shop", "--campaign", campaign])
+        .args(["--goal", "purchase", "--json"])
+        .env("VENEER_ADMIN_URL", format!("http://{}", v.admin))
+        .env("VENEER_ADMIN_TOKEN", OPERATOR)
+        .output()
+        .expect("veneer report");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("report JSON")
+}
+
+#[test]
+fn campaigns_follow_the_channel_stop_at_their_cap_and_report_reach_conversions_and_roi() {
+    let dir = data_dir().join("campaigns");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let origin = origin();
+    let v = start(&dir, origin);
+    let shown = |a: &Answer| -> Option<String> {
+        a.body
+            .split("data-campaign=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .map(str::to_owned)
+    };
+    // The web sees the sale twice a day (its cap), then nothing.
+    let first = send(v.listen, "GET", "/", "shop.test", &[], b"");
+    assert_eq!(shown(&first).as_deref(), Some("sale"), "{}", first.body);
+    let cookie = first
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next().map(str::to_owned))
+        .expect("cookie");
+    let mut cookie = cookie;
+    let mut seen = vec![shown(&first)];
+    for _ in 0..2 {
+        let a = send(
+            v.listen,
+            "GET",
+            "/",
+            "shop.test",
+            &[("cookie", &cookie)],
+            b"",
+        );
+        seen.push(shown(&a));
+        if let Some(c) = a
+            .header("set-cookie")
+            .and_then(|c| c.split(';').next().map(str::to_owned))
+        {
+            cookie = c;
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![Some("sale".to_owned()), Some("sale".to_owned()), None],
+        "capped at 2 a day"
+    );
+    // A kiosk (by its header) gets the kiosk-only campaign, which the web never sees.
+    let kiosk = send(
+        v.listen,
+        "GET",
+        "/",
+        "shop.test",
+        &[("x-channel", "kiosk")],
+        b"",
+    );
+    assert_eq!(
+        shown(&kiosk).as_deref(),
+        Some("kiosk-deal"),
+        "{}",
+        kiosk.body
+    );
+    // The capped visitor buys: the conversion counts for the sale (seen within 7 days).
+    let a = event(&v, &cookie, r#"{"event": "purchase", "value": 30}"#, &[]);
+    assert_eq!(a.status, 204);
+    // Someone who never saw a campaign buys too (their first request is the beacon's).
+    let stranger = send(
+        v.listen,
+        "POST",
+        "/_veneer/event",
+        "shop.test",
+        &[("content-type", "application/json")],
+        br#"{"event": "purchase", "value": 500}"#,
+    );
+    assert_eq!(stranger.status, 204);
+
+    let sale = campaign_report(&v, "sale");
+    assert_eq!(sale["impressions"], 2, "{sale}");
+    assert_eq!(sale["reach"], 1, "{sale}");
+    assert_eq!(sale["conversions"], 1, "{sale}");
+    assert_eq!(sale["value"].as_f64(), Some(30.0), "{sale}");
+    assert_eq!(sale["cost"].as_f64(), Some(100.0), "{sale}");
+    assert!(
+        (sale["roi"].as_f64().unwrap_or(0.0) + 0.7).abs() < 1e-9,
+        "{sale}"
+    );
+    let channels: Vec<&str> = sale["by_channel"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|r| r["key"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(channels, vec!["web"], "{sale}");
+    let kiosk_deal = campaign_report(&v, "kiosk-deal");
+    assert_eq!(kiosk_deal["impressions"], 1, "{kiosk_deal}");
+    assert_eq!(kiosk_deal["conversions"], 0, "{kiosk_deal}");
+    assert!(kiosk_deal["roi"].is_null(), "no cost, no ROI");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_veneer"))
+        .args([
+            "report",
+            "--tenant",
+            "shop",
+            "--campaign",
+            "sale",
+            "--goal",
+            "purchase",
+        ])
+        .env("VENEER_ADMIN_URL", format!("http://{}", v.admin))
+        .env("VENEER_ADMIN_TOKEN", OPERATOR)
+        .output()
+        .expect("veneer report");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("return on investment -70.0%"), "{table}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -135,6 +135,14 @@ fn write_cookie(app: &App, v: &mut VisitorCtx, headers: &mut HeaderMap) {
         }
         v.state.sticky = assignments;
     }
+    drop(docs);
+    let caps = v
+        .services
+        .caps
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    v.state.caps = caps.into_iter().take(visitor::MAX_ASSIGNMENTS).collect();
     let value = format!(
         "{}={}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax",
         visitor::COOKIE,

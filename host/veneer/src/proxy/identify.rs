@@ -141,6 +141,13 @@ pub(super) fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Parts) -> 
         sticky: Mutex::new(sticky),
         ledger: app.ledger.clone(),
         preview: ctx.preview.clone(),
+        channel: tenant
+            .config
+            .channel_rules
+            .iter()
+            .find(|r| r.matches(headers, parts.uri.path()))
+            .map_or_else(|| tenant.config.channel.clone(), |r| r.name.clone()),
+        caps: Mutex::new(state.caps.clone()),
     });
     // Plugins see the request as the client sent it, minus Veneer's own cookie.
     let origin_cookie = visitor::strip_cookie(&cookie_header, visitor::COOKIE);

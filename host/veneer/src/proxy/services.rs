@@ -33,6 +33,10 @@ pub(super) struct Services {
     pub(super) ledger: Option<Arc<crate::ledger::Ledger>>,
     /// A preview: forced variations, and nothing recorded.
     pub(super) preview: Option<Arc<crate::preview::Preview>>,
+    /// The channel campaigns are matched against (see `[[tenant.channel_rule]]`).
+    pub(super) channel: String,
+    /// Today's impressions of capped campaigns (written back to the cookie).
+    pub(super) caps: Mutex<std::collections::BTreeMap<String, (u32, u32)>>,
 }
 
 impl Services {
@@ -159,9 +163,17 @@ impl HostServices for Services {
     fn active_campaigns(&self) -> &[Arc<Campaign>] {
         self.campaigns.get_or_init(|| {
             let t = &self.tenant;
+            let today = crate::visitor::day_number(self.now.as_second());
+            let caps = self.caps.lock().unwrap_or_else(PoisonError::into_inner);
             t.rules
-                .active_campaigns(self.now, &t.config.channel, &self.segments)
+                .active_campaigns(self.now, &self.channel, &self.segments)
                 .into_iter()
+                .filter(|c| {
+                    c.frequency_cap.is_none_or(|cap| {
+                        caps.get(&c.id)
+                            .is_none_or(|(day, seen)| *day != today || *seen < cap)
+                    })
+                })
                 .map(|c| {
                     Arc::new(Campaign {
                         id: c.id.clone(),
@@ -199,11 +211,44 @@ impl HostServices for Services {
             }
             seen.push(campaign_id.to_owned());
         }
+        if self.preview.is_some() {
+            return;
+        }
+        {
+            let today = crate::visitor::day_number(self.now.as_second());
+            let mut caps = self.caps.lock().unwrap_or_else(PoisonError::into_inner);
+            let capped = self
+                .tenant
+                .rules
+                .campaigns()
+                .iter()
+                .any(|c| c.id == campaign_id && c.frequency_cap.is_some());
+            if capped {
+                let entry = caps.entry(campaign_id.to_owned()).or_insert((today, 0));
+                if entry.0 != today {
+                    *entry = (today, 0);
+                }
+                entry.1 = entry.1.saturating_add(1);
+            }
+        }
         let properties = vec![
             ("campaign".to_owned(), campaign.id.clone()),
             ("name".to_owned(), campaign.name.clone()),
+            ("channel".to_owned(), self.channel.clone()),
         ];
         self.track(plugin, "campaign_impression", properties);
+        if self.consent.analytics
+            && let Some(ledger) = &self.ledger
+        {
+            ledger.impression(crate::ledger::Impression {
+                tenant: self.tenant.config.name.clone(),
+                campaign: campaign_id.to_owned(),
+                visitor: self.visitor_id.clone(),
+                at_ms: self.now.as_millisecond(),
+                channel: self.channel.clone(),
+                bot: self.is_bot(),
+            });
+        }
     }
 
     fn now_ms(&self) -> i64 {
