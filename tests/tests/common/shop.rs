@@ -107,6 +107,7 @@ pub fn returning_cookie(visits: u32) -> String {
         last: 2,
         visits,
         sticky: Default::default(),
+        caps: Default::default(),
     };
     format!(
         "{COOKIE}={}",
