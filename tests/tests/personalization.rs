@@ -134,6 +134,12 @@ async fn campaign_banner_shows_only_live_campaigns_and_respects_consent() {
 
     let (_, _, json) = get(&host, "/api/home.json", &[]).await;
     assert!(!json.contains("veneer-banner"), "{json}");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(
+        json["campaign"]["id"], "sale",
+        "apps get the campaign as data: {json}"
+    );
+    assert_eq!(json["hero"]["title"], "Hi", "the rest untouched");
 
     let events = host.events(1).await;
     let impressions: Vec<_> = events
@@ -142,10 +148,55 @@ async fn campaign_banner_shows_only_live_campaigns_and_respects_consent() {
         .collect();
     assert_eq!(
         impressions.len(),
-        1,
-        "one page showed the banner; JSON and opted-out visitors count none: {events:?}"
+        2,
+        "the page and the app each showed the campaign; opted-out visitors count none: {events:?}"
     );
     assert_eq!(impressions[0]["properties"]["campaign"], "sale");
+}
+
+/// A preview link at `at` for the shop (signed as the admin API would sign it).
+fn preview_at(host: &veneer_tests::Host, at: &str) -> String {
+    let p = veneer::preview::Preview {
+        tenant: "shop".into(),
+        at: Some(at.parse().expect("instant")),
+        expires: jiff::Timestamp::now().as_second() + 600,
+        ..Default::default()
+    };
+    format!("{}={}", veneer::preview::PARAM, p.sign(&host.app.signer))
+}
+
+#[tokio::test]
+async fn a_campaign_switches_off_at_its_end_instant_on_pages_and_in_json_alike() {
+    let (_origin, host) = shop(&plugin("campaign-banner", "")).await;
+    // "expired" (priority 99) ends at 2021-01-01T00:00:00Z; "sale" runs on.
+    for (at, live) in [
+        ("2020-12-31T23:59:59Z", "expired"),
+        ("2021-01-01T00:00:00Z", "sale"),
+    ] {
+        let q = preview_at(&host, at);
+        let (status, headers, page) = get(&host, &format!("/?{q}"), &[]).await;
+        assert_eq!(status, 200);
+        assert!(
+            page.contains(&format!("data-campaign=\"{live}\"")),
+            "at {at}: {page}"
+        );
+        assert!(
+            headers.get("set-cookie").is_none(),
+            "previews write no cookie"
+        );
+        let (_, _, json) = get(&host, &format!("/api/home.json?{q}"), &[]).await;
+        let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        assert_eq!(json["campaign"]["id"], live, "at {at}: {json}");
+    }
+    // Previews record nothing.
+    let (_, _, _) = get(&host, "/", &[]).await;
+    let events = host.events(1).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e["properties"]["campaign"] != "expired"),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]

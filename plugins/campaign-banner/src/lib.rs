@@ -1,5 +1,5 @@
 //! Shows a banner at the top of every page for the highest-priority live campaign that has a
-//! `banner` parameter, and tells the host it showed it (`campaigns::impression`), which
+//! `banner` parameter (and hands it to apps and kiosks as `/campaign` in JSON responses), and tells the host it showed it (`campaigns::impression`), which
 //! records the impression for the campaign's report. Campaign start and end are enforced by the
 //! host clock, so the banner appears and disappears everywhere at the configured instants.
 
@@ -14,14 +14,31 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// A JSON string literal (the SDK passes JSON values as text).
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 impl Plugin for Banner {
     fn on_response(_request: &Request, response: &Response, visitor: &Visitor) -> ResponsePlan {
         let mut plan = Plan::new();
-        let is_html = response
-            .header("content-type")
-            .is_some_and(|v| v.starts_with("text/html"));
-        // Only HTML gets a banner, so only HTML counts an impression.
-        if response.status() != 200 || !is_html || !visitor.consents("marketing") {
+        let content_type = response.header("content-type").unwrap_or_default();
+        let is_html = content_type.starts_with("text/html");
+        let is_json = content_type.starts_with("application/json");
+        // HTML gets the banner in the page; an app or kiosk fetching JSON gets the campaign
+        // under `/campaign` to show itself. Either way the host records one impression.
+        if response.status() != 200 || !(is_html || is_json) || !visitor.consents("marketing") {
             return plan.build();
         }
         let live = campaigns::active();
@@ -34,15 +51,27 @@ impl Plugin for Banner {
         let id = campaign.id();
         let colour = campaign.param("colour").unwrap_or_else(|| "#b3001b".into());
         let link = campaign.param("link").unwrap_or_else(|| "/".into());
-        let html = format!(
-            r#"<div class="veneer-banner" data-campaign="{id}" style="background:{colour};color:#fff;padding:.6em;text-align:center"><a href="{link}" style="color:inherit">{text}</a></div>"#,
-            id = escape(&id),
-            colour = escape(&colour),
-            link = escape(&link),
-            text = escape(&text),
-        );
-        plan.select(&config("selector").unwrap_or_else(|| "body".to_owned()))
-            .prepend_html(&html);
+        if is_json {
+            plan.json_set(
+                "/campaign",
+                &format!(
+                    "{{\"id\":{},\"banner\":{},\"link\":{}}}",
+                    json_string(&id),
+                    json_string(&text),
+                    json_string(&link)
+                ),
+            );
+        } else {
+            let html = format!(
+                r#"<div class="veneer-banner" data-campaign="{id}" style="background:{colour};color:#fff;padding:.6em;text-align:center"><a href="{link}" style="color:inherit">{text}</a></div>"#,
+                id = escape(&id),
+                colour = escape(&colour),
+                link = escape(&link),
+                text = escape(&text),
+            );
+            plan.select(&config("selector").unwrap_or_else(|| "body".to_owned()))
+                .prepend_html(&html);
+        }
         campaigns::impression(&id);
         plan.build()
     }
