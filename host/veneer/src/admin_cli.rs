@@ -729,9 +729,9 @@ pub fn campaign_table(v: &Value) -> String {
                 out,
                 "{:<14} {:>11} {:>8} {:>11} {:>12.2}",
                 r["key"].as_str().unwrap_or_default(),
-                r["impressions"],
-                r["reach"],
-                r["conversions"],
+                r["impressions"].as_u64().unwrap_or(0),
+                r["reach"].as_u64().unwrap_or(0),
+                r["conversions"].as_u64().unwrap_or(0),
                 r["value"].as_f64().unwrap_or(0.0)
             );
         }
@@ -818,8 +818,8 @@ pub fn report_table(v: &Value) -> String {
             out,
             "{:<16} {:>8} {:>11} {:>7.2}% {:>11.2}   {:<30} {:>13}",
             name,
-            row["users"],
-            row["conversions"],
+            row["users"].as_u64().unwrap_or(0),
+            row["conversions"].as_u64().unwrap_or(0),
             row["rate"].as_f64().unwrap_or(0.0) * 100.0,
             row["value_per_user"].as_f64().unwrap_or(0.0),
             uplift,
