@@ -242,6 +242,10 @@ impl App {
                     .analytics_log
                     .as_ref()
                     .map(|p| config.resolve(p)),
+                crate::analytics::Rotation {
+                    max_bytes: config.server.analytics_max_bytes,
+                    keep: config.server.analytics_keep,
+                },
                 metrics.clone(),
             ),
             metrics,

@@ -64,6 +64,10 @@ pub struct Server {
     pub cache_dir: PathBuf,
     /// Analytics events are appended here as JSON lines.
     pub analytics_log: Option<PathBuf>,
+    /// The log is rotated past this size (`FILE.1`, `FILE.2`...; 0: never).
+    pub analytics_max_bytes: u64,
+    /// Rotated files kept; older ones are deleted, so the log is bounded.
+    pub analytics_keep: u32,
     /// Upper bound on plugin instances alive at once (the instance pool's size).
     pub max_instances: u32,
     /// How long to wait for an origin's response head.
@@ -101,6 +105,8 @@ impl Default for Server {
             cookie_secret: None,
             cache_dir: PathBuf::from(".veneer-cache"),
             analytics_log: None,
+            analytics_max_bytes: 256 << 20,
+            analytics_keep: 5,
             max_instances: 1000,
             origin_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
