@@ -144,6 +144,13 @@ def edge_cases():
                     out.append(req(metric, arms, engine, difference, sequential=True))
                 else:
                     out.append(req(metric, arms, engine, difference, prior={"mean": 0, "variance": 0.01}))
+    # The seeded experiment of the host's report test (tests/tests/reports.rs): 1,000 users per
+    # variation, 100 and 120 buyers of 20.0 each, as its report analyses them.
+    seeded_rate = [{"users": 1000, "sum": 100}, {"users": 1000, "sum": 120}]
+    seeded_value = [{"users": 1000, "sum": 2000.0, "sum_squares": 40000.0}, {"users": 1000, "sum": 2400.0, "sum_squares": 48000.0}]
+    for engine in ["bayesian", "frequentist"]:
+        out.append(req("proportion", seeded_rate, engine, weights=[0.5, 0.5]))
+        out.append(req("mean", seeded_value, engine, weights=[0.5, 0.5]))
     out.append(req("proportion", skewed, "frequentist", weights=[0.55, 0.45]))
     out.append(req("proportion", skewed, "frequentist", weights=[0, 1]))
     return out
