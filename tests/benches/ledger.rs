@@ -16,7 +16,7 @@ use veneer_tests::TempDir;
 fn run(requests: usize) -> (Duration, u64) {
     let dir = TempDir::new();
     let metrics = Arc::new(Metrics::default());
-    let ledger = Ledger::open(&dir.0, metrics.clone()).expect("ledger");
+    let ledger = Ledger::open(&dir.0, metrics.clone(), 0).expect("ledger");
     let started = Instant::now();
     for i in 0..requests {
         let visitor = format!("visitor-{i}");
@@ -57,6 +57,26 @@ fn run(requests: usize) -> (Duration, u64) {
     }
     ledger.flush();
     let took = started.elapsed();
+    if requests >= 100_000 {
+        let t = Instant::now();
+        let figures = ledger
+            .figures("shop", "headline", "purchase")
+            .expect("figures");
+        let experiment_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let campaign = ledger
+            .campaign_figures("shop", "winter-sale", "purchase", 7)
+            .expect("figures");
+        let campaign_ms = t.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(
+            figures.variations.iter().map(|v| v.users).sum::<u64>(),
+            requests as u64
+        );
+        assert_eq!(campaign.reach, requests as u64);
+        println!(
+            "{{\"scenario\":\"report-from-ledger\",\"visitors\":{requests},\"experiment_report_ms\":{experiment_ms:.0},\"campaign_report_ms\":{campaign_ms:.0}}}"
+        );
+    }
     let dropped = metrics
         .render()
         .lines()

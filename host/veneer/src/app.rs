@@ -228,8 +228,12 @@ impl App {
             .build(connector);
         let ledger = match &config.server.data_dir {
             Some(dir) => Some(Arc::new(
-                crate::ledger::Ledger::open(&config.resolve(dir), metrics.clone())
-                    .map_err(|e| err(config, "server.data_dir".into(), format!("{e:#}")))?,
+                crate::ledger::Ledger::open(
+                    &config.resolve(dir),
+                    metrics.clone(),
+                    config.server.ledger_retention_days,
+                )
+                .map_err(|e| err(config, "server.data_dir".into(), format!("{e:#}")))?,
             )),
             None => None,
         };

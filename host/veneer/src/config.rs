@@ -68,6 +68,8 @@ pub struct Server {
     pub analytics_max_bytes: u64,
     /// Rotated files kept; older ones are deleted, so the log is bounded.
     pub analytics_keep: u32,
+    /// Days the ledger keeps exposures, impressions and conversions for reports (0: for ever).
+    pub ledger_retention_days: u32,
     /// Upper bound on plugin instances alive at once (the instance pool's size).
     pub max_instances: u32,
     /// How long to wait for an origin's response head.
@@ -107,6 +109,7 @@ impl Default for Server {
             analytics_log: None,
             analytics_max_bytes: 256 << 20,
             analytics_keep: 5,
+            ledger_retention_days: 400,
             max_instances: 1000,
             origin_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,

@@ -120,8 +120,9 @@ pub struct Figures {
 }
 
 impl Ledger {
-    /// Opens (or creates) `dir/ledger.db` and starts the writer thread.
-    pub fn open(dir: &Path, metrics: Arc<Metrics>) -> anyhow::Result<Ledger> {
+    /// Opens (or creates) `dir/ledger.db` and starts the writer thread; rows older than
+    /// `retention_days` are deleted (hourly), so the ledger stays bounded.
+    pub fn open(dir: &Path, metrics: Arc<Metrics>, retention_days: u32) -> anyhow::Result<Ledger> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join("ledger.db");
         let writer = connect(&path)?;
@@ -151,7 +152,7 @@ impl Ledger {
         let m = metrics.clone();
         std::thread::Builder::new()
             .name("veneer-ledger".into())
-            .spawn(move || write_loop(writer, rx, &m))
+            .spawn(move || write_loop(writer, rx, &m, retention_days))
             .context("starting the ledger writer")?;
         Ok(Ledger {
             tx,
@@ -414,9 +415,46 @@ fn connect(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
-fn write_loop(mut conn: Connection, rx: Receiver<Row>, metrics: &Metrics) {
+/// Deletes rows older than `retention_days`.
+fn prune(conn: &Connection, retention_days: u32) -> rusqlite::Result<usize> {
+    let cutoff = jiff::Timestamp::now().as_millisecond() - i64::from(retention_days) * 86_400_000;
+    let mut n = 0;
+    for table in ["exposures", "impressions", "conversions"] {
+        n += conn.execute(
+            &format!("DELETE FROM {table} WHERE at_ms < ?1"),
+            params![cutoff],
+        )?;
+    }
+    Ok(n)
+}
+
+fn write_loop(mut conn: Connection, rx: Receiver<Row>, metrics: &Metrics, retention_days: u32) {
     let mut batch = Vec::with_capacity(1024);
-    while let Ok(first) = rx.recv() {
+    let mut pruned_at: Option<std::time::Instant> = None;
+    loop {
+        if retention_days > 0
+            && pruned_at.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(3600))
+        {
+            match prune(&conn, retention_days) {
+                Ok(n) if n > 0 => tracing::info!(
+                    rows = n,
+                    retention_days,
+                    "ledger rows past retention deleted"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning the ledger"),
+            }
+            pruned_at = Some(std::time::Instant::now());
+        }
+        let Ok(first) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
+            if matches!(
+                rx.try_recv(),
+                Err(std::sync::mpsc::TryRecvError::Disconnected)
+            ) {
+                return;
+            }
+            continue;
+        };
         batch.push(first);
         while batch.len() < 4096 {
             match rx.try_recv() {
