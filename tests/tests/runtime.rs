@@ -144,10 +144,13 @@ async fn each_request_gets_a_fresh_instance_and_a_spent_one_stays_faulted() {
             .instantiate(Arc::new(NoServices), veneer::plugin::Admission::Run)
             .await
             .expect("instance");
-        assert!(matches!(
-            instance.on_request(&head, &visitor).await,
-            Err(PluginFault::Trap(_))
-        ));
+        match instance.on_request(&head, &visitor).await {
+            Err(PluginFault::Trap(message)) => assert!(
+                message.contains("panicked at") && message.contains("chaos: trap in on-request"),
+                "the fault carries the guest's panic message: {message}"
+            ),
+            other => panic!("expected a trap, got {other:?}"),
+        }
         assert!(matches!(
             instance.on_request(&head, &visitor).await,
             Err(PluginFault::AlreadyFaulted)

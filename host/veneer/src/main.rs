@@ -99,6 +99,11 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, and never with NO_COLOR (no-color.org).
+        .with_ansi(
+            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )
         .init();
     // Scripts drive these commands: a usage error is one line on stderr and exit status 2
     // (help and version print as clap prints them).
@@ -247,7 +252,9 @@ async fn start(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let listener = server::bind(config.server.listen).await?;
-    tracing::info!(listen = %config.server.listen, tenants = config.tenants.len(), "veneer is serving");
+    // The bound address: with port 0 in the config, the port the kernel chose.
+    let bound = listener.local_addr().unwrap_or(config.server.listen);
+    tracing::info!(listen = %bound, tenants = config.tenants.len(), "veneer is serving");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = move || {
         let mut rx = stopped.clone();
@@ -260,6 +267,7 @@ async fn start(config: Config) -> anyhow::Result<()> {
         Some(addr) => {
             let tls = veneer::tls::watch(app.clone())?;
             let listener = server::bind(addr).await?;
+            let addr = listener.local_addr().unwrap_or(addr);
             tracing::info!(tls_listen = %addr, "serving TLS (certificates by SNI, h2 and HTTP/1.1 by ALPN)");
             Some(server::serve_tls_until(
                 app.clone(),
@@ -279,7 +287,9 @@ async fn start(config: Config) -> anyhow::Result<()> {
     });
     if let Some(admin) = config.server.admin_listen {
         let api = control.is_some();
-        veneer::admin::serve(app.clone(), control, server::bind(admin).await?);
+        let listener = server::bind(admin).await?;
+        let admin = listener.local_addr().unwrap_or(admin);
+        veneer::admin::serve(app.clone(), control, listener);
         tracing::info!(%admin, api, "admin endpoint (/metrics, /healthz, /readyz; /v1 admin API with a data_dir)");
     } else if control.is_some() {
         tracing::warn!("data_dir is set but admin_listen is not: the admin API is not served");

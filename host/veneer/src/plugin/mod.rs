@@ -30,6 +30,7 @@
 pub mod breaker;
 pub mod budget;
 pub mod model;
+mod stderr;
 mod v0_1;
 mod v0_2;
 
@@ -635,8 +636,10 @@ impl Plugin {
         services: Arc<dyn HostServices>,
         admission: Admission,
     ) -> Result<Instance, PluginFault> {
+        let stderr = stderr::GuestStderr::default();
         let state = StoreState {
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
+            stderr,
             table: ResourceTable::new(),
             memory_limit: self.limits.memory_bytes,
             memory_exceeded: false,
@@ -737,6 +740,8 @@ impl Plugin {
 /// Per-store state: WASI (empty), limits and the request's host services.
 struct StoreState {
     wasi: WasiCtx,
+    /// What the guest printed to stderr (bounded), for the fault's message.
+    stderr: stderr::GuestStderr,
     table: ResourceTable,
     memory_limit: usize,
     memory_exceeded: bool,
@@ -932,7 +937,11 @@ impl Instance {
             }
             return PluginFault::Deadline(self.budget);
         }
-        PluginFault::Trap(format!("{e:#}").lines().next().unwrap_or("trap").to_owned())
+        let first = format!("{e:#}").lines().next().unwrap_or("trap").to_owned();
+        match self.store.data().stderr.panic_message() {
+            Some(panic) => PluginFault::Trap(panic),
+            None => PluginFault::Trap(first),
+        }
     }
 
     /// Starts a call; `awaited` calls may yield to the scheduler, streaming ones cannot.
