@@ -20,13 +20,13 @@ fn run(requests: usize) -> (Duration, u64) {
     let started = Instant::now();
     for i in 0..requests {
         let visitor = format!("visitor-{i}");
-        let at_ms = 1_795_000_000_000 + i as i64;
+        let at_us = 1_795_000_000_000 + i as i64;
         ledger.exposure(Exposure {
             tenant: "shop".into(),
             experiment: "headline".into(),
             variation: (i % 2) as u32,
             visitor: visitor.clone(),
-            at_ms,
+            at_us,
             segments: vec!["returning".into()],
             bot: false,
         });
@@ -34,7 +34,7 @@ fn run(requests: usize) -> (Duration, u64) {
             tenant: "shop".into(),
             campaign: "winter-sale".into(),
             visitor: visitor.clone(),
-            at_ms,
+            at_us,
             channel: "web".into(),
             bot: false,
         });
@@ -43,7 +43,7 @@ fn run(requests: usize) -> (Duration, u64) {
                 tenant: "shop".into(),
                 goal: "purchase".into(),
                 visitor,
-                at_ms: at_ms + 1,
+                at_us: at_us + 1,
                 value: 42.0,
                 currency: Some("EUR".into()),
                 bot: false,

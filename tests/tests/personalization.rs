@@ -166,27 +166,36 @@ fn preview_at(host: &veneer_tests::Host, at: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_campaign_switches_off_at_its_end_instant_on_pages_and_in_json_alike() {
+async fn campaigns_switch_on_and_off_at_their_instants_on_pages_and_in_json_alike() {
     let (_origin, host) = shop(&plugin("campaign-banner", "")).await;
-    // "expired" (priority 99) ends at 2021-01-01T00:00:00Z; "sale" runs on.
+    // "expired" (priority 99) and "sale" start at 2020-01-01T00:00:00Z; "expired" ends at
+    // 2021-01-01T00:00:00Z, "sale" runs on.
     for (at, live) in [
-        ("2020-12-31T23:59:59Z", "expired"),
-        ("2021-01-01T00:00:00Z", "sale"),
+        ("2019-12-31T23:59:59Z", None),
+        ("2020-01-01T00:00:00Z", Some("expired")),
+        ("2020-12-31T23:59:59Z", Some("expired")),
+        ("2021-01-01T00:00:00Z", Some("sale")),
     ] {
         let q = preview_at(&host, at);
         let (status, headers, page) = get(&host, &format!("/?{q}"), &[]).await;
         assert_eq!(status, 200);
-        assert!(
-            page.contains(&format!("data-campaign=\"{live}\"")),
-            "at {at}: {page}"
-        );
+        match live {
+            Some(id) => assert!(
+                page.contains(&format!("data-campaign=\"{id}\"")),
+                "at {at}: {page}"
+            ),
+            None => assert!(!page.contains("veneer-banner"), "at {at}: {page}"),
+        }
         assert!(
             headers.get("set-cookie").is_none(),
             "previews write no cookie"
         );
         let (_, _, json) = get(&host, &format!("/api/home.json?{q}"), &[]).await;
         let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
-        assert_eq!(json["campaign"]["id"], live, "at {at}: {json}");
+        match live {
+            Some(id) => assert_eq!(json["campaign"]["id"], id, "at {at}: {json}"),
+            None => assert!(json.get("campaign").is_none(), "at {at}: {json}"),
+        }
     }
     // Previews record nothing.
     let (_, _, _) = get(&host, "/", &[]).await;

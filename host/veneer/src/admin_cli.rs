@@ -795,7 +795,8 @@ pub fn report_table(v: &Value) -> String {
         let (uplift, decision) = if i == 0 {
             ("control".to_owned(), String::new())
         } else {
-            let r = &results[i - 1];
+            let missing = Value::Null;
+            let r = results.get(i - 1).unwrap_or(&missing);
             let ci = r["ci"].as_array();
             let lo = ci.and_then(|c| c.first()).and_then(Value::as_f64);
             let hi = ci.and_then(|c| c.get(1)).and_then(Value::as_f64);

@@ -267,9 +267,14 @@ pub struct Goal {
     /// The value of a path conversion (a beacon event brings its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
-    /// The currency of the goal's values (ISO 4217).
+    /// The currency of the goal's values (ISO 4217); a beacon event in another currency is
+    /// not counted for this goal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub currency: Option<String>,
+    /// The largest value one conversion may carry (a beacon event above it is not counted:
+    /// anyone can post to the beacon, so a goal's sums should not take any number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_value: Option<f64>,
 }
 
 impl Goal {
@@ -298,6 +303,9 @@ impl Goal {
         }
         if self.value.is_some_and(|v| !v.is_finite()) {
             return Some("value must be a finite number".into());
+        }
+        if self.max_value.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+            return Some("max_value must be a number above 0".into());
         }
         if let Some(c) = &self.currency
             && !(c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()))

@@ -475,6 +475,10 @@ impl Control {
         self.store.delete_tenant(&who.actor, name)?;
         self.publish(name, None).await;
         self.reload_tokens()?;
+        // Its reports go with it: a new tenant of the same name starts from nothing.
+        if let Some(ledger) = &self.app.ledger {
+            ledger.purge(name);
+        }
         Ok(json!({"deleted": name}))
     }
 

@@ -32,8 +32,9 @@ pub struct Exposure {
     pub variation: u32,
     /// Visitor id.
     pub visitor: String,
-    /// Milliseconds since the epoch.
-    pub at_ms: i64,
+    /// Microseconds since the epoch (fine enough that two requests of one visitor never tie,
+    /// while what one request records shares its instant).
+    pub at_us: i64,
     /// The segments the visitor was in.
     pub segments: Vec<String>,
     /// A bot (kept, left out of reports).
@@ -50,7 +51,7 @@ pub struct Impression {
     /// Visitor id.
     pub visitor: String,
     /// Milliseconds since the epoch.
-    pub at_ms: i64,
+    pub at_us: i64,
     /// The channel it was shown on.
     pub channel: String,
     /// A bot (kept, left out of reports).
@@ -67,9 +68,12 @@ pub struct Conversion {
     /// Visitor id.
     pub visitor: String,
     /// Milliseconds since the epoch.
-    pub at_ms: i64,
+    pub at_us: i64,
     /// Revenue or any value (0 when none).
     pub value: f64,
+    /// Count it only if the visitor has not reached this goal within this many microseconds
+    /// (a reloaded thank-you page is one conversion, not two).
+    pub once_within_us: Option<i64>,
     /// ISO 4217 code of `value`, when it is money.
     pub currency: Option<String>,
     /// A bot (kept, left out of reports).
@@ -77,6 +81,7 @@ pub struct Conversion {
 }
 
 enum Row {
+    Purge(String),
     Exposure(Exposure),
     Impression(Impression),
     Conversion(Conversion),
@@ -130,21 +135,24 @@ impl Ledger {
             .execute_batch(
                 "CREATE TABLE IF NOT EXISTS exposures (
                     tenant TEXT NOT NULL, experiment TEXT NOT NULL, visitor TEXT NOT NULL,
-                    variation INTEGER NOT NULL, at_ms INTEGER NOT NULL, day TEXT NOT NULL,
+                    variation INTEGER NOT NULL, at_us INTEGER NOT NULL, day TEXT NOT NULL,
                     segments TEXT NOT NULL, bot INTEGER NOT NULL,
                     PRIMARY KEY (tenant, experiment, visitor)) WITHOUT ROWID;
                  CREATE TABLE IF NOT EXISTS conversions (
                     tenant TEXT NOT NULL, goal TEXT NOT NULL, visitor TEXT NOT NULL,
-                    at_ms INTEGER NOT NULL, value REAL NOT NULL, currency TEXT,
+                    at_us INTEGER NOT NULL, value REAL NOT NULL, currency TEXT,
                     bot INTEGER NOT NULL);
                  CREATE INDEX IF NOT EXISTS conversions_by_visitor
-                    ON conversions (tenant, goal, visitor, at_ms);
+                    ON conversions (tenant, goal, visitor, at_us);
                  CREATE TABLE IF NOT EXISTS impressions (
                     tenant TEXT NOT NULL, campaign TEXT NOT NULL, visitor TEXT NOT NULL,
-                    at_ms INTEGER NOT NULL, day TEXT NOT NULL, channel TEXT NOT NULL,
+                    at_us INTEGER NOT NULL, day TEXT NOT NULL, channel TEXT NOT NULL,
                     bot INTEGER NOT NULL);
                  CREATE INDEX IF NOT EXISTS impressions_by_visitor
-                    ON impressions (tenant, campaign, visitor, at_ms);",
+                    ON impressions (tenant, campaign, visitor, at_us);
+                 CREATE INDEX IF NOT EXISTS exposures_by_time ON exposures (at_us);
+                 CREATE INDEX IF NOT EXISTS impressions_by_time ON impressions (at_us);
+                 CREATE INDEX IF NOT EXISTS conversions_by_time ON conversions (at_us);",
             )
             .with_context(|| format!("creating the ledger schema in {}", path.display()))?;
         let reader = connect(&path)?;
@@ -177,21 +185,28 @@ impl Ledger {
         self.send(Row::Impression(i), "impression");
     }
 
-    /// Queues a conversion (never blocks).
-    pub fn conversion(&self, c: Conversion) {
-        self.send(Row::Conversion(c), "conversion");
+    /// Queues a conversion (never blocks); `false` when it could not be queued.
+    pub fn conversion(&self, c: Conversion) -> bool {
+        self.send(Row::Conversion(c), "conversion")
     }
 
-    fn send(&self, row: Row, kind: &'static str) {
-        let outcome = match self.tx.try_send(row) {
-            Ok(()) => "queued",
-            Err(TrySendError::Full(_)) => "dropped_queue_full",
-            Err(TrySendError::Disconnected(_)) => "dropped_writer_gone",
+    /// Queues the deletion of everything recorded for `tenant` (a deleted tenant's figures
+    /// must not become a new tenant's of the same name).
+    pub fn purge(&self, tenant: &str) {
+        let _ = self.tx.send(Row::Purge(tenant.to_owned()));
+    }
+
+    fn send(&self, row: Row, kind: &'static str) -> bool {
+        let (queued, outcome) = match self.tx.try_send(row) {
+            Ok(()) => (true, "queued"),
+            Err(TrySendError::Full(_)) => (false, "dropped_queue_full"),
+            Err(TrySendError::Disconnected(_)) => (false, "dropped_writer_gone"),
         };
         self.metrics.inc(
             "veneer_ledger_rows_total",
             &[("kind", kind), ("outcome", outcome)],
         );
+        queued
     }
 
     /// Waits until every row queued before this call is stored.
@@ -207,10 +222,10 @@ impl Ledger {
         let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
         // Per visitor: their variation, exposure day and segments, and what they converted
         // at or after their exposure.
-        let sql = "SELECT e.variation, e.day, e.segments, COUNT(c.at_ms), COALESCE(SUM(c.value), 0)
+        let sql = "SELECT e.variation, e.day, e.segments, COUNT(c.at_us), COALESCE(SUM(c.value), 0)
              FROM exposures e
              LEFT JOIN conversions c ON c.tenant = e.tenant AND c.goal = ?3
-                  AND c.visitor = e.visitor AND c.at_ms >= e.at_ms
+                  AND c.visitor = e.visitor AND c.at_us > e.at_us
              WHERE e.tenant = ?1 AND e.experiment = ?2 AND e.bot = 0
              GROUP BY e.visitor";
         let mut stmt = conn.prepare_cached(sql)?;
@@ -272,8 +287,11 @@ pub struct CampaignFigures {
     /// Impressions, reach, conversions and value per UTC day (of the impression, and of the
     /// conversion for conversions and value).
     pub by_day: Vec<PeriodFigures>,
-    /// Impressions and reach per channel.
+    /// Impressions, reach, conversions and value per channel (a conversion goes to the channel
+    /// of the visitor's latest impression before it).
     pub by_channel: Vec<PeriodFigures>,
+    /// Impressions shown to bots, left out of every figure above.
+    pub bots_excluded: u64,
 }
 
 /// One row of a campaign breakdown.
@@ -302,67 +320,92 @@ impl Ledger {
         window_days: u32,
     ) -> anyhow::Result<CampaignFigures> {
         let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
-        let window_ms = i64::from(window_days) * 86_400_000;
+        let window_us = i64::from(window_days) * 86_400_000_000;
         let mut figures = CampaignFigures::default();
-        let mut shown = conn.prepare_cached(
-            "SELECT day, channel, COUNT(*), COUNT(DISTINCT visitor) FROM impressions
-             WHERE tenant = ?1 AND campaign = ?2 AND bot = 0 GROUP BY day, channel",
-        )?;
-        let rows = shown.query_map(params![tenant, campaign], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })?;
-        for row in rows {
-            let (day, channel, n, reach) = row?;
-            let (n, reach) = (n as u64, reach as u64);
-            for (list, key) in [
-                (&mut figures.by_day, day),
-                (&mut figures.by_channel, channel),
-            ] {
+        // Each breakdown counts a visitor once per group (a visitor seen on two days is in
+        // both days' reach, once in the total).
+        for (column, list) in [
+            ("day", &mut figures.by_day),
+            ("channel", &mut figures.by_channel),
+        ] {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {column}, COUNT(*), COUNT(DISTINCT visitor) FROM impressions
+                 WHERE tenant = ?1 AND campaign = ?2 AND bot = 0 GROUP BY {column}"
+            ))?;
+            let rows = stmt.query_map(params![tenant, campaign], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (key, n, reach) = row?;
                 let p = period(list, &key);
-                p.impressions += n;
-                p.reach += reach;
+                p.impressions = n as u64;
+                p.reach = reach as u64;
             }
-            figures.impressions += n;
         }
-        figures.reach = conn.query_row(
-            "SELECT COUNT(DISTINCT visitor) FROM impressions
-             WHERE tenant = ?1 AND campaign = ?2 AND bot = 0",
+        (figures.impressions, figures.reach, figures.bots_excluded) = conn.query_row(
+            "SELECT COALESCE(SUM(bot = 0), 0),
+                    COUNT(DISTINCT CASE WHEN bot = 0 THEN visitor END),
+                    COALESCE(SUM(bot = 1), 0)
+             FROM impressions WHERE tenant = ?1 AND campaign = ?2",
             params![tenant, campaign],
-            |r| r.get::<_, i64>(0),
-        )? as u64;
-        // Reach per day/channel above counts a visitor once per group; overall, once.
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            },
+        )?;
+        // A conversion counts if it came after one of the visitor's impressions (strictly: not
+        // in the same request) and within the window; by channel, for the channel of the
+        // latest such impression.
         let mut converted = conn.prepare_cached(
-            "SELECT c.visitor, c.at_ms, c.value FROM conversions c
+            "SELECT c.visitor, c.at_us, c.value,
+                    (SELECT i.channel FROM impressions i WHERE i.tenant = c.tenant
+                       AND i.campaign = ?2 AND i.visitor = c.visitor AND i.bot = 0
+                       AND i.at_us < c.at_us AND c.at_us < i.at_us + ?4
+                     ORDER BY i.at_us DESC LIMIT 1)
+             FROM conversions c
              WHERE c.tenant = ?1 AND c.goal = ?3 AND c.bot = 0 AND EXISTS (
                 SELECT 1 FROM impressions i WHERE i.tenant = c.tenant AND i.campaign = ?2
                   AND i.visitor = c.visitor AND i.bot = 0
-                  AND i.at_ms <= c.at_ms AND c.at_ms < i.at_ms + ?4)
-             ORDER BY c.visitor, c.at_ms",
+                  AND i.at_us < c.at_us AND c.at_us < i.at_us + ?4)
+             ORDER BY c.visitor, c.at_us",
         )?;
-        let rows = converted.query_map(params![tenant, campaign, goal, window_ms], |r| {
+        let rows = converted.query_map(params![tenant, campaign, goal, window_us], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, f64>(2)?,
+                r.get::<_, Option<String>>(3)?,
             ))
         })?;
-        let mut last_visitor: Option<String> = None;
+        let mut counted_day = std::collections::HashSet::new();
+        let mut counted_channel = std::collections::HashSet::new();
+        let mut counted = std::collections::HashSet::new();
         for row in rows {
-            let (visitor, at_ms, value) = row?;
-            let first = last_visitor.as_deref() != Some(visitor.as_str());
-            let p = period(&mut figures.by_day, &day_of(at_ms));
+            let (visitor, at_us, value, channel) = row?;
+            let day = day_of(at_us);
+            let p = period(&mut figures.by_day, &day);
             p.value += value;
-            if first {
+            if counted_day.insert((day, visitor.clone())) {
                 p.conversions += 1;
+            }
+            if let Some(channel) = channel {
+                let p = period(&mut figures.by_channel, &channel);
+                p.value += value;
+                if counted_channel.insert((channel, visitor.clone())) {
+                    p.conversions += 1;
+                }
+            }
+            if counted.insert(visitor) {
                 figures.conversions += 1;
             }
             figures.value += value;
-            last_visitor = Some(visitor);
         }
         figures.by_day.sort_by(|a, b| a.key.cmp(&b.key));
         figures.by_channel.sort_by(|a, b| a.key.cmp(&b.key));
@@ -399,8 +442,8 @@ fn group<'a>(
 }
 
 /// The UTC date of an instant, `YYYY-MM-DD`.
-fn day_of(at_ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(at_ms)
+fn day_of(at_us: i64) -> String {
+    jiff::Timestamp::from_microsecond(at_us)
         .map(|t| t.strftime("%Y-%m-%d").to_string())
         .unwrap_or_default()
 }
@@ -417,11 +460,12 @@ fn connect(path: &Path) -> anyhow::Result<Connection> {
 
 /// Deletes rows older than `retention_days`.
 fn prune(conn: &Connection, retention_days: u32) -> rusqlite::Result<usize> {
-    let cutoff = jiff::Timestamp::now().as_millisecond() - i64::from(retention_days) * 86_400_000;
+    let cutoff =
+        jiff::Timestamp::now().as_microsecond() - i64::from(retention_days) * 86_400_000_000;
     let mut n = 0;
     for table in ["exposures", "impressions", "conversions"] {
         n += conn.execute(
-            &format!("DELETE FROM {table} WHERE at_ms < ?1"),
+            &format!("DELETE FROM {table} WHERE at_us < ?1"),
             params![cutoff],
         )?;
     }
@@ -487,16 +531,18 @@ fn store(
     {
         let mut exposure = tx.prepare_cached(
             "INSERT OR IGNORE INTO exposures
-             (tenant, experiment, visitor, variation, at_ms, day, segments, bot)
+             (tenant, experiment, visitor, variation, at_us, day, segments, bot)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         let mut impression = tx.prepare_cached(
-            "INSERT INTO impressions (tenant, campaign, visitor, at_ms, day, channel, bot)
+            "INSERT INTO impressions (tenant, campaign, visitor, at_us, day, channel, bot)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         let mut conversion = tx.prepare_cached(
-            "INSERT INTO conversions (tenant, goal, visitor, at_ms, value, currency, bot)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO conversions (tenant, goal, visitor, at_us, value, currency, bot)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (
+                SELECT 1 FROM conversions WHERE tenant = ?1 AND goal = ?2 AND visitor = ?3
+                  AND at_us > ?4 - ?8 AND at_us <= ?4)",
         )?;
         for row in batch.drain(..) {
             match row {
@@ -505,22 +551,22 @@ fn store(
                         i.tenant,
                         i.campaign,
                         i.visitor,
-                        i.at_ms,
-                        day_of(i.at_ms),
+                        i.at_us,
+                        day_of(i.at_us),
                         i.channel,
                         i.bot
                     ])?;
                     n += 1;
                 }
                 Row::Exposure(e) => {
-                    let day = day_of(e.at_ms);
+                    let day = day_of(e.at_us);
                     let segments = format!(",{},", e.segments.join(","));
                     exposure.execute(params![
                         e.tenant,
                         e.experiment,
                         e.visitor,
                         e.variation,
-                        e.at_ms,
+                        e.at_us,
                         day,
                         segments,
                         e.bot
@@ -528,12 +574,28 @@ fn store(
                     n += 1;
                 }
                 Row::Conversion(c) => {
+                    // Without a dedupe window, a window of 0 matches nothing before it.
                     conversion.execute(params![
-                        c.tenant, c.goal, c.visitor, c.at_ms, c.value, c.currency, c.bot
+                        c.tenant,
+                        c.goal,
+                        c.visitor,
+                        c.at_us,
+                        c.value,
+                        c.currency,
+                        c.bot,
+                        c.once_within_us.unwrap_or(0)
                     ])?;
                     n += 1;
                 }
                 Row::Flush(done) => waiting.push(done),
+                Row::Purge(tenant) => {
+                    for table in ["exposures", "impressions", "conversions"] {
+                        tx.execute(
+                            &format!("DELETE FROM {table} WHERE tenant = ?1"),
+                            params![tenant],
+                        )?;
+                    }
+                }
             }
         }
     }

@@ -155,9 +155,31 @@ fn analysis(v: &[VariationFigures], metric: Metric, engine: EngineKind, weights:
         // GrowthBook's default for a metric: the flat prior.
         prior: None,
     };
-    match veneer_stats::analyze(&request) {
-        Ok(a) => serde_json::to_value(a.variations).unwrap_or(Value::Null),
-        Err(e) => json!({ "error": e.0 }),
+    // Both engines' verdicts side by side (p-value and chance to win); the interval and the
+    // estimate are the chosen engine's.
+    let other = Request {
+        engine: match engine {
+            EngineKind::Bayesian => EngineKind::Frequentist,
+            EngineKind::Frequentist => EngineKind::Bayesian,
+        },
+        ..request.clone()
+    };
+    match (
+        veneer_stats::analyze(&request),
+        veneer_stats::analyze(&other),
+    ) {
+        (Ok(chosen), Ok(other)) => chosen
+            .variations
+            .into_iter()
+            .zip(other.variations)
+            .map(|(mut v, o)| {
+                v.p_value = v.p_value.or(o.p_value);
+                v.chance_to_win = v.chance_to_win.or(o.chance_to_win);
+                v.risk = v.risk.or(o.risk);
+                serde_json::to_value(v).unwrap_or(Value::Null)
+            })
+            .collect(),
+        (Err(e), _) | (_, Err(e)) => json!({ "error": e.0 }),
     }
 }
 
@@ -221,6 +243,7 @@ pub fn campaign(app: &App, tenant: &str, id: &str, goal: &str) -> Result<Value, 
         "roi": c.cost.filter(|cost| *cost > 0.0).map(|cost| (f.value - cost) / cost),
         "by_day": f.by_day,
         "by_channel": f.by_channel,
+        "bots_excluded": f.bots_excluded,
     }))
 }
 

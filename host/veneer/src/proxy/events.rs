@@ -25,6 +25,12 @@ pub(super) const BEACON_PATH: &str = "/_veneer/event";
 /// The largest event body accepted.
 pub(super) const MAX_EVENT_BYTES: usize = 4096;
 
+/// The largest value (revenue) one event may carry; goals may set a lower `max_value`.
+const MAX_VALUE: f64 = 1e9;
+
+/// A path goal reached again within this time (a reload) is the same conversion.
+const PATH_GOAL_ONCE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 /// Events one visitor may send per second (with a burst of twice as many).
 const EVENTS_PER_SECOND: f64 = 10.0;
 
@@ -93,17 +99,41 @@ pub(super) async fn beacon(
             properties.push(("currency".into(), c.clone()));
         }
         services.record("beacon", &posted.event, properties);
+        let mut stored = true;
         for goal in tenant
             .config
             .goals
             .iter()
             .filter(|g| g.event.as_deref() == Some(posted.event.as_str()))
         {
-            services.converted(
+            // Money in another currency than the goal's is not added to its sums.
+            if let (Some(theirs), Some(ours)) = (&posted.currency, &goal.currency)
+                && theirs != ours
+            {
+                ctx.app.metrics.inc(
+                    "veneer_conversions_refused_total",
+                    &[("tenant", &tenant.name), ("reason", "currency")],
+                );
+                continue;
+            }
+            let value = posted.value.or(goal.value).unwrap_or(0.0);
+            if goal.max_value.is_some_and(|max| value.abs() > max) {
+                ctx.app.metrics.inc(
+                    "veneer_conversions_refused_total",
+                    &[("tenant", &tenant.name), ("reason", "value_over_max")],
+                );
+                continue;
+            }
+            stored &= services.converted(
                 goal,
-                posted.value.or(goal.value).unwrap_or(0.0),
+                value,
                 posted.currency.clone().or_else(|| goal.currency.clone()),
+                None,
             );
+        }
+        if !stored {
+            // Better a retry than a conversion silently lost.
+            return Err(ProxyError::TenantBusy);
         }
     } else {
         ctx.app.metrics.inc(
@@ -160,8 +190,10 @@ fn check(p: &Posted) -> Result<(), ProxyError> {
     {
         return bad("event: 1 to 64 letters, digits, '-', '_', '.' or ':'");
     }
-    if p.value.is_some_and(|v| !v.is_finite()) {
-        return bad("value: a finite number");
+    if p.value
+        .is_some_and(|v| !v.is_finite() || v.abs() > MAX_VALUE)
+    {
+        return bad("value: a number between -1e9 and 1e9");
     }
     if let Some(c) = &p.currency
         && !(c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()))
@@ -204,6 +236,11 @@ pub(super) fn after_response(
         services.record("veneer", "page_view", Vec::new());
     }
     for goal in tenant.config.goals.iter().filter(|g| g.matches_path(path)) {
-        services.converted(goal, goal.value.unwrap_or(0.0), goal.currency.clone());
+        services.converted(
+            goal,
+            goal.value.unwrap_or(0.0),
+            goal.currency.clone(),
+            Some(PATH_GOAL_ONCE_WITHIN),
+        );
     }
 }

@@ -56,15 +56,18 @@ impl Services {
     }
 
     /// Records a conversion for `goal`: a `conversion` event and a ledger row, which reports
-    /// attribute to every experiment variation the visitor was exposed to before it.
+    /// attribute to every experiment variation the visitor was exposed to before it. With
+    /// `once_within`, a repeat within that time is not another conversion. `false` when the
+    /// ledger could not take it (its queue is full).
     pub(super) fn converted(
         &self,
         goal: &crate::config::Goal,
         value: f64,
         currency: Option<String>,
-    ) {
+        once_within: Option<std::time::Duration>,
+    ) -> bool {
         if !self.consent.analytics || self.preview.is_some() {
-            return;
+            return true;
         }
         let mut properties = vec![
             ("goal".to_owned(), goal.name.clone()),
@@ -75,16 +78,19 @@ impl Services {
         }
         self.track("veneer", "conversion", properties);
         if let Some(ledger) = &self.ledger {
-            ledger.conversion(crate::ledger::Conversion {
+            return ledger.conversion(crate::ledger::Conversion {
                 tenant: self.tenant.config.name.clone(),
                 goal: goal.name.clone(),
                 visitor: self.visitor_id.clone(),
-                at_ms: self.now.as_millisecond(),
+                at_us: self.now.as_microsecond(),
                 value,
                 currency,
                 bot: self.is_bot(),
+                once_within_us: once_within
+                    .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
             });
         }
+        true
     }
 
     /// Whether the visitor's device class is `bot` (kept in the ledger, left out of reports).
@@ -113,7 +119,7 @@ impl Services {
                 experiment: experiment.to_owned(),
                 variation: u32::try_from(variation).unwrap_or(u32::MAX),
                 visitor: self.visitor_id.clone(),
-                at_ms: self.now.as_millisecond(),
+                at_us: self.now.as_microsecond(),
                 segments: (0..names.len())
                     .filter(|i| self.segments.contains(*i))
                     .map(|i| names[i].clone())
@@ -244,7 +250,7 @@ impl HostServices for Services {
                 tenant: self.tenant.config.name.clone(),
                 campaign: campaign_id.to_owned(),
                 visitor: self.visitor_id.clone(),
-                at_ms: self.now.as_millisecond(),
+                at_us: self.now.as_microsecond(),
                 channel: self.channel.clone(),
                 bot: self.is_bot(),
             });
