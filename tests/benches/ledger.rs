@@ -20,7 +20,7 @@ fn run(requests: usize) -> (Duration, u64) {
     let started = Instant::now();
     for i in 0..requests {
         let visitor = format!("visitor-{i}");
-        let at_us = 1_795_000_000_000 + i as i64;
+        let at_us = 1_795_000_000_000_000 + i as i64;
         ledger.exposure(Exposure {
             tenant: "shop".into(),
             experiment: "headline".into(),
@@ -47,6 +47,7 @@ fn run(requests: usize) -> (Duration, u64) {
                 value: 42.0,
                 currency: Some("EUR".into()),
                 bot: false,
+                once_within_us: None,
             });
         }
         // Keep the queue from overflowing, as a real request rate would: a producer far

@@ -75,7 +75,7 @@ async fn a_seeded_experiments_report_matches_gbstats() {
                 experiment: "headline".into(),
                 variation,
                 visitor: visitor.clone(),
-                at_us: 1_795_000_000_000,
+                at_us: 1_795_000_000_000_000,
                 segments: Vec::new(),
                 bot: false,
             });
@@ -84,10 +84,11 @@ async fn a_seeded_experiments_report_matches_gbstats() {
                     tenant: "shop".into(),
                     goal: "purchase".into(),
                     visitor,
-                    at_us: 1_795_000_000_500,
+                    at_us: 1_795_000_000_500_000,
                     value: 20.0,
                     currency: None,
                     bot: false,
+                    once_within_us: None,
                 });
             }
         }

@@ -41,9 +41,27 @@ pub struct Campaign {
     /// Days after an impression within which a conversion counts for the campaign (default 7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attribution_days: Option<u32>,
+    /// Share of eligible visitors (0 to 0.5) who are not shown the campaign, as its control
+    /// group: the report then compares those shown with those held out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<f64>,
 }
 
 impl Campaign {
+    /// The experiment key under which a holdout campaign's groups are recorded (variation 0:
+    /// held out, 1: shown).
+    pub fn holdout_key(&self) -> String {
+        format!("campaign:{}", self.id)
+    }
+
+    /// Whether `visitor` is in the campaign's holdout (hashed, so the same visitor is always
+    /// in the same group).
+    pub fn holds_out(&self, visitor: &str) -> bool {
+        self.holdout.is_some_and(|share| {
+            crate::hash::hash(&self.holdout_key(), visitor, 2).is_some_and(|b| b < share)
+        })
+    }
+
     /// The attribution window, in days.
     pub fn attribution_window_days(&self) -> u32 {
         self.attribution_days.unwrap_or(7)
@@ -82,6 +100,7 @@ mod tests {
             cost: None,
             frequency_cap: None,
             attribution_days: None,
+            holdout: None,
         }
     }
 

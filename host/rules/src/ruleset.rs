@@ -195,6 +195,9 @@ impl RuleSet {
                                         .into(),
                                 );
                             }
+                            if c.holdout.is_some_and(|h| !(h > 0.0 && h <= 0.5)) {
+                                push(at.clone(), "holdout must be above 0 and at most 0.5".into());
+                            }
                             if c.attribution_days == Some(0) {
                                 push(at.clone(), "attribution_days must be at least 1".into());
                             }

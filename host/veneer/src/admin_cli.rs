@@ -714,6 +714,47 @@ pub fn campaign_table(v: &Value) -> String {
         }
     }
     let empty = Vec::new();
+    if let Some(h) = v["holdout"].as_object() {
+        let groups = h.get("groups").and_then(Value::as_array).unwrap_or(&empty);
+        let _ = writeln!(
+            out,
+            "\nholdout: {:.0}% of eligible visitors not shown (its control group); sample ratio p = {:.4}{}",
+            h.get("share").and_then(Value::as_f64).unwrap_or(0.0) * 100.0,
+            h.get("srm_p").and_then(Value::as_f64).unwrap_or(1.0),
+            if h.get("srm_warning").and_then(Value::as_bool) == Some(true) {
+                "  WARNING: the split is off"
+            } else {
+                ""
+            }
+        );
+        for g in groups {
+            let _ = writeln!(
+                out,
+                "  {:<10} users {:>7}   conversions {:>6}   rate {:>6.2}%   value/user {:.2}",
+                g["name"].as_str().unwrap_or_default(),
+                g["users"].as_u64().unwrap_or(0),
+                g["conversions"].as_u64().unwrap_or(0),
+                g["rate"].as_f64().unwrap_or(0.0) * 100.0,
+                g["value_per_user"].as_f64().unwrap_or(0.0),
+            );
+        }
+        let missing = Value::Null;
+        let r = h
+            .get("conversion_rate")
+            .and_then(|c| c.get(0))
+            .unwrap_or(&missing);
+        let ci = r["ci"].as_array();
+        let _ = writeln!(
+            out,
+            "  uplift in rate from showing it: {} [{}, {}], chance it helps {}",
+            pct(r["expected"].as_f64()),
+            pct(ci.and_then(|c| c.first()).and_then(Value::as_f64)),
+            pct(ci.and_then(|c| c.get(1)).and_then(Value::as_f64)),
+            r["chance_to_win"]
+                .as_f64()
+                .map_or_else(|| "—".to_owned(), |c| format!("{:.1}%", c * 100.0))
+        );
+    }
     for (title, key) in [("by day", "by_day"), ("by channel", "by_channel")] {
         let rows = v[key].as_array().unwrap_or(&empty);
         if rows.is_empty() {

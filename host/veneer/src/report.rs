@@ -65,19 +65,6 @@ pub fn experiment(
         &overall.iter().map(|v| v.users as f64).collect::<Vec<_>>(),
         &weights,
     );
-    let breakdown = |groups: &[(String, Vec<VariationFigures>)], label: &str| -> Vec<Value> {
-        groups
-            .iter()
-            .map(|(k, v)| {
-                let v = padded(v, arms);
-                json!({
-                    label: k,
-                    "variations": rows(&v, &names),
-                    "conversion_rate": analysis(&v, Metric::Proportion, engine, &weights),
-                })
-            })
-            .collect()
-    };
     Ok(json!({
         "tenant": tenant,
         "experiment": key,
@@ -88,10 +75,31 @@ pub fn experiment(
         "srm_warning": srm_p < SRM_THRESHOLD,
         "conversion_rate": analysis(&overall, Metric::Proportion, engine, &weights),
         "value_per_user": analysis(&overall, Metric::Mean, engine, &weights),
-        "by_day": breakdown(&figures.by_day, "day"),
-        "by_segment": breakdown(&figures.by_segment, "segment"),
+        "by_day": breakdown(&figures.by_day, "day", &names, engine, &weights),
+        "by_segment": breakdown(&figures.by_segment, "segment", &names, engine, &weights),
         "bots_excluded": figures.bots_excluded,
     }))
+}
+
+/// Per group (day, segment): the figures and the conversion-rate statistics.
+fn breakdown(
+    groups: &[(String, Vec<VariationFigures>)],
+    label: &str,
+    names: &[Value],
+    engine: EngineKind,
+    weights: &[f64],
+) -> Vec<Value> {
+    groups
+        .iter()
+        .map(|(k, v)| {
+            let v = padded(v, names.len());
+            json!({
+                label: k,
+                "variations": rows(&v, names),
+                "conversion_rate": analysis(&v, Metric::Proportion, engine, weights),
+            })
+        })
+        .collect()
 }
 
 fn padded(v: &[VariationFigures], arms: usize) -> Vec<VariationFigures> {
@@ -223,6 +231,39 @@ pub fn campaign(app: &App, tenant: &str, id: &str, goal: &str) -> Result<Value, 
             x / f.reach as f64
         }
     };
+    // With a holdout, the eligible visitors in each group (recorded when the campaign was
+    // live for them, shown or not) against the goal: the campaign's uplift over not running.
+    let holdout = match c.holdout {
+        Some(share) => {
+            let g = ledger
+                .figures(tenant, &c.holdout_key(), goal)
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("reading the ledger: {e:#}"),
+                    )
+                })?;
+            let groups = padded(&g.variations, 2);
+            let names = [json!("held out"), json!("shown")];
+            let weights = [share, 1.0 - share];
+            let srm_p = veneer_stats::srm(
+                &groups.iter().map(|v| v.users as f64).collect::<Vec<_>>(),
+                &weights,
+            );
+            let bayes = EngineKind::Bayesian;
+            json!({
+                "share": share,
+                "groups": rows(&groups, &names),
+                "srm_p": srm_p,
+                "srm_warning": srm_p < SRM_THRESHOLD,
+                "conversion_rate": analysis(&groups, Metric::Proportion, bayes, &weights),
+                "value_per_user": analysis(&groups, Metric::Mean, bayes, &weights),
+                "by_segment": breakdown(&g.by_segment, "segment", &names, bayes, &weights),
+                "by_day": breakdown(&g.by_day, "day", &names, bayes, &weights),
+            })
+        }
+        None => Value::Null,
+    };
     Ok(json!({
         "tenant": tenant,
         "campaign": id,
@@ -244,6 +285,7 @@ pub fn campaign(app: &App, tenant: &str, id: &str, goal: &str) -> Result<Value, 
         "by_day": f.by_day,
         "by_channel": f.by_channel,
         "bots_excluded": f.bots_excluded,
+        "holdout": holdout,
     }))
 }
 

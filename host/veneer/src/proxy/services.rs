@@ -112,6 +112,14 @@ impl Services {
                 ("key".to_owned(), key.to_owned()),
             ],
         );
+        self.record_exposure(experiment, variation);
+    }
+
+    /// The ledger row of an exposure (the ledger keeps the first per visitor and key).
+    fn record_exposure(&self, experiment: &str, variation: usize) {
+        if !self.consent.analytics || self.preview.is_some() {
+            return;
+        }
         if let Some(ledger) = &self.ledger {
             let names = self.tenant.rules.segment_names();
             ledger.exposure(crate::ledger::Exposure {
@@ -179,6 +187,17 @@ impl HostServices for Services {
                         caps.get(&c.id)
                             .is_none_or(|(day, seen)| *day != today || *seen < cap)
                     })
+                })
+                .filter(|c| {
+                    // A holdout campaign: every eligible visitor is recorded in its group (the
+                    // first time, like an experiment exposure), and the held-out ones do not
+                    // see it.
+                    if c.holdout.is_none() {
+                        return true;
+                    }
+                    let held_out = c.holds_out(&self.visitor_id);
+                    self.record_exposure(&c.holdout_key(), usize::from(!held_out));
+                    !held_out
                 })
                 .map(|c| {
                     Arc::new(Campaign {
