@@ -39,7 +39,7 @@ fn close(ours: &serde_json::Value, theirs: &serde_json::Value, what: &str) {
         }
         // The report carries both engines' verdicts; gbstats' answer for one engine has the
         // other's fields null (they are compared in the other engine's round).
-        (a, serde_json::Value::Null) if a.is_number() => {}
+        (a, serde_json::Value::Null) if a.is_number() || a.is_array() => {}
         (a, b) if a.is_number() && b.is_number() => {
             let (x, y) = (
                 a.as_f64().unwrap_or(f64::NAN),
