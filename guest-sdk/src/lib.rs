@@ -46,6 +46,77 @@ use __bindings::veneer::plugin::types as wit;
 
 pub use wit::{DeviceClass, Element, Level, Request, Response, Visitor};
 
+impl Request {
+    /// The value of cookie `name` in the request's `Cookie` header (the host's own cookies
+    /// are never there).
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        let header = self.header("cookie")?;
+        text::cookie(&header, name).map(str::to_owned)
+    }
+}
+
+/// Small text helpers every plugin needs, so none re-implements them.
+pub mod text {
+    /// `s` safe to put in HTML text or a quoted attribute value.
+    pub fn escape_html(s: &str) -> String {
+        let mut out = String::with_capacity(s.len());
+        for c in s.chars() {
+            match c {
+                '&' => out.push_str("&amp;"),
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                '"' => out.push_str("&quot;"),
+                '\'' => out.push_str("&#39;"),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// `s` as a JSON string literal, quotes included (JSON operations take JSON text).
+    pub fn json_string(s: &str) -> String {
+        let mut out = String::with_capacity(s.len() + 2);
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// The value of cookie `name` in a `Cookie` header value.
+    pub fn cookie<'h>(header: &'h str, name: &str) -> Option<&'h str> {
+        header.split(';').find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn helpers_escape_and_find() {
+            assert_eq!(
+                escape_html(r#"<a href="x">&'</a>"#),
+                "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;"
+            );
+            assert_eq!(json_string("a\"b\\c\n\u{1}"), r#""a\"b\\c\n\u0001""#);
+            assert_eq!(cookie("a=1; cart=3; b=2", "cart"), Some("3"));
+            assert_eq!(cookie("a=1", "cart"), None);
+        }
+    }
+}
+
 /// The contract version this SDK builds plugins for.
 pub const CONTRACT_VERSION: &str = "0.2.0";
 
@@ -94,7 +165,7 @@ pub mod prelude {
     pub use crate::{
         DeviceClass, Element, HeaderEdits, HtmlOp, Level, Plan, Plugin, Request, RequestAction,
         Response, ResponsePlan, SyntheticResponse, Visitor, analytics, campaigns, config, content,
-        export_plugin, log, now_ms,
+        export_plugin, log, now_ms, text,
     };
 }
 
@@ -143,6 +214,13 @@ pub struct SyntheticResponse {
     pub headers: Vec<(String, String)>,
     /// Body.
     pub body: Vec<u8>,
+}
+
+impl RequestAction {
+    /// Go on to the origin unchanged.
+    pub fn proceed() -> Self {
+        RequestAction::Continue(HeaderEdits::default())
+    }
 }
 
 /// What to do with a request.

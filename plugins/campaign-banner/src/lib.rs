@@ -7,29 +7,6 @@ use veneer_sdk::prelude::*;
 
 struct Banner;
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// A JSON string literal (the SDK passes JSON values as text).
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 impl Plugin for Banner {
     fn on_response(_request: &Request, response: &Response, visitor: &Visitor) -> ResponsePlan {
         let mut plan = Plan::new();
@@ -56,18 +33,18 @@ impl Plugin for Banner {
                 "/campaign",
                 &format!(
                     "{{\"id\":{},\"banner\":{},\"link\":{}}}",
-                    json_string(&id),
-                    json_string(&text),
-                    json_string(&link)
+                    text::json_string(&id),
+                    text::json_string(&text),
+                    text::json_string(&link)
                 ),
             );
         } else {
             let html = format!(
                 r#"<div class="veneer-banner" data-campaign="{id}" style="background:{colour};color:#fff;padding:.6em;text-align:center"><a href="{link}" style="color:inherit">{text}</a></div>"#,
-                id = escape(&id),
-                colour = escape(&colour),
-                link = escape(&link),
-                text = escape(&text),
+                id = text::escape_html(&id),
+                colour = text::escape_html(&colour),
+                link = text::escape_html(&link),
+                text = text::escape_html(&text),
             );
             plan.select(&config("selector").unwrap_or_else(|| "body".to_owned()))
                 .prepend_html(&html);

@@ -29,9 +29,9 @@ impl Plugin for Hero {
             .header("content-type")
             .is_some_and(|v| v.starts_with("application/json"));
         if is_json {
-            plan.json_set("/hero/segment", &json_string(segment));
+            plan.json_set("/hero/segment", &text::json_string(segment));
             if let Some(html) = &fragment {
-                plan.json_set("/hero/html", &json_string(html));
+                plan.json_set("/hero/html", &text::json_string(html));
             }
             return plan.build();
         }
@@ -45,22 +45,6 @@ impl Plugin for Hero {
         }
         plan.build()
     }
-}
-
-/// A JSON string literal (the SDK passes JSON values as text).
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 export_plugin!(Hero);
