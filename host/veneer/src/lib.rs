@@ -25,6 +25,7 @@ pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod plugin;
+pub mod plugin_run;
 pub mod preview;
 pub mod proxy;
 pub mod report;

@@ -79,6 +79,9 @@ enum PluginCommand {
         /// The component (`.wasm`).
         file: PathBuf,
     },
+    /// Run a plugin on a page as a chosen visitor at a chosen instant, through the real
+    /// request flow, and print the answer, the events it recorded and any fault.
+    Run(veneer::plugin_run::RunArgs),
 }
 
 #[derive(Subcommand)]
@@ -135,6 +138,12 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => plugin_check(&file),
+        Command::Plugin {
+            command: PluginCommand::Run(args),
+        } => run_async(async move {
+            print!("{}", veneer::plugin_run::run(args).await?);
+            Ok(())
+        }),
         Command::Admin(args) => run_async(async move {
             let out = veneer::admin_cli::run(args).await?;
             println!("{out}");

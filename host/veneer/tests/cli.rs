@@ -232,3 +232,74 @@ fn plugin_check_names_the_contract_a_component_targets() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn golden(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/golden/v0.2.0")
+        .join(name)
+}
+
+#[test]
+fn plugin_run_shows_a_plugin_on_a_page_as_a_visitor_at_an_instant() {
+    let dir = std::env::temp_dir().join(format!("veneer-cli-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let page = dir.join("page.html");
+    std::fs::write(&page, "<html><body><p>Hello</p></body></html>").expect("page");
+    let rules = dir.join("rules.json");
+    std::fs::write(
+        &rules,
+        r#"{"campaigns": [{"id": "xmas", "start": "2026-12-01T00:00:00Z", "end": "2026-12-27T00:00:00Z",
+            "params": {"banner": "Merry Christmas"}}]}"#,
+    )
+    .expect("rules");
+    let run = |at: &str| {
+        veneer()
+            .args(["plugin", "run"])
+            .arg(golden("campaign_banner.wasm"))
+            .arg("--page")
+            .arg(&page)
+            .arg("--rules")
+            .arg(&rules)
+            .args(["--at", at])
+            .env("VENEER_LOG", "warn")
+            .output()
+            .expect("run veneer")
+    };
+    let during = run("2026-12-24T12:00:00Z");
+    let text = String::from_utf8_lossy(&during.stdout);
+    assert!(
+        during.status.success(),
+        "{}",
+        String::from_utf8_lossy(&during.stderr)
+    );
+    assert!(text.starts_with("200 /"), "{text}");
+    assert!(text.contains("data-campaign=\"xmas\""), "{text}");
+    let after = run("2026-12-27T00:00:00Z");
+    assert!(!String::from_utf8_lossy(&after.stdout).contains("veneer-banner"));
+
+    // A faulting plugin: the page is the origin's, the fault is listed, and the log line
+    // carries the guest's panic message.
+    let chaos = veneer()
+        .args(["plugin", "run"])
+        .arg(golden("chaos.wasm"))
+        .arg("--page")
+        .arg(&page)
+        .args(["--param", "mode=trap"])
+        .env("VENEER_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run veneer");
+    let text = String::from_utf8_lossy(&chaos.stdout);
+    assert!(text.contains("<p>Hello</p>"), "{text}");
+    assert!(text.contains("kind=\"trap\""), "{text}");
+    assert!(
+        text.contains("page_view"),
+        "an ordinary run records events: {text}"
+    );
+    let log = String::from_utf8_lossy(&chaos.stderr);
+    assert!(
+        log.contains("panicked at") && log.contains("chaos: trap in on-response"),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
