@@ -81,7 +81,7 @@ enum PluginCommand {
     },
     /// Run a plugin on a page as a chosen visitor at a chosen instant, through the real
     /// request flow, and print the answer, the events it recorded and any fault.
-    Run(veneer::plugin_run::RunArgs),
+    Run(Box<veneer::plugin_run::RunArgs>),
 }
 
 #[derive(Subcommand)]
@@ -141,7 +141,7 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Run(args),
         } => run_async(async move {
-            print!("{}", veneer::plugin_run::run(args).await?);
+            print!("{}", veneer::plugin_run::run(*args).await?);
             Ok(())
         }),
         Command::Admin(args) => run_async(async move {
