@@ -254,9 +254,43 @@ impl CheckedPlan {
     }
 }
 
-fn parse_selector(s: &str) -> Result<Selector, PluginFault> {
-    s.parse::<Selector>()
-        .map_err(|e| PluginFault::InvalidPlan(format!("selector {s:?}: {e}")))
+/// Parses a selector, strictly: the CSS parser closes an unclosed `[`, `(` or quote at the end
+/// of its input, so `main[id=content` would quietly mean `main[id=content]`; a typo should be
+/// an error that points at it.
+fn parse_selector(s: &str, kind: &str, index: usize) -> Result<Selector, PluginFault> {
+    let bad =
+        |why: String| PluginFault::InvalidPlan(format!("{kind} {index}: selector {s:?}: {why}"));
+    let mut open: Vec<(char, usize)> = Vec::new();
+    let mut quote: Option<(char, usize)> = None;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match (quote, c) {
+            (_, '\\') => escaped = true,
+            (Some((q, _)), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some((c, i)),
+            (None, '[' | '(') => open.push((c, i)),
+            (None, ']' | ')') => {
+                let want = if c == ']' { '[' } else { '(' };
+                match open.pop() {
+                    Some((o, _)) if o == want => {}
+                    _ => return Err(bad(format!("unmatched '{c}' at byte {i}"))),
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some((q, i)) = quote {
+        return Err(bad(format!("unclosed {q} at byte {i} (`{}`)", &s[i..])));
+    }
+    if let Some((o, i)) = open.pop() {
+        return Err(bad(format!("unclosed '{o}' at byte {i} (`{}`)", &s[i..])));
+    }
+    s.parse::<Selector>().map_err(|e| bad(e.to_string()))
 }
 
 /// Checks a plan against the host's rules: every selector parses, every attribute and header
@@ -265,12 +299,14 @@ pub fn validate_plan(plan: ResponsePlan) -> Result<CheckedPlan, PluginFault> {
     let rule_selectors = plan
         .html
         .iter()
-        .map(|r| parse_selector(&r.selector))
+        .enumerate()
+        .map(|(i, r)| parse_selector(&r.selector, "rule", i))
         .collect::<Result<Vec<_>, _>>()?;
     let subscription_selectors = plan
         .subscribe
         .iter()
-        .map(|s| parse_selector(&s.selector))
+        .enumerate()
+        .map(|(i, s)| parse_selector(&s.selector, "subscription", i))
         .collect::<Result<Vec<_>, _>>()?;
     for rule in &plan.html {
         let name = match &rule.op {
@@ -297,6 +333,36 @@ pub fn validate_plan(plan: ResponsePlan) -> Result<CheckedPlan, PluginFault> {
         rule_selectors,
         subscription_selectors,
     })
+}
+
+#[cfg(test)]
+mod selector_tests {
+    use super::parse_selector;
+
+    #[test]
+    fn a_typo_in_a_selector_is_an_error_that_points_at_it() {
+        for (s, says) in [
+            ("main[id=content", "unclosed '[' at byte 4 (`[id=content`)"),
+            ("a[href='x]", "unclosed ' at byte 7"),
+            ("div)", "unmatched ')' at byte 3"),
+            ("p:nth-child(2", "unclosed '('"),
+        ] {
+            let e = parse_selector(s, "rule", 3).err().map(|e| e.to_string());
+            assert!(
+                e.as_deref()
+                    .is_some_and(|e| e.contains("rule 3") && e.contains(says)),
+                "{s}: {e:?}"
+            );
+        }
+        for ok in [
+            "main[id=content]",
+            "a[href='x]y']",
+            r#"a[title="(]"]"#,
+            "p:nth-child(2n+1) > a",
+        ] {
+            assert!(parse_selector(ok, "rule", 0).is_ok(), "{ok}");
+        }
+    }
 }
 
 fn set_class(el: &mut Element<'_, '_>, class: &str, add: bool) {
