@@ -201,6 +201,39 @@ fn bad_load(
         .collect()
 }
 
+/// A host on two worker threads of its own, as it would run in its own process: the load
+/// generator and the origin must not compete with it for the same two workers.
+async fn host_of_its_own(config: String, origin: &Origin) -> (tokio::runtime::Runtime, Host) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("host runtime");
+    let cfg: &'static str = Box::leak(config.into_boxed_str());
+    let origin_addr = origin.addr;
+    let host = runtime
+        .spawn(async move {
+            Host::start(
+                HostSpec {
+                    config: cfg,
+                    files: &[],
+                },
+                origin_addr,
+            )
+            .await
+        })
+        .await
+        .expect("host starts");
+    (runtime, host)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("client")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn good_tenants_keep_their_service_beside_every_kind_of_faulty_neighbour() {
     let total: usize = std::env::var("VENEER_SOAK_REQUESTS")
@@ -215,32 +248,8 @@ async fn good_tenants_keep_their_service_beside_every_kind_of_faulty_neighbour()
         ),
     ]))
     .await;
-    // The host gets threads of its own, as it would in its own process: the load generator
-    // and the origin must not compete with it for the same two workers.
-    let host_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("host runtime");
-    let cfg: &'static str = Box::leak(config().into_boxed_str());
-    let origin_addr = origin.addr;
-    let host = host_runtime
-        .spawn(async move {
-            Host::start(
-                HostSpec {
-                    config: cfg,
-                    files: &[],
-                },
-                origin_addr,
-            )
-            .await
-        })
-        .await
-        .expect("host starts");
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()
-        .expect("client");
+    let (host_runtime, host) = host_of_its_own(config(), &origin).await;
+    let client = client();
     let good_n = (total / 4).max(200);
 
     // Warm-up, then the good tenants alone.
@@ -349,11 +358,6 @@ async fn spinning_neighbours_sending_flat_out_cannot_starve_a_good_tenant() {
         ),
     ]))
     .await;
-    let host_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("host runtime");
     let mut cfg = String::new();
     for (name, mode, breaker) in [
         ("good-a", "ok", ""),
@@ -367,25 +371,8 @@ async fn spinning_neighbours_sending_flat_out_cannot_starve_a_good_tenant() {
              [[tenant.plugin]]\nname = \"chaos\"\npath = \"{{plugins}}/chaos.wasm\"\nparams = {{ mode = \"{mode}\" }}\n\n"
         ));
     }
-    let cfg: &'static str = Box::leak(cfg.into_boxed_str());
-    let origin_addr = origin.addr;
-    let host = host_runtime
-        .spawn(async move {
-            Host::start(
-                HostSpec {
-                    config: cfg,
-                    files: &[],
-                },
-                origin_addr,
-            )
-            .await
-        })
-        .await
-        .expect("host starts");
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()
-        .expect("client");
+    let (host_runtime, host) = host_of_its_own(cfg, &origin).await;
+    let client = client();
     let n = 1_500;
     good_load(&client, &host, 200, 8).await;
     let alone = good_load(&client, &host, n, 8).await;

@@ -269,13 +269,7 @@ enum DocCommand {
 
 /// Runs one `veneer admin` command; the text to print on success.
 pub async fn run(args: AdminArgs) -> anyhow::Result<String> {
-    let url = args
-        .url
-        .context("no admin URL: pass --url or set VENEER_ADMIN_URL")?;
-    let token = args
-        .token
-        .context("no token: pass --token or set VENEER_ADMIN_TOKEN")?;
-    let api = Api::new(&url, token)?;
+    let api = Api::from_args(args.url, args.token)?;
     let t = |s: &str| percent_encode(s);
     match args.command {
         AdminCommand::Tenant { command } => match command {
@@ -530,6 +524,13 @@ struct Api {
 }
 
 impl Api {
+    /// From `--url` and `--token` (or their environment variables).
+    fn from_args(url: Option<String>, token: Option<String>) -> anyhow::Result<Api> {
+        let url = url.context("no admin URL: pass --url or set VENEER_ADMIN_URL")?;
+        let token = token.context("no token: pass --token or set VENEER_ADMIN_TOKEN")?;
+        Api::new(&url, token)
+    }
+
     fn new(url: &str, token: String) -> anyhow::Result<Api> {
         let base = url.trim_end_matches('/').to_owned();
         if !base.starts_with("http://") {
@@ -632,13 +633,7 @@ pub struct ReportArgs {
 
 /// Fetches and formats an experiment report.
 pub async fn report(args: ReportArgs) -> anyhow::Result<String> {
-    let url = args
-        .url
-        .context("no admin URL: pass --url or set VENEER_ADMIN_URL")?;
-    let token = args
-        .token
-        .context("no token: pass --token or set VENEER_ADMIN_TOKEN")?;
-    let api = Api::new(&url, token)?;
+    let api = Api::from_args(args.url, args.token)?;
     let tenant = percent_encode(&args.tenant);
     let goal = percent_encode(&args.goal);
     let (path, campaign) = match (&args.experiment, &args.campaign) {

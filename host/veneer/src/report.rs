@@ -60,25 +60,44 @@ pub fn experiment(
                 .map_or_else(|| json!(i.to_string()), Value::String)
         })
         .collect();
-    let overall = padded(&figures.variations, arms);
+    let mut report = comparison(&figures, "variations", &names, engine, &weights);
+    report.insert("tenant".into(), json!(tenant));
+    report.insert("experiment".into(), json!(key));
+    report.insert("goal".into(), json!(goal));
+    report.insert("engine".into(), json!(engine));
+    report.insert("bots_excluded".into(), json!(figures.bots_excluded));
+    Ok(Value::Object(report))
+}
+
+/// Groups of visitors compared with the first (an experiment's variations, or a campaign's
+/// held-out and shown visitors): the figures per group under `label`, the sample-ratio check,
+/// GrowthBook's statistics for the conversion rate and the value per user, and the same by
+/// day and by segment.
+fn comparison(
+    figures: &crate::ledger::Figures,
+    label: &str,
+    names: &[Value],
+    engine: EngineKind,
+    weights: &[f64],
+) -> serde_json::Map<String, Value> {
+    let groups = padded(&figures.variations, names.len());
     let srm_p = veneer_stats::srm(
-        &overall.iter().map(|v| v.users as f64).collect::<Vec<_>>(),
-        &weights,
+        &groups.iter().map(|v| v.users as f64).collect::<Vec<_>>(),
+        weights,
     );
-    Ok(json!({
-        "tenant": tenant,
-        "experiment": key,
-        "goal": goal,
-        "engine": engine,
-        "variations": rows(&overall, &names),
+    let v = json!({
+        label: rows(&groups, names),
         "srm_p": srm_p,
         "srm_warning": srm_p < SRM_THRESHOLD,
-        "conversion_rate": analysis(&overall, Metric::Proportion, engine, &weights),
-        "value_per_user": analysis(&overall, Metric::Mean, engine, &weights),
-        "by_day": breakdown(&figures.by_day, "day", &names, engine, &weights),
-        "by_segment": breakdown(&figures.by_segment, "segment", &names, engine, &weights),
-        "bots_excluded": figures.bots_excluded,
-    }))
+        "conversion_rate": analysis(&groups, Metric::Proportion, engine, weights),
+        "value_per_user": analysis(&groups, Metric::Mean, engine, weights),
+        "by_day": breakdown(&figures.by_day, "day", names, engine, weights),
+        "by_segment": breakdown(&figures.by_segment, "segment", names, engine, weights),
+    });
+    match v {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
 }
 
 /// Per group (day, segment): the figures and the conversion-rate statistics.
@@ -243,24 +262,16 @@ pub fn campaign(app: &App, tenant: &str, id: &str, goal: &str) -> Result<Value, 
                         format!("reading the ledger: {e:#}"),
                     )
                 })?;
-            let groups = padded(&g.variations, 2);
             let names = [json!("held out"), json!("shown")];
-            let weights = [share, 1.0 - share];
-            let srm_p = veneer_stats::srm(
-                &groups.iter().map(|v| v.users as f64).collect::<Vec<_>>(),
-                &weights,
+            let mut holdout = comparison(
+                &g,
+                "groups",
+                &names,
+                EngineKind::Bayesian,
+                &[share, 1.0 - share],
             );
-            let bayes = EngineKind::Bayesian;
-            json!({
-                "share": share,
-                "groups": rows(&groups, &names),
-                "srm_p": srm_p,
-                "srm_warning": srm_p < SRM_THRESHOLD,
-                "conversion_rate": analysis(&groups, Metric::Proportion, bayes, &weights),
-                "value_per_user": analysis(&groups, Metric::Mean, bayes, &weights),
-                "by_segment": breakdown(&g.by_segment, "segment", &names, bayes, &weights),
-                "by_day": breakdown(&g.by_day, "day", &names, bayes, &weights),
-            })
+            holdout.insert("share".into(), json!(share));
+            Value::Object(holdout)
         }
         None => Value::Null,
     };

@@ -168,10 +168,7 @@ fn visit(v: &Veneer, ua: &str) -> Visitor {
         b"",
     );
     assert_eq!(a.status, 200, "{}", a.head);
-    let cookie = a
-        .header("set-cookie")
-        .and_then(|c| c.split(';').next().map(str::to_owned))
-        .expect("the visitor cookie");
+    let cookie = cookie_of(&a).expect("the visitor cookie");
     let variation = a
         .header("x-veneer-experiment")
         .and_then(|h| h.strip_prefix("headline=").map(str::to_owned))
@@ -193,9 +190,14 @@ fn event(v: &Veneer, cookie: &str, body: &str, extra: &[(&str, &str)]) -> Answer
 }
 
 fn report(v: &Veneer, goal: &str) -> serde_json::Value {
+    report_of(v, &["--experiment", "headline", "--goal", goal])
+}
+
+/// `veneer report ... --json` for the shop.
+fn report_of(v: &Veneer, args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_veneer"))
-        .args(["report", "--tenant", "shop", "--experiment", "headline"])
-        .args(["--goal", goal, "--json"])
+        .args(["report", "--tenant", "shop", "--json"])
+        .args(args)
         .env("VENEER_ADMIN_URL", format!("http://{}", v.admin))
         .env("VENEER_ADMIN_TOKEN", OPERATOR)
         .output()
@@ -206,6 +208,12 @@ fn report(v: &Veneer, goal: &str) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("report JSON")
+}
+
+/// The visitor cookie a response issued, as a `Cookie` header value.
+fn cookie_of(a: &Answer) -> Option<String> {
+    a.header("set-cookie")
+        .and_then(|c| c.split(';').next().map(str::to_owned))
 }
 
 fn data_dir() -> PathBuf {
@@ -227,10 +235,7 @@ fn conversions_are_attributed_to_the_variation_seen_and_reports_survive_a_restar
 
     // A purchase before any exposure counts for nobody's variation.
     let early = send(v.listen, "GET", "/about", "shop.test", &[], b"");
-    let early_cookie = early
-        .header("set-cookie")
-        .and_then(|c| c.split(';').next().map(str::to_owned))
-        .expect("cookie");
+    let early_cookie = cookie_of(&early).expect("cookie");
     assert_eq!(
         event(
             &v,
@@ -597,19 +602,7 @@ fn visit_again(v: &Veneer, visitor: &Visitor) -> String {
 }
 
 fn campaign_report(v: &Veneer, campaign: &str) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_veneer"))
-        .args(["report", "--tenant", "shop", "--campaign", campaign])
-        .args(["--goal", "purchase", "--json"])
-        .env("VENEER_ADMIN_URL", format!("http://{}", v.admin))
-        .env("VENEER_ADMIN_TOKEN", OPERATOR)
-        .output()
-        .expect("veneer report");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("report JSON")
+    report_of(v, &["--campaign", campaign, "--goal", "purchase"])
 }
 
 #[test]
@@ -628,10 +621,7 @@ fn campaigns_follow_the_channel_stop_at_their_cap_and_report_reach_conversions_a
     // The web sees the sale twice a day (its cap), then nothing.
     let first = send(v.listen, "GET", "/", "shop.test", &[], b"");
     assert_eq!(shown(&first).as_deref(), Some("sale"), "{}", first.body);
-    let cookie = first
-        .header("set-cookie")
-        .and_then(|c| c.split(';').next().map(str::to_owned))
-        .expect("cookie");
+    let cookie = cookie_of(&first).expect("cookie");
     let mut cookie = cookie;
     let mut seen = vec![shown(&first)];
     for _ in 0..2 {
@@ -644,10 +634,7 @@ fn campaigns_follow_the_channel_stop_at_their_cap_and_report_reach_conversions_a
             b"",
         );
         seen.push(shown(&a));
-        if let Some(c) = a
-            .header("set-cookie")
-            .and_then(|c| c.split(';').next().map(str::to_owned))
-        {
+        if let Some(c) = cookie_of(&a) {
             cookie = c;
         }
     }
@@ -710,10 +697,7 @@ fn campaigns_follow_the_channel_stop_at_their_cap_and_report_reach_conversions_a
     let mut buyers = 0;
     for i in 0..30 {
         let a = send(v.listen, "GET", "/", "shop.test", &[], b"");
-        let c = a
-            .header("set-cookie")
-            .and_then(|c| c.split(';').next().map(str::to_owned))
-            .expect("cookie");
+        let c = cookie_of(&a).expect("cookie");
         if i % 3 == 0 {
             assert_eq!(
                 event(&v, &c, r#"{"event": "purchase", "value": 10}"#, &[]).status,
