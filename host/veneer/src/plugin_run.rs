@@ -92,25 +92,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
     let page = std::fs::read(&args.page)
         .with_context(|| format!("reading the page {}", args.page.display()))?;
     let work = tempdir()?;
-    // The origin serves the page at the request path.
-    let site = work.join("site");
-    let rel = path
-        .split('?')
-        .next()
-        .unwrap_or("/")
-        .trim_start_matches('/');
-    let target = if rel.is_empty() || rel.ends_with('/') {
-        site.join(rel).join("index.html")
-    } else if Path::new(rel).extension().is_some() {
-        site.join(rel)
+    // A throwaway origin answering every path with the page, typed by the page's own file
+    // name (whatever the request path looks like).
+    let content_type = if json {
+        "application/json"
     } else {
-        site.join(rel).join("index.html")
+        "text/html"
     };
-    std::fs::create_dir_all(target.parent().unwrap_or(&site))?;
-    std::fs::write(&target, &page)?;
     let origin = crate::server::bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let origin_addr = origin.local_addr()?;
-    crate::demo::serve_dir(site, origin);
+    serve_page(Bytes::from(page), content_type, origin);
 
     let mut params = String::new();
     for p in &args.params {
@@ -263,6 +254,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
     }
     let _ = std::fs::remove_dir_all(&work);
     Ok(out)
+}
+
+/// Serves `page` for every request on `listener`.
+fn serve_page(page: Bytes, content_type: &'static str, listener: tokio::net::TcpListener) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let page = page.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                    let mut response = http::Response::new(http_body_util::Full::new(page.clone()));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static(content_type),
+                    );
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
 }
 
 fn tempdir() -> anyhow::Result<PathBuf> {

@@ -204,15 +204,25 @@ async fn serve_connection<S>(
 
 /// A connection that hyper ended: a request head it could not parse (control bytes in a header
 /// value, a bad header name, a head over `max_header_bytes`) was answered by hyper itself with
-/// a bare 400/431 before any request reached Veneer, and a head that did not arrive in time was
-/// cut off. Those are client errors like the ones Veneer refuses itself: counted under
-/// `veneer_errors_total{source="client"}` (tenant `(unknown)`: no head, no Host) and logged
-/// within the refusal log's budget. Anything else (a reset, a broken pipe) is routine.
+/// a bare 400/431 before any request reached Veneer. Those are client errors like the ones
+/// Veneer refuses itself: counted under `veneer_errors_total{source="client"}` (tenant
+/// `(unknown)`: no head, no Host) and logged within the refusal log's budget. A connection the
+/// head timeout closed is counted in `veneer_connections_closed_total{reason="head_timeout"}`.
+/// Anything else (a reset, a broken pipe) is routine.
 fn connection_error(app: &App, peer: SocketAddr, e: &(dyn std::error::Error + 'static)) {
     let outcome = match e.downcast_ref::<hyper::Error>() {
         Some(h) if h.is_parse_too_large() => "request_head_too_large",
         Some(h) if h.is_parse() => "bad_request_head",
-        Some(h) if h.is_timeout() => "head_timeout",
+        Some(h) if h.is_timeout() => {
+            // hyper's head timer also runs while a keep-alive connection sits idle between
+            // requests, so this is mostly routine; counted apart from client errors.
+            app.metrics.inc(
+                "veneer_connections_closed_total",
+                &[("reason", "head_timeout")],
+            );
+            tracing::debug!(%peer, "connection closed by the head timeout");
+            return;
+        }
         _ => {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
             return;

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-/// Bytes of a plugin's stderr kept per instance; the rest is dropped (never an error: a
-/// chatty plugin must not fault for printing).
+/// Bytes of a plugin's stderr kept per instance, the last ones; older output is dropped (never
+/// an error: a chatty plugin must not fault for printing).
 pub const KEPT: usize = 4096;
 
 /// The stderr of one instance.
@@ -19,10 +19,13 @@ pub const KEPT: usize = 4096;
 pub struct GuestStderr(Arc<Mutex<Vec<u8>>>);
 
 impl GuestStderr {
+    /// Keeps the last [`KEPT`] bytes: a panic is what a guest prints last.
     fn push(&self, bytes: &[u8]) {
         let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let room = KEPT.saturating_sub(kept.len());
-        kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        let bytes = &bytes[bytes.len().saturating_sub(KEPT)..];
+        let over = (kept.len() + bytes.len()).saturating_sub(KEPT);
+        kept.drain(..over);
+        kept.extend_from_slice(bytes);
     }
 
     /// The guest's panic, as one line (`panicked at src/lib.rs:12:5: the message`), if it
@@ -112,6 +115,13 @@ mod tests {
         );
         s.push(&[b'x'; 10_000]);
         assert!(s.0.lock().map(|k| k.len()).unwrap_or(0) <= KEPT);
+        assert_eq!(s.panic_message(), None, "pushed out by later output");
+        // A chatty plugin's panic is still found: it is what comes last.
+        s.push(b"thread '<unnamed>' panicked at src/lib.rs:1:1:\nboom\n");
+        assert_eq!(
+            s.panic_message().as_deref(),
+            Some("panicked at src/lib.rs:1:1: boom")
+        );
         assert_eq!(GuestStderr::default().panic_message(), None);
     }
 }

@@ -106,7 +106,14 @@ pub(super) async fn personalize(
                 inner: body,
                 html: Some(HtmlBody::new(job, from, target, Some(&content_type))),
                 next: None,
-                turns: callbacks.then(|| Turns::new(tenant.plugin_slots.clone())),
+                turns: callbacks.then(|| {
+                    Turns::new(
+                        tenant.plugin_slots.clone(),
+                        std::time::Duration::from_millis(
+                            tenant.config.limits.plugin_time_ms.saturating_mul(10),
+                        ),
+                    )
+                }),
             }
             .boxed_unsync()
         }
@@ -377,64 +384,90 @@ enum Step {
 /// threads, and never more turns than its `plugin_concurrency`.
 struct Turns {
     slots: Arc<tokio::sync::Semaphore>,
+    /// How long a chunk waits for a turn before it runs without one (the tenant's
+    /// `10 × plugin_time_ms`, as `on-request` waits): a body must not stop mid-page for good.
+    wait: std::time::Duration,
     acquiring: Option<Pin<Box<AcquireFuture>>>,
+    /// A turn taken for the current chunk (released right after it, or by a timer).
     held: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The current chunk may run (with a turn, or after waiting `wait` in vain).
+    granted: bool,
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-type AcquireFuture = dyn Future<Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>>
-    + Send;
+type AcquireFuture = dyn Future<
+        Output = Result<
+            Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>,
+            tokio::time::error::Elapsed,
+        >,
+    > + Send;
 
 /// Callbacks running longer than this in one chunk make the chunk pause after them.
 const LONG_CHUNK: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Turns {
-    fn new(slots: Arc<tokio::sync::Semaphore>) -> Self {
+    fn new(slots: Arc<tokio::sync::Semaphore>, wait: std::time::Duration) -> Self {
         Turns {
             slots,
+            wait,
             acquiring: None,
             held: None,
+            granted: false,
             pause: None,
         }
     }
 
-    /// Ready once the last long chunk's pause is over and a turn is held.
+    /// Ready once the last long chunk's pause is over and this chunk may run.
     fn poll_turn(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
         if let Some(pause) = self.pause.as_mut() {
             if pause.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
             self.pause = None;
-            self.held = None;
         }
-        if self.held.is_some() {
+        if self.granted {
             return Poll::Ready(());
         }
-        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-            self.held = Some(permit);
-            return Poll::Ready(());
+        // A wait already under way goes first: its permit may have been handed over.
+        if self.acquiring.is_none() {
+            if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                self.held = Some(permit);
+                self.granted = true;
+                return Poll::Ready(());
+            }
+            let (slots, wait) = (self.slots.clone(), self.wait);
+            self.acquiring = Some(Box::pin(tokio::time::timeout(wait, slots.acquire_owned())));
         }
-        let slots = self.slots.clone();
-        let acquiring = self
-            .acquiring
-            .get_or_insert_with(|| Box::pin(slots.acquire_owned()));
+        let Some(acquiring) = self.acquiring.as_mut() else {
+            return Poll::Ready(());
+        };
         match acquiring.as_mut().poll(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(permit) => {
+            Poll::Ready(outcome) => {
                 self.acquiring = None;
-                // A closed semaphore (never closed today) would only mean no turn to wait for.
-                self.held = permit.ok();
+                // No turn in time (or a closed semaphore): run anyway; each call is still
+                // held to STREAMING_CALL_LIMIT.
+                self.held = outcome.ok().and_then(Result::ok);
+                self.granted = true;
                 Poll::Ready(())
             }
         }
     }
 
-    /// After a chunk: a long one keeps the turn through a pause as long as it ran.
+    /// After a chunk. A long one holds its turn for as long again, on a timer (not until this
+    /// body is polled next: a client that stops reading must not keep the turn), and this body
+    /// pauses as long before its next chunk.
     fn ran(&mut self, took: std::time::Duration) {
+        self.granted = false;
+        let permit = self.held.take();
         if took >= LONG_CHUNK {
+            if let Some(permit) = permit {
+                tokio::spawn(async move {
+                    tokio::time::sleep(took).await;
+                    drop(permit);
+                });
+            }
             self.pause = Some(Box::pin(tokio::time::sleep(took)));
-        } else {
-            self.held = None;
         }
     }
 }
