@@ -185,7 +185,7 @@ pub trait Plugin {
     /// For each element matching subscription `subscription`: read it with
     /// `element.attribute(..)` and change it with `element.set_attribute(..)`,
     /// `element.add_class(..)`... Default: leave it alone. Streaming callbacks cannot yield
-    /// to the host's other work, so one call may run at most 5 ms; past it the plugin faults
+    /// to the host's other work, so one call may run at most 2 ms; past it the plugin faults
     /// and is cut off for the rest of the page.
     fn on_element(_subscription: u32, _element: &Element) {}
 

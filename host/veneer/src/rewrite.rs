@@ -436,6 +436,8 @@ pub struct HtmlBody {
     encoder: Encoder,
     /// Decoded body bytes fed to the rewriter so far (the base of every output allowance).
     input: Arc<AtomicU64>,
+    /// The plugins of this body, to stop them all at once.
+    handles: Vec<Arc<PluginHandle>>,
 }
 
 /// Where the body is in its life.
@@ -479,9 +481,19 @@ fn fault(h: &PluginHandle, report: &FaultReporter, f: &PluginFault) {
 }
 
 impl HtmlBody {
+    /// Stops every plugin still running in this body (their remaining rules and callbacks
+    /// are skipped, as after a fault); how many were stopped.
+    pub fn stop_plugins(&self) -> usize {
+        self.handles
+            .iter()
+            .filter(|h| !h.faulted.swap(true, std::sync::atomic::Ordering::Relaxed))
+            .count()
+    }
+
     /// Builds the pipeline for a body with this `Content-Type` (its `charset`, if any, is
     /// the first place the encoding is looked for).
     pub fn new(job: HtmlJob, from: Coding, to: Coding, content_type: Option<&str>) -> Self {
+        let handles = job.plugins.iter().map(|(h, _)| h.clone()).collect();
         let declared = content_type.and_then(charset::from_content_type).is_some();
         HtmlBody {
             decoder: Decoder::new(from),
@@ -494,6 +506,7 @@ impl HtmlBody {
             out: Arc::new(Mutex::new(Vec::new())),
             encoder: Encoder::new(to),
             input: Arc::new(AtomicU64::new(0)),
+            handles,
         }
     }
 

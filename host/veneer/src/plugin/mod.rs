@@ -231,7 +231,7 @@ const TICK: Duration = Duration::from_millis(1);
 /// until it returns its worker thread serves nobody else. A callback is meant to take
 /// microseconds; one running this long is stopped as a fault instead of holding the worker
 /// for the rest of the request's budget.
-pub const STREAMING_CALL_LIMIT: Duration = Duration::from_millis(5);
+pub const STREAMING_CALL_LIMIT: Duration = Duration::from_millis(2);
 
 impl Runtime {
     /// Builds the engine and starts the epoch ticker.

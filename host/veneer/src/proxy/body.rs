@@ -107,11 +107,22 @@ pub(super) async fn personalize(
                 html: Some(HtmlBody::new(job, from, target, Some(&content_type))),
                 next: None,
                 turns: callbacks.then(|| {
+                    let (app, tenant_name) = (app.clone(), name.clone());
                     Turns::new(
                         tenant.plugin_slots.clone(),
                         std::time::Duration::from_millis(
                             tenant.config.limits.plugin_time_ms.saturating_mul(10),
                         ),
+                        Box::new(move || {
+                            app.metrics.inc(
+                                "veneer_plugin_skipped_total",
+                                &[
+                                    ("tenant", &tenant_name),
+                                    ("plugin", "*"),
+                                    ("reason", "tenant_busy"),
+                                ],
+                            );
+                        }),
                     )
                 }),
             }
@@ -392,6 +403,8 @@ struct Turns {
     held: Option<tokio::sync::OwnedSemaphorePermit>,
     /// The current chunk may run (with a turn, or after waiting `wait` in vain).
     granted: bool,
+    /// Called when no turn came in time: the body's plugins are stopped for the rest of it.
+    starved: Box<dyn Fn() + Send>,
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -406,19 +419,25 @@ type AcquireFuture = dyn Future<
 const LONG_CHUNK: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Turns {
-    fn new(slots: Arc<tokio::sync::Semaphore>, wait: std::time::Duration) -> Self {
+    fn new(
+        slots: Arc<tokio::sync::Semaphore>,
+        wait: std::time::Duration,
+        starved: Box<dyn Fn() + Send>,
+    ) -> Self {
         Turns {
             slots,
             wait,
             acquiring: None,
             held: None,
             granted: false,
+            starved,
             pause: None,
         }
     }
 
-    /// Ready once the last long chunk's pause is over and this chunk may run.
-    fn poll_turn(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
+    /// Ready once the last long chunk's pause is over and this chunk may run: `true` with a
+    /// turn, `false` when none came in time.
+    fn poll_turn(&mut self, cx: &mut TaskContext<'_>) -> Poll<bool> {
         if let Some(pause) = self.pause.as_mut() {
             if pause.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
@@ -426,30 +445,33 @@ impl Turns {
             self.pause = None;
         }
         if self.granted {
-            return Poll::Ready(());
+            return Poll::Ready(true);
         }
         // A wait already under way goes first: its permit may have been handed over.
         if self.acquiring.is_none() {
             if let Ok(permit) = self.slots.clone().try_acquire_owned() {
                 self.held = Some(permit);
                 self.granted = true;
-                return Poll::Ready(());
+                return Poll::Ready(true);
             }
             let (slots, wait) = (self.slots.clone(), self.wait);
             self.acquiring = Some(Box::pin(tokio::time::timeout(wait, slots.acquire_owned())));
         }
         let Some(acquiring) = self.acquiring.as_mut() else {
-            return Poll::Ready(());
+            return Poll::Ready(false);
         };
         match acquiring.as_mut().poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(outcome) => {
                 self.acquiring = None;
-                // No turn in time (or a closed semaphore): run anyway; each call is still
-                // held to STREAMING_CALL_LIMIT.
                 self.held = outcome.ok().and_then(Result::ok);
                 self.granted = true;
-                Poll::Ready(())
+                if self.held.is_none() {
+                    // No turn in time: the tenant's plugins are busy elsewhere; this body goes
+                    // on without them rather than stop mid-page.
+                    (self.starved)();
+                }
+                Poll::Ready(self.held.is_some())
             }
         }
     }
@@ -499,10 +521,18 @@ impl http_body::Body for RewriteBody {
                     Poll::Ready(None) => Some(Step::Finish),
                 };
             }
-            if let Some(turns) = this.turns.as_mut()
-                && turns.poll_turn(cx).is_pending()
-            {
-                return Poll::Pending;
+            if let Some(turns) = this.turns.as_mut() {
+                match turns.poll_turn(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(false) => {
+                        if let Some(html) = this.html.as_ref() {
+                            html.stop_plugins();
+                        }
+                        // Nothing left to call back: no more turns needed.
+                        this.turns = None;
+                    }
+                    Poll::Ready(true) => {}
+                }
             }
             let (Some(step), Some(html)) = (this.next.take(), this.html.as_mut()) else {
                 return Poll::Ready(None);
