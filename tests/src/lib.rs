@@ -320,8 +320,11 @@ impl Host {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Analytics events written so far (waits up to 2 s for `at_least` of them).
+    /// Analytics events written so far (waits up to 2 s for `at_least` of them). Everything
+    /// recorded by requests already answered is written first: a request's events are queued
+    /// before its response goes out, and the flush waits for the queue.
     pub async fn events(&self, at_least: usize) -> Vec<serde_json::Value> {
+        self.app.analytics.flush().await;
         for _ in 0..40 {
             let lines = std::fs::read_to_string(&self.analytics).unwrap_or_default();
             let events: Vec<_> = lines
