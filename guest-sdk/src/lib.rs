@@ -535,6 +535,9 @@ macro_rules! export_plugin {
                 }
             }
         }
+        // Exported only in the component: a native build (`cargo test` of a plugin crate)
+        // must not carry the component's export names, which a native linker refuses.
+        #[cfg(target_arch = "wasm32")]
         $crate::__bindings::export!($plugin with_types_in $crate::__bindings);
     };
 }

@@ -30,6 +30,7 @@ pub mod preview;
 pub mod proxy;
 pub mod report;
 pub mod rewrite;
+pub mod scaffold;
 pub mod server;
 pub mod store;
 pub mod tls;

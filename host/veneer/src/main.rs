@@ -62,6 +62,11 @@ enum Command {
     /// Experiment statistics as GrowthBook computes them: JSON lines on stdin, one JSON
     /// answer per line on stdout, in order (see README "Statistics").
     Stats,
+    /// Start something new: `veneer new plugin NAME`.
+    New {
+        #[command(subcommand)]
+        what: NewCommand,
+    },
     /// Inspect plugin components.
     Plugin {
         #[command(subcommand)]
@@ -82,6 +87,21 @@ enum PluginCommand {
     /// Run a plugin on a page as a chosen visitor at a chosen instant, through the real
     /// request flow, and print the answer, the events it recorded and any fault.
     Run(Box<veneer::plugin_run::RunArgs>),
+}
+
+#[derive(Subcommand)]
+enum NewCommand {
+    /// A plugin crate on the SDK, outside this repository, that builds and tests at once.
+    Plugin {
+        /// The plugin's name (lower-case, digits and '-').
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// The SDK's directory (default: this binary's checkout's guest-sdk).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -130,6 +150,11 @@ fn main() -> ExitCode {
             command: RulesCommand::Check { file },
         } => return rules_check(&file),
         Command::Stats => answer_lines(veneer_stats::answer_line),
+        Command::New {
+            what: NewCommand::Plugin { name, path, sdk },
+        } => veneer::scaffold::new_plugin(&name, path.as_deref(), sdk.as_deref()).map(|dir| {
+            println!("{}", dir.display());
+        }),
         Command::Report(args) => run_async(async move {
             let out = veneer::admin_cli::report(args).await?;
             print!("{out}");

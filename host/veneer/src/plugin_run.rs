@@ -114,11 +114,36 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
         "[[tenant]]\nname = \"run\"\nhosts = [\"plugin.run\"]\norigin = \"http://{origin_addr}\"\n\
          geo_header = \"x-veneer-run-country\"\n"
     );
-    if let Some(r) = &args.rules {
-        tenant.push_str(&format!(
-            "rules = {}\n",
-            toml_str(&absolute(r)?.to_string_lossy())
-        ));
+    match &args.rules {
+        Some(r) => {
+            let text =
+                std::fs::read_to_string(r).with_context(|| format!("reading {}", r.display()))?;
+            let rules = veneer_rules::RuleSet::from_json_str(&text).map_err(|errors| {
+                let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                anyhow::anyhow!("{}: {}", r.display(), list.join("; "))
+            })?;
+            for s in &args.segments {
+                if !rules.segment_names().contains(s) {
+                    bail!("--segment {s:?}: {} defines no such segment", r.display());
+                }
+            }
+            tenant.push_str(&format!(
+                "rules = {}\n",
+                toml_str(&absolute(r)?.to_string_lossy())
+            ));
+        }
+        // Without rules, each --segment is a segment of its own that the visitor is in.
+        None if !args.segments.is_empty() => {
+            let segments: serde_json::Map<String, serde_json::Value> = args
+                .segments
+                .iter()
+                .map(|s| (s.clone(), serde_json::json!({})))
+                .collect();
+            let file = work.join("rules.json");
+            std::fs::write(&file, serde_json::json!({ "segments": segments }).to_string())?;
+            tenant.push_str(&format!("rules = {}\n", toml_str(&file.to_string_lossy())));
+        }
+        None => {}
     }
     if let Some(f) = &args.fragments {
         tenant.push_str(&format!(

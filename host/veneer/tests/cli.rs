@@ -303,3 +303,84 @@ fn plugin_run_shows_a_plugin_on_a_page_as_a_visitor_at_an_instant() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs cargo for a crate outside the workspace, with the host build's flags kept out.
+fn cargo(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/scaffold");
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .expect("run cargo")
+}
+
+#[test]
+fn a_new_plugin_builds_tests_and_runs_at_once() {
+    let dir = std::env::temp_dir().join(format!("veneer-new-plugin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = veneer()
+        .args(["new", "plugin", "cart-nudge", "--path"])
+        .arg(&dir)
+        .output()
+        .expect("veneer new plugin");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = veneer()
+        .args(["new", "plugin", "cart-nudge", "--path"])
+        .arg(&dir)
+        .output()
+        .expect("veneer new plugin");
+    assert!(
+        !again.status.success(),
+        "an existing crate is never overwritten"
+    );
+    let bad = veneer()
+        .args(["new", "plugin", "Cart Nudge"])
+        .output()
+        .expect("veneer new plugin");
+    assert!(!bad.status.success());
+
+    let test = cargo(&dir, &["test", "--quiet"]);
+    assert!(
+        test.status.success(),
+        "native tests: {}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+    let build = cargo(
+        &dir,
+        &["build", "--quiet", "--release", "--target", "wasm32-wasip2"],
+    );
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let wasm = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/scaffold/wasm32-wasip2/release/cart_nudge.wasm");
+    let page = dir.join("page.html");
+    std::fs::write(&page, "<html><body><h1>Shop</h1></body></html>").expect("page");
+    let run = veneer()
+        .args(["plugin", "run"])
+        .arg(&wasm)
+        .arg("--page")
+        .arg(&page)
+        .args(["--segment", "returning"])
+        .env("VENEER_LOG", "warn")
+        .output()
+        .expect("veneer plugin run");
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        text.contains(r#"<p class="greeting">Welcome back!</p><h1>Shop</h1>"#),
+        "{text}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
