@@ -140,7 +140,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
                 .map(|s| (s.clone(), serde_json::json!({})))
                 .collect();
             let file = work.join("rules.json");
-            std::fs::write(&file, serde_json::json!({ "segments": segments }).to_string())?;
+            std::fs::write(
+                &file,
+                serde_json::json!({ "segments": segments }).to_string(),
+            )?;
             tenant.push_str(&format!("rules = {}\n", toml_str(&file.to_string_lossy())));
         }
         None => {}
