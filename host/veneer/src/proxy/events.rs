@@ -18,6 +18,7 @@ use super::ctx::RequestCtx;
 use super::error::ProxyError;
 use super::identify::VisitorCtx;
 use crate::app::Tenant;
+use crate::plugin::HostServices as _;
 
 /// Where pages and apps post events, on every tenant's own host.
 pub(super) const BEACON_PATH: &str = "/_veneer/event";
@@ -63,7 +64,7 @@ pub(super) async fn beacon(
     ctx.app
         .event_rates
         .take_key(
-            (tenant.name.clone(), services.visitor_id().to_owned()),
+            (tenant.name.clone(), services.visitor_id.clone()),
             EVENTS_PER_SECOND,
             EVENTS_PER_SECOND * 2.0,
         )
@@ -82,7 +83,7 @@ pub(super) async fn beacon(
         .map_err(|e| ProxyError::BadEvent(format!("expected {{\"event\": NAME, \"value\": NUMBER?, \"currency\": CODE?, \"properties\": {{...}}?}}: {e}")))?;
     check(&posted)?;
     ctx.outcome = "event";
-    if services.consent().analytics {
+    if services.consent.analytics {
         let mut properties: Vec<(String, String)> = posted
             .properties
             .unwrap_or_default()
@@ -98,7 +99,7 @@ pub(super) async fn beacon(
         if let Some(c) = &posted.currency {
             properties.push(("currency".into(), c.clone()));
         }
-        services.record("beacon", &posted.event, properties);
+        services.track("beacon", &posted.event, properties);
         let mut stored = true;
         for goal in tenant
             .config
@@ -224,7 +225,7 @@ pub(super) fn after_response(
         return;
     }
     let services = &visitor.services;
-    if !services.consent().analytics {
+    if !services.consent.analytics {
         return;
     }
     let html = response
@@ -233,7 +234,7 @@ pub(super) fn after_response(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with("text/html"));
     if html {
-        services.record("veneer", "page_view", Vec::new());
+        services.track("veneer", "page_view", Vec::new());
     }
     for goal in tenant.config.goals.iter().filter(|g| g.matches_path(path)) {
         services.converted(

@@ -40,21 +40,6 @@ pub(super) struct Services {
 }
 
 impl Services {
-    /// The visitor's id (from the signed cookie, or new).
-    pub(super) fn visitor_id(&self) -> &str {
-        &self.visitor_id
-    }
-
-    /// What the visitor consented to.
-    pub(super) fn consent(&self) -> &Consent {
-        &self.consent
-    }
-
-    /// Records an analytics event on behalf of `source` (a plugin, `veneer` or `beacon`).
-    pub(super) fn record(&self, source: &str, name: &str, properties: Vec<(String, String)>) {
-        self.track(source, name, properties);
-    }
-
     /// Records a conversion for `goal`: a `conversion` event and a ledger row, which reports
     /// attribute to every experiment variation the visitor was exposed to before it. With
     /// `once_within`, a repeat within that time is not another conversion. `false` when the
