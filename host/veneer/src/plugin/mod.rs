@@ -233,6 +233,36 @@ const TICK: Duration = Duration::from_millis(1);
 /// for the rest of the request's budget.
 pub const STREAMING_CALL_LIMIT: Duration = Duration::from_millis(2);
 
+/// CPU time the calling thread has used.
+#[cfg(unix)]
+#[expect(
+    unsafe_code,
+    reason = "reading the thread's CPU clock; see the SAFETY note"
+)]
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec and the clock id is a constant the platform
+    // defines; clock_gettime writes only into `ts`.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// Without a per-thread CPU clock the wall clock stands in (it also counts preemption).
+#[cfg(not(unix))]
+fn thread_cpu_time() -> Duration {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
+}
+
 impl Runtime {
     /// Builds the engine and starts the epoch ticker.
     pub fn new(options: &RuntimeOptions) -> anyhow::Result<Self> {
@@ -653,7 +683,8 @@ impl Plugin {
             deadline: Instant::now(),
             may_yield: true,
             interrupted: false,
-            streaming_limited: false,
+            cpu_deadline: None,
+            streaming_stopped: false,
             yielded_ns: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             ticks_in_call: 0,
             wall_deadline: Instant::now(),
@@ -668,6 +699,16 @@ impl Plugin {
             // Time spent waiting to be scheduled again after a yield is not the plugin's.
             let paused = Duration::from_nanos(s.yielded_ns.load(Ordering::Relaxed));
             let now = Instant::now();
+            // A streaming callback is held to the CPU it burns, not to the wall clock: a
+            // worker preempted by a busy machine is not the plugin's doing, and stopping a
+            // callback for it would fault a good plugin whenever the host is loaded.
+            if let Some(cpu_deadline) = s.cpu_deadline
+                && thread_cpu_time() >= cpu_deadline
+            {
+                s.interrupted = true;
+                s.streaming_stopped = true;
+                return Ok(wasmtime::UpdateDeadline::Interrupt);
+            }
             // Paused time does not count against the budget, but the visitor still waits for
             // it: a call ends at 4 × its budget of wall time whatever it was doing.
             if now >= s.deadline + paused || now >= s.wall_deadline {
@@ -761,9 +802,12 @@ struct StoreState {
     may_yield: bool,
     /// The epoch callback stopped the call at its deadline.
     interrupted: bool,
-    /// The current call is a streaming callback held to [`STREAMING_CALL_LIMIT`] rather than
-    /// to what is left of the budget.
-    streaming_limited: bool,
+    /// The thread CPU time at which the current streaming callback has used up
+    /// [`STREAMING_CALL_LIMIT`]; `None` for awaited calls, and for a streaming one when less
+    /// than that is left of the budget.
+    cpu_deadline: Option<Duration>,
+    /// The current call was stopped at its `cpu_deadline`.
+    streaming_stopped: bool,
     /// Nanoseconds the current call spent yielded (waiting for the scheduler), which do not
     /// count against its budget.
     yielded_ns: Arc<std::sync::atomic::AtomicU64>,
@@ -893,12 +937,11 @@ impl Instance {
     fn arm(&mut self, awaited: bool) {
         let left = self.budget.saturating_sub(self.used);
         let s = self.store.data_mut();
-        s.streaming_limited = !awaited && left > STREAMING_CALL_LIMIT;
-        let left = if awaited {
-            left
-        } else {
-            left.min(STREAMING_CALL_LIMIT)
-        };
+        // A streaming call runs on this thread until it returns (it cannot yield), so the
+        // thread's CPU clock measures the plugin alone.
+        s.cpu_deadline = (!awaited && left > STREAMING_CALL_LIMIT)
+            .then(|| thread_cpu_time() + STREAMING_CALL_LIMIT);
+        s.streaming_stopped = false;
         s.deadline = Instant::now() + left;
         s.wall_deadline = s.deadline + left.saturating_mul(3);
         s.yielded_ns.store(0, Ordering::Relaxed);
@@ -932,7 +975,7 @@ impl Instance {
                 Some(wasmtime::Trap::Interrupt)
             )
         {
-            if self.store.data().streaming_limited {
+            if self.store.data().streaming_stopped {
                 return PluginFault::StreamingCall(STREAMING_CALL_LIMIT);
             }
             return PluginFault::Deadline(self.budget);
