@@ -44,7 +44,17 @@ pub mod __bindings {
 
 use __bindings::veneer::plugin::types as wit;
 
-pub use wit::{DeviceClass, Element, Level, Request, Response, Visitor};
+pub use wit::{DeviceClass, Level};
+// In the component the visitor, request, response and element are the host's resources; in
+// a native build (a plugin crate's `cargo test`) they are the fake host's plain types, so the
+// same plugin code compiles for both.
+#[cfg(not(target_arch = "wasm32"))]
+pub use testing::{Element, Request, Response, Visitor};
+#[cfg(target_arch = "wasm32")]
+pub use wit::{Element, Request, Response, Visitor};
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
 impl Request {
     /// The value of cookie `name` in the request's `Cookie` header (the host's own cookies
@@ -122,42 +132,84 @@ pub const CONTRACT_VERSION: &str = "0.2.0";
 
 /// Live campaigns and experiment assignments for this visitor.
 pub mod campaigns {
+    #[cfg(target_arch = "wasm32")]
     pub use crate::__bindings::veneer::plugin::campaigns::{
         Assignment, Campaign, active, assign, impression,
     };
+    #[cfg(not(target_arch = "wasm32"))]
+    pub use crate::testing::{Assignment, Campaign};
+
+    /// The campaigns live for this visitor at the request's instant, highest priority first.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn active() -> Vec<Campaign> {
+        crate::testing::active()
+    }
+
+    /// The visitor's assignment in `experiment`, if it is running and targets them.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn assign(experiment: &str) -> Option<Assignment> {
+        crate::testing::assign(experiment)
+    }
+
+    /// Records that the visitor was shown campaign `id`.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn impression(id: &str) {
+        crate::testing::impression(id);
+    }
 }
 
 /// Tenant content fragments.
 pub mod content {
+    #[cfg(target_arch = "wasm32")]
     pub use crate::__bindings::veneer::plugin::content::fragment;
+
+    /// The tenant's content fragment `key`.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn fragment(key: &str) -> Option<String> {
+        crate::testing::fragment(key)
+    }
 }
 
 /// Analytics events.
 pub mod analytics {
     /// Records an event with string properties; never blocks.
     pub fn track(name: &str, properties: &[(&str, &str)]) {
-        let props: Vec<(String, String)> = properties
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        crate::__bindings::veneer::plugin::analytics::track(name, &props);
+        #[cfg(target_arch = "wasm32")]
+        {
+            let props: Vec<(String, String)> = properties
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            crate::__bindings::veneer::plugin::analytics::track(name, &props);
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        crate::testing::track(name, properties);
     }
 }
 
 /// This plugin's configuration value for `key` (its `params` table in the tenant config).
 pub fn config(key: &str) -> Option<String> {
-    __bindings::veneer::plugin::host::config(key)
+    #[cfg(target_arch = "wasm32")]
+    return __bindings::veneer::plugin::host::config(key);
+    #[cfg(not(target_arch = "wasm32"))]
+    testing::config(key)
 }
 
 /// The instant the host evaluates this request at, in milliseconds since the Unix epoch (the
 /// clock campaigns use; a preview may set it in the future).
 pub fn now_ms() -> i64 {
-    __bindings::veneer::plugin::host::now_ms()
+    #[cfg(target_arch = "wasm32")]
+    return __bindings::veneer::plugin::host::now_ms();
+    #[cfg(not(target_arch = "wasm32"))]
+    testing::now_ms()
 }
 
 /// Writes a message to the host's log.
 pub fn log(level: Level, message: &str) {
+    #[cfg(target_arch = "wasm32")]
     __bindings::veneer::plugin::host::log(level, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    testing::log(level, message);
 }
 
 /// Everything a plugin usually needs.
@@ -287,6 +339,17 @@ pub struct ResponsePlan {
     pub json: Vec<JsonOp>,
     /// Subscriptions (selector, deliver text too); the index is the subscription id.
     pub subscribe: Vec<(String, bool)>,
+}
+
+impl ResponsePlan {
+    /// The operations on elements matching exactly `selector`, in order.
+    pub fn ops_on(&self, selector: &str) -> Vec<&HtmlOp> {
+        self.html
+            .iter()
+            .filter(|(s, _)| s == selector)
+            .map(|(_, op)| op)
+            .collect()
+    }
 }
 
 /// Builds a [`ResponsePlan`]: `plan.select("h1").set_inner_text("Hi")`.
@@ -433,6 +496,7 @@ impl Selection<'_> {
 
 /// Glue between the [`Plugin`] trait and the contract; used by [`export_plugin!`].
 #[doc(hidden)]
+#[cfg(target_arch = "wasm32")]
 pub mod __glue {
     use super::*;
     use crate::__bindings::veneer::plugin::types::{RequestPlan, ResponsePlan as PlanHandle};
@@ -499,6 +563,9 @@ pub mod __glue {
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ident) => {
+        // Only the component has the host's resources to take; a native build tests the
+        // plugin through `veneer_sdk::testing` instead.
+        #[cfg(target_arch = "wasm32")]
         impl $crate::__bindings::exports::veneer::plugin::hooks::Guest for $plugin {
             fn on_request(
                 request: &$crate::Request,
