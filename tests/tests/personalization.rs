@@ -350,3 +350,34 @@ async fn whole_chain_with_gzip_and_brotli_clients() {
         assert!(identity.contains(needle), "{needle} missing: {identity}");
     }
 }
+
+/// Every example plugin's fixtures (`plugins/NAME/fixtures`, run by `veneer plugin test`) pass
+/// in the real runtime: the same check a plugin author's CI runs, on this repository's plugins.
+#[tokio::test]
+async fn example_plugins_pass_their_fixtures() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let mut ran = 0;
+    for entry in std::fs::read_dir(&root).expect("plugins") {
+        let dir = entry.expect("entry").path();
+        let fixtures = dir.join("fixtures");
+        if !fixtures.is_dir() {
+            continue;
+        }
+        let name = dir
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let verdicts =
+            veneer::plugin_test::run_cases(&veneer_tests::plugin(&name), &fixtures, false)
+                .await
+                .expect("fixtures run");
+        let mut report = String::new();
+        assert!(
+            veneer::plugin_test::report(&verdicts, &mut report),
+            "{name}: {report}"
+        );
+        ran += verdicts.len();
+    }
+    assert!(ran >= 8, "the example plugins' fixtures ran ({ran} cases)");
+}

@@ -26,6 +26,7 @@ pub mod limits;
 pub mod metrics;
 pub mod plugin;
 pub mod plugin_run;
+pub mod plugin_test;
 pub mod preview;
 pub mod proxy;
 pub mod report;

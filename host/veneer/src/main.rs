@@ -87,6 +87,19 @@ enum PluginCommand {
     /// Run a plugin on a page as a chosen visitor at a chosen instant, through the real
     /// request flow, and print the answer, the events it recorded and any fault.
     Run(Box<veneer::plugin_run::RunArgs>),
+    /// Run fixture cases (a folder per case: case.toml, origin.html or origin.json,
+    /// expected.txt) through the component in the real request flow; a differing answer
+    /// prints a diff and the command exits 1.
+    Test {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// The folder of cases.
+        #[arg(long, default_value = "fixtures")]
+        fixtures: PathBuf,
+        /// Write each case's expected.txt from what the plugin does now.
+        #[arg(long)]
+        bless: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -116,18 +129,6 @@ enum RulesCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VENEER_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal, and never with NO_COLOR (no-color.org).
-        .with_ansi(
-            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        )
-        .init();
     // Scripts drive these commands: a usage error is one line on stderr and exit status 2
     // (help and version print as clap prints them).
     let cli = match Cli::try_parse() {
@@ -140,6 +141,25 @@ fn main() -> ExitCode {
             std::process::exit(2);
         }
     };
+    // A fixture run prints a verdict per case; the host's start-up lines would bury them.
+    let default_level = match &cli.command {
+        Command::Plugin {
+            command: PluginCommand::Test { .. },
+        } => "warn",
+        _ => "info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VENEER_LOG")
+                .unwrap_or_else(|_| default_level.into()),
+        )
+        .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, and never with NO_COLOR (no-color.org).
+        .with_ansi(
+            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )
+        .init();
     let result = match cli.command {
         Command::Serve { config } => run_async(serve(config)),
         Command::Demo { listen, geoip } => run_async(run_demo(listen, geoip)),
@@ -163,6 +183,34 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => plugin_check(&file),
+        Command::Plugin {
+            command:
+                PluginCommand::Test {
+                    file,
+                    fixtures,
+                    bless,
+                },
+        } => {
+            return run_async(async move {
+                veneer::plugin_test::run_cases(&file, &fixtures, bless).await
+            })
+            .map_or_else(
+                |e| {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                },
+                |verdicts| {
+                    let mut out = String::new();
+                    let ok = veneer::plugin_test::report(&verdicts, &mut out);
+                    print!("{out}");
+                    if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                },
+            );
+        }
         Command::Plugin {
             command: PluginCommand::Run(args),
         } => run_async(async move {
@@ -240,7 +288,7 @@ impl Drop for PrivateDir {
     }
 }
 
-fn run_async(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+fn run_async<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

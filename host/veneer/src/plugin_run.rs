@@ -58,6 +58,9 @@ pub struct RunArgs {
     /// The visitor's `Accept-Language`.
     #[arg(long)]
     pub language: Option<String>,
+    /// A request header, `NAME: VALUE` (repeatable), e.g. `--header "cookie: cart=3"`.
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
 }
 
 fn user_agent(device: &str) -> anyhow::Result<&'static str> {
@@ -78,43 +81,174 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     std::fs::canonicalize(p).with_context(|| format!("{}", p.display()))
 }
 
+fn key_value<'a>(flag: &str, s: &'a str, sep: char) -> anyhow::Result<(&'a str, &'a str)> {
+    s.split_once(sep)
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .with_context(|| format!("{flag} {s:?}: KEY{sep}VALUE expected"))
+}
+
+/// One request through a plugin, as `plugin run` and each `plugin test` case describe it.
+#[derive(Debug, Clone)]
+pub struct Visit {
+    /// The request path (with its query).
+    pub path: String,
+    /// Extra request headers.
+    pub headers: Vec<(String, String)>,
+    /// Plugin parameters.
+    pub params: Vec<(String, String)>,
+    /// Segments, experiments and campaigns.
+    pub rules: Option<PathBuf>,
+    /// Content fragments.
+    pub fragments: Option<PathBuf>,
+    /// Segments the visitor is in (empty: the rules decide).
+    pub segments: Vec<String>,
+    /// Forced variations.
+    pub variations: std::collections::BTreeMap<String, i64>,
+    /// The visitor's consent, comma-separated (`None`: all).
+    pub consent: Option<String>,
+    /// The request's instant (`None`: now).
+    pub at: Option<jiff::Timestamp>,
+    /// desktop, mobile, tablet or bot.
+    pub device: String,
+    /// The visitor's country.
+    pub country: Option<String>,
+    /// The visitor's `Accept-Language`.
+    pub language: Option<String>,
+    /// What the origin answers: status, content type and body.
+    pub origin: (u16, &'static str, Bytes),
+}
+
+/// What a visit produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The response status.
+    pub status: u16,
+    /// The request path.
+    pub path: String,
+    /// Response headers that do not change from run to run, sorted by name.
+    pub headers: Vec<(String, String)>,
+    /// The response body.
+    pub body: Bytes,
+    /// Events recorded (name and JSON properties, one per line).
+    pub events: Vec<String>,
+    /// Plugin faults (metric lines).
+    pub faults: Vec<String>,
+}
+
+impl Outcome {
+    /// The outcome as `plugin run` prints it and `plugin test` compares it.
+    pub fn render(&self) -> String {
+        let mut out = format!("{} {}\n", self.status, self.path);
+        for (k, v) in &self.headers {
+            out.push_str(&format!("{k}: {v}\n"));
+        }
+        out.push('\n');
+        out.push_str(&String::from_utf8_lossy(&self.body));
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str("\n--- events\n");
+        if self.events.is_empty() {
+            out.push_str("none\n");
+        }
+        for e in &self.events {
+            out.push_str(e);
+            out.push('\n');
+        }
+        out.push_str("--- faults\n");
+        if self.faults.is_empty() {
+            out.push_str("none\n");
+        }
+        for f in &self.faults {
+            out.push_str(f);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Headers that differ on every run (ids, clocks, timings, the visitor's new cookie).
+const VOLATILE: &[&str] = &["date", "set-cookie", "x-request-id", "server-timing", "age"];
+
 /// Runs the plugin once and returns what to print.
 pub async fn run(args: RunArgs) -> anyhow::Result<String> {
-    let ua = user_agent(&args.device)?;
     let json = args.page.extension().is_some_and(|e| e == "json");
     let path = args
         .path
         .clone()
         .unwrap_or_else(|| if json { "/data.json" } else { "/" }.to_owned());
-    if !path.starts_with('/') {
-        bail!("--path {path:?}: a path starting with '/'");
-    }
     let page = std::fs::read(&args.page)
         .with_context(|| format!("reading the page {}", args.page.display()))?;
+    let mut variations = std::collections::BTreeMap::new();
+    for v in &args.variations {
+        let (k, n) = key_value("--variation", v, '=')?;
+        let n = n
+            .parse::<i64>()
+            .with_context(|| format!("--variation {v:?}: EXPERIMENT=INDEX expected"))?;
+        variations.insert(k.to_owned(), n);
+    }
+    let request = Visit {
+        path,
+        headers: args
+            .headers
+            .iter()
+            .map(|h| key_value("--header", h, ':').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect::<anyhow::Result<_>>()?,
+        params: args
+            .params
+            .iter()
+            .map(|p| key_value("--param", p, '=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect::<anyhow::Result<_>>()?,
+        rules: args.rules.clone(),
+        fragments: args.fragments.clone(),
+        segments: args.segments.clone(),
+        variations,
+        consent: args.consent.clone(),
+        at: args
+            .at
+            .as_deref()
+            .map(|a| a.parse().with_context(|| format!("--at {a:?}: RFC 3339")))
+            .transpose()?,
+        device: args.device.clone(),
+        country: args.country.clone(),
+        language: args.language.clone(),
+        origin: (200, content_type(json), Bytes::from(page)),
+    };
     let work = tempdir()?;
-    // A throwaway origin answering every path with the page, typed by the page's own file
-    // name (whatever the request path looks like).
-    let content_type = if json {
+    let outcome = visit(&args.file, &request, &work).await;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(outcome?.render())
+}
+
+/// The content type of an origin page.
+pub fn content_type(json: bool) -> &'static str {
+    if json {
         "application/json"
     } else {
-        "text/html"
-    };
+        "text/html; charset=utf-8"
+    }
+}
+
+/// Runs `file` for one visit on a throwaway host and origin; `work` holds the host's files
+/// (its compile cache is reused by later visits in the same directory).
+pub async fn visit(file: &Path, v: &Visit, work: &Path) -> anyhow::Result<Outcome> {
+    let ua = user_agent(&v.device)?;
+    if !v.path.starts_with('/') {
+        bail!("path {:?}: a path starting with '/'", v.path);
+    }
     let origin = crate::server::bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let origin_addr = origin.local_addr()?;
-    serve_page(Bytes::from(page), content_type, origin);
+    let origin_task = serve_page(v.origin.clone(), origin);
 
     let mut params = String::new();
-    for p in &args.params {
-        let (k, v) = p
-            .split_once('=')
-            .with_context(|| format!("--param {p:?}: KEY=VALUE expected"))?;
-        params.push_str(&format!("{} = {}, ", toml_str(k), toml_str(v)));
+    for (k, val) in &v.params {
+        params.push_str(&format!("{} = {}, ", toml_str(k), toml_str(val)));
     }
     let mut tenant = format!(
         "[[tenant]]\nname = \"run\"\nhosts = [\"plugin.run\"]\norigin = \"http://{origin_addr}\"\n\
          geo_header = \"x-veneer-run-country\"\n"
     );
-    match &args.rules {
+    match &v.rules {
         Some(r) => {
             let text =
                 std::fs::read_to_string(r).with_context(|| format!("reading {}", r.display()))?;
@@ -122,9 +256,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
                 let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 anyhow::anyhow!("{}: {}", r.display(), list.join("; "))
             })?;
-            for s in &args.segments {
+            for s in &v.segments {
                 if !rules.segment_names().contains(s) {
-                    bail!("--segment {s:?}: {} defines no such segment", r.display());
+                    bail!("segment {s:?}: {} defines no such segment", r.display());
                 }
             }
             tenant.push_str(&format!(
@@ -132,14 +266,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
                 toml_str(&absolute(r)?.to_string_lossy())
             ));
         }
-        // Without rules, each --segment is a segment of its own that the visitor is in.
-        None if !args.segments.is_empty() => {
-            let segments: serde_json::Map<String, serde_json::Value> = args
+        // Without rules, each segment asked for is a segment of its own that the visitor is in.
+        None if !v.segments.is_empty() => {
+            let segments: serde_json::Map<String, serde_json::Value> = v
                 .segments
                 .iter()
                 .map(|s| (s.clone(), serde_json::json!({})))
                 .collect();
-            let file = work.join("rules.json");
+            let file = work.join(format!("rules-{}.json", uuid::Uuid::new_v4().simple()));
             std::fs::write(
                 &file,
                 serde_json::json!({ "segments": segments }).to_string(),
@@ -148,7 +282,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
         }
         None => {}
     }
-    if let Some(f) = &args.fragments {
+    if let Some(f) = &v.fragments {
         tenant.push_str(&format!(
             "fragments = {}\n",
             toml_str(&absolute(f)?.to_string_lossy())
@@ -157,62 +291,49 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
     tenant.push_str(&format!(
         "[tenant.limits]\nrequests_per_second_per_client = 0\n\
          [[tenant.plugin]]\nname = \"plugin\"\npath = {}\nparams = {{ {} }}\n",
-        toml_str(&absolute(&args.file)?.to_string_lossy()),
+        toml_str(&absolute(file)?.to_string_lossy()),
         params.trim_end_matches(", ")
     ));
-    let events = work.join("events.jsonl");
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let events = work.join(format!("events-{run_id}.jsonl"));
     // A private compile cache: the runtime loads precompiled code from it, so it must not be
     // a directory another user could have written to.
     let cache = work.join("cache");
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ncookie_secret = \"plugin-run-{}-0123456789abcdef0123456789\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\ncookie_secret = \"plugin-run-{run_id}-0123456789abcdef\"\n\
          cache_dir = {}\nanalytics_log = {}\ntrusted_proxies = [\"127.0.0.1\"]\n\n{tenant}",
-        std::process::id(),
         toml_str(&cache.to_string_lossy()),
         toml_str(&events.to_string_lossy()),
     );
-    let file = work.join("veneer.toml");
-    std::fs::write(&file, &text)?;
-    let config = Config::load(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config_file = work.join(format!("veneer-{run_id}.toml"));
+    std::fs::write(&config_file, &text)?;
+    let config = Config::load(&config_file).map_err(|e| anyhow::anyhow!("{e}"))?;
     let app = Arc::new(App::build(&config)?);
     let listener = crate::server::bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let addr = listener.local_addr()?;
-    let _server = crate::server::serve(app.clone(), listener);
+    let server = crate::server::serve(app.clone(), listener);
 
     // The visitor's segments, variations, consent and instant travel as a preview, as a
-    // marketer's preview link would carry them (so such a run records no events).
-    let mut variations = std::collections::BTreeMap::new();
-    for v in &args.variations {
-        let (k, n) = v
-            .split_once('=')
-            .and_then(|(k, n)| Some((k.to_owned(), n.parse::<i64>().ok()?)))
-            .with_context(|| format!("--variation {v:?}: EXPERIMENT=INDEX expected"))?;
-        variations.insert(k, n);
-    }
-    let overridden = !args.segments.is_empty()
-        || !variations.is_empty()
-        || args.consent.is_some()
-        || args.at.is_some();
-    let mut url = format!("http://{addr}{path}");
+    // marketer's preview link would carry them, but one that records what the visit would.
+    let overridden =
+        !v.segments.is_empty() || !v.variations.is_empty() || v.consent.is_some() || v.at.is_some();
+    let mut url = format!("http://{addr}{}", v.path);
     if overridden {
         let preview = Preview {
             tenant: "run".into(),
-            segments: (!args.segments.is_empty()).then(|| args.segments.clone()),
-            variations,
-            consent: args.consent.as_ref().map(|c| {
+            segments: (!v.segments.is_empty()).then(|| v.segments.clone()),
+            variations: v.variations.clone(),
+            consent: v.consent.as_ref().map(|c| {
                 c.split(',')
                     .map(|s| s.trim().to_owned())
                     .filter(|s| !s.is_empty() && s != "none")
                     .collect()
             }),
-            at: args
-                .at
-                .as_deref()
-                .map(|a| a.parse().with_context(|| format!("--at {a:?}: RFC 3339")))
-                .transpose()?,
+            at: v.at,
             expires: jiff::Timestamp::now().as_second() + 600,
+            record: true,
         };
-        url.push(if path.contains('?') { '&' } else { '?' });
+        url.push(if v.path.contains('?') { '&' } else { '?' });
         url.push_str(&format!(
             "{}={}",
             crate::preview::PARAM,
@@ -223,11 +344,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
     let mut req = http::Request::get(&url)
         .header(http::header::HOST, "plugin.run")
         .header(http::header::USER_AGENT, ua);
-    if let Some(c) = &args.country {
+    if let Some(c) = &v.country {
         req = req.header("x-veneer-run-country", c.as_str());
     }
-    if let Some(l) = &args.language {
+    if let Some(l) = &v.language {
         req = req.header(http::header::ACCEPT_LANGUAGE, l.as_str());
+    }
+    for (k, val) in &v.headers {
+        req = req.header(k.as_str(), val.as_str());
     }
     let response = client
         .request(req.body(Empty::new())?)
@@ -236,64 +360,63 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
     let (head, body) = response.into_parts();
     let body = body.collect().await?.to_bytes();
     app.analytics.flush().await;
+    server.abort();
+    origin_task.abort();
 
-    let mut out = format!("{} {}\n", head.status.as_u16(), path);
-    let mut names: Vec<_> = head
+    let mut headers: Vec<(String, String)> = head
         .headers
         .iter()
-        .filter(|(k, _)| *k != http::header::SET_COOKIE && *k != http::header::DATE)
+        .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("<binary>").to_owned()))
         .collect();
-    names.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-    for (k, v) in names {
-        out.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("<binary>")));
-    }
-    out.push('\n');
-    out.push_str(&String::from_utf8_lossy(&body));
-    if !out.ends_with('\n') {
-        out.push('\n');
-    }
+    headers.sort();
     let recorded = std::fs::read_to_string(&events).unwrap_or_default();
-    out.push_str("\n--- events");
-    if overridden {
-        out.push_str(" (none: a run with segments, variations, consent or an instant is a preview, which records nothing)");
-    }
-    out.push('\n');
-    for line in recorded.lines() {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-            out.push_str(&format!(
-                "{} {}\n",
-                v["event"].as_str().unwrap_or_default(),
-                v["properties"]
-            ));
-        }
-    }
-    let metrics = app.metrics.render();
-    let faults: Vec<&str> = metrics
+    // Sorted: the host's events and the plugin's reach the log by different paths, so their
+    // order is not the same from run to run.
+    let mut events: Vec<String> = recorded
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["event"].as_str().unwrap_or_default(),
+                e["properties"]
+            )
+        })
+        .collect();
+    events.sort();
+    let faults = app
+        .metrics
+        .render()
         .lines()
         .filter(|l| l.starts_with("veneer_plugin_faults_total"))
+        .map(str::to_owned)
         .collect();
-    out.push_str("--- faults\n");
-    if faults.is_empty() {
-        out.push_str("none\n");
-    }
-    for f in faults {
-        out.push_str(f);
-        out.push('\n');
-    }
-    let _ = std::fs::remove_dir_all(&work);
-    Ok(out)
+    Ok(Outcome {
+        status: head.status.as_u16(),
+        path: v.path.clone(),
+        headers,
+        body,
+        events,
+        faults,
+    })
 }
 
-/// Serves `page` for every request on `listener`.
-fn serve_page(page: Bytes, content_type: &'static str, listener: tokio::net::TcpListener) {
+/// Serves the origin's answer for every request on `listener`.
+fn serve_page(
+    (status, content_type, page): (u16, &'static str, Bytes),
+    listener: tokio::net::TcpListener,
+) -> tokio::task::JoinHandle<()> {
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
+    let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let page = page.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
                     let mut response = http::Response::new(http_body_util::Full::new(page.clone()));
+                    *response.status_mut() = status;
                     response.headers_mut().insert(
                         http::header::CONTENT_TYPE,
                         http::HeaderValue::from_static(content_type),
@@ -305,7 +428,7 @@ fn serve_page(page: Bytes, content_type: &'static str, listener: tokio::net::Tcp
                     .await;
             });
         }
-    });
+    })
 }
 
 fn tempdir() -> anyhow::Result<PathBuf> {

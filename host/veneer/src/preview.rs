@@ -93,6 +93,7 @@ pub fn create(
         consent: req.consent,
         at,
         expires,
+        record: false,
     };
     let token = preview.sign(&app.signer);
     let link = format!(
@@ -137,6 +138,11 @@ pub struct Preview {
     pub at: Option<jiff::Timestamp>,
     /// When the link stops working (seconds since the epoch).
     pub expires: i64,
+    /// Record events, impressions and exposures as a visit would: set only by the local
+    /// harnesses (`veneer plugin run`/`test`) so their output shows what a plugin records.
+    /// Marketers' links never set it: a preview is not a visit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record: bool,
 }
 
 /// Why a preview link was refused.

@@ -36,6 +36,27 @@ fn camel(name: &str) -> String {
         .collect()
 }
 
+/// The page the fixtures' origin answers.
+const ORIGIN: &str = "<!doctype html>\n<html><head><title>Shop</title></head>\n<body><main><h1>Shop</h1><p>Boots and jackets.</p></main></body></html>\n";
+
+/// What the host answers a fixture case with: `veneer plugin test` compares it whole, so the
+/// scaffold's own test catches any change in what the host adds.
+fn expected(returning: bool) -> String {
+    let body = if returning {
+        ORIGIN.replace("<h1>", "<p class=\"greeting\">Welcome back!</p><h1>")
+    } else {
+        ORIGIN.replace("<p>Boots", "<p class=\"greeting\">Welcome!</p><p>Boots")
+    };
+    // A case that sets the visitor's segments runs as a preview, which is never cached.
+    let cache = if returning { "no-store" } else { "no-cache" };
+    format!(
+        "200 /\ncache-control: private, {cache}\ncontent-type: text/html; charset=utf-8\n\
+         transfer-encoding: chunked\nvary: Accept-Encoding\n\n{body}\n--- events\n\
+         greeting_shown {{\"returning\":\"{}\"}}\npage_view {{}}\n--- faults\nnone\n",
+        if returning { "yes" } else { "no" }
+    )
+}
+
 /// Writes the crate; returns its directory.
 pub fn new_plugin(name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> anyhow::Result<PathBuf> {
     let valid = name.len() <= 48
@@ -51,8 +72,10 @@ pub fn new_plugin(name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> anyhow:
     if root.exists() && std::fs::read_dir(&root)?.next().is_some() {
         bail!("{} exists and is not empty", root.display());
     }
-    std::fs::create_dir_all(root.join("src"))
-        .with_context(|| format!("creating {}", root.display()))?;
+    for sub in ["src", "fixtures/returning-visitor", "fixtures/first-visit"] {
+        std::fs::create_dir_all(root.join(sub))
+            .with_context(|| format!("creating {}", root.join(sub).display()))?;
+    }
     let lib = name.replace('-', "_");
     let ty = camel(name);
     let sdk_toml = toml::Value::String(sdk.to_string_lossy().into_owned());
@@ -95,7 +118,7 @@ use veneer_sdk::prelude::*;
 
 struct {ty};
 
-/// What a visitor is told; kept apart from the hook so a native unit test can check it.
+/// What a visitor is told.
 pub fn greeting(returning: bool) -> &'static str {{
     if returning {{ "Welcome back!" }} else {{ "Welcome!" }}
 }}
@@ -124,12 +147,40 @@ export_plugin!({ty});
 
 #[cfg(test)]
 mod tests {{
-    use super::greeting;
+    use super::*;
+    use veneer_sdk::testing::FakeHost;
 
     #[test]
-    fn returning_visitors_are_welcomed_back() {{
-        assert_eq!(greeting(true), "Welcome back!");
-        assert_eq!(greeting(false), "Welcome!");
+    fn returning_visitors_are_welcomed_back_above_the_first_heading() {{
+        let mut host = FakeHost::new();
+        let visitor = Visitor::new("v-1").with_segment("returning");
+        let plan = host.on_response::<{ty}>(&Request::get("/"), &Response::html(), &visitor);
+        assert_eq!(
+            plan.ops_on("h1"),
+            [&HtmlOp::BeforeHtml("<p class=\"greeting\">Welcome back!</p>".into())]
+        );
+        assert_eq!(host.events()[0].name, "greeting_shown");
+        assert_eq!(host.events()[0].property("returning"), Some("yes"));
+    }}
+
+    #[test]
+    fn the_selector_parameter_moves_the_greeting() {{
+        let mut host = FakeHost::new().with_config("selector", "main h2");
+        let plan = host.on_response::<{ty}>(&Request::get("/"), &Response::html(), &Visitor::new("v-2"));
+        assert_eq!(
+            plan.ops_on("main h2"),
+            [&HtmlOp::BeforeHtml("<p class=\"greeting\">Welcome!</p>".into())]
+        );
+    }}
+
+    #[test]
+    fn json_and_errors_are_left_alone() {{
+        let mut host = FakeHost::new();
+        let visitor = Visitor::new("v-3");
+        let json = host.on_response::<{ty}>(&Request::get("/api"), &Response::json(), &visitor);
+        let missing = host.on_response::<{ty}>(&Request::get("/x"), &Response::new(404), &visitor);
+        assert!(json.html.is_empty() && missing.html.is_empty());
+        assert!(host.events().is_empty());
     }}
 }}
 "#
@@ -144,9 +195,13 @@ A Veneer personalization plugin.
 
 ```sh
 rustup target add wasm32-wasip2                  # once
-cargo test                                       # native unit tests
+cargo test                                       # native tests, on the SDK's fake host
 cargo build --release --target wasm32-wasip2     # the component:
                                                  # target/wasm32-wasip2/release/{lib}.wasm
+
+# the component in the real host, one folder per case in fixtures/ (case.toml, origin.html,
+# expected.txt); --bless records expected.txt from what the plugin does now
+veneer plugin test target/wasm32-wasip2/release/{lib}.wasm
 
 # what it does to a page, as a returning visitor
 veneer plugin run target/wasm32-wasip2/release/{lib}.wasm --page page.html --segment returning
@@ -162,6 +217,23 @@ is in the host's log). Parameters come from the deployment (`config("selector")`
             ),
         ),
         (".gitignore", "/target\n".to_owned()),
+        ("fixtures/returning-visitor/origin.html", ORIGIN.to_owned()),
+        (
+            "fixtures/returning-visitor/case.toml",
+            "# A returning visitor on a phone. Every field is optional: path, headers, params,\n\
+             # rules, fragments, segments, variations, consent, at, device, country, language, status.\n\
+             segments = [\"returning\"]\ndevice = \"mobile\"\n"
+                .to_owned(),
+        ),
+        ("fixtures/returning-visitor/expected.txt", expected(true)),
+        ("fixtures/first-visit/origin.html", ORIGIN.to_owned()),
+        (
+            "fixtures/first-visit/case.toml",
+            "# A first visit, with the greeting moved by the plugin's parameter.\n\
+             params = { selector = \"main p\" }\n"
+                .to_owned(),
+        ),
+        ("fixtures/first-visit/expected.txt", expected(false)),
     ];
     for (file, text) in files {
         std::fs::write(root.join(file), text)

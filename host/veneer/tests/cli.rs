@@ -382,5 +382,54 @@ fn a_new_plugin_builds_tests_and_runs_at_once() {
         "{text}{}",
         String::from_utf8_lossy(&run.stderr)
     );
+
+    // The scaffold's fixtures pass in the real host as written.
+    let fixtures = dir.join("fixtures");
+    let plugin_test = |extra: &[&str]| {
+        veneer()
+            .args(["plugin", "test"])
+            .arg(&wasm)
+            .arg("--fixtures")
+            .arg(&fixtures)
+            .args(extra)
+            .output()
+            .expect("veneer plugin test")
+    };
+    let tested = plugin_test(&[]);
+    let report = String::from_utf8_lossy(&tested.stdout).into_owned();
+    assert!(
+        tested.status.success() && report.contains("2 passed, 0 failed"),
+        "{report}{}",
+        String::from_utf8_lossy(&tested.stderr)
+    );
+    // A changed expectation fails with a diff naming the line, and exit status 1.
+    let expected = fixtures.join("returning-visitor/expected.txt");
+    let text = std::fs::read_to_string(&expected).expect("expected.txt");
+    std::fs::write(&expected, text.replace("Welcome back!", "Hello again!")).expect("edit");
+    let failed = plugin_test(&[]);
+    let report = String::from_utf8_lossy(&failed.stdout).into_owned();
+    assert_eq!(failed.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("FAILED   returning-visitor: the answer differs")
+            && !report.contains("-<!doctype html>")
+            && report.contains("Hello again!")
+            && report.contains("1 passed, 1 failed"),
+        "{report}"
+    );
+    // --bless records what the plugin does now, and the next run passes.
+    std::fs::remove_file(fixtures.join("first-visit/expected.txt")).expect("remove");
+    let missing = plugin_test(&[]);
+    assert!(
+        String::from_utf8_lossy(&missing.stdout).contains("no expected.txt (run with --bless"),
+        "{}",
+        String::from_utf8_lossy(&missing.stdout)
+    );
+    assert!(plugin_test(&["--bless"]).status.success());
+    assert_eq!(
+        std::fs::read_to_string(&expected).expect("blessed"),
+        text,
+        "blessing restores what the plugin does"
+    );
+    assert!(plugin_test(&[]).status.success());
     let _ = std::fs::remove_dir_all(&dir);
 }

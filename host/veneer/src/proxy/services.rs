@@ -40,6 +40,11 @@ pub(super) struct Services {
 }
 
 impl Services {
+    /// Whether nothing is recorded for this request: it is a preview, not a visit.
+    fn quiet(&self) -> bool {
+        self.preview.as_ref().is_some_and(|p| !p.record)
+    }
+
     /// Records a conversion for `goal`: a `conversion` event and a ledger row, which reports
     /// attribute to every experiment variation the visitor was exposed to before it. With
     /// `once_within`, a repeat within that time is not another conversion. `false` when the
@@ -51,7 +56,7 @@ impl Services {
         currency: Option<String>,
         once_within: Option<std::time::Duration>,
     ) -> bool {
-        if !self.consent.analytics || self.preview.is_some() {
+        if !self.consent.analytics || self.quiet() {
             return true;
         }
         let mut properties = vec![
@@ -85,7 +90,7 @@ impl Services {
 
     /// Records a first exposure: an `experiment_exposure` event and a ledger row.
     fn exposed(&self, experiment: &str, variation: usize, key: &str) {
-        if !self.consent.analytics || self.preview.is_some() {
+        if !self.consent.analytics || self.quiet() {
             return;
         }
         self.track(
@@ -102,7 +107,7 @@ impl Services {
 
     /// The ledger row of an exposure (the ledger keeps the first per visitor and key).
     fn record_exposure(&self, experiment: &str, variation: usize) {
-        if !self.consent.analytics || self.preview.is_some() {
+        if !self.consent.analytics || self.quiet() {
             return;
         }
         if let Some(ledger) = &self.ledger {
@@ -129,7 +134,7 @@ impl HostServices for Services {
     }
 
     fn track(&self, plugin: &str, name: &str, properties: Vec<(String, String)>) {
-        if self.preview.is_some() {
+        if self.quiet() {
             self.metrics.inc(
                 "veneer_analytics_events_total",
                 &[("outcome", "left_out_preview")],
@@ -221,7 +226,7 @@ impl HostServices for Services {
             }
             seen.push(campaign_id.to_owned());
         }
-        if self.preview.is_some() {
+        if self.quiet() {
             return;
         }
         {
@@ -278,7 +283,7 @@ impl HostServices for Services {
         ctx.forced_variations = forced.as_ref();
         // A preview neither reads nor writes the visitor's sticky assignments.
         let mut scratch = StickyDocs::new();
-        ctx.sticky = Some(if self.preview.is_some() {
+        ctx.sticky = Some(if self.quiet() {
             &mut scratch
         } else {
             &mut sticky
