@@ -148,6 +148,9 @@ pub struct App {
     pub base_dir: std::path::PathBuf,
     /// Exposures and conversions for reports (`data_dir/ledger.db`; none without a data_dir).
     pub ledger: Option<Arc<crate::ledger::Ledger>>,
+    /// A development host (`veneer dev`): the visitor's settings come from query parameters
+    /// ([`crate::preview::DEV_PARAMS`]) without a signed link. Never set from a config file.
+    pub dev: bool,
 }
 
 impl App {
@@ -272,6 +275,7 @@ impl App {
             runtime,
             base_dir: config.base_dir.clone(),
             ledger,
+            dev: false,
         })
     }
 
@@ -354,7 +358,8 @@ fn err(config: &Config, field: String, message: String) -> anyhow::Error {
     .into()
 }
 
-fn load_tenant(
+/// Loads tenant `t` (entry `i` of `config`), its plugins compiled and linked.
+pub fn load_tenant(
     config: &Config,
     i: usize,
     t: &config::Tenant,

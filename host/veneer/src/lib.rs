@@ -19,6 +19,7 @@ pub mod charset;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod dev;
 pub mod framing;
 pub mod geo;
 pub mod ledger;

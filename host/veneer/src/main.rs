@@ -51,6 +51,9 @@ enum Command {
         #[arg(long)]
         geoip: Option<PathBuf>,
     },
+    /// Develop plugins: the host in front of an origin or a folder of files, rebuilding and
+    /// reloading plugin crates as they change; switch the visitor with ?veneer_segment=...
+    Dev(Box<veneer::dev::DevArgs>),
     /// Test segment and experiment rules.
     Rules {
         #[command(subcommand)]
@@ -163,6 +166,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => run_async(serve(config)),
         Command::Demo { listen, geoip } => run_async(run_demo(listen, geoip)),
+        Command::Dev(args) => run_async(veneer::dev::run(*args)),
         Command::Rules {
             command: RulesCommand::Eval,
         } => answer_lines(veneer_rules::cli::eval_line),

@@ -212,9 +212,94 @@ pub fn take_from_query(query: &str) -> Option<(String, String)> {
     token.map(|t| (t, rest.join("&")))
 }
 
+/// The query parameters `veneer dev` reads as the visitor's settings, with no signed link:
+/// `veneer_segment` (repeatable or comma-separated; `none` for none), `veneer_variation`
+/// (`EXPERIMENT:INDEX`, repeatable), `veneer_consent` (comma-separated; `none` for none) and
+/// `veneer_at` (RFC 3339).
+pub const DEV_PARAMS: [&str; 4] = [
+    "veneer_segment",
+    "veneer_variation",
+    "veneer_consent",
+    "veneer_at",
+];
+
+/// A development host's switches: the settings the query asks for as a preview that records
+/// what the visit would (so a developer sees their plugin's events), and the query without
+/// them. `Ok(None)` when the query has none.
+pub fn dev_switches(query: &str, tenant: &str) -> Result<Option<(Preview, String)>, String> {
+    let mut preview = Preview {
+        tenant: tenant.to_owned(),
+        expires: i64::MAX,
+        record: true,
+        ..Preview::default()
+    };
+    let mut found = false;
+    let mut rest = Vec::new();
+    for pair in query.split('&') {
+        let mut decoded = form_urlencoded::parse(pair.as_bytes());
+        let Some((key, value)) = decoded.next() else {
+            continue;
+        };
+        let list = || {
+            value
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty() && s != "none")
+                .collect::<Vec<_>>()
+        };
+        match &*key {
+            "veneer_segment" => preview.segments.get_or_insert_with(Vec::new).extend(list()),
+            "veneer_consent" => preview.consent.get_or_insert_with(Vec::new).extend(list()),
+            "veneer_variation" => {
+                let (experiment, index) = value
+                    .split_once(':')
+                    .and_then(|(e, i)| Some((e.to_owned(), i.trim().parse::<i64>().ok()?)))
+                    .ok_or_else(|| {
+                        format!("veneer_variation={value}: EXPERIMENT:INDEX expected")
+                    })?;
+                preview.variations.insert(experiment, index);
+            }
+            "veneer_at" => {
+                preview.at = Some(value.parse().map_err(|_| {
+                    format!("veneer_at={value}: an RFC 3339 instant, e.g. 2026-12-24T10:00:00Z")
+                })?);
+            }
+            _ => {
+                rest.push(pair);
+                continue;
+            }
+        }
+        found = true;
+    }
+    Ok(found.then(|| (preview, rest.join("&"))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dev_switches_read_segments_variations_consent_and_instant() {
+        let (p, rest) = dev_switches(
+            "a=1&veneer_segment=returning,vip&veneer_variation=headline%3A1&veneer_consent=none&veneer_at=2026-12-24T10%3A00%3A00Z&b=2",
+            "shop",
+        )
+        .expect("valid")
+        .expect("switches");
+        assert_eq!(rest, "a=1&b=2");
+        assert_eq!(p.segments, Some(vec!["returning".into(), "vip".into()]));
+        assert_eq!(p.variations.get("headline"), Some(&1));
+        assert_eq!(p.consent, Some(vec![]));
+        assert_eq!(p.at.map(|t| t.as_second()), Some(1_798_106_400));
+        assert!(p.record);
+        assert_eq!(dev_switches("a=1", "shop"), Ok(None));
+        assert!(
+            dev_switches("veneer_variation=headline", "shop")
+                .expect_err("no index")
+                .contains("EXPERIMENT:INDEX")
+        );
+        assert!(dev_switches("veneer_at=tomorrow", "shop").is_err());
+    }
 
     #[test]
     fn a_token_verifies_only_unaltered_unexpired_and_for_its_tenant() {

@@ -433,3 +433,155 @@ fn a_new_plugin_builds_tests_and_runs_at_once() {
     assert!(plugin_test(&[]).status.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A plain HTTP/1.1 GET; the status line and body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+/// Polls `check` every 200 ms until it holds or `secs` pass.
+fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < until {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    false
+}
+
+#[test]
+fn veneer_dev_rebuilds_on_change_and_keeps_serving_when_a_build_fails() {
+    let base = std::env::temp_dir().join(format!("veneer-dev-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let (crate_dir, site) = (base.join("dev-greeter"), base.join("site"));
+    std::fs::create_dir_all(site.join("about")).expect("site");
+    std::fs::write(
+        site.join("index.html"),
+        "<html><body><h1>Shop</h1></body></html>",
+    )
+    .expect("index");
+    std::fs::write(
+        site.join("about/index.html"),
+        "<html><body><h1>About</h1></body></html>",
+    )
+    .expect("about");
+    assert!(
+        veneer()
+            .args(["new", "plugin", "dev-greeter", "--path"])
+            .arg(&crate_dir)
+            .status()
+            .expect("new plugin")
+            .success()
+    );
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/scaffold");
+    let mut child = veneer()
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--poll-ms",
+            "100",
+            "--plugin",
+        ])
+        .arg(&crate_dir)
+        .arg("--site")
+        .arg(&site)
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("veneer dev");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let log = log.clone();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut l = log.lock().expect("log");
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+    }
+    let text = || log.lock().expect("log").clone();
+    let mut addr = String::new();
+    let up = eventually(300, || {
+        let t = text();
+        let found = t
+            .lines()
+            .find_map(|l| l.strip_prefix("veneer dev: http://"))
+            .and_then(|rest| rest.split('/').next())
+            .map(str::to_owned);
+        found.map(|a| addr = a).is_some()
+    });
+    assert!(up, "veneer dev started: {}", text());
+
+    // The plugin personalizes the folder's pages; the visitor is switched from the query.
+    let page = http_get(&addr, "/");
+    assert!(
+        page.contains(r#"<p class="greeting">Welcome!</p><h1>Shop</h1>"#),
+        "{page}"
+    );
+    let returning = http_get(&addr, "/about?veneer_segment=returning");
+    assert!(
+        returning.contains(r#"<p class="greeting">Welcome back!</p><h1>About</h1>"#),
+        "{returning}"
+    );
+    let bad = http_get(&addr, "/?veneer_at=tomorrow");
+    assert!(
+        bad.starts_with("HTTP/1.1 400") && bad.contains("veneer_at=tomorrow: an RFC 3339 instant"),
+        "{bad}"
+    );
+
+    // An edit that changes the page is served once it is built.
+    let lib = crate_dir.join("src/lib.rs");
+    let source = std::fs::read_to_string(&lib).expect("lib.rs");
+    std::fs::write(&lib, source.replace("\"Welcome!\"", "\"Hej!\"")).expect("edit");
+    assert!(
+        eventually(300, || http_get(&addr, "/")
+            .contains(r#"<p class="greeting">Hej!</p>"#)),
+        "the edit is served: {}",
+        text()
+    );
+
+    // An edit that does not compile shows the compiler's error; the last build keeps serving.
+    std::fs::write(
+        &lib,
+        source.replace("\"Welcome!\"", "\"Hej!\"") + "\nfn broken( {}\n",
+    )
+    .expect("edit");
+    assert!(
+        eventually(300, || text().contains("the previous build keeps serving")),
+        "{}",
+        text()
+    );
+    let t = text();
+    assert!(t.contains("error") && t.contains("src/lib.rs"), "{t}");
+    assert!(http_get(&addr, "/").contains(r#"<p class="greeting">Hej!</p>"#));
+
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -37,6 +37,8 @@ pub(super) enum ProxyError {
     CrossOrigin,
     /// A preview link that is altered, expired or for another site (why).
     BadPreview(&'static str),
+    /// A `veneer dev` switch in the query that cannot be read (why, for the developer).
+    BadDevSwitch(String),
 }
 
 /// Who caused a failure, for logs and metrics.
@@ -65,7 +67,7 @@ impl ProxyError {
             ProxyError::OriginUnreachable(_) | ProxyError::OriginBody(_) => StatusCode::BAD_GATEWAY,
             ProxyError::OriginTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::TenantBusy => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::BadEvent(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadEvent(_) | ProxyError::BadDevSwitch(_) => StatusCode::BAD_REQUEST,
             ProxyError::CrossOrigin | ProxyError::BadPreview(_) => StatusCode::FORBIDDEN,
         }
     }
@@ -87,6 +89,7 @@ impl ProxyError {
             ProxyError::BadEvent(_) => "bad_event",
             ProxyError::CrossOrigin => "cross_origin_event",
             ProxyError::BadPreview(_) => "bad_preview",
+            ProxyError::BadDevSwitch(_) => "bad_dev_switch",
         }
     }
 
@@ -112,7 +115,8 @@ impl ProxyError {
             | ProxyError::TooManyRequests(_)
             | ProxyError::BadEvent(_)
             | ProxyError::CrossOrigin
-            | ProxyError::BadPreview(_) => Source::Client,
+            | ProxyError::BadPreview(_)
+            | ProxyError::BadDevSwitch(_) => Source::Client,
             ProxyError::OriginUnreachable(_)
             | ProxyError::OriginTimeout
             | ProxyError::OriginBody(_) => Source::Origin,
@@ -173,6 +177,9 @@ impl ProxyError {
                 format!("veneer: bad event: {why} (request {request_id})\n")
             }
             ProxyError::BadPreview(why) => format!("veneer: {why} (request {request_id})\n"),
+            ProxyError::BadDevSwitch(why) => {
+                format!("veneer dev: {why} (request {request_id})\n")
+            }
             ProxyError::CrossOrigin => {
                 format!(
                     "veneer: events are accepted from {host}'s own pages only (request {request_id})\n"
@@ -187,7 +194,8 @@ impl ProxyError {
             ProxyError::OriginUnreachable(e)
             | ProxyError::OriginBody(e)
             | ProxyError::ClientBody(e)
-            | ProxyError::BadEvent(e) => e,
+            | ProxyError::BadEvent(e)
+            | ProxyError::BadDevSwitch(e) => e,
             ProxyError::CrossOrigin => "event from another origin",
             ProxyError::BadPreview(why) => why,
             ProxyError::BadRequest(why) => why,

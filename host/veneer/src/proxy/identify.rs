@@ -90,11 +90,22 @@ pub(super) fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Parts) -> 
         Some(names) => tenant.rules.segments_named(names),
         None => tenant.rules.segments(&attributes),
     };
-    let segment_names: Vec<String> = tenant
+    let mut segment_names: Vec<String> = tenant
         .rules
         .segment_list(&segments)
         .map(str::to_owned)
         .collect();
+    // A developer trying a plugin before writing its rules still gets the segments they
+    // switch to (plugins see them; rules-based targeting knows only the rules' own).
+    if ctx.app.dev
+        && let Some(names) = ctx.preview.as_ref().and_then(|p| p.segments.as_ref())
+    {
+        for n in names {
+            if !segment_names.contains(n) {
+                segment_names.push(n.clone());
+            }
+        }
+    }
     let visitor = Arc::new(Visitor {
         id: state.id.clone(),
         segments: segment_names,

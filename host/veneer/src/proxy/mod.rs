@@ -138,12 +138,29 @@ fn preview(
     tenant: &crate::app::Tenant,
     parts: &mut http::request::Parts,
 ) -> Result<(), ProxyError> {
-    let Some((token, rest)) = parts.uri.query().and_then(crate::preview::take_from_query) else {
-        return Ok(());
+    let (p, rest) = match parts.uri.query().and_then(crate::preview::take_from_query) {
+        Some((token, rest)) => (
+            crate::preview::Preview::verify(
+                &ctx.app.signer,
+                &token,
+                &tenant.name,
+                ctx.now.as_second(),
+            )
+            .map_err(|r| ProxyError::BadPreview(r.reason()))?,
+            rest,
+        ),
+        // A development host takes the visitor's settings straight from the query.
+        None if ctx.app.dev => {
+            let query = parts.uri.query().unwrap_or_default();
+            match crate::preview::dev_switches(query, &tenant.name)
+                .map_err(ProxyError::BadDevSwitch)?
+            {
+                Some(found) => found,
+                None => return Ok(()),
+            }
+        }
+        None => return Ok(()),
     };
-    let p =
-        crate::preview::Preview::verify(&ctx.app.signer, &token, &tenant.name, ctx.now.as_second())
-            .map_err(|r| ProxyError::BadPreview(r.reason()))?;
     let path_and_query = if rest.is_empty() {
         parts.uri.path().to_owned()
     } else {

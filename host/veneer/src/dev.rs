@@ -1,0 +1,457 @@
+//! `veneer dev`: the host in front of an origin URL or a folder of static files, with plugin
+//! crates rebuilt and reloaded as they change. A build that fails prints the compiler's error
+//! and the previous build keeps serving; the visitor's segment, variation, consent and clock
+//! are switched from the browser with query parameters ([`crate::preview::DEV_PARAMS`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use clap::Args;
+
+use crate::app::App;
+use crate::config::Config;
+
+/// `veneer dev`.
+#[derive(Args)]
+pub struct DevArgs {
+    /// A plugin: a crate folder (built for wasm32-wasip2 and rebuilt when its sources change)
+    /// or a built component `.wasm` (reloaded when it changes). Repeatable; run in order.
+    #[arg(long = "plugin", required = true)]
+    pub plugins: Vec<PathBuf>,
+    /// The site's origin, e.g. `http://127.0.0.1:3000`.
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// A folder of static files to serve as the origin instead.
+    #[arg(long)]
+    pub site: Option<PathBuf>,
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// A plugin parameter, `KEY=VALUE`, given to every plugin (repeatable).
+    #[arg(long = "param")]
+    pub params: Vec<String>,
+    /// Segments, experiments and campaigns (reloaded when it changes).
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// Content fragments (reloaded when they change).
+    #[arg(long)]
+    pub fragments: Option<PathBuf>,
+    /// How often to look for changes, in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    pub poll_ms: u64,
+}
+
+/// One plugin being developed.
+struct Source {
+    /// The crate folder, or the component itself.
+    path: PathBuf,
+    /// Whether `path` is a crate to build.
+    is_crate: bool,
+    /// The component last built (or the file itself).
+    wasm: Option<PathBuf>,
+    /// What the sources looked like when last built.
+    stamp: Stamp,
+}
+
+/// Newest modification time and number of files under the watched paths: any save, new file
+/// or deletion changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Stamp(Option<SystemTime>, usize);
+
+fn stamp(paths: &[PathBuf]) -> Stamp {
+    fn walk(path: &Path, acc: &mut Stamp) {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(path) {
+                for e in entries.flatten() {
+                    walk(&e.path(), acc);
+                }
+            }
+        } else {
+            acc.1 += 1;
+            if let Ok(m) = meta.modified() {
+                acc.0 = acc.0.max(Some(m));
+            }
+        }
+    }
+    let mut acc = Stamp::default();
+    for p in paths {
+        walk(p, &mut acc);
+    }
+    acc
+}
+
+impl Source {
+    fn watched(&self) -> Vec<PathBuf> {
+        if self.is_crate {
+            ["src", "Cargo.toml", "build.rs", "wit"]
+                .iter()
+                .map(|p| self.path.join(p))
+                .collect()
+        } else {
+            vec![self.path.clone()]
+        }
+    }
+
+    /// Builds the crate; the component's path, or the compiler's output on failure.
+    fn build(&mut self) -> Result<PathBuf, String> {
+        if !self.is_crate {
+            return Ok(self.path.clone());
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let out = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--message-format=json-render-diagnostics",
+            ])
+            .current_dir(&self.path)
+            .output()
+            .map_err(|e| format!("running cargo in {}: {e}", self.path.display()))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        // The component is the artifact cargo reports with a `.wasm` file (its name follows
+        // the crate's, wherever its target directory is).
+        let wasm = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|m| m["reason"] == "compiler-artifact")
+            .flat_map(|m| {
+                m["filenames"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|f| f.as_str().map(PathBuf::from))
+                    .collect::<Vec<_>>()
+            })
+            .rfind(|f| f.extension().is_some_and(|e| e == "wasm"));
+        wasm.ok_or_else(|| {
+            format!(
+                "{}: the build wrote no .wasm; a plugin crate needs `crate-type = [\"cdylib\"]` under [lib]",
+                self.path.display()
+            )
+        })
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// The development host's config: one tenant for `localhost`, the plugins as last built.
+fn config_text(
+    args: &DevArgs,
+    origin: &str,
+    sources: &[Source],
+    work: &Path,
+) -> anyhow::Result<String> {
+    let abs = |p: &Path| {
+        std::fs::canonicalize(p)
+            .with_context(|| format!("{}", p.display()))
+            .map(|p| toml_str(&p.to_string_lossy()))
+    };
+    let mut params = String::new();
+    for p in &args.params {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("--param {p:?}: KEY=VALUE expected"))?;
+        params.push_str(&format!("{} = {}, ", toml_str(k), toml_str(v)));
+    }
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncookie_secret = \"veneer-dev-0123456789abcdef0123456789abcdef\"\n\
+         cache_dir = {}\nanalytics_log = {}\n\n\
+         [[tenant]]\nname = \"dev\"\nhosts = [\"localhost\", \"127.0.0.1\", \"[::1]\"]\norigin = {}\n",
+        toml_str(&work.join("cache").to_string_lossy()),
+        toml_str(&work.join("events.jsonl").to_string_lossy()),
+        toml_str(origin),
+    );
+    if let Some(r) = &args.rules {
+        text.push_str(&format!("rules = {}\n", abs(r)?));
+    }
+    if let Some(f) = &args.fragments {
+        text.push_str(&format!("fragments = {}\n", abs(f)?));
+    }
+    text.push_str("[tenant.limits]\nrequests_per_second_per_client = 0\n");
+    for s in sources {
+        let Some(wasm) = &s.wasm else { continue };
+        let name = s
+            .path
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plugin".to_owned());
+        text.push_str(&format!(
+            "[[tenant.plugin]]\nname = {}\npath = {}\nparams = {{ {} }}\n",
+            toml_str(&name),
+            abs(wasm)?,
+            params.trim_end_matches(", ")
+        ));
+    }
+    Ok(text)
+}
+
+/// Loads the config text as the `dev` tenant.
+fn load(text: &str, work: &Path, app: Option<&App>) -> anyhow::Result<(Config, Option<App>)> {
+    let file = work.join("veneer-dev.toml");
+    std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+    let config = Config::load(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    match app {
+        None => {
+            let app = App::build(&config)?;
+            Ok((config, Some(app)))
+        }
+        Some(app) => {
+            let tenant = crate::app::load_tenant(&config, 0, &config.tenants[0], &app.runtime)?;
+            app.swap_tenant("dev", Some(Arc::new(tenant)));
+            Ok((config, None))
+        }
+    }
+}
+
+/// Runs the development host until interrupted.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let origin = match (&args.origin, &args.site) {
+        (Some(o), None) => o.clone(),
+        (None, Some(site)) => {
+            if !site.is_dir() {
+                bail!("--site {}: not a folder", site.display());
+            }
+            let listener = crate::server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            let addr = listener.local_addr()?;
+            serve_folder(site.clone(), listener);
+            format!("http://{addr}")
+        }
+        _ => bail!("give the site as --origin URL or --site FOLDER (one of them)"),
+    };
+    let mut sources = Vec::new();
+    for p in &args.plugins {
+        let is_crate = p.is_dir();
+        if !is_crate && !p.is_file() {
+            bail!(
+                "--plugin {}: neither a crate folder nor a component file",
+                p.display()
+            );
+        }
+        if is_crate && !p.join("Cargo.toml").is_file() {
+            bail!("--plugin {}: no Cargo.toml in that folder", p.display());
+        }
+        sources.push(Source {
+            path: p.clone(),
+            is_crate,
+            wasm: None,
+            stamp: Stamp::default(),
+        });
+    }
+    for s in &mut sources {
+        s.stamp = stamp(&s.watched());
+        eprintln!("veneer dev: building {}", s.path.display());
+        let wasm = s.build().map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\nveneer dev: the first build of {} failed",
+                s.path.display()
+            )
+        })?;
+        s.wasm = Some(wasm);
+    }
+    let work = std::env::temp_dir().join(format!("veneer-dev-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let (_, app) = load(&config_text(&args, &origin, &sources, &work)?, &work, None)?;
+    let mut app = app.context("building the host")?;
+    app.dev = true;
+    let app = Arc::new(app);
+    let listener = crate::server::bind(args.listen).await?;
+    let addr = listener.local_addr()?;
+    let _server = crate::server::serve(app.clone(), listener);
+    eprintln!(
+        "veneer dev: http://{addr}/ in front of {origin}\n\
+         veneer dev: switch the visitor with ?veneer_segment=NAME&veneer_variation=EXPERIMENT:INDEX\
+         &veneer_consent=analytics,personalization&veneer_at=2026-12-24T10:00:00Z"
+    );
+
+    let data_files: Vec<PathBuf> = args
+        .rules
+        .iter()
+        .chain(args.fragments.iter())
+        .cloned()
+        .collect();
+    let mut data_stamp = stamp(&data_files);
+    let poll = Duration::from_millis(args.poll_ms.max(50));
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+        let mut changed = false;
+        let mut failed = false;
+        for s in &mut sources {
+            let now = stamp(&s.watched());
+            if now == s.stamp {
+                continue;
+            }
+            s.stamp = now;
+            eprintln!("veneer dev: {} changed; rebuilding", s.path.display());
+            let started = Instant::now();
+            let path = s.path.clone();
+            let mut building = Source {
+                path: path.clone(),
+                is_crate: s.is_crate,
+                wasm: None,
+                stamp: now,
+            };
+            match tokio::task::spawn_blocking(move || building.build()).await {
+                Ok(Ok(wasm)) => {
+                    s.wasm = Some(wasm);
+                    changed = true;
+                    eprintln!(
+                        "veneer dev: built {} in {:.1} s",
+                        path.display(),
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                Ok(Err(compiler)) => {
+                    failed = true;
+                    eprintln!(
+                        "{compiler}\nveneer dev: build failed: {}; the previous build keeps serving",
+                        path.display()
+                    );
+                }
+                Err(e) => {
+                    failed = true;
+                    eprintln!("veneer dev: build of {} stopped: {e}", path.display());
+                }
+            }
+        }
+        let now = stamp(&data_files);
+        if now != data_stamp {
+            data_stamp = now;
+            changed = true;
+        }
+        if !changed || failed {
+            continue;
+        }
+        let reloaded = config_text(&args, &origin, &sources, &work)
+            .and_then(|text| load(&text, &work, Some(&app)));
+        match reloaded {
+            Ok(_) => eprintln!("veneer dev: reloaded; new requests use the new build"),
+            Err(e) => eprintln!("veneer dev: reload failed, still serving the previous one: {e:#}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// Serves the files under `root` (`index.html` for a folder), typed by extension.
+fn serve_folder(root: PathBuf, listener: tokio::net::TcpListener) {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let root = Arc::new(root);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let root = root.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let answer = static_file(&root, req.uri().path());
+                    async move {
+                        let (status, content_type, body) = answer;
+                        let mut response = http::Response::new(Full::new(body));
+                        *response.status_mut() = status;
+                        response.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static(content_type),
+                        );
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+/// The file for a request path: never outside `root`.
+fn static_file(root: &Path, path: &str) -> (http::StatusCode, &'static str, Bytes) {
+    let not_found = (
+        http::StatusCode::NOT_FOUND,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(b"not found\n"),
+    );
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let mut file = root.to_path_buf();
+    for part in decoded.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return not_found,
+            p if p.contains('\\') || p.contains('\0') => return not_found,
+            p => file.push(p),
+        }
+    }
+    let candidates = [
+        file.clone(),
+        file.join("index.html"),
+        file.with_extension("html"),
+    ];
+    let Some(file) = candidates.into_iter().find(|f| f.is_file()) else {
+        return not_found;
+    };
+    let Ok(body) = std::fs::read(&file) else {
+        return not_found;
+    };
+    let content_type = match file.extension().and_then(|e| e.to_str()) {
+        Some("html" | "htm") => "text/html; charset=utf-8",
+        Some("json") => "application/json",
+        Some("css") => "text/css",
+        Some("js") => "text/javascript",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("txt") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    };
+    (http::StatusCode::OK, content_type, Bytes::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_files_never_leave_the_folder() {
+        let dir = std::env::temp_dir().join(format!("veneer-dev-static-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("products")).expect("dir");
+        std::fs::write(dir.join("index.html"), "<h1>Home</h1>").expect("write");
+        std::fs::write(dir.join("products.html"), "<h1>Products</h1>").expect("write");
+        std::fs::write(dir.join("products/data.json"), "{}").expect("write");
+        let (status, ty, body) = static_file(&dir, "/");
+        assert_eq!(
+            (status.as_u16(), ty, &body[..]),
+            (200, "text/html; charset=utf-8", &b"<h1>Home</h1>"[..])
+        );
+        assert_eq!(
+            static_file(&dir, "/products").2,
+            Bytes::from_static(b"<h1>Products</h1>")
+        );
+        assert_eq!(
+            static_file(&dir, "/products/data.json").1,
+            "application/json"
+        );
+        assert_eq!(static_file(&dir, "/../etc/passwd").0.as_u16(), 404);
+        assert_eq!(static_file(&dir, "/%2e%2e/etc/passwd").0.as_u16(), 404);
+        assert_eq!(static_file(&dir, "/missing").0.as_u16(), 404);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
