@@ -6,6 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip2
+# The JavaScript example plugin is built with componentize-js from npm (plugins/js-greeter).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq nodejs npm >/dev/null
+fi
 rustup component add clippy rustfmt
 # The country database the geo tests read (from the npm registry; see tests/geoip.sh).
 VENEER_GEOIP_DB="$(pwd)/$(bash tests/geoip.sh)"

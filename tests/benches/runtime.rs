@@ -1,7 +1,8 @@
 //! Micro-benchmarks, one JSON line per scenario:
 //! - per-request plugin overhead: instantiate + on-request + on-response (no body), for the noop
 //!   plugin and for the hero plugin built for each contract version (the golden 0.1.0 build
-//!   against today's 0.2.0 build), so the cost of a contract's calling convention is visible;
+//!   against today's 0.2.0 build), so the cost of a contract's calling convention is visible,
+//!   and for the JavaScript greeter (componentize-js), so the cost of a second language is;
 //! - streaming rewrite throughput of Veneer's HTML pipeline on the three shared pages with three
 //!   declarative rules, against raw lol-html doing the same three rewrites in the same run.
 //!
@@ -30,7 +31,7 @@ fn median(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
     t[t.len() / 2]
 }
 
-fn per_request(rt: &tokio::runtime::Runtime, plugin: &Plugin, label: &str) {
+fn per_request(rt: &tokio::runtime::Runtime, plugin: &Plugin, label: &str, iters: u32) {
     let head = Arc::new(veneer::plugin::RequestHead {
         method: "GET".into(),
         path: "/".into(),
@@ -49,7 +50,6 @@ fn per_request(rt: &tokio::runtime::Runtime, plugin: &Plugin, label: &str) {
         &["returning", "mobile"],
     );
     let services: Arc<dyn veneer::plugin::HostServices> = Arc::new(NoServices);
-    let iters = 2000;
     let once = || {
         rt.block_on(async {
             let mut i = plugin
@@ -60,7 +60,7 @@ fn per_request(rt: &tokio::runtime::Runtime, plugin: &Plugin, label: &str) {
             black_box(i.on_response(&head, &resp, &v).await.expect("on-response"));
         })
     };
-    for _ in 0..200 {
+    for _ in 0..iters / 10 {
         once();
     }
     let per = median(5, || {
@@ -264,7 +264,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio");
-    per_request(&rt, &noop, "noop");
+    per_request(&rt, &noop, "noop", 2000);
     geoip_lookup();
     let golden_hero =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/v0.1.0/hero.wasm");
@@ -275,8 +275,14 @@ fn main() {
         let hero = runtime
             .load(label, &path, HashMap::new(), limits)
             .expect("hero plugin");
-        per_request(&rt, &hero, label);
+        per_request(&rt, &hero, label, 2000);
     }
+    // The same contract from JavaScript (componentize-js: a JS engine in the component), to
+    // show what a second language costs per request beside the Rust plugins above.
+    let js = runtime
+        .load("js-greeter", &veneer_tests::js_plugin(), HashMap::new(), limits)
+        .expect("js plugin");
+    per_request(&rt, &js, "js-greeter", 200);
     let Some(pages) = veneer_tests::shared_pages() else {
         eprintln!("SKIPPED throughput: ../shared/pages not found");
         return;

@@ -29,6 +29,28 @@ pub fn plugin(name: &str) -> PathBuf {
     PathBuf::from(env!("VENEER_PLUGIN_DIR")).join(format!("{}.wasm", name.replace('-', "_")))
 }
 
+/// The JavaScript example plugin (`plugins/js-greeter`), built with componentize-js by its
+/// `build.sh` on first use in this process (npm packages are fetched once into `target/js`).
+pub fn js_plugin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let out = std::process::Command::new("bash")
+                .arg(root.join("plugins/js-greeter/build.sh"))
+                .output()
+                .expect("running plugins/js-greeter/build.sh (needs bash)");
+            assert!(
+                out.status.success(),
+                "building the JavaScript plugin failed (it needs node and npm; tests/run.sh installs them):\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            root.join("target/js/js_greeter.wasm")
+        })
+        .clone()
+}
+
 /// The shared pages directory (`../shared/pages`), if present.
 pub fn shared_pages() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/pages");

@@ -360,7 +360,8 @@ async fn example_plugins_pass_their_fixtures() {
     for entry in std::fs::read_dir(&root).expect("plugins") {
         let dir = entry.expect("entry").path();
         let fixtures = dir.join("fixtures");
-        if !fixtures.is_dir() {
+        // Rust plugins here; the JavaScript one has its own test below.
+        if !fixtures.is_dir() || !dir.join("Cargo.toml").is_file() {
             continue;
         }
         let name = dir
@@ -380,4 +381,33 @@ async fn example_plugins_pass_their_fixtures() {
         ran += verdicts.len();
     }
     assert!(ran >= 8, "the example plugins' fixtures ran ({ran} cases)");
+}
+
+/// A plugin written in JavaScript (componentize-js, from the same WIT) personalizes through
+/// the same host: its fixtures pass, and it sits beside Rust plugins in one tenant.
+#[tokio::test]
+async fn a_javascript_plugin_runs_from_the_same_contract() {
+    let js = veneer_tests::js_plugin();
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/js-greeter/fixtures");
+    let verdicts = veneer::plugin_test::run_cases(&js, &fixtures, false)
+        .await
+        .expect("fixtures run");
+    let mut report = String::new();
+    assert!(
+        veneer::plugin_test::report(&verdicts, &mut report),
+        "{report}"
+    );
+    assert_eq!(verdicts.len(), 4, "{report}");
+
+    // Beside the Rust hero in one tenant: both rewrite the page, each its own part.
+    let cfg =
+        plugin("hero", "selector = \"#hero\"") + &plugin_at("greeter", &js, "selector = \"#hero\"");
+    let (_origin, host) = shop(&cfg).await;
+    let (status, _, page) = get(&host, "/", &[]).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(r#"<p class="greeting" data-lang="js">Welcome!</p><section id="hero" data-segment="new">"#),
+        "{page}"
+    );
 }
