@@ -56,6 +56,12 @@ pub use wit::{Element, Request, Response, Visitor};
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
+/// The plugin author's guide (`docs/plugin-guide.md`), compiled here so that every example in
+/// it is a doctest CI runs.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/plugin-guide.md")]
+pub struct PluginGuide;
+
 impl Request {
     /// The value of cookie `name` in the request's `Cookie` header (the host's own cookies
     /// are never there).

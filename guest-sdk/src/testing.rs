@@ -221,7 +221,7 @@ impl Visitor {
         self
     }
 
-    /// On visit number `count`, first seen at `first_seen` (ms since the Unix epoch).
+    /// On visit number `count`, first seen at `first_seen` (seconds since the Unix epoch).
     pub fn with_visits(mut self, count: u32, first_seen: u64) -> Self {
         self.visit_count = count;
         self.first_seen = first_seen;
@@ -287,7 +287,7 @@ impl Visitor {
         self.visit_count
     }
 
-    /// When the visitor was first seen (ms since the Unix epoch).
+    /// When the visitor was first seen (seconds since the Unix epoch).
     pub fn first_seen(&self) -> u64 {
         self.first_seen
     }
@@ -501,7 +501,8 @@ impl Campaign {
         self
     }
 
-    /// Live from `starts_at` to `ends_at` (ms since the Unix epoch).
+    /// Live from `starts_at` (inclusive) to `ends_at` (exclusive), in seconds since the Unix
+    /// epoch, as the contract gives them.
     pub fn with_window(mut self, starts_at: i64, ends_at: i64) -> Self {
         self.starts_at = starts_at;
         self.ends_at = ends_at;
@@ -529,12 +530,12 @@ impl Campaign {
         self.priority
     }
 
-    /// When it starts (ms since the Unix epoch).
+    /// When it starts (seconds since the Unix epoch).
     pub fn starts_at(&self) -> i64 {
         self.starts_at
     }
 
-    /// When it ends (ms since the Unix epoch).
+    /// When it ends (seconds since the Unix epoch).
     pub fn ends_at(&self) -> i64 {
         self.ends_at
     }
@@ -803,7 +804,7 @@ pub(crate) fn track(name: &str, properties: &[(&str, &str)]) {
 pub(crate) fn active() -> Vec<Campaign> {
     with(
         |s| {
-            let now = s.now_ms.unwrap_or_else(now_ms_system);
+            let now = s.now_ms.unwrap_or_else(now_ms_system).div_euclid(1000);
             let mut live: Vec<Campaign> = s
                 .campaigns
                 .iter()
@@ -882,7 +883,7 @@ mod tests {
             .with_campaign(xmas)
             .with_assignment(Assignment::new("headline", 1).with_value("\"B\""))
             .with_fragment("footer", "<p>f</p>")
-            .at_ms(1_500);
+            .at_ms(1_500_000);
         let plan =
             host.on_response::<Probe>(&Request::get("/"), &Response::html(), &Visitor::new("v"));
         assert_eq!(
@@ -903,7 +904,7 @@ mod tests {
         // After the campaign's end it is not active.
         let mut later = FakeHost::new()
             .with_campaign(Campaign::new("xmas").with_window(1_000, 2_000))
-            .at_ms(2_000);
+            .at_ms(2_000_000);
         let plan =
             later.on_response::<Probe>(&Request::get("/"), &Response::html(), &Visitor::new("v"));
         assert!(plan.html.is_empty());

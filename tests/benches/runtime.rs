@@ -280,7 +280,12 @@ fn main() {
     // The same contract from JavaScript (componentize-js: a JS engine in the component), to
     // show what a second language costs per request beside the Rust plugins above.
     let js = runtime
-        .load("js-greeter", &veneer_tests::js_plugin(), HashMap::new(), limits)
+        .load(
+            "js-greeter",
+            &veneer_tests::js_plugin(),
+            HashMap::new(),
+            limits,
+        )
         .expect("js plugin");
     per_request(&rt, &js, "js-greeter", 200);
     let Some(pages) = veneer_tests::shared_pages() else {

@@ -207,7 +207,7 @@ veneer plugin test target/wasm32-wasip2/release/{lib}.wasm
 veneer plugin run target/wasm32-wasip2/release/{lib}.wasm --page page.html --segment returning
 
 # ship it to a host (admin URL and token: VENEER_ADMIN_URL, VENEER_ADMIN_TOKEN)
-veneer admin plugin push target/wasm32-wasip2/release/{lib}.wasm --tenant shop --name {name} --activate
+veneer admin plugin push target/wasm32-wasip2/release/{lib}.wasm --tenant shop --name {name}
 ```
 
 Hooks run in a fresh instance per request, bounded in time and memory; a plugin that
