@@ -1,4 +1,4 @@
-//! Write Veneer personalization plugins in Rust, against contract `veneer:plugin@0.2.0`.
+//! Write Veneer personalization plugins in Rust, against contract `veneer:plugin@0.2.1`.
 //!
 //! A plugin is a type implementing [`Plugin`], whose hooks all default to "do nothing", and
 //! one [`export_plugin!`] line. Build it with `cargo build --target wasm32-wasip2 --release`
@@ -134,7 +134,7 @@ pub mod text {
 }
 
 /// The contract version this SDK builds plugins for.
-pub const CONTRACT_VERSION: &str = "0.2.0";
+pub const CONTRACT_VERSION: &str = "0.2.1";
 
 /// Live campaigns and experiment assignments for this visitor.
 pub mod campaigns {
@@ -222,8 +222,8 @@ pub fn log(level: Level, message: &str) {
 pub mod prelude {
     pub use crate::{
         DeviceClass, Element, HeaderEdits, HtmlOp, Level, Plan, Plugin, Request, RequestAction,
-        Response, ResponsePlan, SyntheticResponse, Visitor, analytics, campaigns, config, content,
-        export_plugin, log, now_ms, text,
+        Response, ResponsePlan, RuleOptions, SyntheticResponse, Visitor, analytics, campaigns,
+        config, content, export_plugin, log, now_ms, text,
     };
 }
 
@@ -334,6 +334,19 @@ pub enum JsonOp {
     Append(String, String),
 }
 
+/// How one HTML rule is placed and reported (contract 0.2.1); see [`Selection::first_only`],
+/// [`Selection::track_applied`] and [`Selection::or_append_to`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleOptions {
+    /// The rule applies to the first matching element only.
+    pub first_only: bool,
+    /// The event (name, properties) the host records the first time the rule applies.
+    pub track_applied: Option<(String, Vec<(String, String)>)>,
+    /// Where the rule's content goes if it matched nothing: appended to the first element
+    /// matching this selector, when it ends.
+    pub fallback_append: Option<String>,
+}
+
 /// How to change a response; build one with [`Plan`].
 #[derive(Debug, Clone, Default)]
 pub struct ResponsePlan {
@@ -345,9 +358,36 @@ pub struct ResponsePlan {
     pub json: Vec<JsonOp>,
     /// Subscriptions (selector, deliver text too); the index is the subscription id.
     pub subscribe: Vec<(String, bool)>,
+    /// Placement and reporting of rules, by index into `html` (absent: every match).
+    pub rule_options: std::collections::BTreeMap<usize, RuleOptions>,
 }
 
 impl ResponsePlan {
+    /// What the host would refuse in this plan, found without the host: unbalanced brackets,
+    /// parentheses or quotes in a selector (the CSS parser would quietly close them), each
+    /// naming the rule and the offending part. [`testing::FakeHost`] checks every plan with it.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let rules = self.html.iter().map(|(s, _)| ("rule", s));
+        let subscriptions = self.subscribe.iter().map(|(s, _)| ("subscription", s));
+        let mut index = std::collections::HashMap::new();
+        for (kind, selector) in rules.chain(subscriptions) {
+            let i = index.entry(kind).or_insert(0usize);
+            if let Err(why) = selector_balance(selector) {
+                out.push(format!("{kind} {i}: selector {selector:?}: {why}"));
+            }
+            *i += 1;
+        }
+        for (i, o) in &self.rule_options {
+            if let Some(f) = &o.fallback_append
+                && let Err(why) = selector_balance(f)
+            {
+                out.push(format!("fallback of rule {i}: selector {f:?}: {why}"));
+            }
+        }
+        out
+    }
+
     /// The operations on elements matching exactly `selector`, in order.
     pub fn ops_on(&self, selector: &str) -> Vec<&HtmlOp> {
         self.html
@@ -356,6 +396,44 @@ impl ResponsePlan {
             .map(|(_, op)| op)
             .collect()
     }
+}
+
+/// Checks that brackets, parentheses and quotes in a selector are closed, as the host does.
+fn selector_balance(s: &str) -> Result<(), String> {
+    let mut open: Vec<(char, usize)> = Vec::new();
+    let mut quote: Option<(char, usize)> = None;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match (quote, c) {
+            (_, '\\') => escaped = true,
+            (Some((q, _)), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some((c, i)),
+            (None, '[' | '(') => open.push((c, i)),
+            (None, ']' | ')') => {
+                let want = if c == ']' { '[' } else { '(' };
+                match open.pop() {
+                    Some((o, _)) if o == want => {}
+                    _ => return Err(format!("unmatched '{c}' at byte {i}")),
+                }
+            }
+            _ => {}
+        }
+    }
+    if s.trim().is_empty() {
+        return Err("empty".to_owned());
+    }
+    if let Some((q, i)) = quote {
+        return Err(format!("unclosed {q} at byte {i} (`{}`)", &s[i..]));
+    }
+    if let Some((o, i)) = open.pop() {
+        return Err(format!("unclosed '{o}' at byte {i} (`{}`)", &s[i..]));
+    }
+    Ok(())
 }
 
 /// Builds a [`ResponsePlan`]: `plan.select("h1").set_inner_text("Hi")`.
@@ -368,6 +446,8 @@ pub struct Plan {
 pub struct Selection<'p> {
     plan: &'p mut ResponsePlan,
     selector: String,
+    /// The index of the rule this selection added last.
+    last: Option<usize>,
 }
 
 impl Plan {
@@ -381,6 +461,7 @@ impl Plan {
         Selection {
             plan: &mut self.plan,
             selector: selector.to_owned(),
+            last: None,
         }
     }
 
@@ -481,6 +562,43 @@ ops! {
 impl Selection<'_> {
     fn push(&mut self, op: HtmlOp) -> &mut Self {
         self.plan.html.push((self.selector.clone(), op));
+        self.last = Some(self.plan.html.len() - 1);
+        self
+    }
+
+    fn options(&mut self, call: &str) -> &mut RuleOptions {
+        let Some(last) = self.last else {
+            panic!(
+                "select({:?}).{call}(): call it after an operation, e.g. .before_html(..).{call}(..)",
+                self.selector
+            );
+        };
+        self.plan.rule_options.entry(last).or_default()
+    }
+
+    /// Contract 0.2.1: the operation just added applies to the first matching element only.
+    pub fn first_only(&mut self) -> &mut Self {
+        self.options("first_only").first_only = true;
+        self
+    }
+
+    /// Contract 0.2.1: the first time the operation just added applies, the host records
+    /// event `name` with these properties (and `selector`) from this plugin, so "shown"
+    /// events count only what was really placed.
+    pub fn track_applied(&mut self, name: &str, properties: &[(&str, &str)]) -> &mut Self {
+        let props = properties
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.options("track_applied").track_applied = Some((name.to_owned(), props));
+        self
+    }
+
+    /// Contract 0.2.1: if the operation just added (one that inserts HTML or text) matched
+    /// nothing by the time the first element matching `selector` ends, its content is
+    /// appended to that element instead: `plan.select("#promo").before_html(b).or_append_to("main")`.
+    pub fn or_append_to(&mut self, selector: &str) -> &mut Self {
+        self.options("or_append_to").fallback_append = Some(selector.to_owned());
         self
     }
 
@@ -531,7 +649,7 @@ pub mod __glue {
         for (name, value) in &built.headers.set {
             plan.set_header(name, value);
         }
-        for (s, op) in &built.html {
+        for (i, (s, op)) in built.html.iter().enumerate() {
             match op {
                 HtmlOp::SetInnerHtml(v) => plan.set_inner_html(s, v),
                 HtmlOp::SetInnerText(v) => plan.set_inner_text(s, v),
@@ -546,6 +664,17 @@ pub mod __glue {
                 HtmlOp::RemoveAttribute(n) => plan.remove_attribute(s, n),
                 HtmlOp::AddClass(c) => plan.add_class(s, c),
                 HtmlOp::RemoveClass(c) => plan.remove_class(s, c),
+            }
+            if let Some(o) = built.rule_options.get(&i) {
+                if o.first_only {
+                    plan.first_only();
+                }
+                if let Some((name, props)) = &o.track_applied {
+                    plan.track_applied(name, props);
+                }
+                if let Some(f) = &o.fallback_append {
+                    plan.fallback_append(f);
+                }
             }
         }
         for op in &built.json {

@@ -730,7 +730,15 @@ impl FakeHost {
         response: &Response,
         visitor: &Visitor,
     ) -> ResponsePlan {
-        self.call(|| P::on_response(request, response, visitor))
+        let plan = self.call(|| P::on_response(request, response, visitor));
+        // What the host would refuse fails the test here, naming the part.
+        let problems = plan.problems();
+        assert!(
+            problems.is_empty(),
+            "the host would refuse this plan: {}",
+            problems.join("; ")
+        );
+        plan
     }
 
     /// Calls the plugin's `on_element` for subscription `subscription`; see
@@ -930,6 +938,57 @@ mod tests {
         let other = Element::new("a").with_attribute("href", "https://elsewhere");
         host.on_element::<Probe>(0, &other);
         assert!(other.changes().is_empty());
+    }
+
+    struct Placed;
+
+    impl Plugin for Placed {
+        fn on_response(_req: &Request, _resp: &Response, _visitor: &Visitor) -> ResponsePlan {
+            let mut plan = Plan::new();
+            plan.select(&crate::config("slot").unwrap_or_else(|| "#promo".into()))
+                .before_html("<b>Sale</b>")
+                .first_only()
+                .track_applied("promo_shown", &[("campaign", "sale")])
+                .or_append_to("main");
+            plan.select("h1").add_class("x");
+            plan.build()
+        }
+    }
+
+    #[test]
+    fn rule_options_attach_to_the_operation_before_them() {
+        let mut host = FakeHost::new();
+        let plan =
+            host.on_response::<Placed>(&Request::get("/"), &Response::html(), &Visitor::new("v"));
+        let options = &plan.rule_options[&0];
+        assert!(options.first_only);
+        assert_eq!(options.fallback_append.as_deref(), Some("main"));
+        assert_eq!(
+            options.track_applied,
+            Some((
+                "promo_shown".into(),
+                vec![("campaign".into(), "sale".into())]
+            ))
+        );
+        assert!(
+            !plan.rule_options.contains_key(&1),
+            "the next rule is plain"
+        );
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "the host would refuse this plan: rule 0: selector \"#promo[data-x\": unclosed '['"
+    )]
+    fn a_plan_the_host_would_refuse_fails_the_native_test() {
+        let mut host = FakeHost::new().with_config("slot", "#promo[data-x");
+        host.on_response::<Placed>(&Request::get("/"), &Response::html(), &Visitor::new("v"));
+    }
+
+    #[test]
+    #[should_panic(expected = "call it after an operation")]
+    fn an_option_with_no_operation_before_it_is_a_mistake_named_at_once() {
+        Plan::new().select("#promo").first_only();
     }
 
     #[test]

@@ -305,7 +305,7 @@ fn a_plugin_for_an_unknown_future_version_is_refused_at_load_with_its_version() 
         .expect("a 0.3.0 plugin must be refused");
     let msg = format!("{err:#}");
     assert!(msg.contains("veneer:plugin@0.3.0"), "{msg}");
-    assert!(msg.contains("supported: 0.1.0, 0.2.0"), "{msg}");
+    assert!(msg.contains("supported: 0.1.0, 0.2.1"), "{msg}");
 
     let err = rt
         .load(
@@ -315,10 +315,10 @@ fn a_plugin_for_an_unknown_future_version_is_refused_at_load_with_its_version() 
             limits(),
         )
         .err()
-        .expect("a 0.2.9 plugin using a function 0.2.0 lacks must be refused");
+        .expect("a 0.2.9 plugin using a function 0.2.1 lacks must be refused");
     let msg = format!("{err:#}");
     assert!(
-        msg.contains("veneer:plugin@0.2.9, newer than this host's 0.2.0"),
+        msg.contains("veneer:plugin@0.2.9, newer than this host's 0.2.1"),
         "{msg}"
     );
     assert!(
@@ -380,7 +380,7 @@ async fn metrics_count_loaded_plugins_per_contract_version() {
         "{text}"
     );
     assert!(
-        text.contains("veneer_plugins_loaded{contract=\"0.2.0\"} 1"),
+        text.contains("veneer_plugins_loaded{contract=\"0.2.1\"} 1"),
         "{text}"
     );
     // Both generations serve side by side in one chain.
@@ -398,7 +398,8 @@ fn released_contracts_are_frozen() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
     for (file, pinned) in [
         ("v0.1.0/veneer.wit", PINNED_0_1_0),
-        ("veneer.wit", PINNED_0_2_0),
+        ("v0.2.0/veneer.wit", PINNED_0_2_0),
+        ("veneer.wit", PINNED_0_2_1),
     ] {
         let text = std::fs::read(root.join(file)).expect("wit file");
         assert_eq!(
@@ -410,7 +411,7 @@ fn released_contracts_are_frozen() {
     }
     assert_eq!(
         Contract::ALL.map(Contract::version),
-        ["0.1.0", "0.2.0"],
+        ["0.1.0", "0.2.1"],
         "a new supported version needs golden plugins and a pinned WIT here"
     );
 }
@@ -421,8 +422,10 @@ fn hex(bytes: &[u8]) -> String {
 
 /// SHA-256 of `wit/v0.1.0/veneer.wit`, as released.
 const PINNED_0_1_0: &str = "7466238c3407e69718c04857517106820a20c550c5680ceaf756bb135fc17531";
-/// SHA-256 of `wit/veneer.wit` (0.2.0), as released.
+/// SHA-256 of `wit/v0.2.0/veneer.wit`, as released.
 const PINNED_0_2_0: &str = "1039c7b42b527652b2ab41cb6bcbc2400d5d2213f8692544bb40e4b86a31dcb8";
+/// SHA-256 of `wit/veneer.wit` (0.2.1), as released.
+const PINNED_0_2_1: &str = "3f7bcbd4b4ce25c27afa24c69e7fb4aaf9e840534be4301fc990ed23d4165eee";
 
 #[tokio::test]
 async fn contract_0_2_resources_answer_every_getter_and_impressions_are_recorded_once() {

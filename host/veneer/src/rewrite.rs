@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -22,7 +22,7 @@ use crate::charset::{self, Charset};
 use crate::plugin::budget::op_bytes;
 use crate::plugin::{
     Budget, ElementInfo, HtmlOp, HtmlRule, Instance, JsonOp, PluginFault, ResponsePlan,
-    Subscription,
+    RuleOptions, Subscription,
 };
 
 /// A content coding Veneer can decode and produce.
@@ -245,6 +245,8 @@ pub struct CheckedPlan {
     rule_selectors: Vec<Selector>,
     /// Parsed selectors of `plan.subscribe`, index for index.
     subscription_selectors: Vec<Selector>,
+    /// Parsed fallback selectors, by rule index.
+    fallback_selectors: std::collections::BTreeMap<usize, Selector>,
 }
 
 impl CheckedPlan {
@@ -308,6 +310,24 @@ pub fn validate_plan(plan: ResponsePlan) -> Result<CheckedPlan, PluginFault> {
         .enumerate()
         .map(|(i, s)| parse_selector(&s.selector, "subscription", i))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(why) = &plan.misuse {
+        return Err(PluginFault::InvalidPlan(why.clone()));
+    }
+    let mut fallback_selectors = std::collections::BTreeMap::new();
+    for (&i, options) in &plan.rule_options {
+        let Some(selector) = &options.fallback else {
+            continue;
+        };
+        let Some(rule) = plan.html.get(i) else {
+            continue;
+        };
+        if fallback_content(&rule.op).is_none() {
+            return Err(PluginFault::InvalidPlan(format!(
+                "rule {i}: fallback-append needs a rule that inserts HTML or text"
+            )));
+        }
+        fallback_selectors.insert(i, parse_selector(selector, "fallback of rule", i)?);
+    }
     for rule in &plan.html {
         let name = match &rule.op {
             HtmlOp::SetAttribute((n, _)) | HtmlOp::RemoveAttribute(n) => n,
@@ -332,12 +352,105 @@ pub fn validate_plan(plan: ResponsePlan) -> Result<CheckedPlan, PluginFault> {
         plan,
         rule_selectors,
         subscription_selectors,
+        fallback_selectors,
     })
+}
+
+/// What a rule inserts, for its fallback place: the HTML or text, and which it is.
+fn fallback_content(op: &HtmlOp) -> Option<(&str, ContentType)> {
+    match op {
+        HtmlOp::SetInnerHtml(h)
+        | HtmlOp::PrependHtml(h)
+        | HtmlOp::AppendHtml(h)
+        | HtmlOp::BeforeHtml(h)
+        | HtmlOp::AfterHtml(h)
+        | HtmlOp::ReplaceHtml(h) => Some((h, ContentType::Html)),
+        HtmlOp::SetInnerText(t) => Some((t, ContentType::Text)),
+        _ => None,
+    }
+}
+
+/// Where a placed rule stands in one body.
+#[derive(Default)]
+struct Placement {
+    /// It has applied at least once (at its target or its fallback).
+    applied: AtomicBool,
+    /// It applies nowhere else (first-only and applied, or its fallback was used).
+    done: AtomicBool,
+    /// The first element matching its fallback selector has been seen.
+    fallback_seen: AtomicBool,
+}
+
+/// Records a placed rule's event the first time it applies, at its `target` or its `fallback`.
+fn applied_event(
+    h: &PluginHandle,
+    on_apply: Option<&(String, Vec<(String, String)>)>,
+    selector: &str,
+    placement: &str,
+) {
+    if let Some((name, properties)) = on_apply {
+        let mut properties = properties.clone();
+        properties.push(("selector".to_owned(), selector.to_owned()));
+        properties.push(("placement".to_owned(), placement.to_owned()));
+        h.instance
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .track_applied(name, properties);
+    }
+}
+
+/// One entry of a plan's rules as handlers are made: consecutive plain rules on one selector
+/// share a handler; a rule with options stands alone.
+enum RuleGroup {
+    Plain(String, Selector, Vec<HtmlOp>),
+    Placed {
+        selector: String,
+        parsed: Selector,
+        op: HtmlOp,
+        options: RuleOptions,
+        fallback: Option<Selector>,
+    },
 }
 
 #[cfg(test)]
 mod selector_tests {
-    use super::parse_selector;
+    use super::{parse_selector, validate_plan};
+    use crate::plugin::{HtmlOp, HtmlRule, PluginFault, ResponsePlan, RuleOptions};
+
+    fn plan_with(op: HtmlOp, options: RuleOptions) -> ResponsePlan {
+        let mut plan = ResponsePlan::default();
+        plan.html.push(HtmlRule {
+            selector: "#promo".into(),
+            op,
+        });
+        plan.rule_options.insert(0, options);
+        plan
+    }
+
+    #[test]
+    fn rule_options_are_checked_with_the_plan() {
+        let fallback = |f: &str| RuleOptions {
+            fallback: Some(f.into()),
+            ..RuleOptions::default()
+        };
+        let ok = plan_with(HtmlOp::BeforeHtml("<b>x</b>".into()), fallback("main"));
+        assert!(validate_plan(ok).is_ok());
+        let refuse = |plan: ResponsePlan, says: &str| match validate_plan(plan) {
+            Err(PluginFault::InvalidPlan(why)) => assert!(why.contains(says), "{why}"),
+            other => panic!("expected an invalid plan, got {:?}", other.map(|_| ())),
+        };
+        refuse(
+            plan_with(HtmlOp::AddClass("x".into()), fallback("main")),
+            "rule 0: fallback-append needs a rule that inserts HTML or text",
+        );
+        refuse(
+            plan_with(HtmlOp::BeforeHtml("x".into()), fallback("main[id=x")),
+            "fallback of rule 0: selector \"main[id=x\": unclosed '['",
+        );
+        let mut misuse = ResponsePlan::default();
+        misuse.misuse = Some("first-only with no HTML rule before it".into());
+        refuse(misuse, "first-only with no HTML rule before it");
+    }
 
     #[test]
     fn a_typo_in_a_selector_is_an_error_that_points_at_it() {
@@ -529,37 +642,147 @@ impl HtmlBody {
             );
         for (handle, checked) in job.plugins {
             let CheckedPlan {
-                plan,
+                mut plan,
                 rule_selectors,
                 subscription_selectors,
+                mut fallback_selectors,
             } = checked;
-            // Consecutive rules on one selector share one handler: one selector match, one closure.
-            let mut groups: Vec<(String, Selector, Vec<HtmlOp>)> = Vec::new();
-            for (HtmlRule { selector, op }, parsed) in plan.html.into_iter().zip(rule_selectors) {
+            // Consecutive plain rules on one selector share one handler: one selector match,
+            // one closure.
+            let mut groups: Vec<RuleGroup> = Vec::new();
+            let rules = plan.html.into_iter().zip(rule_selectors).enumerate();
+            for (i, (HtmlRule { selector, op }, parsed)) in rules {
+                let options = plan.rule_options.remove(&i).unwrap_or_default();
+                if !options.is_plain() {
+                    groups.push(RuleGroup::Placed {
+                        selector,
+                        parsed,
+                        op,
+                        options,
+                        fallback: fallback_selectors.remove(&i),
+                    });
+                    continue;
+                }
                 match groups.last_mut() {
-                    Some((s, _, ops)) if *s == selector => ops.push(op),
-                    _ => groups.push((selector, parsed, vec![op])),
+                    Some(RuleGroup::Plain(s, _, ops)) if *s == selector => ops.push(op),
+                    _ => groups.push(RuleGroup::Plain(selector, parsed, vec![op])),
                 }
             }
-            for (_, parsed, ops) in groups {
-                let (h, report, input) = (handle.clone(), job.report.clone(), input.clone());
-                let depth = template_depth.clone();
-                let cost: usize = ops.iter().map(op_bytes).sum();
+            for group in groups {
+                let (selector, parsed, op, options, fallback) = match group {
+                    RuleGroup::Plain(_, parsed, ops) => {
+                        let (h, report, input) =
+                            (handle.clone(), job.report.clone(), input.clone());
+                        let depth = template_depth.clone();
+                        let cost: usize = ops.iter().map(op_bytes).sum();
+                        let handlers = ElementContentHandlers::default().element(
+                            move |el: &mut Element<'_, '_>| {
+                                if !is_live(&h) || depth.load(Ordering::Relaxed) > 0 {
+                                    return Ok(());
+                                }
+                                if !h.charge_output(cost, &input) {
+                                    fault(&h, &report, &output_fault(&h, &input));
+                                    return Ok(());
+                                }
+                                for op in &ops {
+                                    apply_op(el, op);
+                                }
+                                Ok(())
+                            },
+                        );
+                        settings =
+                            settings.append_element_content_handler((Cow::Owned(parsed), handlers));
+                        continue;
+                    }
+                    RuleGroup::Placed {
+                        selector,
+                        parsed,
+                        op,
+                        options,
+                        fallback,
+                    } => (selector, parsed, op, options, fallback),
+                };
+                let state = Arc::new(Placement::default());
+                let cost = op_bytes(&op);
+                let content = fallback_content(&op).map(|(c, t)| (c.to_owned(), t));
+                let on_apply = Arc::new(options.on_apply);
+                let (h, report, body_in) = (handle.clone(), job.report.clone(), input.clone());
+                let (depth, st, event, sel) = (
+                    template_depth.clone(),
+                    state.clone(),
+                    on_apply.clone(),
+                    selector.clone(),
+                );
+                let first_only = options.first_only;
                 let handlers =
                     ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
-                        if !is_live(&h) || depth.load(Ordering::Relaxed) > 0 {
+                        if !is_live(&h)
+                            || depth.load(Ordering::Relaxed) > 0
+                            || st.done.load(Ordering::Relaxed)
+                        {
                             return Ok(());
                         }
-                        if !h.charge_output(cost, &input) {
-                            fault(&h, &report, &output_fault(&h, &input));
+                        if !h.charge_output(cost, &body_in) {
+                            fault(&h, &report, &output_fault(&h, &body_in));
                             return Ok(());
                         }
-                        for op in &ops {
-                            apply_op(el, op);
+                        apply_op(el, &op);
+                        if first_only {
+                            st.done.store(true, Ordering::Relaxed);
+                        }
+                        if !st.applied.swap(true, Ordering::Relaxed) {
+                            applied_event(&h, event.as_ref().as_ref(), &sel, "target");
                         }
                         Ok(())
                     });
                 settings = settings.append_element_content_handler((Cow::Owned(parsed), handlers));
+                let (Some(fallback), Some(content)) = (fallback, content) else {
+                    continue;
+                };
+                let (h, report, input) = (handle.clone(), job.report.clone(), input.clone());
+                let depth = template_depth.clone();
+                let handlers =
+                    ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
+                        if !is_live(&h)
+                            || depth.load(Ordering::Relaxed) > 0
+                            || state.fallback_seen.swap(true, Ordering::Relaxed)
+                        {
+                            return Ok(());
+                        }
+                        let (h, report, input, state, event, selector, content) = (
+                            h.clone(),
+                            report.clone(),
+                            input.clone(),
+                            state.clone(),
+                            on_apply.clone(),
+                            selector.clone(),
+                            content.clone(),
+                        );
+                        // Whether the rule found its target is known only once this element
+                        // closes; an element without an end tag (a void one) has no fallback.
+                        if let Some(end_handlers) = el.end_tag_handlers() {
+                            end_handlers.push(Box::new(move |end| {
+                                if state.applied.load(Ordering::Relaxed)
+                                    || state.done.load(Ordering::Relaxed)
+                                    || !is_live(&h)
+                                {
+                                    return Ok(());
+                                }
+                                if !h.charge_output(cost, &input) {
+                                    fault(&h, &report, &output_fault(&h, &input));
+                                    return Ok(());
+                                }
+                                end.before(&content.0, content.1);
+                                state.applied.store(true, Ordering::Relaxed);
+                                state.done.store(true, Ordering::Relaxed);
+                                applied_event(&h, event.as_ref().as_ref(), &selector, "fallback");
+                                Ok(())
+                            }));
+                        }
+                        Ok(())
+                    });
+                settings =
+                    settings.append_element_content_handler((Cow::Owned(fallback), handlers));
             }
             let subscriptions = plan.subscribe.into_iter().zip(subscription_selectors);
             for (index, (Subscription { text, .. }, parsed)) in subscriptions.enumerate() {

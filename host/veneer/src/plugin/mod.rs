@@ -52,8 +52,8 @@ pub use breaker::{Admission, BreakerPolicy, Transition};
 pub use budget::Budget;
 pub use model::{
     Assignment, Campaign, Consent, DeviceClass, ElementInfo, HeaderEdits, HtmlOp, HtmlRule, JsonOp,
-    Level, RequestAction, RequestHead, ResponseHead, ResponsePlan, Subscription, SyntheticResponse,
-    Visitor,
+    Level, RequestAction, RequestHead, ResponseHead, ResponsePlan, RuleOptions, Subscription,
+    SyntheticResponse, Visitor,
 };
 
 /// A version of the plugin contract this host links.
@@ -61,7 +61,8 @@ pub use model::{
 pub enum Contract {
     /// `veneer:plugin@0.1.0`: records in, records out (frozen).
     V0_1,
-    /// `veneer:plugin@0.2.0`: resources with methods, grows by adding functions.
+    /// `veneer:plugin@0.2.x` (0.2.1 today; 0.2.0 components link by semver): resources with
+    /// methods, grows by adding functions.
     V0_2,
 }
 
@@ -69,15 +70,15 @@ impl Contract {
     /// Every supported version, oldest first.
     pub const ALL: [Contract; 2] = [Contract::V0_1, Contract::V0_2];
 
-    /// The version this host implements, e.g. `0.2.0`.
+    /// The version this host implements, e.g. `0.2.1`.
     pub fn version(self) -> &'static str {
         match self {
             Contract::V0_1 => "0.1.0",
-            Contract::V0_2 => "0.2.0",
+            Contract::V0_2 => "0.2.1",
         }
     }
 
-    /// The supported versions as a list for messages: `0.1.0, 0.2.0`.
+    /// The supported versions as a list for messages: `0.1.0, 0.2.1`.
     pub fn supported_list() -> String {
         Contract::ALL.map(Contract::version).join(", ")
     }
@@ -300,7 +301,7 @@ impl Runtime {
         // Every supported contract version side by side: their interfaces carry the version
         // in their names (`veneer:plugin/content@0.1.0`), so they never clash.
         wt(v0_1::add_to_linker(&mut linker)).context("linking veneer:plugin@0.1.0")?;
-        wt(v0_2::add_to_linker(&mut linker)).context("linking veneer:plugin@0.2.0")?;
+        wt(v0_2::add_to_linker(&mut linker)).context("linking veneer:plugin@0.2.1")?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (stop, ticker_engine) = (ticker_stop.clone(), engine.clone());
@@ -1050,6 +1051,12 @@ impl Instance {
             None => return Err(PluginFault::AlreadyFaulted),
         };
         self.end(start, Some(r))
+    }
+
+    /// Records an analytics event from this plugin on the host's behalf (a rule it tagged
+    /// with `track-applied` was applied), subject to consent like the plugin's own events.
+    pub fn track_applied(&self, name: &str, properties: Vec<(String, String)>) {
+        self.store.data().record_event(name, properties);
     }
 
     /// Calls `on-element` (synchronously, from a streaming handler).

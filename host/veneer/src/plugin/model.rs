@@ -192,6 +192,25 @@ pub struct Subscription {
     pub text: bool,
 }
 
+/// How one HTML rule is placed and reported (contract 0.2.1); the default is "every match".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleOptions {
+    /// Apply to the first matching element only.
+    pub first_only: bool,
+    /// Record this event (name, properties) the first time the rule applies.
+    pub on_apply: Option<(String, Vec<(String, String)>)>,
+    /// If the rule matched nothing when the first element matching this selector ends, append
+    /// its content there instead.
+    pub fallback: Option<String>,
+}
+
+impl RuleOptions {
+    /// Whether the rule is applied as plain rules are.
+    pub fn is_plain(&self) -> bool {
+        *self == RuleOptions::default()
+    }
+}
+
 /// How to change a response.
 #[derive(Debug, Clone, Default)]
 pub struct ResponsePlan {
@@ -199,6 +218,11 @@ pub struct ResponsePlan {
     pub headers: HeaderEdits,
     /// Declarative HTML rules, in order.
     pub html: Vec<HtmlRule>,
+    /// Placement and reporting of rules, by index into `html` (absent: plain).
+    pub rule_options: std::collections::BTreeMap<usize, RuleOptions>,
+    /// Why the plan is invalid though each call was accepted (a rule option with no rule
+    /// before it); checked when the plan is validated.
+    pub misuse: Option<String>,
     /// JSON operations.
     pub json: Vec<JsonOp>,
     /// Element subscriptions; the index is the subscription id.

@@ -97,6 +97,7 @@ pub async fn on_response(
                 text: s.text,
             })
             .collect(),
+        ..model::ResponsePlan::default()
     })
 }
 

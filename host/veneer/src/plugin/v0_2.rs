@@ -1,5 +1,6 @@
-//! Contract `veneer:plugin@0.2.0` (`wit/veneer.wit`): its bindings and the host side of its
-//! resources.
+//! Contract `veneer:plugin@0.2.x` (`wit/veneer.wit`, 0.2.1 today): its bindings and the host
+//! side of its resources. Components built for 0.2.0 link to these bindings by semver (0.2.1
+//! only added methods).
 //!
 //! 0.2.0 hands the plugin resources instead of records: the visitor, request and response are
 //! read through getters (backed by `Arc`s of the host's model, so nothing is copied until the
@@ -357,6 +358,24 @@ impl StoreState {
         Ok(())
     }
 
+    /// Sets an option of the plan's most recent rule; with no rule yet, the plan is invalid.
+    fn rule_option(
+        &mut self,
+        p: &Resource<ResponsePlanRes>,
+        call: &str,
+        set: impl FnOnce(&mut model::RuleOptions),
+    ) -> R<()> {
+        let plan = &mut self.table.get_mut(p)?.0;
+        match plan.html.len().checked_sub(1) {
+            Some(last) => set(plan.rule_options.entry(last).or_default()),
+            None => {
+                plan.misuse
+                    .get_or_insert_with(|| format!("{call} with no HTML rule before it"));
+            }
+        }
+        Ok(())
+    }
+
     fn add_subscription(
         &mut self,
         p: &Resource<ResponsePlanRes>,
@@ -460,6 +479,29 @@ impl t::HostResponsePlan for StoreState {
             .json
             .push(JsonOp::Append((pointer, json)));
         Ok(())
+    }
+    fn first_only(&mut self, p: Resource<ResponsePlanRes>) -> R<()> {
+        self.rule_option(&p, "first-only", |o| o.first_only = true)
+    }
+    fn track_applied(
+        &mut self,
+        p: Resource<ResponsePlanRes>,
+        name: String,
+        properties: Vec<(String, String)>,
+    ) -> R<()> {
+        let bytes = name.len()
+            + properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        self.charge(|u, b| u.rule(b, bytes))?;
+        self.rule_option(&p, "track-applied", |o| {
+            o.on_apply = Some((name, properties))
+        })
+    }
+    fn fallback_append(&mut self, p: Resource<ResponsePlanRes>, selector: String) -> R<()> {
+        self.charge(|u, b| u.rule(b, selector.len()))?;
+        self.rule_option(&p, "fallback-append", |o| o.fallback = Some(selector))
     }
     fn subscribe(&mut self, p: Resource<ResponsePlanRes>, selector: String) -> R<u32> {
         self.add_subscription(&p, selector, false)
