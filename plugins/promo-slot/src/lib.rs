@@ -20,9 +20,7 @@ impl Plugin for PromoSlot {
         let Some(campaign) = campaigns::active().into_iter().next() else {
             return plan.build();
         };
-        let copy = campaign
-            .param("banner")
-            .unwrap_or_else(|| campaign.name());
+        let copy = campaign.param("banner").unwrap_or_else(|| campaign.name());
         let promo = format!(
             r#"<aside class="promo" data-campaign="{}">{}</aside>"#,
             text::escape_html(&campaign.id()),
