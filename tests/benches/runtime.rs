@@ -150,8 +150,7 @@ fn veneer_pipeline(rt: &tokio::runtime::Runtime, plugin: &Plugin, page: &[u8]) -
             remove: vec![],
         },
         html: rules(),
-        json: vec![],
-        subscribe: vec![],
+        ..ResponsePlan::default()
     };
     // Validation is part of every request's work, so it is measured too.
     let checked = veneer::rewrite::validate_plan(plan).expect("valid plan");

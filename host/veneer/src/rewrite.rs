@@ -447,8 +447,10 @@ mod selector_tests {
             plan_with(HtmlOp::BeforeHtml("x".into()), fallback("main[id=x")),
             "fallback of rule 0: selector \"main[id=x\": unclosed '['",
         );
-        let mut misuse = ResponsePlan::default();
-        misuse.misuse = Some("first-only with no HTML rule before it".into());
+        let misuse = ResponsePlan {
+            misuse: Some("first-only with no HTML rule before it".into()),
+            ..ResponsePlan::default()
+        };
         refuse(misuse, "first-only with no HTML rule before it");
     }
 
