@@ -283,7 +283,9 @@ fn every_golden_plugin_links_against_the_contract_it_was_built_for() {
             let plugin = rt
                 .load_bytes("golden", &bytes, Default::default(), limits())
                 .unwrap_or_else(|e| panic!("{}: {e:#}", wasm.display()));
-            assert_eq!(plugin.contract().version(), version);
+            // Linked against the host's bindings for its minor line (0.2.0 → the 0.2.1 ones).
+            let line = |v: &str| v.rsplit_once('.').map(|(l, _)| l.to_owned());
+            assert_eq!(line(plugin.contract().version()), line(&version));
             seen += 1;
         }
     }
