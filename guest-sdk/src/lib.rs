@@ -243,7 +243,7 @@ pub trait Plugin {
     /// For each element matching subscription `subscription`: read it with
     /// `element.attribute(..)` and change it with `element.set_attribute(..)`,
     /// `element.add_class(..)`... Default: leave it alone. Streaming callbacks cannot yield
-    /// to the host's other work, so one call may run at most 2 ms; past it the plugin faults
+    /// to the host's other work, so one call may use at most 2 ms of CPU; past it the plugin faults
     /// and is cut off for the rest of the page.
     fn on_element(_subscription: u32, _element: &Element) {}
 
@@ -379,10 +379,28 @@ impl ResponsePlan {
             *i += 1;
         }
         for (i, o) in &self.rule_options {
-            if let Some(f) = &o.fallback_append
-                && let Err(why) = selector_balance(f)
-            {
+            let Some(f) = &o.fallback_append else {
+                continue;
+            };
+            if let Err(why) = selector_balance(f) {
                 out.push(format!("fallback of rule {i}: selector {f:?}: {why}"));
+            }
+            let inserts = self.html.get(*i).is_some_and(|(_, op)| {
+                matches!(
+                    op,
+                    HtmlOp::SetInnerHtml(_)
+                        | HtmlOp::SetInnerText(_)
+                        | HtmlOp::PrependHtml(_)
+                        | HtmlOp::AppendHtml(_)
+                        | HtmlOp::BeforeHtml(_)
+                        | HtmlOp::AfterHtml(_)
+                        | HtmlOp::ReplaceHtml(_)
+                )
+            });
+            if !inserts {
+                out.push(format!(
+                    "rule {i}: or_append_to needs an operation that inserts HTML or text"
+                ));
             }
         }
         out
@@ -583,8 +601,8 @@ impl Selection<'_> {
     }
 
     /// Contract 0.2.1: the first time the operation just added applies, the host records
-    /// event `name` with these properties (and `selector`) from this plugin, so "shown"
-    /// events count only what was really placed.
+    /// event `name` with these properties (and `selector`, and `placement`: `target` or
+    /// `fallback`) from this plugin, so "shown" events count only what was really placed.
     pub fn track_applied(&mut self, name: &str, properties: &[(&str, &str)]) -> &mut Self {
         let props = properties
             .iter()

@@ -682,7 +682,8 @@ impl FakeHost {
         self
     }
 
-    /// A live campaign (`campaigns::active()` lists them by priority, highest first).
+    /// A live campaign (`campaigns::active()` lists them by priority, highest first, then by
+    /// the earlier start, as the host does).
     pub fn with_campaign(mut self, campaign: Campaign) -> Self {
         self.state.campaigns.push(campaign);
         self
@@ -819,7 +820,12 @@ pub(crate) fn active() -> Vec<Campaign> {
                 .filter(|c| c.starts_at <= now && now < c.ends_at)
                 .cloned()
                 .collect();
-            live.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+            // As the host orders them: priority, then the earlier start.
+            live.sort_by(|a, b| {
+                b.priority
+                    .cmp(&a.priority)
+                    .then(a.starts_at.cmp(&b.starts_at))
+            });
             live
         },
         Vec::new,

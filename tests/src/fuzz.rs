@@ -496,6 +496,17 @@ fn decode_plan(data: &[u8]) -> ResponsePlan {
             _ => HtmlOp::RemoveClass(r.text()),
         };
         plan.html.push(HtmlRule { selector, op });
+        // Contract 0.2.1's placement options on some rules: first-only, an event when applied,
+        // a fallback place (refused for rules that insert nothing).
+        let flags = r.byte();
+        if flags & 0b1000_0000 != 0 {
+            let options = veneer::plugin::RuleOptions {
+                first_only: flags & 1 != 0,
+                on_apply: (flags & 2 != 0).then(|| (r.text(), vec![(r.text(), r.text())])),
+                fallback: (flags & 4 != 0).then(|| r.selector()),
+            };
+            plan.rule_options.insert(plan.html.len() - 1, options);
+        }
     }
     let mut headers = HeaderEdits::default();
     for _ in 0..r.byte() % 4 {

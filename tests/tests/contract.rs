@@ -370,13 +370,19 @@ async fn a_refused_plugin_fails_the_config_naming_the_field_and_the_version() {
 #[tokio::test]
 async fn metrics_count_loaded_plugins_per_contract_version() {
     let cfg = format!(
-        "{}{}{}",
+        "{}{}{}{}",
         plugin_at("old-hero", &golden("0.1.0", "hero"), ""),
         plugin_at("old-banner", &golden("0.1.0", "campaign-banner"), ""),
         plugin_at("hero", &current("hero"), ""),
+        plugin_at("banner-0-2-0", &golden("0.2.0", "campaign-banner"), ""),
     );
     let (_origin, host) = shop(&cfg).await;
     let text = host.app.metrics.render();
+    // Each by the version it was built for, though 0.2.0 and 0.2.1 share one set of bindings.
+    assert!(
+        text.contains("veneer_plugins_loaded{contract=\"0.2.0\"} 1"),
+        "{text}"
+    );
     assert!(
         text.contains("veneer_plugins_loaded{contract=\"0.1.0\"} 2"),
         "{text}"

@@ -189,15 +189,15 @@ impl App {
             None => None,
         };
         let mut tenants = HashMap::new();
-        let mut per_contract: HashMap<Contract, u64> = HashMap::new();
+        let mut per_contract: HashMap<String, u64> = HashMap::new();
         for (i, t) in config.tenants.iter().enumerate() {
             if !load_tenants {
                 break;
             }
             let tenant = Arc::new(load_tenant(config, i, t, &runtime)?);
             for p in &tenant.plugins {
-                tracing::info!(tenant = %t.name, plugin = p.name(), contract = %p.contract(), "plugin loaded");
-                *per_contract.entry(p.contract()).or_default() += 1;
+                tracing::info!(tenant = %t.name, plugin = p.name(), contract = p.built_for(), "plugin loaded");
+                *per_contract.entry(p.built_for().to_owned()).or_default() += 1;
             }
             for host in &t.hosts {
                 tenants.insert(host.to_ascii_lowercase(), tenant.clone());
@@ -205,9 +205,9 @@ impl App {
         }
         // Every supported version is listed, at 0 when unused, so an operator sees both what
         // this host can run and what its tenants deployed before retiring a version.
-        for c in Contract::ALL {
-            let n = per_contract.get(&c).copied().unwrap_or(0);
-            metrics.add("veneer_plugins_loaded", &[("contract", c.version())], n);
+        for version in plugins_loaded_labels(&per_contract) {
+            let n = per_contract.get(&version).copied().unwrap_or(0);
+            metrics.add("veneer_plugins_loaded", &[("contract", &version)], n);
         }
         let secret = match std::env::var("VENEER_COOKIE_SECRET")
             .ok()
@@ -331,19 +331,19 @@ impl App {
             }
         }
         // Count each tenant once (a tenant appears under each of its hosts).
-        let mut per_contract: HashMap<Contract, u64> = HashMap::new();
+        let mut per_contract: HashMap<String, u64> = HashMap::new();
         let mut seen = std::collections::HashSet::new();
         for t in map.values() {
             if seen.insert(t.name.clone()) {
                 for p in &t.plugins {
-                    *per_contract.entry(p.contract()).or_default() += 1;
+                    *per_contract.entry(p.built_for().to_owned()).or_default() += 1;
                 }
             }
         }
-        for c in Contract::ALL {
-            let n = per_contract.get(&c).copied().unwrap_or(0);
+        for version in plugins_loaded_labels(&per_contract) {
+            let n = per_contract.get(&version).copied().unwrap_or(0);
             self.metrics
-                .set("veneer_plugins_loaded", &[("contract", c.version())], n);
+                .set("veneer_plugins_loaded", &[("contract", &version)], n);
         }
         self.tenants.store(Arc::new(map));
     }
@@ -356,6 +356,17 @@ fn err(config: &Config, field: String, message: String) -> anyhow::Error {
         message,
     }
     .into()
+}
+
+/// The `contract` labels of `veneer_plugins_loaded`: every released version (at 0 when
+/// unused), so an operator sees what this host runs and what its tenants still deploy, and
+/// any other version a component was built for (a newer compatible minor).
+fn plugins_loaded_labels(counts: &HashMap<String, u64>) -> Vec<String> {
+    let mut labels: Vec<String> = Contract::RELEASES.iter().map(|v| (*v).to_owned()).collect();
+    let mut others: Vec<&String> = counts.keys().filter(|v| !labels.contains(v)).collect();
+    others.sort();
+    labels.extend(others.into_iter().cloned());
+    labels
 }
 
 /// Loads tenant `t` (entry `i` of `config`), its plugins compiled and linked.

@@ -272,7 +272,7 @@ impl Control {
             match self.build(rec).await {
                 Ok(t) => {
                     for p in t.iter().flat_map(|t| &t.plugins) {
-                        tracing::info!(tenant = %name, plugin = p.name(), version = p.version(), contract = %p.contract(), "plugin loaded");
+                        tracing::info!(tenant = %name, plugin = p.name(), version = p.version(), contract = p.built_for(), "plugin loaded");
                     }
                     self.app.swap_tenant(&name, t.map(Arc::new));
                 }

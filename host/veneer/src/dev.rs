@@ -63,14 +63,20 @@ struct Source {
 struct Stamp(Option<SystemTime>, usize);
 
 fn stamp(paths: &[PathBuf]) -> Stamp {
-    fn walk(path: &Path, acc: &mut Stamp) {
+    fn walk(path: &Path, acc: &mut Stamp, depth: usize) {
         let Ok(meta) = std::fs::metadata(path) else {
             return;
         };
+        // Linked folders are not entered (a link loop would never end), and a source tree is
+        // not deep.
+        let linked = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
         if meta.is_dir() {
+            if (linked && depth > 0) || depth > 16 {
+                return;
+            }
             if let Ok(entries) = std::fs::read_dir(path) {
                 for e in entries.flatten() {
-                    walk(&e.path(), acc);
+                    walk(&e.path(), acc, depth + 1);
                 }
             }
         } else {
@@ -82,7 +88,7 @@ fn stamp(paths: &[PathBuf]) -> Stamp {
     }
     let mut acc = Stamp::default();
     for p in paths {
-        walk(p, &mut acc);
+        walk(p, &mut acc, 0);
     }
     acc
 }
@@ -182,13 +188,22 @@ fn config_text(
         text.push_str(&format!("fragments = {}\n", abs(f)?));
     }
     text.push_str("[tenant.limits]\nrequests_per_second_per_client = 0\n");
+    let mut names: Vec<String> = Vec::new();
     for s in sources {
         let Some(wasm) = &s.wasm else { continue };
-        let name = s
-            .path
-            .file_stem()
-            .map(|n| n.to_string_lossy().into_owned())
+        // Named after the crate folder or file (`--plugin .` is the folder's own name), made
+        // unique when two share a name.
+        let stem = std::fs::canonicalize(&s.path)
+            .ok()
+            .and_then(|p| p.file_stem().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "plugin".to_owned());
+        let mut name = stem.clone();
+        let mut n = 2;
+        while names.contains(&name) {
+            name = format!("{stem}-{n}");
+            n += 1;
+        }
+        names.push(name.clone());
         text.push_str(&format!(
             "[[tenant.plugin]]\nname = {}\npath = {}\nparams = {{ {} }}\n",
             toml_str(&name),
@@ -262,8 +277,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         })?;
         s.wasm = Some(wasm);
     }
-    let work = std::env::temp_dir().join(format!("veneer-dev-{}", std::process::id()));
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    // Private (the runtime loads precompiled code from the cache inside it) and removed
+    // however `run` ends.
+    let private = crate::private_dir::PrivateDir::create("dev")?;
+    let work = private.path().to_owned();
     let (_, app) = load(&config_text(&args, &origin, &sources, &work)?, &work, None)?;
     let mut app = app.context("building the host")?;
     app.dev = true;
@@ -274,7 +291,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     eprintln!(
         "veneer dev: http://{addr}/ in front of {origin}\n\
          veneer dev: switch the visitor with ?veneer_segment=NAME&veneer_variation=EXPERIMENT:INDEX\
-         &veneer_consent=analytics,personalization&veneer_at=2026-12-24T10:00:00Z"
+         &veneer_consent=analytics,personalization&veneer_at=2026-12-24T10:00:00Z\n\
+         veneer dev: events recorded go to {}",
+        work.join("events.jsonl").display()
     );
 
     let data_files: Vec<PathBuf> = args
@@ -338,8 +357,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             data_stamp = now;
             changed = true;
         }
-        if !changed || failed {
+        // A failed build keeps its previous component, so the others' changes still load.
+        if !changed {
             continue;
+        }
+        if failed {
+            eprintln!("veneer dev: loading the other changes with the failed plugin's last build");
         }
         let reloaded = config_text(&args, &origin, &sources, &work)
             .and_then(|text| load(&text, &work, Some(&app)));
@@ -348,7 +371,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             Err(e) => eprintln!("veneer dev: reload failed, still serving the previous one: {e:#}"),
         }
     }
-    let _ = std::fs::remove_dir_all(&work);
+    drop(private);
     Ok(())
 }
 
@@ -400,14 +423,23 @@ fn static_file(root: &Path, path: &str) -> (http::StatusCode, &'static str, Byte
             p => file.push(p),
         }
     }
-    let candidates = [
-        file.clone(),
-        file.join("index.html"),
-        file.with_extension("html"),
-    ];
+    let mut candidates = vec![file.clone(), file.join("index.html")];
+    // `/products` may be `products.html`; never for the folder itself (that would be a file
+    // beside it) nor in place of an extension the path has.
+    if file != root && file.extension().is_none() {
+        candidates.push(file.with_extension("html"));
+    }
     let Some(file) = candidates.into_iter().find(|f| f.is_file()) else {
         return not_found;
     };
+    // A symbolic link inside the folder must not lead out of it.
+    let inside = match (std::fs::canonicalize(&file), std::fs::canonicalize(root)) {
+        (Ok(f), Ok(r)) => f.starts_with(r),
+        _ => false,
+    };
+    if !inside {
+        return not_found;
+    }
     let Ok(body) = std::fs::read(&file) else {
         return not_found;
     };
@@ -452,6 +484,14 @@ mod tests {
         assert_eq!(static_file(&dir, "/../etc/passwd").0.as_u16(), 404);
         assert_eq!(static_file(&dir, "/%2e%2e/etc/passwd").0.as_u16(), 404);
         assert_eq!(static_file(&dir, "/missing").0.as_u16(), 404);
+        // Nothing beside the folder, and no link out of it.
+        let beside = dir.with_extension("html");
+        std::fs::write(&beside, "outside").expect("write");
+        std::fs::remove_file(dir.join("index.html")).expect("remove");
+        assert_eq!(static_file(&dir, "/").0.as_u16(), 404);
+        std::os::unix::fs::symlink("/etc/hostname", dir.join("leak.txt")).expect("symlink");
+        assert_eq!(static_file(&dir, "/leak.txt").0.as_u16(), 404);
+        let _ = std::fs::remove_file(&beside);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

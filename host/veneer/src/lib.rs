@@ -29,6 +29,7 @@ pub mod plugin;
 pub mod plugin_run;
 pub mod plugin_test;
 pub mod preview;
+pub mod private_dir;
 pub mod proxy;
 pub mod report;
 pub mod rewrite;

@@ -243,9 +243,9 @@ fn plugin_check(file: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     // A fresh private directory for the compile cache: the runtime loads precompiled code
     // from its cache directory, so it must never be one another user could write to.
-    let cache = PrivateDir::create()?;
+    let cache = veneer::private_dir::PrivateDir::create("plugin-check")?;
     let runtime = Runtime::new(&RuntimeOptions {
-        cache_dir: cache.0.clone(),
+        cache_dir: cache.path().to_owned(),
         max_memory_bytes: 64 << 20,
         max_instances: 4,
     })?;
@@ -264,32 +264,6 @@ fn plugin_check(file: &Path) -> anyhow::Result<()> {
     println!("  exports: {}", info.exports.join(", "));
     println!("  imports: {}", info.imports.join(", "));
     Ok(())
-}
-
-/// A directory only this user can enter, removed when dropped.
-struct PrivateDir(PathBuf);
-
-impl PrivateDir {
-    fn create() -> anyhow::Result<PrivateDir> {
-        use std::os::unix::fs::DirBuilderExt as _;
-        let path = std::env::temp_dir().join(format!(
-            "veneer-plugin-check-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        // `create` (not `create_all`) fails if the path exists, so nothing planted is used.
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        Ok(PrivateDir(path))
-    }
-}
-
-impl Drop for PrivateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn run_async<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {

@@ -214,10 +214,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<String> {
         language: args.language.clone(),
         origin: (200, content_type(json), Bytes::from(page)),
     };
-    let work = tempdir()?;
-    let outcome = visit(&args.file, &request, &work).await;
-    let _ = std::fs::remove_dir_all(&work);
-    Ok(outcome?.render())
+    let work = crate::private_dir::PrivateDir::create("plugin-run")?;
+    Ok(visit(&args.file, &request, work.path()).await?.render())
 }
 
 /// The content type of an origin page.
@@ -238,7 +236,9 @@ pub async fn visit(file: &Path, v: &Visit, work: &Path) -> anyhow::Result<Outcom
     }
     let origin = crate::server::bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let origin_addr = origin.local_addr()?;
-    let origin_task = serve_page(v.origin.clone(), origin);
+    // Stopped however this visit ends (an error below included), so a fixture run of many
+    // cases leaves no origin or host behind.
+    let _origin_task = AbortOnDrop(serve_page(v.origin.clone(), origin));
 
     let mut params = String::new();
     for (k, val) in &v.params {
@@ -311,7 +311,7 @@ pub async fn visit(file: &Path, v: &Visit, work: &Path) -> anyhow::Result<Outcom
     let app = Arc::new(App::build(&config)?);
     let listener = crate::server::bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let addr = listener.local_addr()?;
-    let server = crate::server::serve(app.clone(), listener);
+    let _server = AbortOnDrop(crate::server::serve(app.clone(), listener));
 
     // The visitor's segments, variations, consent and instant travel as a preview, as a
     // marketer's preview link would carry them, but one that records what the visit would.
@@ -360,8 +360,6 @@ pub async fn visit(file: &Path, v: &Visit, work: &Path) -> anyhow::Result<Outcom
     let (head, body) = response.into_parts();
     let body = body.collect().await?.to_bytes();
     app.analytics.flush().await;
-    server.abort();
-    origin_task.abort();
 
     let mut headers: Vec<(String, String)> = head
         .headers
@@ -431,12 +429,11 @@ fn serve_page(
     })
 }
 
-fn tempdir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "veneer-plugin-run-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

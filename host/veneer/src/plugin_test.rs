@@ -159,25 +159,21 @@ pub async fn run_cases(
             file.display()
         );
     }
-    let work = std::env::temp_dir().join(format!(
-        "veneer-plugin-test-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let cases = cases(fixtures)?;
+    // One private directory for every case: the compile cache inside it is shared.
+    let work = crate::private_dir::PrivateDir::create("plugin-test")?;
     let mut verdicts = Vec::new();
-    for dir in cases(fixtures)? {
+    for dir in cases {
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let verdict = match run_case(file, &dir, &work, bless).await {
+        let verdict = match run_case(file, &dir, work.path(), bless).await {
             Ok(v) => v,
             Err(e) => Verdict::Broken(format!("{e:#}")),
         };
         verdicts.push((name, verdict));
     }
-    let _ = std::fs::remove_dir_all(&work);
     Ok(verdicts)
 }
 

@@ -747,7 +747,7 @@ impl HtmlBody {
                     ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
                         if !is_live(&h)
                             || depth.load(Ordering::Relaxed) > 0
-                            || state.fallback_seen.swap(true, Ordering::Relaxed)
+                            || state.fallback_seen.load(Ordering::Relaxed)
                         {
                             return Ok(());
                         }
@@ -762,7 +762,10 @@ impl HtmlBody {
                         );
                         // Whether the rule found its target is known only once this element
                         // closes; an element without an end tag (a void one) has no fallback.
+                        // A page that leaves out an optional end tag (`</body>`, `</li>`) never
+                        // calls the handler either, so no fallback happens there.
                         if let Some(end_handlers) = el.end_tag_handlers() {
+                            state.fallback_seen.store(true, Ordering::Relaxed);
                             end_handlers.push(Box::new(move |end| {
                                 if state.applied.load(Ordering::Relaxed)
                                     || state.done.load(Ordering::Relaxed)

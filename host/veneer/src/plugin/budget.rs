@@ -99,6 +99,19 @@ impl Usage {
         Ok(())
     }
 
+    /// Charges `bytes` of a rule's options (its event's name and properties, its fallback
+    /// selector) to the rule it belongs to: bytes the plan carries, not another rule.
+    pub fn rule_option(&mut self, budget: &Budget, bytes: usize) -> Result<(), String> {
+        self.inserted += bytes;
+        if self.inserted > budget.max_inserted_bytes {
+            return Err(format!(
+                "more than {} bytes of inserted content and rule options (plan_max_inserted_bytes)",
+                budget.max_inserted_bytes
+            ));
+        }
+        Ok(())
+    }
+
     /// Charges one header edit of `bytes`.
     pub fn header(&mut self, budget: &Budget, bytes: usize) -> Result<(), String> {
         self.header_edits += 1;
@@ -154,6 +167,13 @@ impl Budget {
         }
         for sub in &plan.subscribe {
             u.rule(self, sub.selector.len()).map_err(over)?;
+        }
+        for options in plan.rule_options.values() {
+            let event = options.on_apply.as_ref().map_or(0, |(name, props)| {
+                name.len() + props.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            });
+            let fallback = options.fallback.as_ref().map_or(0, String::len);
+            u.rule_option(self, event + fallback).map_err(over)?;
         }
         for op in &plan.json {
             u.json(self, json_bytes(op)).map_err(over)?;

@@ -78,6 +78,10 @@ impl Contract {
         }
     }
 
+    /// Every released contract version this host runs, oldest first: what
+    /// `veneer_plugins_loaded` lists (at 0 when no tenant deploys it).
+    pub const RELEASES: [&'static str; 3] = ["0.1.0", "0.2.0", "0.2.1"];
+
     /// The supported versions as a list for messages: `0.1.0, 0.2.1`.
     pub fn supported_list() -> String {
         Contract::ALL.map(Contract::version).join(", ")
@@ -171,7 +175,7 @@ pub enum PluginFault {
     Deadline(Duration),
     /// One element or text callback ran longer than a streaming call may
     /// ([`STREAMING_CALL_LIMIT`]): it cannot yield, so it holds a worker thread while it runs.
-    #[error("a streaming callback ran past {0:?} in one call")]
+    #[error("a streaming callback used more than {0:?} of CPU in one call")]
     StreamingCall(Duration),
     /// The plugin tried to grow memory beyond its limit.
     #[error("memory limit of {0} bytes exceeded")]
@@ -222,6 +226,8 @@ pub struct Runtime {
 struct Linked {
     pre: Pre,
     contract: Contract,
+    /// The exact version the component was built for (0.2.0 and 0.2.1 share bindings).
+    built_for: String,
 }
 
 /// How often the epoch advances; deadlines are whole ticks.
@@ -437,6 +443,7 @@ impl Runtime {
             Linked {
                 pre,
                 contract: target.contract,
+                built_for: target.version.to_string(),
             },
             from_cache,
         ))
@@ -658,6 +665,12 @@ impl Plugin {
     /// The contract version the plugin was built for.
     pub fn contract(&self) -> Contract {
         self.linked.contract
+    }
+
+    /// The exact contract version the component was built for, e.g. `0.2.0` (it links
+    /// against [`Plugin::contract`], its minor line's bindings).
+    pub fn built_for(&self) -> &str {
+        &self.linked.built_for
     }
 
     /// A fresh instance for one request; `admission` is what [`Plugin::admit`] said (a

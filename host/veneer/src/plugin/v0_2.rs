@@ -494,13 +494,13 @@ impl t::HostResponsePlan for StoreState {
                 .iter()
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>();
-        self.charge(|u, b| u.rule(b, bytes))?;
+        self.charge(|u, b| u.rule_option(b, bytes))?;
         self.rule_option(&p, "track-applied", |o| {
             o.on_apply = Some((name, properties))
         })
     }
     fn fallback_append(&mut self, p: Resource<ResponsePlanRes>, selector: String) -> R<()> {
-        self.charge(|u, b| u.rule(b, selector.len()))?;
+        self.charge(|u, b| u.rule_option(b, selector.len()))?;
         self.rule_option(&p, "fallback-append", |o| o.fallback = Some(selector))
     }
     fn subscribe(&mut self, p: Resource<ResponsePlanRes>, selector: String) -> R<u32> {
