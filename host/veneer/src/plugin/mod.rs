@@ -240,6 +240,15 @@ const TICK: Duration = Duration::from_millis(1);
 /// for the rest of the request's budget.
 pub const STREAMING_CALL_LIMIT: Duration = Duration::from_millis(2);
 
+/// A streaming callback in progress, for its CPU limit.
+#[derive(Debug, Clone, Copy)]
+struct StreamingCall {
+    /// When it started.
+    since: Instant,
+    /// The thread's CPU time at its first epoch tick.
+    first_tick: Option<Duration>,
+}
+
 /// CPU time the calling thread has used.
 #[cfg(unix)]
 #[expect(
@@ -697,7 +706,7 @@ impl Plugin {
             deadline: Instant::now(),
             may_yield: true,
             interrupted: false,
-            cpu_deadline: None,
+            streaming: None,
             streaming_stopped: false,
             yielded_ns: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             ticks_in_call: 0,
@@ -716,12 +725,21 @@ impl Plugin {
             // A streaming callback is held to the CPU it burns, not to the wall clock: a
             // worker preempted by a busy machine is not the plugin's doing, and stopping a
             // callback for it would fault a good plugin whenever the host is loaded.
-            if let Some(cpu_deadline) = s.cpu_deadline
-                && thread_cpu_time() >= cpu_deadline
-            {
-                s.interrupted = true;
-                s.streaming_stopped = true;
-                return Ok(wasmtime::UpdateDeadline::Interrupt);
+            if let Some(streaming) = &mut s.streaming {
+                // The thread's CPU clock costs a system call (~0.4 µs, a tenth of a typical
+                // callback), so it is read only in calls that last a tick: the limit counts
+                // from the first tick (at most a tick's CPU before it goes uncounted: a wall
+                // estimate of it would count a preempted worker against the plugin), and is
+                // checked once the call could have reached it.
+                let elapsed = now.saturating_duration_since(streaming.since);
+                let cpu_then = *streaming.first_tick.get_or_insert_with(thread_cpu_time);
+                if elapsed >= STREAMING_CALL_LIMIT
+                    && thread_cpu_time().saturating_sub(cpu_then) >= STREAMING_CALL_LIMIT
+                {
+                    s.interrupted = true;
+                    s.streaming_stopped = true;
+                    return Ok(wasmtime::UpdateDeadline::Interrupt);
+                }
             }
             // Paused time does not count against the budget, but the visitor still waits for
             // it: a call ends at 4 × its budget of wall time whatever it was doing.
@@ -816,11 +834,10 @@ struct StoreState {
     may_yield: bool,
     /// The epoch callback stopped the call at its deadline.
     interrupted: bool,
-    /// The thread CPU time at which the current streaming callback has used up
-    /// [`STREAMING_CALL_LIMIT`]; `None` for awaited calls, and for a streaming one when less
-    /// than that is left of the budget.
-    cpu_deadline: Option<Duration>,
-    /// The current call was stopped at its `cpu_deadline`.
+    /// The current streaming callback, held to [`STREAMING_CALL_LIMIT`] of CPU; `None` for
+    /// awaited calls, and for a streaming one when less than that is left of the budget.
+    streaming: Option<StreamingCall>,
+    /// The current call was stopped at its streaming limit.
     streaming_stopped: bool,
     /// Nanoseconds the current call spent yielded (waiting for the scheduler), which do not
     /// count against its budget.
@@ -953,10 +970,13 @@ impl Instance {
         let s = self.store.data_mut();
         // A streaming call runs on this thread until it returns (it cannot yield), so the
         // thread's CPU clock measures the plugin alone.
-        s.cpu_deadline = (!awaited && left > STREAMING_CALL_LIMIT)
-            .then(|| thread_cpu_time() + STREAMING_CALL_LIMIT);
+        let now = Instant::now();
+        s.streaming = (!awaited && left > STREAMING_CALL_LIMIT).then_some(StreamingCall {
+            since: now,
+            first_tick: None,
+        });
         s.streaming_stopped = false;
-        s.deadline = Instant::now() + left;
+        s.deadline = now + left;
         s.wall_deadline = s.deadline + left.saturating_mul(3);
         s.yielded_ns.store(0, Ordering::Relaxed);
         s.ticks_in_call = 0;
