@@ -14,7 +14,7 @@ use veneer::plugin::{Contract, Limits, Runtime, RuntimeOptions};
 use veneer_tests::TempDir;
 
 /// Released contract versions with golden plugins, oldest first.
-const RELEASED: [&str; 2] = ["0.1.0", "0.2.0"];
+const RELEASED: [&str; 3] = ["0.1.0", "0.2.0", "0.2.1"];
 
 fn golden(version: &str, name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -102,6 +102,24 @@ async fn same_as_today(name: &str, params: &str, requests: &[(&str, &[(&str, &st
         }
     }
     today.join("\n")
+}
+
+/// What 0.2.1 added (rules placed once, with a fallback, events when applied) keeps working:
+/// the golden promo-slot passes the fixtures today's build passes.
+#[tokio::test]
+async fn golden_0_2_1_promo_slot_places_once_with_a_fallback_as_before() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/promo-slot/fixtures");
+    for wasm in [golden("0.2.1", "promo-slot"), current("promo-slot")] {
+        let verdicts = veneer::plugin_test::run_cases(&wasm, &fixtures, false)
+            .await
+            .expect("fixtures run");
+        let mut report = String::new();
+        assert!(
+            veneer::plugin_test::report(&verdicts, &mut report),
+            "{}: {report}",
+            wasm.display()
+        );
+    }
 }
 
 #[tokio::test]
