@@ -22,23 +22,37 @@ fn content_type(path: &Path) -> &'static str {
         Some("js") => "text/javascript",
         Some("svg") => "image/svg+xml",
         Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("txt") => "text/plain; charset=utf-8",
         _ => "application/octet-stream",
     }
 }
 
-/// The file a request path maps to, refusing anything that climbs out of `root`.
+/// The file a request path maps to (percent-decoded; `/` → `index.html`, `/x` → `x.html` or
+/// `x/index.html`), refusing anything outside `root`: `..`, a file beside the folder, and a
+/// symbolic link that leads out of it.
 fn resolve(root: &Path, request_path: &str) -> Option<PathBuf> {
-    let rel = Path::new(request_path.trim_start_matches('/'));
+    let decoded = percent_encoding::percent_decode_str(request_path)
+        .decode_utf8()
+        .ok()?;
+    if decoded.contains(['\0', '\\']) {
+        return None;
+    }
+    let rel = Path::new(decoded.trim_start_matches('/'));
     if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
         return None;
     }
     let base = root.join(rel);
-    let candidates = [
-        base.join("index.html"),
-        base.with_extension("html"),
-        base.clone(),
-    ];
-    candidates.into_iter().find(|p| p.is_file())
+    let mut candidates = vec![base.join("index.html")];
+    if !rel.as_os_str().is_empty() && base.extension().is_none() {
+        candidates.push(base.with_extension("html"));
+    }
+    candidates.push(base);
+    let file = candidates.into_iter().find(|p| p.is_file())?;
+    let inside = std::fs::canonicalize(&file)
+        .ok()?
+        .starts_with(std::fs::canonicalize(root).ok()?);
+    inside.then_some(file)
 }
 
 /// Serves the files under `root` on `listener`.
@@ -79,4 +93,43 @@ pub fn serve_dir(root: PathBuf, listener: TcpListener) -> JoinHandle<()> {
             });
         }
     })
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::resolve;
+
+    #[test]
+    fn files_are_found_and_never_outside_the_folder() {
+        let dir = std::env::temp_dir().join(format!("veneer-static-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("products")).expect("dir");
+        std::fs::write(dir.join("index.html"), "<h1>Home</h1>").expect("write");
+        std::fs::write(dir.join("products.html"), "<h1>Products</h1>").expect("write");
+        std::fs::write(dir.join("products/data.json"), "{}").expect("write");
+        std::fs::write(dir.join("a b.html"), "spaced").expect("write");
+        let found = |p: &str| {
+            resolve(&dir, p).and_then(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+        };
+        assert_eq!(found("/").as_deref(), Some("index.html"));
+        assert_eq!(found("/products").as_deref(), Some("products.html"));
+        assert_eq!(found("/products/data.json").as_deref(), Some("data.json"));
+        assert_eq!(found("/a%20b").as_deref(), Some("a b.html"));
+        for refused in [
+            "/../etc/passwd",
+            "/%2e%2e/etc/passwd",
+            "/missing",
+            "/products/../index.html",
+        ] {
+            assert_eq!(found(refused), None, "{refused}");
+        }
+        // Nothing beside the folder, and no link out of it.
+        let beside = dir.with_extension("html");
+        std::fs::write(&beside, "outside").expect("write");
+        std::fs::remove_file(dir.join("index.html")).expect("remove");
+        assert_eq!(found("/"), None);
+        std::os::unix::fs::symlink("/etc/hostname", dir.join("leak.txt")).expect("symlink");
+        assert_eq!(found("/leak.txt"), None);
+        let _ = std::fs::remove_file(&beside);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
-use bytes::Bytes;
 use clap::Args;
 
 use crate::app::App;
@@ -242,7 +241,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             }
             let listener = crate::server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
             let addr = listener.local_addr()?;
-            serve_folder(site.clone(), listener);
+            // The demo's static origin: `/` → index.html, `/x` → x.html, nothing outside.
+            // Runs until the process ends; its handle is not needed.
+            drop(crate::demo::serve_dir(site.clone(), listener));
             format!("http://{addr}")
         }
         _ => bail!("give the site as --origin URL or --site FOLDER (one of them)"),
@@ -373,125 +374,4 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     drop(private);
     Ok(())
-}
-
-/// Serves the files under `root` (`index.html` for a folder), typed by extension.
-fn serve_folder(root: PathBuf, listener: tokio::net::TcpListener) {
-    use http_body_util::Full;
-    use hyper::service::service_fn;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let root = Arc::new(root);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let root = root.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let answer = static_file(&root, req.uri().path());
-                    async move {
-                        let (status, content_type, body) = answer;
-                        let mut response = http::Response::new(Full::new(body));
-                        *response.status_mut() = status;
-                        response.headers_mut().insert(
-                            http::header::CONTENT_TYPE,
-                            http::HeaderValue::from_static(content_type),
-                        );
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-}
-
-/// The file for a request path: never outside `root`.
-fn static_file(root: &Path, path: &str) -> (http::StatusCode, &'static str, Bytes) {
-    let not_found = (
-        http::StatusCode::NOT_FOUND,
-        "text/plain; charset=utf-8",
-        Bytes::from_static(b"not found\n"),
-    );
-    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
-    let mut file = root.to_path_buf();
-    for part in decoded.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => return not_found,
-            p if p.contains('\\') || p.contains('\0') => return not_found,
-            p => file.push(p),
-        }
-    }
-    let mut candidates = vec![file.clone(), file.join("index.html")];
-    // `/products` may be `products.html`; never for the folder itself (that would be a file
-    // beside it) nor in place of an extension the path has.
-    if file != root && file.extension().is_none() {
-        candidates.push(file.with_extension("html"));
-    }
-    let Some(file) = candidates.into_iter().find(|f| f.is_file()) else {
-        return not_found;
-    };
-    // A symbolic link inside the folder must not lead out of it.
-    let inside = match (std::fs::canonicalize(&file), std::fs::canonicalize(root)) {
-        (Ok(f), Ok(r)) => f.starts_with(r),
-        _ => false,
-    };
-    if !inside {
-        return not_found;
-    }
-    let Ok(body) = std::fs::read(&file) else {
-        return not_found;
-    };
-    let content_type = match file.extension().and_then(|e| e.to_str()) {
-        Some("html" | "htm") => "text/html; charset=utf-8",
-        Some("json") => "application/json",
-        Some("css") => "text/css",
-        Some("js") => "text/javascript",
-        Some("svg") => "image/svg+xml",
-        Some("png") => "image/png",
-        Some("jpg" | "jpeg") => "image/jpeg",
-        Some("txt") => "text/plain; charset=utf-8",
-        _ => "application/octet-stream",
-    };
-    (http::StatusCode::OK, content_type, Bytes::from(body))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn static_files_never_leave_the_folder() {
-        let dir = std::env::temp_dir().join(format!("veneer-dev-static-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("products")).expect("dir");
-        std::fs::write(dir.join("index.html"), "<h1>Home</h1>").expect("write");
-        std::fs::write(dir.join("products.html"), "<h1>Products</h1>").expect("write");
-        std::fs::write(dir.join("products/data.json"), "{}").expect("write");
-        let (status, ty, body) = static_file(&dir, "/");
-        assert_eq!(
-            (status.as_u16(), ty, &body[..]),
-            (200, "text/html; charset=utf-8", &b"<h1>Home</h1>"[..])
-        );
-        assert_eq!(
-            static_file(&dir, "/products").2,
-            Bytes::from_static(b"<h1>Products</h1>")
-        );
-        assert_eq!(
-            static_file(&dir, "/products/data.json").1,
-            "application/json"
-        );
-        assert_eq!(static_file(&dir, "/../etc/passwd").0.as_u16(), 404);
-        assert_eq!(static_file(&dir, "/%2e%2e/etc/passwd").0.as_u16(), 404);
-        assert_eq!(static_file(&dir, "/missing").0.as_u16(), 404);
-        // Nothing beside the folder, and no link out of it.
-        let beside = dir.with_extension("html");
-        std::fs::write(&beside, "outside").expect("write");
-        std::fs::remove_file(dir.join("index.html")).expect("remove");
-        assert_eq!(static_file(&dir, "/").0.as_u16(), 404);
-        std::os::unix::fs::symlink("/etc/hostname", dir.join("leak.txt")).expect("symlink");
-        assert_eq!(static_file(&dir, "/leak.txt").0.as_u16(), 404);
-        let _ = std::fs::remove_file(&beside);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 }

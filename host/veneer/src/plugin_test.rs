@@ -6,7 +6,8 @@
 //! ```text
 //! fixtures/returning-visitor/
 //!   case.toml      the request, the visitor, the instant, the plugin's parameters
-//!   origin.html    what the origin answers (or origin.json)
+//!   origin.html    what the origin answers (or origin.json, or `origin = "../page.html"`
+//!                  in case.toml for a page several cases share)
 //!   expected.txt   the answer, the events and the faults, as `veneer plugin run` prints them
 //! ```
 //!
@@ -56,6 +57,9 @@ struct CaseFile {
     language: Option<String>,
     /// The origin's status.
     status: Option<u16>,
+    /// The origin's answer from a file shared between cases (relative to the case folder;
+    /// `.json` is served as JSON, anything else as HTML), instead of origin.html/origin.json.
+    origin: Option<PathBuf>,
 }
 
 /// How one case went.
@@ -84,15 +88,24 @@ fn read_case(dir: &Path) -> anyhow::Result<Visit> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", case_path.display())),
     };
     let (html, json) = (dir.join("origin.html"), dir.join("origin.json"));
-    let (origin, is_json) = match (html.is_file(), json.is_file()) {
-        (true, false) => (html, false),
-        (false, true) => (json, true),
-        (true, true) => bail!(
+    let (origin, is_json) = match (&case.origin, html.is_file(), json.is_file()) {
+        (Some(shared), false, false) => {
+            let file = dir.join(shared);
+            let is_json = file.extension().is_some_and(|e| e == "json");
+            (file, is_json)
+        }
+        (Some(_), _, _) => bail!(
+            "{}: origin is set and the folder has its own origin file; keep one",
+            case_path.display()
+        ),
+        (None, true, false) => (html, false),
+        (None, false, true) => (json, true),
+        (None, true, true) => bail!(
             "{}: both origin.html and origin.json; keep one",
             dir.display()
         ),
-        (false, false) => bail!(
-            "{}: no origin.html or origin.json (what the origin answers)",
+        (None, false, false) => bail!(
+            "{}: no origin.html or origin.json (what the origin answers), and no `origin` in case.toml",
             dir.display()
         ),
     };

@@ -219,20 +219,19 @@ is in the host's log). Parameters come from the deployment (`config("selector")`
             ),
         ),
         (".gitignore", "/target\n".to_owned()),
-        ("fixtures/returning-visitor/origin.html", ORIGIN.to_owned()),
+        ("fixtures/page.html", ORIGIN.to_owned()),
         (
             "fixtures/returning-visitor/case.toml",
             "# A returning visitor on a phone. Every field is optional: path, headers, params,\n\
-             # rules, fragments, segments, variations, consent, at, device, country, language, status.\n\
-             segments = [\"returning\"]\ndevice = \"mobile\"\n"
+             # rules, fragments, segments, variations, consent, at, device, country, language, status, origin.\n\
+             segments = [\"returning\"]\ndevice = \"mobile\"\norigin = \"../page.html\"\n"
                 .to_owned(),
         ),
         ("fixtures/returning-visitor/expected.txt", expected(true)),
-        ("fixtures/first-visit/origin.html", ORIGIN.to_owned()),
         (
             "fixtures/first-visit/case.toml",
             "# A first visit, with the greeting moved by the plugin's parameter.\n\
-             params = { selector = \"main p\" }\n"
+             params = { selector = \"main p\" }\norigin = \"../page.html\"\n"
                 .to_owned(),
         ),
         ("fixtures/first-visit/expected.txt", expected(false)),
