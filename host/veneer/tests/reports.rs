@@ -216,8 +216,10 @@ fn cookie_of(a: &Answer) -> Option<String> {
         .and_then(|c| c.split(';').next().map(str::to_owned))
 }
 
-fn data_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("veneer-reports-{}", std::process::id()));
+/// A fresh folder for one test: the tests run in parallel, so each has its own (a shared one
+/// was removed by one test while the other was starting in it).
+fn data_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("veneer-reports-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     dir
@@ -229,7 +231,7 @@ const BOT: &str = "Googlebot/2.1 (+http://www.google.com/bot.html)";
 
 #[test]
 fn conversions_are_attributed_to_the_variation_seen_and_reports_survive_a_restart() {
-    let dir = data_dir();
+    let dir = data_dir("experiments");
     let origin = origin();
     let v = start(&dir, origin);
 
@@ -607,8 +609,7 @@ fn campaign_report(v: &Veneer, campaign: &str) -> serde_json::Value {
 
 #[test]
 fn campaigns_follow_the_channel_stop_at_their_cap_and_report_reach_conversions_and_roi() {
-    let dir = data_dir().join("campaigns");
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = data_dir("campaigns");
     let origin = origin();
     let v = start(&dir, origin);
     let shown = |a: &Answer| -> Option<String> {
