@@ -13,6 +13,7 @@ use clap::Args;
 
 use crate::app::App;
 use crate::config::Config;
+use crate::plugin_run::{absolute, key_value, params_table, toml_str};
 
 /// `veneer dev`.
 #[derive(Args)]
@@ -149,10 +150,6 @@ impl Source {
     }
 }
 
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
-}
-
 /// The development host's config: one tenant for `localhost`, the plugins as last built.
 fn config_text(
     args: &DevArgs,
@@ -160,18 +157,12 @@ fn config_text(
     sources: &[Source],
     work: &Path,
 ) -> anyhow::Result<String> {
-    let abs = |p: &Path| {
-        std::fs::canonicalize(p)
-            .with_context(|| format!("{}", p.display()))
-            .map(|p| toml_str(&p.to_string_lossy()))
-    };
-    let mut params = String::new();
-    for p in &args.params {
-        let (k, v) = p
-            .split_once('=')
-            .with_context(|| format!("--param {p:?}: KEY=VALUE expected"))?;
-        params.push_str(&format!("{} = {}, ", toml_str(k), toml_str(v)));
-    }
+    let abs = |p: &Path| absolute(p).map(|p| toml_str(&p.to_string_lossy()));
+    let params = args
+        .params
+        .iter()
+        .map(|p| key_value("--param", p, '=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ncookie_secret = \"veneer-dev-0123456789abcdef0123456789abcdef\"\n\
          cache_dir = {}\nanalytics_log = {}\n\n\
@@ -204,10 +195,10 @@ fn config_text(
         }
         names.push(name.clone());
         text.push_str(&format!(
-            "[[tenant.plugin]]\nname = {}\npath = {}\nparams = {{ {} }}\n",
+            "[[tenant.plugin]]\nname = {}\npath = {}\nparams = {}\n",
             toml_str(&name),
             abs(wasm)?,
-            params.trim_end_matches(", ")
+            params_table(&params)
         ));
     }
     Ok(text)

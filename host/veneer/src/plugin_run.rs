@@ -73,15 +73,31 @@ fn user_agent(device: &str) -> anyhow::Result<&'static str> {
     })
 }
 
-fn toml_str(s: &str) -> String {
+/// `s` as a TOML string.
+pub(crate) fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
-fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+/// `p` made absolute (it must exist), so a generated config can live elsewhere.
+pub(crate) fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     std::fs::canonicalize(p).with_context(|| format!("{}", p.display()))
 }
 
-fn key_value<'a>(flag: &str, s: &'a str, sep: char) -> anyhow::Result<(&'a str, &'a str)> {
+/// Plugin parameters as an inline TOML table, `{ k = "v", ... }`.
+pub(crate) fn params_table(params: &[(String, String)]) -> String {
+    let pairs: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{} = {}", toml_str(k), toml_str(v)))
+        .collect();
+    format!("{{ {} }}", pairs.join(", "))
+}
+
+/// Splits a `KEY<sep>VALUE` argument of `flag`.
+pub(crate) fn key_value<'a>(
+    flag: &str,
+    s: &'a str,
+    sep: char,
+) -> anyhow::Result<(&'a str, &'a str)> {
     s.split_once(sep)
         .map(|(k, v)| (k.trim(), v.trim()))
         .with_context(|| format!("{flag} {s:?}: KEY{sep}VALUE expected"))
@@ -240,10 +256,6 @@ pub async fn visit(file: &Path, v: &Visit, work: &Path) -> anyhow::Result<Outcom
     // cases leaves no origin or host behind.
     let _origin_task = AbortOnDrop(serve_page(v.origin.clone(), origin));
 
-    let mut params = String::new();
-    for (k, val) in &v.params {
-        params.push_str(&format!("{} = {}, ", toml_str(k), toml_str(val)));
-    }
     let mut tenant = format!(
         "[[tenant]]\nname = \"run\"\nhosts = [\"plugin.run\"]\norigin = \"http://{origin_addr}\"\n\
          geo_header = \"x-veneer-run-country\"\n"
@@ -290,9 +302,9 @@ pub async fn visit(file: &Path, v: &Visit, work: &Path) -> anyhow::Result<Outcom
     }
     tenant.push_str(&format!(
         "[tenant.limits]\nrequests_per_second_per_client = 0\n\
-         [[tenant.plugin]]\nname = \"plugin\"\npath = {}\nparams = {{ {} }}\n",
+         [[tenant.plugin]]\nname = \"plugin\"\npath = {}\nparams = {}\n",
         toml_str(&absolute(file)?.to_string_lossy()),
-        params.trim_end_matches(", ")
+        params_table(&v.params)
     ));
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let events = work.join(format!("events-{run_id}.jsonl"));
