@@ -73,6 +73,62 @@ fn text(status: StatusCode, body: String) -> Response<AdminBody> {
     r
 }
 
+fn redirect(to: &'static str) -> Response<AdminBody> {
+    let mut r = text(StatusCode::PERMANENT_REDIRECT, String::new());
+    r.headers_mut()
+        .insert(header::LOCATION, header::HeaderValue::from_static(to));
+    r
+}
+
+/// A file of the dashboard. It holds no data, so it needs no token: the page signs in and
+/// sends the token with each API call.
+fn dashboard(method: &Method, name: &str, headers: &http::HeaderMap) -> Response<AdminBody> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = error(&ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the dashboard's files are read with GET",
+        ));
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let Some(asset) = crate::dashboard::asset(name) else {
+        return error(&ApiError::new(StatusCode::NOT_FOUND, "not found"));
+    };
+    // The binary's files change only with the binary: a browser revalidates, and a matching
+    // tag saves sending the rules engine again.
+    let etag = crate::dashboard::etag(asset.bytes);
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let mut r = if fresh {
+        text(StatusCode::NOT_MODIFIED, String::new())
+    } else if method == Method::HEAD {
+        text(StatusCode::OK, String::new())
+    } else {
+        Response::new(Full::new(Bytes::from_static(asset.bytes)))
+    };
+    let h = r.headers_mut();
+    let set = |h: &mut http::HeaderMap, name: header::HeaderName, value: &str| {
+        if let Ok(v) = header::HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    };
+    set(h, header::CONTENT_TYPE, asset.content_type);
+    set(h, header::ETAG, &etag);
+    set(h, header::CACHE_CONTROL, "no-cache");
+    set(
+        h,
+        header::CONTENT_SECURITY_POLICY,
+        crate::dashboard::CONTENT_SECURITY_POLICY,
+    );
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(h, header::REFERRER_POLICY, "no-referrer");
+    set(h, header::X_FRAME_OPTIONS, "DENY");
+    r
+}
+
 /// Serves the admin listener on `listener` until the task is aborted.
 pub fn serve(
     app: Arc<App>,
@@ -149,7 +205,11 @@ impl Admin {
                     )
                 };
             }
+            "/dashboard" => return redirect("/dashboard/"),
             _ => {}
+        }
+        if let Some(name) = path.strip_prefix("/dashboard/") {
+            return dashboard(req.method(), name, req.headers());
         }
         if !path.starts_with("/v1/") && path != "/v1" {
             return error(&ApiError::new(StatusCode::NOT_FOUND, "not found"));
@@ -351,6 +411,15 @@ impl Admin {
                 let v = crate::preview::create(c.app(), t, &body)
                     .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
                 Ok((StatusCode::CREATED, v))
+            }
+            ("GET", ["tenants", t, "reports", "segments"]) => {
+                let (app, t) = (c.app().clone(), (*t).to_owned());
+                let report = tokio::task::spawn_blocking(move || crate::report::segments(&app, &t))
+                    .await
+                    .map_err(|e| {
+                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                    })??;
+                ok(report)
             }
             ("GET", ["tenants", t, "reports", "campaigns", id]) => {
                 let goal = parse_query(query)

@@ -600,10 +600,10 @@ impl Api {
     }
 }
 
-/// `veneer report`: an experiment's or a campaign's results as a readable table (or the API's
-/// JSON).
+/// `veneer report`: an experiment's or a campaign's results, or the tenant's segment sizes, as a
+/// readable table (or the API's JSON).
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("subject").required(true).args(["experiment", "campaign"])))]
+#[command(group(clap::ArgGroup::new("subject").required(true).args(["experiment", "campaign", "segments"])))]
 pub struct ReportArgs {
     /// The admin listener, e.g. `http://127.0.0.1:9090`.
     #[arg(long, env = "VENEER_ADMIN_URL")]
@@ -620,9 +620,12 @@ pub struct ReportArgs {
     /// The campaign's id.
     #[arg(long)]
     pub campaign: Option<String>,
-    /// The goal conversions are counted for.
+    /// Visitors per segment, among those exposed to an experiment or a campaign holdout.
     #[arg(long)]
-    pub goal: String,
+    pub segments: bool,
+    /// The goal conversions are counted for (with --experiment or --campaign).
+    #[arg(long, required_unless_present = "segments")]
+    pub goal: Option<String>,
     /// `bayesian` (chance to win, risk) or `frequentist` (p-value).
     #[arg(long, default_value = "bayesian")]
     pub engine: String,
@@ -635,7 +638,17 @@ pub struct ReportArgs {
 pub async fn report(args: ReportArgs) -> anyhow::Result<String> {
     let api = Api::from_args(args.url, args.token)?;
     let tenant = percent_encode(&args.tenant);
-    let goal = percent_encode(&args.goal);
+    if args.segments {
+        let v = api
+            .get(&format!("/v1/tenants/{tenant}/reports/segments"))
+            .await?;
+        return Ok(if args.json {
+            pretty(&v)
+        } else {
+            segments_table(&v)
+        });
+    }
+    let goal = percent_encode(args.goal.as_deref().unwrap_or_default());
     let (path, campaign) = match (&args.experiment, &args.campaign) {
         (Some(e), _) => (
             format!(
@@ -663,6 +676,44 @@ pub async fn report(args: ReportArgs) -> anyhow::Result<String> {
     } else {
         report_table(&v)
     })
+}
+
+/// Segment sizes as a marketer reads them.
+pub fn segments_table(v: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let total = v["exposed_visitors"].as_u64().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "tenant {}: {total} visitor(s) exposed to experiments or holdouts",
+        v["tenant"].as_str().unwrap_or("?")
+    );
+    let segments = v["segments"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let width = segments
+        .iter()
+        .filter_map(|s| s["segment"].as_str())
+        .map(|s| s.chars().count())
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:>9}  {:>6}",
+        "segment", "visitors", "share"
+    );
+    for s in segments {
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>9}  {:>5.1}%",
+            s["segment"].as_str().unwrap_or("?"),
+            s["visitors"].as_u64().unwrap_or(0),
+            s["share"].as_f64().unwrap_or(0.0) * 100.0
+        );
+    }
+    out
 }
 
 /// A campaign report as a marketer reads it.

@@ -310,6 +310,32 @@ pub struct PeriodFigures {
 }
 
 impl Ledger {
+    /// How many distinct visitors (bots left out) were exposed to any experiment or campaign
+    /// holdout, and of them how many were in each of `segments` when exposed.
+    pub fn segment_sizes(
+        &self,
+        tenant: &str,
+        segments: &[String],
+    ) -> anyhow::Result<(u64, Vec<u64>)> {
+        let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let total: i64 = conn.query_row(
+            "SELECT COUNT(DISTINCT visitor) FROM exposures WHERE tenant = ?1 AND bot = 0",
+            params![tenant],
+            |r| r.get(0),
+        )?;
+        // Segments are stored as ",a,b,": instr, unlike LIKE, takes any name literally.
+        let mut stmt = conn.prepare_cached(
+            "SELECT COUNT(DISTINCT visitor) FROM exposures
+             WHERE tenant = ?1 AND bot = 0 AND instr(segments, ',' || ?2 || ',') > 0",
+        )?;
+        let mut sizes = Vec::with_capacity(segments.len());
+        for name in segments {
+            let n: i64 = stmt.query_row(params![tenant, name], |r| r.get(0))?;
+            sizes.push(u64::try_from(n).unwrap_or(0));
+        }
+        Ok((u64::try_from(total).unwrap_or(0), sizes))
+    }
+
     /// A campaign's figures for one goal: a conversion counts if it came within
     /// `window_days` after one of the visitor's impressions.
     pub fn campaign_figures(

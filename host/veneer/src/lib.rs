@@ -18,6 +18,7 @@ pub mod cache;
 pub mod charset;
 pub mod config;
 pub mod control;
+pub mod dashboard;
 pub mod demo;
 pub mod dev;
 pub mod framing;

@@ -210,6 +210,42 @@ fn analysis(v: &[VariationFigures], metric: Metric, engine: EngineKind, weights:
     }
 }
 
+/// How many visitors each of the tenant's segments holds, counted among the visitors exposed
+/// to an experiment or a campaign holdout (the ledger records segments with exposures only).
+pub fn segments(app: &App, tenant: &str) -> Result<Value, ApiError> {
+    let t = app.tenant_named(tenant).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no tenant {tenant:?} is serving"),
+        )
+    })?;
+    let ledger = ledger(app)?;
+    ledger.flush();
+    let names = t.rules.segment_names().to_vec();
+    let (total, sizes) = ledger.segment_sizes(tenant, &names).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the ledger: {e:#}"),
+        )
+    })?;
+    let per_segment: Vec<Value> = names
+        .iter()
+        .zip(sizes)
+        .map(|(name, visitors)| {
+            json!({
+                "segment": name,
+                "visitors": visitors,
+                "share": if total == 0 { 0.0 } else { visitors as f64 / total as f64 },
+            })
+        })
+        .collect();
+    Ok(json!({
+        "tenant": tenant,
+        "exposed_visitors": total,
+        "segments": per_segment,
+    }))
+}
+
 /// The report of campaign `id` of `tenant` for goal `goal`: impressions, reach, conversions
 /// within the campaign's attribution window after an impression, their value, and the return
 /// on the campaign's cost, by day and by channel.

@@ -4,13 +4,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, origin};
+use common::{Answer, free_port, origin, send};
 
 const OPERATOR: &str = "operator-secret-0123456789";
 
@@ -98,58 +97,6 @@ fn start(dir: &Path, origin: SocketAddr) -> Veneer {
         std::thread::sleep(Duration::from_millis(50));
     }
     v
-}
-
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-        })
-    }
-}
-
-fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    host: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Answer {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return Answer {
-            status: 0,
-            head: String::new(),
-            body: String::new(),
-        };
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {host}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = s.write_all(head.as_bytes());
-    let _ = s.write_all(body);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    Answer {
-        status: text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0),
-        head: head.to_owned(),
-        body: body.to_owned(),
-    }
 }
 
 /// A visitor: the cookie the host gave them and the variation they saw.

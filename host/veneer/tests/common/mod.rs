@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 /// The page every request to [`origin`] gets: two slots a banner can go into.
@@ -47,4 +47,62 @@ pub fn origin() -> SocketAddr {
         }
     });
     addr
+}
+
+/// A response as the tests read it.
+pub struct Answer {
+    /// Its status (0 when the connection failed).
+    pub status: u16,
+    /// Its status line and headers.
+    pub head: String,
+    /// Its body.
+    pub body: String,
+}
+
+impl Answer {
+    /// The first header named `name`.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection, read to its end.
+pub fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return Answer {
+            status: 0,
+            head: String::new(),
+            body: String::new(),
+        };
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {host}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(body);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Answer {
+        status: text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0),
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
 }
