@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rustup target add wasm32-wasip2
+# Plugins are built for wasm32-wasip2; the dashboard's rules engine for wasm32-unknown-unknown.
+rustup target add wasm32-wasip2 wasm32-unknown-unknown
 CARGO_TARGET_DIR=target/plugins cargo build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release
 cargo build -p veneer
 # The public-domain country database (visitor.country from the client address); the demo

@@ -5,11 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rustup target add wasm32-wasip2
-# The JavaScript example plugin is built with componentize-js from npm (plugins/js-greeter).
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+# Plugins are built for wasm32-wasip2; the dashboard's rules engine for the browser for
+# wasm32-unknown-unknown (host/veneer/build.rs).
+rustup target add wasm32-wasip2 wasm32-unknown-unknown
+# The JavaScript example plugin is built with componentize-js from npm (plugins/js-greeter);
+# the dashboard's tests drive Debian's headless Chromium through chromedriver.
+missing=()
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-  $sudo apt-get update -qq && $sudo apt-get install -y -qq nodejs npm >/dev/null
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 rustup component add clippy rustfmt
 # The country database the geo tests read (from the npm registry; see tests/geoip.sh).

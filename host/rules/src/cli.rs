@@ -133,10 +133,12 @@ fn decide(
             ctx.saved_groups = Some(rules.saved_groups());
             let a = exp.run(&mut ctx);
             let variation = if a.in_experiment { a.variation_id } else { 0 };
-            let name = usize::try_from(variation).ok().and_then(|i| {
-                let meta = exp.spec.meta.as_ref()?.get(i)?;
-                meta.name.clone().or_else(|| meta.key.clone())
-            });
+            let name = exp
+                .spec
+                .meta
+                .as_ref()
+                .and_then(|m| m.get(variation))
+                .and_then(|meta| meta.name.clone().or_else(|| meta.key.clone()));
             json!({
                 "key": exp.spec.key,
                 "variation": variation,

@@ -47,6 +47,9 @@ enum Command {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where the admin API and the dashboard listen.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
         /// A MaxMind-format country database (examples/demo.sh installs one).
         #[arg(long)]
         geoip: Option<PathBuf>,
@@ -165,7 +168,11 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve { config } => run_async(serve(config)),
-        Command::Demo { listen, geoip } => run_async(run_demo(listen, geoip)),
+        Command::Demo {
+            listen,
+            admin_listen,
+            geoip,
+        } => run_async(run_demo(listen, admin_listen, geoip)),
         Command::Dev(args) => run_async(veneer::dev::run(*args)),
         Command::Rules {
             command: RulesCommand::Eval,
@@ -410,7 +417,11 @@ fn examples_dir() -> PathBuf {
     dir.canonicalize().unwrap_or(dir)
 }
 
-async fn run_demo(listen: SocketAddr, geoip: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run_demo(
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    geoip: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let dir = examples_dir();
     let origin = server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let origin_addr = origin.local_addr()?;
@@ -424,6 +435,14 @@ async fn run_demo(listen: SocketAddr, geoip: Option<PathBuf>) -> anyhow::Result<
     for t in &mut config.tenants {
         t.origin = format!("http://{origin_addr}");
     }
+    // A state store of its own for each run (reports start empty, the config is read afresh)
+    // and an operator token nobody else knows, handed over in the dashboard link.
+    let state = veneer::private_dir::PrivateDir::create("demo")?;
+    config.server.data_dir = Some(state.path().to_path_buf());
+    config.server.admin_listen = Some(admin_listen);
+    let token = std::env::var("VENEER_ADMIN_TOKEN")
+        .unwrap_or_else(|_| format!("demo-{}", uuid::Uuid::new_v4().simple()));
+    config.server.admin_token = Some(token.clone());
     let base = format!("http://{listen}");
     println!("Veneer demo shop: origin on http://{origin_addr}, Veneer on {base}\n");
     println!("Open {base}/ and {base}/products in a browser, or compare segments with curl:\n");
@@ -449,7 +468,13 @@ async fn run_demo(listen: SocketAddr, geoip: Option<PathBuf>) -> anyhow::Result<
         "\nAnalytics events are appended to {}",
         dir.join("analytics.jsonl").display()
     );
-    start(config).await
+    println!(
+        "\nThe dashboard (campaigns, experiment results, segment tester; reports fill as you browse):\n  \
+         http://{admin_listen}/dashboard/#token={token}"
+    );
+    let result = start(config).await;
+    drop(state);
+    result
 }
 
 /// A JSON-lines protocol: each non-blank line of stdin answered by one line of stdout, flushed

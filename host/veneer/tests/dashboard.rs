@@ -338,7 +338,7 @@ async fn the_dashboard_shows_one_tenant_its_reports_and_the_edges_own_decisions(
         )
         .await;
         assert_eq!(
-            number(cell.text().await.expect("text").trim()),
+            number(&attr(&cell, "data-value").await),
             s["visitors"].as_f64().expect("visitors"),
             "segment {name}"
         );
@@ -376,7 +376,8 @@ async fn the_dashboard_shows_one_tenant_its_reports_and_the_edges_own_decisions(
             );
         }
     }
-    let uplift = &report["conversion_rate"][1];
+    // The statistics compare each variation with the control: the first entry is variation 1.
+    let uplift = &report["conversion_rate"][0];
     let cell = wait_css(
         &c,
         "#experiment-table [data-variation='1'] [data-field='uplift']",
