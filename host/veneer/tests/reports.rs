@@ -366,6 +366,11 @@ fn conversions_are_attributed_to_the_variation_seen_and_reports_survive_a_restar
     );
     let before = report(&v, "purchase");
     check(&before);
+    // Segment sizes count the same exposed visitors (the bot left out), each once.
+    let sizes = report_of(&v, &["--segments"]);
+    assert_eq!(sizes["segments"][0]["segment"], "mobile", "{sizes}");
+    assert_eq!(sizes["segments"][0]["visitors"], 10, "{sizes}");
+    assert_eq!(sizes["exposed_visitors"], 41, "{sizes}");
     let stats = &before["conversion_rate"][0];
     assert!(
         stats["p_value"].as_f64().is_some() && stats["chance_to_win"].as_f64().is_some(),
