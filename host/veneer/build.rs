@@ -45,13 +45,28 @@ fn main() {
         .ancestors()
         .nth(4)
         .map_or_else(|| out.join("rules-web-target"), |t| t.join("rules-web"));
+    for var in [
+        "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS",
+        "CARGO_PROFILE_RELEASE_OPT_LEVEL",
+        "CARGO_PROFILE_RULES_WEB_OPT_LEVEL",
+    ] {
+        println!("cargo::rerun-if-env-changed={var}");
+    }
+    std::fs::create_dir_all(&target_dir)
+        .unwrap_or_else(|e| fail(&format!("creating {}: {e}", target_dir.display())));
+    // Two builds of the host (two profiles, or build and clippy at once) run this script side
+    // by side: cargo's own lock keeps their compilations apart, this one keeps either from
+    // reading the module while the other rewrites it.
+    let lock = std::fs::File::create(target_dir.join(".veneer-build.lock"))
+        .unwrap_or_else(|e| fail(&format!("creating the build lock: {e}")));
+    lock.lock()
+        .unwrap_or_else(|e| fail(&format!("taking the build lock: {e}")));
     let mut cargo = Command::new(env("CARGO"));
     cargo
         .current_dir(&root)
         .args([
             "build",
             "--locked",
-            "--quiet",
             "--package",
             "veneer-rules-web",
             "--lib",
@@ -62,17 +77,42 @@ fn main() {
             "--target-dir",
         ])
         .arg(&target_dir);
-    // What the caller's cargo set for its own compilation (clippy's wrapper, flags for the
-    // host target) must not reach a build for another target.
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-    ] {
-        cargo.env_remove(var);
+    // What cargo told this script about the host's own compilation (its cfg, features, flags,
+    // clippy's wrapper, coverage) must not reach a build for another target.
+    for (var, _) in std::env::vars_os() {
+        let Some(name) = var.to_str() else { continue };
+        let leaks = [
+            "CARGO_CFG_",
+            "CARGO_FEATURE_",
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_LLVM_COV",
+            "DEP_",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+            || [
+                "RUSTFLAGS",
+                "CARGO_ENCODED_RUSTFLAGS",
+                "CARGO_BUILD_RUSTFLAGS",
+                "RUSTC_WORKSPACE_WRAPPER",
+                "CARGO_TARGET_DIR",
+                "CARGO_BUILD_TARGET",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_CRATE_NAME",
+                "OUT_DIR",
+                "TARGET",
+                "HOST",
+                "NUM_JOBS",
+                "OPT_LEVEL",
+                "PROFILE",
+                "DEBUG",
+                "RUSTC_LINKER",
+            ]
+            .contains(&name);
+        if leaks {
+            cargo.env_remove(&var);
+        }
     }
     match cargo.status() {
         Ok(s) if s.success() => {}

@@ -17,18 +17,3 @@ pub fn evaluate(line: &str) -> String {
 pub fn version() -> String {
     env!("CARGO_PKG_VERSION").to_owned()
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn answers_as_the_command_line_does() {
-        let line = r#"{"op":"hash","seed":"","value":"a","version":1}"#;
-        assert_eq!(
-            evaluate(line),
-            veneer_rules::cli::eval_line(line).to_string()
-        );
-        assert!(evaluate("{").contains("invalid request"));
-    }
-}

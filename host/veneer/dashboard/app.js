@@ -279,6 +279,7 @@ $('signin').addEventListener('submit', async (e) => {
       sessionStorage.setItem(TOKEN_KEY, value);
       input.value = '';
       enter(data);
+      view.focus();
     } else {
       error.textContent = data?.error ?? `Sign-in failed (HTTP ${res.status}).`;
     }
@@ -289,6 +290,8 @@ $('signin').addEventListener('submit', async (e) => {
     submit.textContent = 'Sign in';
   }
 });
+// Until this script runs the button stays disabled, so the form is never sent natively.
+$('signin-submit').disabled = false;
 $('signout').addEventListener('click', () => signOut('You are signed out.'));
 $('tenant').addEventListener('change', (e) => { location.hash = hashFor(e.target.value); });
 $('skip').addEventListener('click', (e) => { e.preventDefault(); view.focus(); }); // "#view" is not a route
@@ -318,7 +321,12 @@ const variationLabel = (exp, i) => {
   const v = exp?.variations?.[i];
   return clip(typeof v === 'string' ? v : JSON.stringify(v) ?? String(i), 40);
 };
-const campaignStatus = (c, now = Date.now()) => (now < Date.parse(c.start) ? 'scheduled' : now < Date.parse(c.end) ? 'live' : 'ended');
+const campaignStatus = (c, now = Date.now()) => {
+  const [start, end] = [Date.parse(c.start), Date.parse(c.end)];
+  // An instant this browser cannot read (an RFC 9557 zone suffix, say) is not a verdict.
+  if (!Number.isFinite(start) || !Number.isFinite(end)) return 'unknown';
+  return now < start ? 'scheduled' : now < end ? 'live' : 'ended';
+};
 const experimentHref = (t, key, goal, engine = 'bayesian') => hashFor(t.name, `/experiment/${enc(key)}`, { goal, engine });
 const campaignHref = (t, id, goal) => hashFor(t.name, `/campaign/${enc(id)}`, { goal });
 
@@ -386,7 +394,7 @@ function timeTicks(t0, t1, fit) {
 }
 
 // Campaign timeline: one bar per campaign on a shared time axis that also includes now.
-function timelineChart(t, campaigns, goal) {
+function timelineChart(t, campaigns, linkTo) {
   const rows = campaigns.filter((c) => Number.isFinite(Date.parse(c.start)) && Number.isFinite(Date.parse(c.end)));
   if (!rows.length) return null;
   const now = Date.now();
@@ -413,9 +421,9 @@ function timelineChart(t, campaigns, goal) {
     const name = c.name || c.id;
     const summary = `${name}: ${status}, ${DTF.format(start)} to ${DTF.format(end)}`;
     el.append(s('text', { class: 'label', x: 0, y: y + rowH / 2 + 4 }, clip(name, Math.floor(labelW / 7.5))),
-      s('a', { href: campaignHref(t, c.id, goal), 'aria-label': summary },
+      linkTo(s('a', { 'aria-label': summary },
         s('rect', { class: `bar ${status}`, 'data-campaign': c.id, x: x(start), y: y + 6, width: Math.max(3, x(end) - x(start)), height: rowH - 12, rx: 3 },
-          s('title', {}, summary))));
+          s('title', {}, summary))), (g) => campaignHref(t, c.id, g)));
   });
   el.append(s('line', { class: 'now', x1: x(now), x2: x(now), y1: top - 6, y2: bottom }),
     s('text', { class: 'now-label', x: x(now), y: top - 10, 'text-anchor': 'middle' }, 'now'));
@@ -521,6 +529,13 @@ async function overviewPage(ctx) {
     links.push(set);
     return a;
   };
+  // The timeline's links are SVG anchors, whose href is an attribute.
+  const svgLink = (a, hrefOf) => {
+    const set = () => a.setAttribute('href', hrefOf(goal));
+    set();
+    links.push(set);
+    return a;
+  };
   const picker = goalPicker(ctx, (g) => {
     goal = g;
     history.replaceState(null, '', hashFor(t.name, '', { goal: g }));
@@ -554,7 +569,7 @@ async function overviewPage(ctx) {
     const now = Date.now();
     fill(campaignsBox,
       h('p', { class: 'note' }, 'Times are shown in your time zone. A campaign is live from its start up to (not including) its end.'),
-      timelineChart(t, campaigns, goal),
+      timelineChart(t, campaigns, svgLink),
       table('campaigns', 'Campaigns', ['Campaign', 'Status', 'Starts', 'Ends', 'Audience', 'Channels', 'Priority'],
         campaigns.map((c) => {
           const status = campaignStatus(c, now);
@@ -586,20 +601,22 @@ async function overviewPage(ctx) {
 
   const segmentNames = Object.keys(rules.segments ?? {});
   const sizes = sizesR.status === 'fulfilled' ? sizesR.value : null;
-  const byName = new Map((sizes?.segments ?? []).map((x) => [x.segment, x.visitors]));
+  const byName = new Map((sizes?.segments ?? []).map((x) => [x.segment, x]));
   fill(segmentsBox,
     sizes
       ? h('p', { class: 'note' }, `Counts only visitors seen in experiments (${int(sizes.exposed_visitors)} so far), by the segments they were in when first exposed. Visitors who never entered an experiment are not counted.`)
       : errorBox(`Segment sizes are unavailable: ${sizesR.reason.message}`),
     segmentNames.length
       ? table('segments', 'Segment sizes', ['Segment', 'Condition', 'Visitors', 'Share of exposed'], segmentNames.map((name) => {
-        const visitors = sizes ? byName.get(name) ?? 0 : null;
-        const share = sizes && sizes.exposed_visitors > 0 ? visitors / sizes.exposed_visitors : null;
+        // As the report has them: a segment the report does not list (rules changed since the
+        // page loaded) shows as unknown, not as zero.
+        const visitors = byName.get(name)?.visitors ?? null;
+        const share = byName.get(name)?.share ?? null;
         return h('tr', { 'data-segment': name },
           h('th', { scope: 'row' }, name),
           h('td', {}, h('code', {}, clip(JSON.stringify(rules.segments[name]), 120))),
           h('td', { class: 'num', 'data-field': 'visitors', 'data-value': visitors }, visitors == null ? '—' : int(visitors)),
-          h('td', { class: 'num' }, pct(share)));
+          h('td', { class: 'num', 'data-field': 'share', 'data-value': share }, pct(share)));
       }))
       : h('p', {}, 'No segments in the rules.'));
 }
@@ -667,15 +684,17 @@ function experimentReport(r, engine, currency) {
         : h('td', { 'data-field': 'uplift' }, 'control'),
       h('td', { class: 'num', 'data-field': 'ci', 'data-low': isNum(res?.ci?.[0]) ? res.ci[0] : null, 'data-high': isNum(res?.ci?.[1]) ? res.ci[1] : null },
         i && !failed ? interval(res?.ci) : '—'),
-      i ? numCell('chance_to_win', res?.chance_to_win, pct(res?.chance_to_win), {}) : h('td', { 'data-field': 'chance_to_win' }, '—'),
-      i ? numCell('p_value', res?.p_value, pValue(res?.p_value)) : h('td', { 'data-field': 'p_value' }, '—'),
+      // With an error the engines fill in neutral values (a chance of 50 %, p = 1): not results.
+      i && !failed ? numCell('chance_to_win', res?.chance_to_win, pct(res?.chance_to_win), {}) : h('td', { 'data-field': 'chance_to_win' }, i ? 'n/a' : '—'),
+      i && !failed ? numCell('p_value', res?.p_value, pValue(res?.p_value)) : h('td', { 'data-field': 'p_value' }, i ? 'n/a' : '—'),
       numCell('value_per_user', v.value_per_user, money(v.value_per_user, currency)),
-      i ? numCell('value_uplift', vres?.expected, vres?.error_message ? 'n/a' : signedPct(vres?.expected))
+      i && !vres?.error_message ? numCell('value_uplift', vres?.expected, signedPct(vres?.expected))
+        : i ? h('td', { 'data-field': 'value_uplift' }, 'n/a')
         : h('td', { 'data-field': 'value_uplift' }, 'control'));
   });
   // The chance to beat the control, drawn as a bar beside its number.
   rows.forEach((tr, i) => {
-    const c = i ? cr[i - 1]?.chance_to_win : null;
+    const c = i && !cr[i - 1]?.error_message ? cr[i - 1]?.chance_to_win : null;
     if (isNum(c)) tr.querySelector('[data-field="chance_to_win"]').append(miniBar(c));
   });
 
@@ -701,7 +720,14 @@ function experimentReport(r, engine, currency) {
       days.length ? [panelChart({
         id: 'cumulative-chart', label: 'Cumulative users and conversions by exposure day, per variation', days: days.map((d) => d.day),
         panels: [{ title: 'Users (cumulative)', series: series('users') }, { title: 'Conversions (cumulative)', series: series('conversions') }],
-      }), legend(names.map((n, i) => `${i} · ${n}`)), h('p', { class: 'note' }, 'By exposure day (UTC).')]
+      }), legend(names.map((n, i) => `${i} · ${n}`)), h('p', { class: 'note' }, 'By exposure day (UTC).'),
+      // The same figures as a table, for screen readers and for anyone who cannot tell the
+      // lines apart.
+      h('details', {}, h('summary', {}, 'Figures by day'),
+        table('cumulative-table', 'Cumulative users and conversions by day', ['Day', ...names.map((n) => `Users · ${n}`), ...names.map((n) => `Conversions · ${n}`)],
+          days.map((d, k) => h('tr', {}, h('th', { scope: 'row' }, d.day),
+            running('users').map((v) => h('td', { class: 'num' }, int(v[k]))),
+            running('conversions').map((v) => h('td', { class: 'num' }, int(v[k])))))))]
         : h('p', {}, 'No exposures recorded yet.')),
     section('By segment', {},
       segments.length ? table('by-segment', 'Results by segment at exposure',
@@ -829,9 +855,13 @@ function holdoutSection(ho, cur) {
 
 // ---------------------------------------------------------------- segment tester
 
+// Every attribute the edge derives for a request (visitor.rs), so rules over any of them can
+// be tried; the edge computes returning and language from visitCount and locale.
 const EXAMPLE_VISITOR = {
-  id: 'visitor-1', visitCount: 2, country: 'NO', device: 'mobile', language: 'nb',
-  utm: { source: 'newsletter' }, consent: { analytics: true, personalization: true, marketing: true },
+  id: 'visitor-1', visitCount: 2, returning: true, device: 'mobile', country: 'NO',
+  locale: 'nb-NO', language: 'nb', utm: { source: 'newsletter' }, referrer: null,
+  path: '/', host: null, userAgent: null,
+  consent: { analytics: true, personalization: true, marketing: true },
 };
 // The rules engine (WebAssembly) is fetched the first time the tester opens, and only once.
 // The wasm's URL is passed explicitly: glue generated through wasm-bindgen's library (build.rs)
@@ -852,7 +882,11 @@ async function testerPage(ctx) {
   attributes.value = JSON.stringify(EXAMPLE_VISITOR, null, 2);
   const at = h('input', { id: 'at', type: 'text', autocomplete: 'off', spellcheck: 'false', 'aria-describedby': 'at-hint' });
   at.value = new Date().toISOString();
-  const channel = h('select', { id: 'channel' }, ['web', 'app', 'kiosk', 'email', 'push', 'voice'].map((c) => h('option', { value: c }, c)));
+  // The channels this tenant's requests can have: its default and its channel rules' names,
+  // and any a campaign names.
+  const channelOptions = (names) => [...new Set(names)].map((c) => h('option', { value: c }, c));
+  const tenantChannels = [t.channel ?? 'web', ...(t.channel_rule ?? []).map((r) => r.name)];
+  const channel = h('select', { id: 'channel' }, channelOptions(tenantChannels));
   const evaluateBtn = h('button', { type: 'submit', id: 'evaluate', disabled: true }, 'Evaluate');
   const error = h('div', { id: 'tester-error', role: 'alert' });
   const showError = (message) => { fill(error, h('p', { class: 'error' }, message)); fill(result); };
@@ -860,7 +894,7 @@ async function testerPage(ctx) {
   const status = h('p', { class: 'loading' }, 'Loading…');
   const form = h('form', { class: 'tester-form', id: 'tester-form' },
     h('div', { class: 'field' }, h('label', { for: 'attributes' }, 'Visitor attributes (JSON)'), attributes,
-      h('p', { class: 'note', id: 'attributes-hint' }, 'The attributes the edge knows about a visitor: id, visitCount, country, device, language, utm.*, consent.*… Ctrl+Enter evaluates.')),
+      h('p', { class: 'note', id: 'attributes-hint' }, 'The attributes the edge knows about a visitor: id, visitCount, returning, firstSeen, device, country, locale, language, utm.*, referrer, path, host, userAgent, consent.*. Ctrl+Enter evaluates.')),
     h('div', { class: 'row' },
       h('div', { class: 'field' }, h('label', { for: 'at' }, 'At (instant)'), at,
         h('span', { class: 'note', id: 'at-hint' }, 'RFC 3339, e.g. 2026-12-24T18:00:00+01:00')),
@@ -885,6 +919,10 @@ async function testerPage(ctx) {
   if (engineR.status === 'rejected') { showError(`The rules engine could not be loaded: ${engineR.reason.message}`); return; }
   const rules = rulesR.value ?? {};
   const engine = engineR.value;
+  const chosen = channel.value;
+  channel.replaceChildren(...channelOptions([...tenantChannels,
+    ...(rules.campaigns ?? []).flatMap((c) => c.channels ?? [])]));
+  channel.value = chosen;
   evaluateBtn.disabled = false;
   if (typeof engine.version === 'function') form.after(h('p', { class: 'note' }, `Rules engine ${engine.version()}.`));
 
@@ -953,6 +991,7 @@ function testerResult(t, rules, answer, raw, at) {
       c.heldOut ? badge('held out') : badge('shown')))),
     live.length ? null : h('p', {}, 'No campaign is live for this visitor at that instant on that channel.'),
     h('div', { class: 'buttons' }, button({ id: 'preview-visitor' }, 'Preview as this visitor', () => createPreview(t.name, previewBody))),
+    h('p', { class: 'note' }, 'The preview forces these segments, variations and instant; a campaign holdout still hashes your own browser’s visitor id, not the id above.'),
     h('h3', {}, 'Raw answer'),
     h('pre', { id: 'tester-json' }, raw),
   ];

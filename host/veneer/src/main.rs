@@ -283,10 +283,15 @@ fn run_async<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyh
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    start(config).await
+    let token = std::env::var("VENEER_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| config.server.admin_token.clone());
+    start(config, token).await
 }
 
-async fn start(config: Config) -> anyhow::Result<()> {
+/// Serves `config` until SIGTERM or SIGINT; `admin_token` is the bootstrap operator token.
+async fn start(config: Config, admin_token: Option<String>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
@@ -297,10 +302,7 @@ async fn start(config: Config) -> anyhow::Result<()> {
     let app = Arc::new(App::build_with(&config, store.is_none())?);
     let control = match store {
         Some(store) => {
-            let token = std::env::var("VENEER_ADMIN_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty())
-                .or_else(|| config.server.admin_token.clone());
+            let token = admin_token;
             if token.is_none() {
                 tracing::warn!(
                     "no VENEER_ADMIN_TOKEN (or [server] admin_token): only tokens already in the store can use the admin API"
@@ -440,9 +442,8 @@ async fn run_demo(
     let state = veneer::private_dir::PrivateDir::create("demo")?;
     config.server.data_dir = Some(state.path().to_path_buf());
     config.server.admin_listen = Some(admin_listen);
-    let token = std::env::var("VENEER_ADMIN_TOKEN")
-        .unwrap_or_else(|_| format!("demo-{}", uuid::Uuid::new_v4().simple()));
-    config.server.admin_token = Some(token.clone());
+    // Fresh each run, never an exported VENEER_ADMIN_TOKEN: the link below is printed.
+    let token = format!("demo-{}", uuid::Uuid::new_v4().simple());
     let base = format!("http://{listen}");
     println!("Veneer demo shop: origin on http://{origin_addr}, Veneer on {base}\n");
     println!("Open {base}/ and {base}/products in a browser, or compare segments with curl:\n");
@@ -472,7 +473,7 @@ async fn run_demo(
         "\nThe dashboard (campaigns, experiment results, segment tester; reports fill as you browse):\n  \
          http://{admin_listen}/dashboard/#token={token}"
     );
-    let result = start(config).await;
+    let result = start(config, Some(token)).await;
     drop(state);
     result
 }

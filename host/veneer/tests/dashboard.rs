@@ -121,10 +121,20 @@ fn wait_for(mut ready: impl FnMut() -> bool) {
     }
 }
 
+/// A visitor as the host saw them: their id (from the signed cookie), device and variation.
+struct Seen {
+    id: String,
+    mobile: bool,
+    variation: u64,
+}
+
 /// Visitors of both devices, exposed to the headline experiment; some of them buy.
-fn seed_traffic(v: &Veneer) {
+fn seed_traffic(v: &Veneer) -> Vec<Seen> {
+    let signer = veneer::visitor::CookieSigner::new(b"0123456789abcdef0123456789abcdef");
+    let mut seen = Vec::new();
     for i in 0..24 {
-        let ua = if i % 3 == 0 { MOBILE } else { DESKTOP };
+        let mobile = i % 3 == 0;
+        let ua = if mobile { MOBILE } else { DESKTOP };
         let a = send(
             v.listen,
             "GET",
@@ -138,6 +148,24 @@ fn seed_traffic(v: &Veneer) {
             .header("set-cookie")
             .and_then(|c| c.split(';').next().map(str::to_owned))
             .expect("the visitor cookie");
+        let state = cookie
+            .split_once('=')
+            .and_then(|(_, value)| signer.decode(value))
+            .expect("a cookie the host signed");
+        let variation = a
+            .header("x-veneer-experiment")
+            .and_then(|h| match h.strip_prefix("headline=") {
+                // The plugin names the variation by its meta key.
+                Some("control") => Some(0),
+                Some("new") => Some(1),
+                _ => None,
+            })
+            .expect("in the experiment");
+        seen.push(Seen {
+            id: state.id,
+            mobile,
+            variation,
+        });
         if i % 4 == 1 {
             let body = format!(r#"{{"event":"purchase","value":{}}}"#, 20 + i);
             let e = send(
@@ -151,6 +179,7 @@ fn seed_traffic(v: &Veneer) {
             assert!(e.status < 300, "{}", e.head);
         }
     }
+    seen
 }
 
 /// The admin API's answer, as `veneer report --json` and the page read it.
@@ -204,15 +233,24 @@ async fn screenshot(c: &Client, name: &str) {
 
 /// chromedriver on a free port, driving headless Chromium with Veneer as its proxy.
 async fn browser(proxy: SocketAddr) -> (Killed, Client) {
-    for tool in ["chromium", "chromedriver"] {
-        assert!(
-            Command::new(tool).arg("--version").output().is_ok(),
+    let on_path = |tool: &str| {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(tool))
+                .find(|p| p.is_file())
+        })
+    };
+    let missing = |tool: &str| {
+        format!(
             "{tool} is not installed: `apt-get install chromium chromium-driver` (tests/run.sh does)"
-        );
-    }
+        )
+    };
+    let chromium = on_path("chromium").unwrap_or_else(|| panic!("{}", missing("chromium")));
+    let chromedriver =
+        on_path("chromedriver").unwrap_or_else(|| panic!("{}", missing("chromedriver")));
     let port = free_port().port();
     let driver = Killed(
-        Command::new("chromedriver")
+        Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -224,7 +262,7 @@ async fn browser(proxy: SocketAddr) -> (Killed, Client) {
     caps.insert(
         "goog:chromeOptions".into(),
         json!({
-            "binary": "/usr/bin/chromium",
+            "binary": chromium,
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                      "--disable-dev-shm-usage", "--window-size=1280,1600",
                      format!("--proxy-server=http://{proxy}"), "--lang=en-GB"]
@@ -262,6 +300,38 @@ async fn script(c: &Client, js: &str, args: Vec<Value>) -> Value {
     c.execute(js, args).await.expect("script")
 }
 
+/// The segment tester's raw answer for `attributes` at `at`, from the page.
+async fn ask_tester(c: &Client, attributes: &Value, at: &str) -> Value {
+    script(
+        c,
+        "document.getElementById('attributes').value = arguments[0];
+         document.getElementById('at').value = arguments[1];
+         document.getElementById('tester-json')?.replaceChildren();",
+        vec![json!(attributes.to_string()), json!(at)],
+    )
+    .await;
+    c.find(Locator::Css("#evaluate"))
+        .await
+        .expect("evaluate button")
+        .click()
+        .await
+        .expect("click");
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::XPath(
+            "//*[@id='tester-json'][normalize-space(string())!='']",
+        ))
+        .await
+        .expect("an answer");
+    let shown = script(
+        c,
+        "return document.getElementById('tester-json').textContent",
+        vec![],
+    )
+    .await;
+    serde_json::from_str(shown.as_str().expect("text")).expect("JSON")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_one_tenant_its_reports_and_the_edges_own_decisions() {
     let dir = std::env::temp_dir().join(format!("veneer-dashboard-{}", std::process::id()));
@@ -271,7 +341,7 @@ async fn the_dashboard_shows_one_tenant_its_reports_and_the_edges_own_decisions(
         now: jiff::Timestamp::now(),
     };
     let v = start(&dir, origin(), &at);
-    seed_traffic(&v);
+    let seen = seed_traffic(&v);
     let shop_token = api(&v, OPERATOR, "POST", "/v1/tokens", r#"{"tenant": "shop"}"#)["token"]
         .as_str()
         .expect("token")
@@ -340,6 +410,16 @@ async fn the_dashboard_shows_one_tenant_its_reports_and_the_edges_own_decisions(
         assert_eq!(
             number(&attr(&cell, "data-value").await),
             s["visitors"].as_f64().expect("visitors"),
+            "segment {name}"
+        );
+        let share = wait_css(
+            &c,
+            &format!("#segments [data-segment='{name}'] [data-field='share']"),
+        )
+        .await;
+        assert_eq!(
+            number(&attr(&share, "data-value").await),
+            s["share"].as_f64().expect("share"),
             "segment {name}"
         );
     }
@@ -466,37 +546,24 @@ async fn the_dashboard_shows_one_tenant_its_reports_and_the_edges_own_decisions(
     ];
     for (attributes, instant) in &cases {
         let at_text = instant.to_string();
-        script(
-            &c,
-            "document.getElementById('attributes').value = arguments[0];
-             document.getElementById('at').value = arguments[1];
-             document.getElementById('tester-json').textContent = '';",
-            vec![json!(attributes.to_string()), json!(at_text)],
-        )
-        .await;
-        c.find(Locator::Css("#evaluate"))
-            .await
-            .expect("evaluate button")
-            .click()
-            .await
-            .expect("click");
-        c.wait()
-            .at_most(Duration::from_secs(20))
-            .for_element(Locator::XPath(
-                "//*[@id='tester-json'][normalize-space(string())!='']",
-            ))
-            .await
-            .expect("an answer");
-        let shown = script(
-            &c,
-            "return document.getElementById('tester-json').textContent",
-            vec![],
-        )
-        .await;
-        let shown: Value = serde_json::from_str(shown.as_str().expect("text")).expect("JSON");
+        let shown = ask_tester(&c, attributes, &at_text).await;
         let line = json!({"op": "rules", "rules": rules_doc, "attributes": attributes,
                           "at": at_text, "channel": "web"});
         assert_eq!(shown, rules_eval(&line.to_string()), "case {attributes}");
+    }
+    // And as the edge itself decided for the visitors it served: their variation and segments.
+    for visitor in seen.iter().take(8) {
+        let device = if visitor.mobile { "mobile" } else { "desktop" };
+        let attributes = json!({"id": visitor.id, "device": device, "visitCount": 1});
+        let shown = ask_tester(&c, &attributes, &at.now.to_string()).await;
+        assert_eq!(
+            shown["experiments"][0]["variation"],
+            json!(visitor.variation),
+            "visitor {}",
+            visitor.id
+        );
+        let segments = shown["segments"].as_array().expect("segments");
+        assert_eq!(segments.contains(&json!("mobile")), visitor.mobile);
     }
     let first = rules_eval(
         &json!({"op": "rules", "rules": rules_doc, "attributes": cases[0].0,
@@ -557,21 +624,74 @@ async fn the_dashboard_shows_one_tenant_its_reports_and_the_edges_own_decisions(
     let url = c.current_url().await.expect("url");
     assert!(!url.as_str().contains(OPERATOR), "{url}");
 
-    // Phone width: nothing wider than the screen.
+    // Phone width: no page wider than the screen (wide tables scroll inside themselves).
     c.set_window_size(390, 844).await.expect("resize");
-    c.goto(&format!("{base}#/t/shop")).await.expect("overview");
-    wait_css(&c, "#campaigns [data-campaign='sale']").await;
-    let overflow = script(
-        &c,
-        "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
-        vec![],
-    )
-    .await;
-    assert!(
-        overflow.as_f64() <= Some(0.0),
-        "wider than a phone by {overflow}px"
+    for (name, route, ready) in [
+        ("overview", "#/t/shop", "#campaigns [data-campaign='sale']"),
+        (
+            "experiment",
+            "#/t/shop/experiment/headline?goal=purchase",
+            "#experiment-table [data-variation='1']",
+        ),
+        (
+            "campaign",
+            "#/t/shop/campaign/sale?goal=purchase",
+            "#campaign-figures",
+        ),
+        ("tester", "#/t/shop/tester", "#tester-json"),
+    ] {
+        c.goto(&format!("{base}{route}")).await.expect("page");
+        wait_css(&c, ready).await;
+        let overflow = script(
+            &c,
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+            vec![],
+        )
+        .await
+        .as_f64()
+        .expect("a width");
+        assert!(
+            overflow <= 0.0,
+            "{name} is wider than a phone by {overflow}px"
+        );
+        screenshot(&c, &format!("{name}-phone")).await;
+    }
+    c.set_window_size(1280, 1600).await.expect("resize");
+
+    // A split far from the experiment's weights is flagged: the same traffic against weights
+    // changed to 90/10 is a sample-ratio mismatch.
+    let mut skewed = rules_doc.clone();
+    skewed["experiments"][0]["weights"] = json!([0.9, 0.1]);
+    api(
+        &v,
+        OPERATOR,
+        "PUT",
+        "/v1/tenants/shop/rules",
+        &skewed.to_string(),
     );
-    screenshot(&c, "overview-phone").await;
+    let report = api(
+        &v,
+        &shop_token,
+        "GET",
+        "/v1/tenants/shop/reports/experiments/headline?goal=purchase&engine=bayesian",
+        "",
+    );
+    assert_eq!(report["srm_warning"], json!(true), "{report}");
+    c.goto(&format!("{base}#/t/shop/experiment/headline?goal=purchase"))
+        .await
+        .expect("experiment page");
+    let warning = wait_css(&c, "#srm-warning").await;
+    assert!(warning.is_displayed().await.expect("displayed"));
+    assert!(
+        warning
+            .text()
+            .await
+            .expect("text")
+            .to_lowercase()
+            .contains("sample ratio"),
+        "the warning says what is wrong"
+    );
+    screenshot(&c, "experiment-srm").await;
 
     c.close().await.expect("close the browser");
     let _ = std::fs::remove_dir_all(&dir);
