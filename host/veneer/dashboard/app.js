@@ -78,6 +78,8 @@ const int = num(F.int);
 const pct = num(F.pct);
 const signedPct = num(F.signed);
 const pValue = (p) => (!isNum(p) ? '—' : p < 0.0001 ? `< ${F.p.format(0.0001)}` : F.p.format(p));
+// "p = 0.0312", or "p < 0.0001" when it is tiny.
+const pIs = (p) => { const t = pValue(p); return t.startsWith('<') ? `p ${t}` : `p = ${t}`; };
 const interval = (ci) => (Array.isArray(ci) && isNum(ci[0]) && isNum(ci[1]) ? `[${signedPct(ci[0])}, ${signedPct(ci[1])}]` : '—');
 function money(x, currency) {
   if (!isNum(x)) return '—';
@@ -705,9 +707,9 @@ function experimentReport(r, engine, currency) {
   const segments = r.by_segment ?? [];
 
   return [
-    h('p', { class: 'muted' }, `Goal ${r.goal} · ${r.engine ?? engine} engine · sample ratio p = ${pValue(r.srm_p)} · bots excluded: ${int(r.bots_excluded ?? 0)}`),
+    h('p', { class: 'muted' }, `Goal ${r.goal} · ${r.engine ?? engine} engine · sample ratio ${pIs(r.srm_p)} · bots excluded: ${int(r.bots_excluded ?? 0)}`),
     r.srm_warning ? h('p', { id: 'srm-warning', class: 'warning', role: 'alert' },
-      `Sample ratio mismatch (p = ${pValue(r.srm_p)}): the traffic split differs from the experiment’s weights. Do not trust these results until the cause is found.`) : null,
+      `Sample ratio mismatch (${pIs(r.srm_p)}): the traffic split differs from the experiment’s weights. Do not trust these results until the cause is found.`) : null,
     crError ? errorBox(`Statistics unavailable: ${crError}`) : null,
     section('Results', {},
       table('experiment-table', 'Results by variation', ['Variation', 'Users', 'Conversions', 'Conversion rate', 'Uplift', ciName,
@@ -839,7 +841,7 @@ function holdoutSection(ho, cur) {
   const res = Array.isArray(ho.conversion_rate) ? ho.conversion_rate[0] : null;
   return section('Holdout: the campaign’s own effect', { id: 'holdout' },
     h('p', {}, `${pct(ho.share)} of eligible visitors were not shown the campaign, as its control group.`),
-    ho.srm_warning ? h('p', { class: 'warning', role: 'alert' }, `Sample ratio mismatch (p = ${pValue(ho.srm_p)}): the groups are not the sizes the holdout share implies.`) : null,
+    ho.srm_warning ? h('p', { class: 'warning', role: 'alert' }, `Sample ratio mismatch (${pIs(ho.srm_p)}): the groups are not the sizes the holdout share implies.`) : null,
     table('holdout-table', 'Held out and shown visitors', ['Group', 'Users', 'Conversions', 'Conversion rate', 'Value per user'],
       (ho.groups ?? []).map((g, i) => h('tr', { 'data-variation': i },
         h('th', { scope: 'row' }, g.name),
