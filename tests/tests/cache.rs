@@ -322,3 +322,103 @@ async fn one_cached_page_is_personalized_per_visitor_without_leaking() {
     assert!(a.2.contains("private"), "{}", a.2);
     assert_eq!(b.2, "max-age=60");
 }
+
+/// (x-veneer-output-cache, body) of a GET.
+async fn output(host: &Host, path: &str, headers: &[(&str, &str)]) -> (String, String) {
+    let client = reqwest::Client::new();
+    let mut req = client.get(host.url(path));
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let r = req.send().await.expect("request");
+    let status = r
+        .headers()
+        .get("x-veneer-output-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    (status, r.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_cached_page_rewritten_by_the_same_plans_is_rewritten_once() {
+    let (counts, host) = start().await;
+    let phone = [(
+        "user-agent",
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Mobile",
+    )];
+    let desk = [(
+        "user-agent",
+        "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0",
+    )];
+    // From the origin: nothing to reuse yet. From the cache: rewritten and kept, then reused.
+    let first = output(&host, "/page", &phone).await;
+    let second = output(&host, "/page", &phone).await;
+    let third = output(&host, "/page", &phone).await;
+    assert_eq!(first.0, "", "an origin response is not from a cached body");
+    assert_eq!((second.0.as_str(), third.0.as_str()), ("MISS", "HIT"));
+    assert!(third.1.contains("<h1>Hello, phone</h1>"), "{}", third.1);
+    assert_eq!(second.1, third.1, "the same bytes");
+    assert_eq!(first.1, third.1);
+    // A visitor whose plugins plan nothing gets the cached page as it is.
+    let desktop = output(&host, "/page", &desk).await;
+    assert_eq!(desktop.0, "");
+    assert!(desktop.1.contains("<h1>Hello</h1>"), "{}", desktop.1);
+    // Another page, another client coding: their own rewrites.
+    let _ = output(&host, "/other", &phone).await;
+    assert_eq!(output(&host, "/other", &phone).await.0, "MISS");
+    let other = output(&host, "/other", &phone).await;
+    assert_eq!(other.0, "HIT");
+    assert!(
+        other.1.contains("page 1") && other.1.contains("Hello, phone"),
+        "{}",
+        other.1
+    );
+    let gzip = [phone[0], ("accept-encoding", "gzip")];
+    assert_eq!(output(&host, "/page", &gzip).await.0, "MISS");
+    assert_eq!(output(&host, "/page", &gzip).await.0, "HIT");
+    assert_eq!(counts.get("/page"), 1);
+    let metrics = host.app.metrics.render();
+    assert!(
+        metrics.contains(r#"veneer_output_cache_total{tenant="shop",status="HIT"} 3"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn rewrites_that_record_events_are_done_for_every_visitor() {
+    let counts = Arc::new(Counts::default());
+    let addr = origin(counts.clone()).await;
+    let config = "[[tenant]]\nname = \"shop\"\nhosts = [\"shop.test\", \"127.0.0.1\"]\n\
+        origin = \"{origin}\"\nrules = \"rules.json\"\n\
+        [tenant.limits]\nrequests_per_second_per_client = 0\n\
+        [tenant.cache]\nmax_bytes = 1048576\n\
+        [[tenant.plugin]]\nname = \"promo\"\npath = \"{plugins}/promo_slot.wasm\"\n\
+        params = { slot = \"h1\" }\n";
+    let rules = r#"{"campaigns": [{"id": "sale", "name": "Sale", "start": "2020-01-01T00:00:00Z",
+        "end": "2099-01-01T00:00:00Z", "params": {"banner": "Sale now on"}}]}"#;
+    let host = Host::start(
+        HostSpec {
+            config,
+            files: &[("rules.json", rules)],
+        },
+        addr,
+    )
+    .await;
+    for _ in 0..3 {
+        let (status, body) = output(&host, "/page", &[]).await;
+        assert_eq!(
+            status, "",
+            "never kept: the rule records promo_shown when it applies"
+        );
+        assert!(body.contains("Sale now on"), "{body}");
+    }
+    let shown = host
+        .events(3)
+        .await
+        .into_iter()
+        .filter(|e| e["event"] == "promo_shown")
+        .count();
+    assert_eq!(shown, 3, "one promo_shown per visitor who saw it");
+    assert_eq!(counts.get("/page"), 1);
+}

@@ -145,6 +145,9 @@ pub fn storable(status: StatusCode, headers: &HeaderMap, personal: bool) -> Opti
 
 /// One stored response.
 pub struct Entry {
+    /// Unique among every entry this process made: output cached for a body names the body by
+    /// it (an address could be reused by another body after an eviction).
+    pub id: u64,
     /// Status.
     pub status: StatusCode,
     /// Headers as the origin sent them (hop-by-hop removed).
@@ -179,7 +182,9 @@ impl Entry {
                 (n, v)
             })
             .collect();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Entry {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             status,
             headers,
             body,
@@ -415,6 +420,34 @@ impl Cache {
         true
     }
 
+    /// A rewritten body stored by [`store_output`](Self::store_output) under `key`.
+    pub fn output(&self, key: &str) -> Option<Bytes> {
+        match self.lookup(&output_key(key), &HeaderMap::new(), false) {
+            Lookup::Fresh(e) => Some(e.body.clone()),
+            _ => None,
+        }
+    }
+
+    /// Stores a rewritten body under `key` (a digest of everything that made it), in the same
+    /// byte budget and eviction order as the origin's responses. It never goes stale: the key
+    /// names the cached body it was made from, so a new origin response makes a new key and
+    /// this one is left to be evicted.
+    pub fn store_output(&self, key: &str, body: Bytes) -> bool {
+        let forever = Freshness {
+            lifetime: Duration::from_secs(365 * 24 * 3600),
+            stale_while_revalidate: Duration::ZERO,
+            always_revalidate: false,
+        };
+        let entry = Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            body,
+            forever,
+            &HeaderMap::new(),
+        );
+        self.store(&output_key(key), entry)
+    }
+
     /// Becomes the one fetching `key`, or learns who is.
     pub fn begin_fill(self: &Arc<Self>, key: &str) -> Fill {
         let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
@@ -429,6 +462,11 @@ impl Cache {
             done,
         })
     }
+}
+
+/// Origin keys start with the scheme, so these never meet one.
+fn output_key(key: &str) -> String {
+    format!("output {key}")
 }
 
 /// Whether a request may use the cache: `None` to bypass it (not GET/HEAD, its own

@@ -31,6 +31,8 @@ pub(super) struct ClientView {
 }
 
 /// Applies the plans' header edits and personalizes the body; sets the request's outcome.
+/// `cached_body` is the cache entry the body came from, if it did: a page rewritten before
+/// from that very body by the very same plans is served from the tenant's cache.
 pub(super) async fn personalize(
     ctx: &mut RequestCtx,
     tenant: &Tenant,
@@ -38,6 +40,7 @@ pub(super) async fn personalize(
     mut parts: http::response::Parts,
     body: Body,
     plans: Vec<(Live, CheckedPlan)>,
+    cached_body: Option<u64>,
 ) -> Result<Response<Body>, ProxyError> {
     for (_, plan) in &plans {
         apply_edits(&mut parts.headers, &plan.plan.headers);
@@ -64,6 +67,29 @@ pub(super) async fn personalize(
 
     let body: Body = match origin_coding {
         Some(from) if !bodyless && !partial && is_html && wants_html => {
+            let output = tenant.cache.clone().zip(
+                cached_body.and_then(|id| output_key(id, from, target, &content_type, &plans)),
+            );
+            if let Some((cache, key)) = &output {
+                let hit = cache.output(key);
+                let status = if hit.is_some() { "HIT" } else { "MISS" };
+                app.metrics.inc(
+                    "veneer_output_cache_total",
+                    &[("tenant", &name), ("status", status)],
+                );
+                parts
+                    .headers
+                    .insert("x-veneer-output-cache", HeaderValue::from_static(status));
+                if let Some(bytes) = hit {
+                    mark_rewritten(&mut parts.headers, target);
+                    ctx.outcome = "rewritten_html";
+                    let body = Full::new(bytes)
+                        .map_err(|never| match never {})
+                        .boxed_unsync();
+                    return Ok(Response::from_parts(parts, body));
+                }
+            }
+            let unsupported = Arc::new(AtomicBool::new(false));
             let report: rewrite::FaultReporter = {
                 let (app, tenant, request_id) = (app.clone(), name.clone(), request_id.clone());
                 Arc::new(move |plugin: &str, fault: &PluginFault| {
@@ -73,25 +99,29 @@ pub(super) async fn personalize(
             let callbacks = plans
                 .iter()
                 .any(|(_, p)| p.touches_html() && !p.plan.subscribe.is_empty());
+            let plugins: Vec<(Arc<PluginHandle>, CheckedPlan)> = plans
+                .into_iter()
+                .filter(|(_, p)| p.touches_html())
+                .map(|(live, plan)| {
+                    let handle = PluginHandle {
+                        name: live.name,
+                        instance: Mutex::new(live.instance),
+                        faulted: AtomicBool::new(false),
+                        budget: live.budget,
+                        inserted: AtomicU64::new(0),
+                    };
+                    (Arc::new(handle), plan)
+                })
+                .collect();
+            let handles: Vec<Arc<PluginHandle>> = plugins.iter().map(|(h, _)| h.clone()).collect();
             let job = HtmlJob {
-                plugins: plans
-                    .into_iter()
-                    .filter(|(_, p)| p.touches_html())
-                    .map(|(live, plan)| {
-                        let handle = PluginHandle {
-                            name: live.name,
-                            instance: Mutex::new(live.instance),
-                            faulted: AtomicBool::new(false),
-                            budget: live.budget,
-                            inserted: AtomicU64::new(0),
-                        };
-                        (Arc::new(handle), plan)
-                    })
-                    .collect(),
+                plugins,
                 report,
                 on_unsupported_charset: Some({
                     let (app, tenant, request_id) = (app.clone(), name.clone(), request_id.clone());
+                    let unsupported = unsupported.clone();
                     Box::new(move |content_type: &str| {
+                        unsupported.store(true, std::sync::atomic::Ordering::Relaxed);
                         tracing::info!(tenant = %tenant, request_id, content_type, "charset cannot be rewritten safely: page passed through unchanged");
                         app.metrics.inc(
                             "veneer_html_unsupported_charset_total",
@@ -102,7 +132,7 @@ pub(super) async fn personalize(
             };
             mark_rewritten(&mut parts.headers, target);
             ctx.outcome = "rewritten_html";
-            RewriteBody {
+            let rewritten = RewriteBody {
                 inner: body,
                 html: Some(HtmlBody::new(job, from, target, Some(&content_type))),
                 next: None,
@@ -126,7 +156,27 @@ pub(super) async fn personalize(
                     )
                 }),
             }
-            .boxed_unsync()
+            .boxed_unsync();
+            match output {
+                // Kept only when every plugin's plan applied without a fault and the page was
+                // rewritten: then the same inputs make the same bytes.
+                Some((cache, key)) => StoreOutput {
+                    inner: rewritten,
+                    collected: Vec::new(),
+                    limit: cache.max_object_bytes,
+                    finish: Some(Box::new(move |bytes: Bytes| {
+                        let clean = !unsupported.load(std::sync::atomic::Ordering::Relaxed)
+                            && handles
+                                .iter()
+                                .all(|h| !h.faulted.load(std::sync::atomic::Ordering::Relaxed));
+                        if clean {
+                            cache.store_output(&key, bytes);
+                        }
+                    })),
+                }
+                .boxed_unsync(),
+                None => rewritten,
+            }
         }
         Some(from) if !bodyless && !partial && is_json && wants_json => {
             let ops: Vec<_> = plans
@@ -188,6 +238,94 @@ pub(super) async fn personalize(
         }
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// The output cache's key for rewriting cached body `entry` with `plans`: a digest of all that
+/// shapes the bytes (the body, its coding and type, the client's coding, and each plugin's
+/// name, limits and rules in order). `None` when the rewrite is not a function of those alone:
+/// element callbacks run plugin code per element, and a rule that records an event when it
+/// applies must record it for every visitor.
+fn output_key(
+    entry: u64,
+    from: Coding,
+    target: Coding,
+    content_type: &str,
+    plans: &[(Live, CheckedPlan)],
+) -> Option<String> {
+    use sha2::Digest as _;
+    let mut digest = sha2::Sha256::new();
+    digest.update(format!("{entry}|{from:?}|{target:?}|{content_type}").as_bytes());
+    for (live, plan) in plans.iter().filter(|(_, p)| p.touches_html()) {
+        let p = &plan.plan;
+        if !p.subscribe.is_empty() || p.rule_options.values().any(|o| o.on_apply.is_some()) {
+            return None;
+        }
+        digest.update(
+            format!(
+                "\n{}|{:?}|{:?}|{:?}",
+                live.name, live.budget, p.html, p.rule_options
+            )
+            .as_bytes(),
+        );
+    }
+    let hash = digest.finalize();
+    Some(hash[..16].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Passes a body through, keeping a copy; at its end (and only if it ended well and fit in
+/// `limit`) hands the whole of it to `finish`.
+struct StoreOutput {
+    inner: Body,
+    collected: Vec<u8>,
+    limit: usize,
+    finish: Option<Box<dyn FnOnce(Bytes) + Send>>,
+}
+
+impl http_body::Body for StoreOutput {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref()
+                    && this.finish.is_some()
+                {
+                    if this.collected.len() + data.len() > this.limit {
+                        this.finish = None;
+                        this.collected = Vec::new();
+                    } else {
+                        this.collected.extend_from_slice(data);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.finish = None;
+                this.collected = Vec::new();
+            }
+            Poll::Ready(None) => {
+                if let Some(finish) = this.finish.take() {
+                    finish(Bytes::from(std::mem::take(&mut this.collected)));
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Polled to its end while a copy is pending, so the copy is kept.
+        self.finish.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Headers of a response whose body Veneer changed.

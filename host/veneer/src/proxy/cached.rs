@@ -28,6 +28,8 @@ use crate::plugin::HeaderEdits;
 pub(super) struct Fetched {
     pub(super) response: Response<Body>,
     pub(super) status: Option<&'static str>,
+    /// The [`Entry::id`] of the stored body the response carries, when it came from the cache.
+    pub(super) entry: Option<u64>,
 }
 
 fn boxed(r: Response<Incoming>) -> Response<Body> {
@@ -71,6 +73,7 @@ pub(super) async fn fetch(
         return Ok(Fetched {
             response: boxed(r),
             status: None,
+            entry: None,
         });
     };
     let Some(no_cache) = cache::request_policy(&parts.method, &parts.headers) else {
@@ -78,6 +81,7 @@ pub(super) async fn fetch(
         return Ok(Fetched {
             response: boxed(r),
             status: Some("BYPASS"),
+            entry: None,
         });
     };
     let head_only = parts.method == Method::HEAD;
@@ -104,6 +108,7 @@ pub(super) async fn fetch(
                 return Ok(Fetched {
                     response: from_entry(&e, head_only),
                     status: Some("HIT"),
+                    entry: Some(e.id),
                 });
             }
             // Revalidated in the background only without credentials: that request goes out
@@ -121,6 +126,7 @@ pub(super) async fn fetch(
                 return Ok(Fetched {
                     response: from_entry(&e, head_only),
                     status: Some("STALE"),
+                    entry: Some(e.id),
                 });
             }
             Lookup::Stale(e) | Lookup::StaleWhileRevalidate(e) => {
@@ -132,23 +138,26 @@ pub(super) async fn fetch(
                 if r.status() == StatusCode::NOT_MODIFIED {
                     let mut not_modified = r.headers().clone();
                     strip_hop_by_hop(&mut not_modified);
-                    let response = match e.refreshed(&not_modified, &seen) {
+                    let (response, entry) = match e.refreshed(&not_modified, &seen) {
                         Some(fresh) => {
                             let response = from_entry(&fresh, head_only);
+                            let id = fresh.id;
                             cache.store(&key, fresh);
-                            response
+                            (response, id)
                         }
-                        None => from_entry(&e, head_only),
+                        None => (from_entry(&e, head_only), e.id),
                     };
                     return Ok(Fetched {
                         response,
                         status: Some("REVALIDATED"),
+                        entry: Some(entry),
                     });
                 }
                 return Ok(Fetched {
                     response: keep(ctx, tenant, &cache, &key, &seen, authorized, head_only, r)
                         .await,
                     status: Some("EXPIRED"),
+                    entry: None,
                 });
             }
             Lookup::Miss if head_only || waited => {
@@ -159,6 +168,7 @@ pub(super) async fn fetch(
                     response: keep(ctx, tenant, &cache, &key, &seen, authorized, head_only, r)
                         .await,
                     status: Some("MISS"),
+                    entry: None,
                 });
             }
             Lookup::Miss => match cache.begin_fill(&key) {
@@ -170,6 +180,7 @@ pub(super) async fn fetch(
                     return Ok(Fetched {
                         response,
                         status: Some("MISS"),
+                        entry: None,
                     });
                 }
                 Fill::Follower(done) => {

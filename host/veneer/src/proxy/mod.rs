@@ -10,7 +10,9 @@
 //! cached::fetch (→ origin)         → the tenant cache's entry │ the origin's response
 //!                                    error: unreachable (502) │ too slow (504) │ bad target (400)
 //! plugins::on_response             → header edits + checked plans
-//! body::personalize                → HTML streamed through the rewriter │ JSON patched │ untouched
+//! body::personalize                → HTML streamed through the rewriter (or, for a cached page
+//!                                    and plans without callbacks, the tenant cache's copy of
+//!                                    the same rewrite) │ JSON patched │ untouched
 //! events::after_response           → page_view, path goals reached (conversions)
 //! finish::respond                  → the single exit: status for errors, visitor cookie,
 //!                                    x-request-id, one count in veneer_requests_total
@@ -254,7 +256,8 @@ async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Bo
     let (head, body) = fetched.response.into_parts();
     let plans = plugins::on_response(ctx, &tenant, &visitor, chain, &head).await;
     ctx.visitor = Some(visitor);
-    let response = body::personalize(ctx, &tenant, client, head, body, plans).await?;
+    let response =
+        body::personalize(ctx, &tenant, client, head, body, plans, fetched.entry).await?;
     if let Some(visitor) = &ctx.visitor {
         events::after_response(&tenant, visitor, &method, &path, &response);
     }
