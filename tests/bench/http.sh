@@ -18,7 +18,7 @@
 # The origin sends `Cache-Control: max-age=3600` (nginx `expires 1h`).
 #
 # Installs nginx-light and wrk when missing. Environment: DURATION (seconds per measurement,
-# default 5), RUNS (default 3), CONNS (default 32).
+# default 5), RUNS (default 3), CONNS (default 32), ONLY (run the scenarios whose name holds it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -193,6 +193,7 @@ print(rps, float(m.group(1)) * scale)'
 # scenario veneer_url veneer_host reference reference_url target_ratio
 scenario() {
   local name=$1 vurl=$2 vhost=$3 ref=$4 rurl=$5 target=$6 results=()
+  case "$name" in *"${ONLY:-}"*) ;; *) return 0 ;; esac
   for _ in $(seq "$RUNS"); do
     results+=("$(measure "$vurl" "$vhost") $(measure "$rurl" localhost)")
   done
@@ -218,10 +219,11 @@ if [ "$have_cf" = 1 ]; then
   scenario cloudflare-cached-3-rewrites "http://127.0.0.1:$VENEER/cloudflare.html" cf-cached.bench nginx-proxy_cache+sub_filter "http://127.0.0.1:$NGX_CACHE/cloudflare.html" 1.5
   # Per callback: the extra time per request over the noop plugin, divided by the links.
   runs=()
-  for _ in $(seq "$RUNS"); do
+  case cloudflare-callbacks in *"${ONLY:-}"*) callback_runs=$RUNS ;; *) callback_runs=0 ;; esac
+  for _ in $(seq "$callback_runs"); do
     runs+=("$(measure "http://127.0.0.1:$VENEER/cloudflare.html" cf-callbacks.bench) $(measure "http://127.0.0.1:$VENEER/cloudflare.html" cf-noop.bench)")
   done
-  printf '%s\n' "${runs[@]}" | python3 -c '
+  [ "$callback_runs" = 0 ] || printf '%s\n' "${runs[@]}" | python3 -c '
 import json, statistics, sys
 links = int(sys.argv[1])
 runs = [list(map(float, l.split())) for l in sys.stdin if l.strip()]
