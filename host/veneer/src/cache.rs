@@ -227,13 +227,10 @@ impl Entry {
             }
         }
         let freshness = storable(self.status, &headers, false)?;
-        Some(Entry::new(
-            self.status,
-            headers,
-            self.body.clone(),
-            freshness,
-            request,
-        ))
+        let mut fresh = Entry::new(self.status, headers, self.body.clone(), freshness, request);
+        // The same body: copies rewritten from it stay good.
+        fresh.id = self.id;
+        Some(fresh)
     }
 
     fn size(&self) -> usize {
@@ -315,9 +312,17 @@ pub struct Cache {
     /// Largest response stored.
     pub max_object_bytes: usize,
     stored: Mutex<Stored>,
+    /// Rewritten bodies (see [`Cache::output`]), in a budget of their own, a quarter of
+    /// `max_bytes` beside it: copies never evict the origin's pages they were made from.
+    outputs: Mutex<Stored>,
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     clock: AtomicU64,
+    /// Output keys made once and not kept yet (see [`Cache::store_output`]).
+    seen_once: Mutex<std::collections::HashSet<String>>,
 }
+
+/// How many output keys seen once are remembered.
+const SEEN_ONCE_KEYS: usize = 4096;
 
 impl Cache {
     /// A cache of at most `max_bytes`, storing responses up to `max_object_bytes`.
@@ -326,8 +331,10 @@ impl Cache {
             max_bytes,
             max_object_bytes,
             stored: Mutex::new(Stored::default()),
+            outputs: Mutex::new(Stored::default()),
             inflight: Mutex::new(HashMap::new()),
             clock: AtomicU64::new(0),
+            seen_once: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -343,8 +350,18 @@ impl Cache {
     /// The entry for `key` matching `request`'s varying headers. `no_cache`: the request
     /// asked for revalidation.
     pub fn lookup(&self, key: &str, request: &HeaderMap, no_cache: bool) -> Lookup {
+        self.lookup_in(&self.stored, key, request, no_cache)
+    }
+
+    fn lookup_in(
+        &self,
+        store: &Mutex<Stored>,
+        key: &str,
+        request: &HeaderMap,
+        no_cache: bool,
+    ) -> Lookup {
         let entry = {
-            let stored = self.stored();
+            let stored = store.lock().unwrap_or_else(PoisonError::into_inner);
             stored
                 .by_key
                 .get(key)
@@ -373,15 +390,19 @@ impl Cache {
     /// Stores `entry` under `key` (replacing the variant with the same varying headers),
     /// evicting the least recently used entries past the budget. Returns whether it was kept.
     pub fn store(&self, key: &str, entry: Entry) -> bool {
+        self.store_in(&self.stored, self.max_bytes, key, entry)
+    }
+
+    fn store_in(&self, store: &Mutex<Stored>, budget: usize, key: &str, entry: Entry) -> bool {
         let size = entry.size();
-        if size > self.max_object_bytes + 64 * 1024 || size > self.max_bytes {
+        if size > self.max_object_bytes + 64 * 1024 || size > budget {
             return false;
         }
         entry.last_used.store(
             self.clock.fetch_add(1, Ordering::Relaxed),
             Ordering::Relaxed,
         );
-        let mut stored = self.stored();
+        let mut stored = store.lock().unwrap_or_else(PoisonError::into_inner);
         let variants = stored.by_key.entry(key.to_owned()).or_default();
         let mut freed = 0;
         variants.retain(|e| {
@@ -393,7 +414,7 @@ impl Cache {
         });
         variants.push(Arc::new(entry));
         stored.bytes = stored.bytes - freed + size;
-        while stored.bytes > self.max_bytes {
+        while stored.bytes > budget {
             // Least recently used first; a scan, since eviction only runs when full.
             let victim = stored
                 .by_key
@@ -420,18 +441,40 @@ impl Cache {
         true
     }
 
-    /// A rewritten body stored by [`store_output`](Self::store_output) under `key`.
-    pub fn output(&self, key: &str) -> Option<Bytes> {
-        match self.lookup(&output_key(key), &HeaderMap::new(), false) {
-            Lookup::Fresh(e) => Some(e.body.clone()),
-            _ => None,
-        }
+    /// Bytes held in rewritten copies.
+    pub fn output_bytes(&self) -> usize {
+        self.outputs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bytes
     }
 
-    /// Stores a rewritten body under `key` (a digest of everything that made it), in the same
-    /// byte budget and eviction order as the origin's responses. It never goes stale: the key
-    /// names the cached body it was made from, so a new origin response makes a new key and
-    /// this one is left to be evicted.
+    /// What to do about the rewrite digested as `key`: its kept copy, or whether to keep this
+    /// one. A copy is kept the second time the same rewrite is asked for, so rewrites only one
+    /// visitor gets (a greeting by name) are neither copied nor kept; the keys seen once are
+    /// bounded by being forgotten all at once when too many.
+    pub fn output(&self, key: &str) -> Output {
+        if let Lookup::Fresh(e) = self.lookup_in(&self.outputs, key, &HeaderMap::new(), false) {
+            return Output::Hit(e.body.clone());
+        }
+        let mut seen = self
+            .seen_once
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if seen.remove(key) {
+            return Output::Keep;
+        }
+        if seen.len() >= SEEN_ONCE_KEYS {
+            seen.clear();
+        }
+        seen.insert(key.to_owned());
+        Output::Skip
+    }
+
+    /// Keeps a rewritten body under `key` (a digest of everything that made it) in the
+    /// copies' budget, least recently used evicted first. It never goes stale: the key names
+    /// the cached body it was made from, so a new origin response makes a new key and this one
+    /// is left to be evicted.
     pub fn store_output(&self, key: &str, body: Bytes) -> bool {
         let forever = Freshness {
             lifetime: Duration::from_secs(365 * 24 * 3600),
@@ -445,7 +488,7 @@ impl Cache {
             forever,
             &HeaderMap::new(),
         );
-        self.store(&output_key(key), entry)
+        self.store_in(&self.outputs, self.max_bytes / 4, key, entry)
     }
 
     /// Becomes the one fetching `key`, or learns who is.
@@ -464,9 +507,14 @@ impl Cache {
     }
 }
 
-/// Origin keys start with the scheme, so these never meet one.
-fn output_key(key: &str) -> String {
-    format!("output {key}")
+/// What [`Cache::output`] says about a rewrite.
+pub enum Output {
+    /// The kept copy.
+    Hit(Bytes),
+    /// Asked for before: keep this one.
+    Keep,
+    /// Not kept.
+    Skip,
 }
 
 /// Whether a request may use the cache: `None` to bypass it (not GET/HEAD, its own

@@ -70,9 +70,13 @@ pub(super) async fn personalize(
             let output = tenant.cache.clone().zip(
                 cached_body.and_then(|id| output_key(id, from, target, &content_type, &plans)),
             );
-            if let Some((cache, key)) = &output {
-                let hit = cache.output(key);
-                let status = if hit.is_some() { "HIT" } else { "MISS" };
+            let mut keep = None;
+            if let Some((cache, key)) = output {
+                let found = cache.output(&key);
+                let status = match found {
+                    crate::cache::Output::Hit(_) => "HIT",
+                    _ => "MISS",
+                };
                 app.metrics.inc(
                     "veneer_output_cache_total",
                     &[("tenant", &name), ("status", status)],
@@ -80,48 +84,53 @@ pub(super) async fn personalize(
                 parts
                     .headers
                     .insert("x-veneer-output-cache", HeaderValue::from_static(status));
-                if let Some(bytes) = hit {
-                    mark_rewritten(&mut parts.headers, target);
-                    ctx.outcome = "rewritten_html";
-                    let body = Full::new(bytes)
-                        .map_err(|never| match never {})
-                        .boxed_unsync();
-                    return Ok(Response::from_parts(parts, body));
+                match found {
+                    crate::cache::Output::Hit(bytes) => {
+                        mark_rewritten(&mut parts.headers, target);
+                        ctx.outcome = "rewritten_html";
+                        let body = Full::new(bytes)
+                            .map_err(|never| match never {})
+                            .boxed_unsync();
+                        return Ok(Response::from_parts(parts, body));
+                    }
+                    crate::cache::Output::Keep => keep = Some((cache, key)),
+                    crate::cache::Output::Skip => {}
                 }
             }
-            let unsupported = Arc::new(AtomicBool::new(false));
+            // Set by any fault, or a page passed through unchanged: such a rewrite is not kept.
+            let spoiled = Arc::new(AtomicBool::new(false));
             let report: rewrite::FaultReporter = {
                 let (app, tenant, request_id) = (app.clone(), name.clone(), request_id.clone());
+                let spoiled = spoiled.clone();
                 Arc::new(move |plugin: &str, fault: &PluginFault| {
+                    spoiled.store(true, std::sync::atomic::Ordering::Relaxed);
                     report_fault(&app, &tenant, plugin, &request_id, fault)
                 })
             };
             let callbacks = plans
                 .iter()
                 .any(|(_, p)| p.touches_html() && !p.plan.subscribe.is_empty());
-            let plugins: Vec<(Arc<PluginHandle>, CheckedPlan)> = plans
-                .into_iter()
-                .filter(|(_, p)| p.touches_html())
-                .map(|(live, plan)| {
-                    let handle = PluginHandle {
-                        name: live.name,
-                        instance: Mutex::new(live.instance),
-                        faulted: AtomicBool::new(false),
-                        budget: live.budget,
-                        inserted: AtomicU64::new(0),
-                    };
-                    (Arc::new(handle), plan)
-                })
-                .collect();
-            let handles: Vec<Arc<PluginHandle>> = plugins.iter().map(|(h, _)| h.clone()).collect();
             let job = HtmlJob {
-                plugins,
+                plugins: plans
+                    .into_iter()
+                    .filter(|(_, p)| p.touches_html())
+                    .map(|(live, plan)| {
+                        let handle = PluginHandle {
+                            name: live.name,
+                            instance: Mutex::new(live.instance),
+                            faulted: AtomicBool::new(false),
+                            budget: live.budget,
+                            inserted: AtomicU64::new(0),
+                        };
+                        (Arc::new(handle), plan)
+                    })
+                    .collect(),
                 report,
                 on_unsupported_charset: Some({
                     let (app, tenant, request_id) = (app.clone(), name.clone(), request_id.clone());
-                    let unsupported = unsupported.clone();
+                    let spoiled = spoiled.clone();
                     Box::new(move |content_type: &str| {
-                        unsupported.store(true, std::sync::atomic::Ordering::Relaxed);
+                        spoiled.store(true, std::sync::atomic::Ordering::Relaxed);
                         tracing::info!(tenant = %tenant, request_id, content_type, "charset cannot be rewritten safely: page passed through unchanged");
                         app.metrics.inc(
                             "veneer_html_unsupported_charset_total",
@@ -157,24 +166,29 @@ pub(super) async fn personalize(
                 }),
             }
             .boxed_unsync();
-            match output {
+            match keep {
                 // Kept only when every plugin's plan applied without a fault and the page was
                 // rewritten: then the same inputs make the same bytes.
-                Some((cache, key)) => StoreOutput {
-                    inner: rewritten,
-                    collected: Vec::new(),
-                    limit: cache.max_object_bytes,
-                    finish: Some(Box::new(move |bytes: Bytes| {
-                        let clean = !unsupported.load(std::sync::atomic::Ordering::Relaxed)
-                            && handles
-                                .iter()
-                                .all(|h| !h.faulted.load(std::sync::atomic::Ordering::Relaxed));
-                        if clean {
-                            cache.store_output(&key, bytes);
-                        }
-                    })),
+                Some((cache, key)) => {
+                    let (app, tenant_name) = (app.clone(), name.clone());
+                    StoreOutput {
+                        inner: rewritten,
+                        collected: Vec::new(),
+                        limit: cache.max_object_bytes,
+                        finish: Some(Box::new(move |bytes: Bytes| {
+                            if !spoiled.load(std::sync::atomic::Ordering::Relaxed)
+                                && cache.store_output(&key, bytes)
+                            {
+                                app.metrics.set(
+                                    "veneer_output_cache_bytes",
+                                    &[("tenant", &tenant_name)],
+                                    cache.output_bytes() as u64,
+                                );
+                            }
+                        })),
+                    }
+                    .boxed_unsync()
                 }
-                .boxed_unsync(),
                 None => rewritten,
             }
         }
@@ -260,13 +274,16 @@ fn output_key(
         if !p.subscribe.is_empty() || p.rule_options.values().any(|o| o.on_apply.is_some()) {
             return None;
         }
-        digest.update(
-            format!(
-                "\n{}|{:?}|{:?}|{:?}",
-                live.name, live.budget, p.html, p.rule_options
-            )
-            .as_bytes(),
-        );
+        // Each field length-prefixed, so no name or text can pass for a boundary.
+        for field in [
+            live.name.to_string(),
+            format!("{:?}", live.budget),
+            format!("{:?}", p.html),
+            format!("{:?}", p.rule_options),
+        ] {
+            digest.update((field.len() as u64).to_le_bytes());
+            digest.update(field.as_bytes());
+        }
     }
     let hash = digest.finalize();
     Some(hash[..16].iter().map(|b| format!("{b:02x}")).collect())
@@ -310,7 +327,10 @@ impl http_body::Body for StoreOutput {
             }
             Poll::Ready(None) => {
                 if let Some(finish) = this.finish.take() {
-                    finish(Bytes::from(std::mem::take(&mut this.collected)));
+                    // Kept bytes are counted by length: give the spare capacity back.
+                    let mut collected = std::mem::take(&mut this.collected);
+                    collected.shrink_to_fit();
+                    finish(Bytes::from(collected));
                 }
             }
             Poll::Pending => {}
