@@ -369,7 +369,10 @@ async fn a_cached_page_rewritten_by_the_same_plans_is_rewritten_once() {
     assert_eq!(second.1, fourth.1, "the same bytes");
     assert_eq!(first.1, fourth.1);
     // Other plans on the same page: their own copy, never the phone's.
-    let tablet = [("user-agent", "Mozilla/5.0 (iPad; CPU OS 17_0 like Mac OS X)")];
+    let tablet = [(
+        "user-agent",
+        "Mozilla/5.0 (iPad; CPU OS 17_0 like Mac OS X)",
+    )];
     let mut seen = Vec::new();
     for _ in 0..3 {
         seen.push(output(&host, "/page", &tablet).await);
