@@ -161,14 +161,19 @@ async fn start() -> (Arc<Counts>, Host) {
     (counts, host)
 }
 
-/// GET with extra headers; (status, x-veneer-cache, cache-control, body).
-async fn get(host: &Host, path: &str, headers: &[(&str, &str)]) -> (u16, String, String, String) {
+/// GET with extra headers.
+async fn fetch(host: &Host, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let client = reqwest::Client::new();
     let mut req = client.get(host.url(path));
     for (n, v) in headers {
         req = req.header(*n, *v);
     }
-    let r = req.send().await.expect("request");
+    req.send().await.expect("request")
+}
+
+/// GET with extra headers; (status, x-veneer-cache, cache-control, body).
+async fn get(host: &Host, path: &str, headers: &[(&str, &str)]) -> (u16, String, String, String) {
+    let r = fetch(host, path, headers).await;
     let h = |name: &str| {
         r.headers()
             .get(name)
@@ -328,12 +333,7 @@ async fn one_cached_page_is_personalized_per_visitor_without_leaking() {
 
 /// (x-veneer-output-cache, body) of a GET.
 async fn output(host: &Host, path: &str, headers: &[(&str, &str)]) -> (String, String) {
-    let client = reqwest::Client::new();
-    let mut req = client.get(host.url(path));
-    for (n, v) in headers {
-        req = req.header(*n, *v);
-    }
-    let r = req.send().await.expect("request");
+    let r = fetch(host, path, headers).await;
     let status = r
         .headers()
         .get("x-veneer-output-cache")

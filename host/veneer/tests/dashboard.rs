@@ -291,6 +291,11 @@ async fn attr(e: &fantoccini::elements::Element, name: &str) -> String {
         .unwrap_or_else(|| panic!("no attribute {name}"))
 }
 
+/// The exact number a page element carries in `data-value`, once it is there.
+async fn data_value(c: &Client, css: &str) -> f64 {
+    number(&attr(&wait_css(c, css).await, "data-value").await)
+}
+
 fn number(s: &str) -> f64 {
     s.parse()
         .unwrap_or_else(|_| panic!("{s:?} is not a number"))
@@ -402,26 +407,14 @@ async fn the_dashboard_shows_one_tenant_its_reports_and_the_edges_own_decisions(
     );
     for s in sizes["segments"].as_array().expect("segments") {
         let name = s["segment"].as_str().expect("name");
-        let cell = wait_css(
-            &c,
-            &format!("#segments [data-segment='{name}'] [data-field='visitors']"),
-        )
-        .await;
-        assert_eq!(
-            number(&attr(&cell, "data-value").await),
-            s["visitors"].as_f64().expect("visitors"),
-            "segment {name}"
-        );
-        let share = wait_css(
-            &c,
-            &format!("#segments [data-segment='{name}'] [data-field='share']"),
-        )
-        .await;
-        assert_eq!(
-            number(&attr(&share, "data-value").await),
-            s["share"].as_f64().expect("share"),
-            "segment {name}"
-        );
+        for field in ["visitors", "share"] {
+            let css = format!("#segments [data-segment='{name}'] [data-field='{field}']");
+            assert_eq!(
+                data_value(&c, &css).await,
+                s[field].as_f64().expect("number"),
+                "segment {name} {field}"
+            );
+        }
     }
     assert!(sizes["segments"][0]["visitors"].as_u64() > Some(0));
     screenshot(&c, "overview").await;
@@ -444,13 +437,9 @@ async fn the_dashboard_shows_one_tenant_its_reports_and_the_edges_own_decisions(
         .enumerate()
     {
         for field in ["users", "conversions", "rate"] {
-            let cell = wait_css(
-                &c,
-                &format!("#experiment-table [data-variation='{i}'] [data-field='{field}']"),
-            )
-            .await;
+            let css = format!("#experiment-table [data-variation='{i}'] [data-field='{field}']");
             assert_eq!(
-                number(&attr(&cell, "data-value").await),
+                data_value(&c, &css).await,
                 row[field].as_f64().expect("number"),
                 "variation {i} {field}"
             );
@@ -458,13 +447,12 @@ async fn the_dashboard_shows_one_tenant_its_reports_and_the_edges_own_decisions(
     }
     // The statistics compare each variation with the control: the first entry is variation 1.
     let uplift = &report["conversion_rate"][0];
-    let cell = wait_css(
-        &c,
-        "#experiment-table [data-variation='1'] [data-field='uplift']",
-    )
-    .await;
     assert_eq!(
-        number(&attr(&cell, "data-value").await),
+        data_value(
+            &c,
+            "#experiment-table [data-variation='1'] [data-field='uplift']"
+        )
+        .await,
         uplift["expected"].as_f64().expect("expected")
     );
     let ci = wait_css(
@@ -511,9 +499,9 @@ async fn the_dashboard_shows_one_tenant_its_reports_and_the_edges_own_decisions(
         .await
         .expect("campaign page");
     for field in ["impressions", "reach", "conversions", "value"] {
-        let cell = wait_css(&c, &format!("#campaign-figures [data-field='{field}']")).await;
+        let css = format!("#campaign-figures [data-field='{field}']");
         assert_eq!(
-            number(&attr(&cell, "data-value").await),
+            data_value(&c, &css).await,
             campaign[field].as_f64().expect("number"),
             "campaign {field}"
         );
