@@ -413,11 +413,7 @@ impl Admin {
             }
             ("GET", ["tenants", t, "reports", "segments"]) => {
                 let (app, t) = (c.app().clone(), (*t).to_owned());
-                let report = tokio::task::spawn_blocking(move || crate::report::segments(&app, &t))
-                    .await
-                    .map_err(|e| {
-                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                    })??;
+                let report = blocking(move || crate::report::segments(&app, &t)).await?;
                 ok(report)
             }
             ("GET", ["tenants", t, "reports", "campaigns", id]) => {
@@ -429,11 +425,8 @@ impl Admin {
                         ApiError::new(StatusCode::BAD_REQUEST, "query: goal=NAME is required")
                     })?;
                 let (app, t, id) = (c.app().clone(), (*t).to_owned(), (*id).to_owned());
-                let report = tokio::task::spawn_blocking(move || {
-                    crate::report::campaign(&app, &t, &id, &goal)
-                })
-                .await
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+                let report =
+                    blocking(move || crate::report::campaign(&app, &t, &id, &goal)).await?;
                 ok(report)
             }
             ("GET", ["tenants", t, "reports", "experiments", key]) => {
@@ -453,11 +446,9 @@ impl Admin {
                     }
                 };
                 let (app, t, key) = (c.app().clone(), (*t).to_owned(), (*key).to_owned());
-                let report = tokio::task::spawn_blocking(move || {
-                    crate::report::experiment(&app, &t, &key, &goal, engine)
-                })
-                .await
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+                let report =
+                    blocking(move || crate::report::experiment(&app, &t, &key, &goal, engine))
+                        .await?;
                 ok(report)
             }
             ("GET", ["tenants", t, "audit"]) => {
@@ -494,6 +485,15 @@ impl Admin {
             )),
         }
     }
+}
+
+/// A report, read from the ledger off the async workers.
+async fn blocking(
+    read: impl FnOnce() -> Result<Value, ApiError> + Send + 'static,
+) -> Result<Value, ApiError> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }
 
 fn document(name: &str) -> Document {

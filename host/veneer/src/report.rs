@@ -22,12 +22,7 @@ pub fn experiment(
     goal: &str,
     engine: EngineKind,
 ) -> Result<Value, ApiError> {
-    let t = app.tenant_named(tenant).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no tenant {tenant:?} is serving"),
-        )
-    })?;
+    let t = serving(app, tenant)?;
     let exp = t.rules.experiment(key).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -213,12 +208,7 @@ fn analysis(v: &[VariationFigures], metric: Metric, engine: EngineKind, weights:
 /// How many visitors each of the tenant's segments holds, counted among the visitors exposed
 /// to an experiment or a campaign holdout (the ledger records segments with exposures only).
 pub fn segments(app: &App, tenant: &str) -> Result<Value, ApiError> {
-    let t = app.tenant_named(tenant).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no tenant {tenant:?} is serving"),
-        )
-    })?;
+    let t = serving(app, tenant)?;
     let ledger = ledger(app)?;
     ledger.flush();
     let names = t.rules.segment_names().to_vec();
@@ -250,12 +240,7 @@ pub fn segments(app: &App, tenant: &str) -> Result<Value, ApiError> {
 /// within the campaign's attribution window after an impression, their value, and the return
 /// on the campaign's cost, by day and by channel.
 pub fn campaign(app: &App, tenant: &str, id: &str, goal: &str) -> Result<Value, ApiError> {
-    let t = app.tenant_named(tenant).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no tenant {tenant:?} is serving"),
-        )
-    })?;
+    let t = serving(app, tenant)?;
     let c = t
         .rules
         .campaigns()
@@ -359,6 +344,16 @@ fn known_goal<'t>(
                 ),
             )
         })
+}
+
+/// The tenant named `tenant`, as it serves now.
+fn serving(app: &App, tenant: &str) -> Result<std::sync::Arc<crate::app::Tenant>, ApiError> {
+    app.tenant_named(tenant).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no tenant {tenant:?} is serving"),
+        )
+    })
 }
 
 fn ledger(app: &App) -> Result<&crate::ledger::Ledger, ApiError> {
