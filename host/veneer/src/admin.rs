@@ -451,6 +451,23 @@ impl Admin {
                         .await?;
                 ok(report)
             }
+            ("POST", ["tenants", t, "profiles", "import"]) => {
+                let first_line = parse_query(query)
+                    .into_iter()
+                    .find(|(k, _)| k == "first_line")
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(1);
+                let body = read_body(body, crate::profile_admin::MAX_IMPORT_BYTES).await?;
+                ok(crate::profile_admin::import(c, who, t, body, first_line).await?)
+            }
+            ("GET", ["tenants", t, "profiles", kind, id]) => {
+                let s = crate::profile_admin::subject(kind, id)?;
+                ok(crate::profile_admin::export(c, who, t, s).await?)
+            }
+            ("DELETE", ["tenants", t, "profiles", kind, id]) => {
+                let s = crate::profile_admin::subject(kind, id)?;
+                ok(crate::profile_admin::erase(c, who, t, s).await?)
+            }
             ("GET", ["tenants", t, "audit"]) => {
                 ok(json!(c.store.audit_log(Some(t), limit(query))?))
             }

@@ -69,6 +69,11 @@ enum AdminCommand {
         #[command(subcommand)]
         command: PreviewCommand,
     },
+    /// Customer profiles: CRM import, and data-subject export and erasure.
+    Profile {
+        #[command(subcommand)]
+        command: ProfileCommand,
+    },
     /// The audit log, newest first.
     Audit {
         /// Only this tenant's entries.
@@ -78,6 +83,108 @@ enum AdminCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum ProfileCommand {
+    /// Import CRM attributes from a JSON-lines file, one
+    /// `{"customer": ID, "attributes": {...}}` per line (an upsert of the attributes named;
+    /// `null` removes one). A malformed line is reported with its number and nothing of it is
+    /// written; the rest is imported, and the command fails if any line was refused.
+    Import {
+        /// The JSON-lines file.
+        file: PathBuf,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Print everything kept about a customer or a visitor (profile, linked visitors, ledger rows).
+    Export {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        who: SubjectArgs,
+    },
+    /// Erase everything kept about a customer (with their linked visitors) or a visitor.
+    Erase {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        who: SubjectArgs,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct SubjectArgs {
+    /// A customer id.
+    #[arg(long)]
+    customer: Option<String>,
+    /// A visitor id (the visitor cookie's).
+    #[arg(long)]
+    visitor: Option<String>,
+}
+
+impl SubjectArgs {
+    fn path(&self) -> String {
+        match (&self.customer, &self.visitor) {
+            (Some(c), _) => format!("customers/{}", percent_encode(c)),
+            (None, Some(v)) => format!("visitors/{}", percent_encode(v)),
+            (None, None) => unreachable!("clap requires one of them"),
+        }
+    }
+}
+
+/// Bytes sent per import request (whole lines).
+const IMPORT_PART_BYTES: usize = 4 << 20;
+
+async fn import(api: &Api, file: &Path, tenant: &str) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let (mut imported, mut refused) = (0u64, 0u64);
+    let mut first_line = 1;
+    let mut rest = text.as_str();
+    while !rest.is_empty() {
+        // Whole lines up to the part size (a longer line goes alone: the host refuses it).
+        let mut end = rest.len().min(IMPORT_PART_BYTES);
+        if end < rest.len() {
+            end = match rest[..end].rfind('\n') {
+                Some(i) => i + 1,
+                None => rest.find('\n').map_or(rest.len(), |i| i + 1),
+            };
+        }
+        let (part, next) = rest.split_at(end);
+        let path = format!(
+            "/v1/tenants/{}/profiles/import?first_line={first_line}",
+            percent_encode(tenant)
+        );
+        let report = api
+            .send(
+                Method::POST,
+                &path,
+                Some("application/x-ndjson"),
+                Bytes::from(part.to_owned()),
+            )
+            .await?;
+        imported += report["imported"].as_u64().unwrap_or(0);
+        refused += report["refused_count"].as_u64().unwrap_or(0);
+        for r in report["refused"].as_array().into_iter().flatten() {
+            eprintln!(
+                "{}:{}: {}",
+                file.display(),
+                r["line"],
+                r["error"].as_str().unwrap_or("refused")
+            );
+        }
+        first_line += part.lines().count();
+        rest = next;
+    }
+    if refused > 0 {
+        bail!("{imported} lines imported, {refused} refused (listed above)");
+    }
+    Ok(format!("{imported} lines imported"))
 }
 
 #[derive(Subcommand)]
@@ -457,6 +564,19 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<String> {
                 .await?;
             field(&v, "path")
         }
+        AdminCommand::Profile { command } => match command {
+            ProfileCommand::Import { file, tenant } => import(&api, &file, &tenant).await,
+            ProfileCommand::Export { tenant, who } => {
+                let path = format!("/v1/tenants/{}/profiles/{}", t(&tenant), who.path());
+                Ok(pretty(&api.get(&path).await?))
+            }
+            ProfileCommand::Erase { tenant, who } => {
+                let path = format!("/v1/tenants/{}/profiles/{}", t(&tenant), who.path());
+                Ok(pretty(
+                    &api.send(Method::DELETE, &path, None, Bytes::new()).await?,
+                ))
+            }
+        },
         AdminCommand::Audit { tenant, limit } => {
             let path = match tenant {
                 Some(name) => format!("/v1/tenants/{}/audit?limit={limit}", t(&name)),

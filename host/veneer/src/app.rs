@@ -46,6 +46,8 @@ pub struct Tenant {
     pub request_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// Cached origin responses (`[tenant.cache]`; `None`: off).
     pub cache: Option<Arc<crate::cache::Cache>>,
+    /// Journey stages (`[[tenant.profile.journey]]`), nearest first, compiled.
+    pub journey: Vec<(String, veneer_rules::Condition)>,
 }
 
 /// Content fragments: key → locale → HTML.
@@ -148,6 +150,8 @@ pub struct App {
     pub base_dir: std::path::PathBuf,
     /// Exposures and conversions for reports (`data_dir/ledger.db`; none without a data_dir).
     pub ledger: Option<Arc<crate::ledger::Ledger>>,
+    /// Customer and visitor profiles (`data_dir/profiles.db`; in memory only without one).
+    pub profiles: Arc<crate::profile::Profiles>,
     /// A development host (`veneer dev`): the visitor's settings come from query parameters
     /// ([`crate::preview::DEV_PARAMS`]) without a signed link. Never set from a config file.
     pub dev: bool,
@@ -240,6 +244,14 @@ impl App {
             )),
             None => None,
         };
+        let entries = config.server.profile_cache_entries;
+        let profiles = Arc::new(match &config.server.data_dir {
+            Some(dir) => {
+                crate::profile::Profiles::open(&config.resolve(dir), entries, metrics.clone())
+                    .map_err(|e| err(config, "server.data_dir".into(), format!("{e:#}")))?
+            }
+            None => crate::profile::Profiles::in_memory(entries, metrics.clone()),
+        });
         Ok(App {
             tenants: arc_swap::ArcSwap::from_pointee(tenants),
             signer: CookieSigner::new(&secret),
@@ -275,6 +287,7 @@ impl App {
             runtime,
             base_dir: config.base_dir.clone(),
             ledger,
+            profiles,
             dev: false,
         })
     }
@@ -500,6 +513,17 @@ pub fn assemble(
                 t.limits.max_concurrent_requests,
             ))
         }),
+        journey: t
+            .profile
+            .journey
+            .iter()
+            .filter_map(|j| {
+                Some((
+                    j.stage.clone(),
+                    veneer_rules::Condition::compile(&j.when).ok()?,
+                ))
+            })
+            .collect(),
         config: t,
         origin,
         rules,

@@ -100,6 +100,9 @@ pub fn storable(status: StatusCode, headers: &HeaderMap, personal: bool) -> Opti
     if !STORABLE.contains(&status.as_u16())
         || headers.contains_key(header::SET_COOKIE)
         || headers.contains_key(header::CONTENT_RANGE)
+        // What the origin says about one visitor must never be replayed to another.
+        || headers.contains_key("veneer-identify")
+        || headers.contains_key("veneer-event")
         || headers.get_all(header::VARY).iter().any(|v| {
             v.to_str()
                 .is_ok_and(|v| v.split(',').any(|n| n.trim() == "*"))

@@ -94,6 +94,8 @@ pub struct Server {
     /// A MaxMind-format country database: the client's address (through trusted proxies, the
     /// forwarded one) gives `visitor.country` when no trusted geo header does.
     pub geoip: Option<PathBuf>,
+    /// Customer and visitor profiles kept in memory in front of the store.
+    pub profile_cache_entries: usize,
 }
 
 impl Default for Server {
@@ -120,6 +122,7 @@ impl Default for Server {
             max_header_bytes: 64 << 10,
             max_headers: 100,
             geoip: None,
+            profile_cache_entries: crate::profile::DEFAULT_CACHE_ENTRIES,
         }
     }
 }
@@ -182,6 +185,185 @@ pub struct Tenant {
     /// What counts as a conversion on this site (see README "Goals and reports").
     #[serde(rename = "goal", default, skip_serializing_if = "Vec::is_empty")]
     pub goals: Vec<Goal>,
+    /// How a logged-in visitor is recognised (`[tenant.identity]`; the origin's
+    /// `veneer-identify` response header always works).
+    #[serde(default, skip_serializing_if = "Identity::is_default")]
+    pub identity: Identity,
+    /// Customer profiles, affinity, journey stages and carts (`[tenant.profile]`).
+    #[serde(default, skip_serializing_if = "ProfileConfig::is_default")]
+    pub profile: ProfileConfig,
+}
+
+/// `[tenant.identity]`: ways besides the origin's `veneer-identify` header to know which
+/// customer a visitor is.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// A request header naming the customer, set by the tenant's own edge authentication;
+    /// believed only from `trusted_proxies` (anyone can send a header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A cookie holding a JWT (HS256) whose claim `jwt_claim` names the customer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_cookie: Option<String>,
+    /// The JWT's HMAC key (at least 32 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<String>,
+    /// The claim naming the customer (default `sub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_claim: Option<String>,
+}
+
+impl Identity {
+    fn is_default(&self) -> bool {
+        *self == Identity::default()
+    }
+
+    fn problem(&self) -> Option<(&'static str, String)> {
+        if let Some(h) = &self.header
+            && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            return Some(("header", format!("{h:?} is not a header name")));
+        }
+        match (&self.jwt_cookie, &self.jwt_secret) {
+            (Some(_), None) => {
+                return Some(("jwt_secret", "jwt_cookie needs jwt_secret".into()));
+            }
+            (None, Some(_)) => return Some(("jwt_cookie", "jwt_secret needs jwt_cookie".into())),
+            (Some(_), Some(s)) if s.len() < 32 => {
+                return Some(("jwt_secret", "must be at least 32 bytes".into()));
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
+/// `[tenant.profile]`: what is learned about visitors and customers, and how.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfileConfig {
+    /// A category's affinity halves after this many hours without a view.
+    pub affinity_half_life_hours: f64,
+    /// A cart with items and no purchase for this long is abandoned.
+    pub cart_abandoned_after_secs: u64,
+    /// Which pages belong to which category (the first matching rule).
+    #[serde(rename = "category", skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<CategoryRule>,
+    /// Journey stages, nearest first: a visitor is in the furthest stage whose condition holds.
+    #[serde(rename = "journey", skip_serializing_if = "Vec::is_empty")]
+    pub journey: Vec<JourneyStage>,
+}
+
+impl Default for ProfileConfig {
+    fn default() -> Self {
+        ProfileConfig {
+            affinity_half_life_hours: 7.0 * 24.0,
+            cart_abandoned_after_secs: 3600,
+            categories: Vec::new(),
+            journey: Vec::new(),
+        }
+    }
+}
+
+impl ProfileConfig {
+    fn is_default(&self) -> bool {
+        *self == ProfileConfig::default()
+    }
+
+    fn problem(&self) -> Option<(String, String)> {
+        if !(self.affinity_half_life_hours.is_finite()
+            && self.affinity_half_life_hours > 0.0
+            && self.affinity_half_life_hours <= 24.0 * 3650.0)
+        {
+            return Some((
+                "affinity_half_life_hours".into(),
+                "must be above 0 and at most 87600 (ten years)".into(),
+            ));
+        }
+        if self.cart_abandoned_after_secs == 0 {
+            return Some((
+                "cart_abandoned_after_secs".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        for (i, c) in self.categories.iter().enumerate() {
+            if !c.path.starts_with('/') {
+                return Some((
+                    format!("category[{i}].path"),
+                    format!("{:?} must start with '/'", c.path),
+                ));
+            }
+            if !name_ok(&c.name) {
+                return Some((
+                    format!("category[{i}].name"),
+                    format!("{:?}: 1 to 64 letters, digits, '-', '_' or '.'", c.name),
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, j) in self.journey.iter().enumerate() {
+            if !name_ok(&j.stage) {
+                return Some((
+                    format!("journey[{i}].stage"),
+                    format!("{:?}: 1 to 64 letters, digits, '-', '_' or '.'", j.stage),
+                ));
+            }
+            if !seen.insert(&j.stage) {
+                return Some((
+                    format!("journey[{i}].stage"),
+                    format!("{:?} is listed twice", j.stage),
+                ));
+            }
+            if let Err(e) = veneer_rules::condition::Condition::compile(&j.when) {
+                return Some((format!("journey[{i}].when"), e.to_string()));
+            }
+        }
+        None
+    }
+
+    /// The category of a page at `path`, if a rule names one.
+    pub fn category(&self, path: &str) -> Option<&str> {
+        self.categories
+            .iter()
+            .find(|c| glob(&c.path, path))
+            .map(|c| c.name.as_str())
+    }
+}
+
+fn name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// `[[tenant.profile.category]]`: pages at `path` (`*` matches any run of characters) are in
+/// category `name`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryRule {
+    /// Path pattern.
+    pub path: String,
+    /// Category name (`affinity.NAME` in rules).
+    pub name: String,
+}
+
+/// `[[tenant.profile.journey]]`: a stage and the condition (as in `rules.json` segments, over
+/// the same attributes) that puts a visitor in it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JourneyStage {
+    /// The stage's name (the `journey` attribute).
+    pub stage: String,
+    /// The condition; `{}` always holds.
+    #[serde(default = "empty_condition")]
+    pub when: serde_json::Value,
+}
+
+fn empty_condition() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
 }
 
 /// A request matching every condition given is on channel `name`.
@@ -705,6 +887,12 @@ impl Config {
                 if let Some(problem) = g.problem() {
                     return Err(self.err(format!("{at}.goal[{j}]"), problem));
                 }
+            }
+            if let Some((field, problem)) = t.identity.problem() {
+                return Err(self.err(format!("{at}.identity.{field}"), problem));
+            }
+            if let Some((field, problem)) = t.profile.problem() {
+                return Err(self.err(format!("{at}.profile.{field}"), problem));
             }
             for c in &t.default_consent {
                 if !matches!(c.as_str(), "analytics" | "personalization" | "marketing") {

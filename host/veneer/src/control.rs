@@ -350,7 +350,8 @@ impl Control {
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no tenant {tenant:?}")))
     }
 
-    fn record(&self, tenant: &str) -> Result<TenantRecord, ApiError> {
+    /// The tenant's record, or 404.
+    pub fn record(&self, tenant: &str) -> Result<TenantRecord, ApiError> {
         self.store
             .tenant(tenant)?
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no tenant {tenant:?}")))
@@ -479,6 +480,7 @@ impl Control {
         if let Some(ledger) = &self.app.ledger {
             ledger.purge(name);
         }
+        self.app.profiles.purge(name);
         Ok(json!({"deleted": name}))
     }
 

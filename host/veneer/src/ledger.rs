@@ -82,6 +82,7 @@ pub struct Conversion {
 
 enum Row {
     Purge(String),
+    Erase(String, Vec<String>),
     Exposure(Exposure),
     Impression(Impression),
     Conversion(Conversion),
@@ -194,6 +195,57 @@ impl Ledger {
     /// must not become a new tenant's of the same name).
     pub fn purge(&self, tenant: &str) {
         let _ = self.tx.send(Row::Purge(tenant.to_owned()));
+    }
+
+    /// Deletes every row of `visitors` in `tenant` (a data-subject erasure); done when it
+    /// returns.
+    pub fn erase_visitors(&self, tenant: &str, visitors: Vec<String>) {
+        let _ = self.tx.send(Row::Erase(tenant.to_owned(), visitors));
+        self.flush();
+    }
+
+    /// Every row recorded for `visitors` in `tenant` (a data-subject export).
+    pub fn visitor_rows(
+        &self,
+        tenant: &str,
+        visitors: &[String],
+    ) -> anyhow::Result<serde_json::Value> {
+        let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = serde_json::Map::new();
+        for (table, columns) in [
+            ("exposures", "experiment, variation, at_us, segments"),
+            ("impressions", "campaign, channel, at_us, ''"),
+            ("conversions", "goal, value, at_us, currency"),
+        ] {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT visitor, {columns} FROM {table} WHERE tenant = ?1 AND visitor = ?2 ORDER BY at_us"
+            ))?;
+            let mut rows = Vec::new();
+            for v in visitors {
+                let found = stmt.query_map(params![tenant, v], |r| {
+                    let second: rusqlite::types::Value = r.get(2)?;
+                    let fourth: rusqlite::types::Value = r.get(4)?;
+                    let plain = |v: rusqlite::types::Value| match v {
+                        rusqlite::types::Value::Integer(i) => serde_json::json!(i),
+                        rusqlite::types::Value::Real(f) => serde_json::json!(f),
+                        rusqlite::types::Value::Text(t) => serde_json::json!(t),
+                        _ => serde_json::Value::Null,
+                    };
+                    Ok(serde_json::json!([
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        plain(second),
+                        r.get::<_, i64>(3)?,
+                        plain(fourth)
+                    ]))
+                })?;
+                for row in found {
+                    rows.push(row?);
+                }
+            }
+            out.insert(table.to_owned(), serde_json::Value::Array(rows));
+        }
+        Ok(serde_json::Value::Object(out))
     }
 
     fn send(&self, row: Row, kind: &'static str) -> bool {
@@ -614,6 +666,16 @@ fn store(
                     n += 1;
                 }
                 Row::Flush(done) => waiting.push(done),
+                Row::Erase(tenant, visitors) => {
+                    for table in ["exposures", "impressions", "conversions"] {
+                        let mut stmt = tx.prepare_cached(&format!(
+                            "DELETE FROM {table} WHERE tenant = ?1 AND visitor = ?2"
+                        ))?;
+                        for v in &visitors {
+                            stmt.execute(params![tenant, v])?;
+                        }
+                    }
+                }
                 Row::Purge(tenant) => {
                     for table in ["exposures", "impressions", "conversions"] {
                         tx.execute(

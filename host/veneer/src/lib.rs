@@ -31,6 +31,8 @@ pub mod plugin_run;
 pub mod plugin_test;
 pub mod preview;
 pub mod private_dir;
+pub mod profile;
+pub mod profile_admin;
 pub mod proxy;
 pub mod report;
 pub mod rewrite;

@@ -511,6 +511,34 @@ impl Store {
         Ok(())
     }
 
+    /// Records an action that changes no table here (profile imports and erasures) in the
+    /// audit log.
+    pub fn audit_action(
+        &self,
+        actor: &str,
+        action: &str,
+        tenant: &str,
+        target: Option<&str>,
+        detail: Option<String>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        audit(
+            &tx,
+            Audit {
+                actor,
+                action,
+                tenant: Some(tenant),
+                target,
+                before: None,
+                after: None,
+                detail,
+            },
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Deletes a tenant and everything it owns (its audit entries stay).
     pub fn delete_tenant(&self, actor: &str, name: &str) -> Result<(), StoreError> {
         let mut conn = self.conn();

@@ -42,6 +42,9 @@ pub struct VisitorState {
     /// impressions that day).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub caps: BTreeMap<String, (u32, u32)>,
+    /// The customer this visitor is (`veneer-identify`), until they log out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
 }
 
 /// Signs and verifies visitor cookies.
@@ -286,7 +289,46 @@ pub fn resume(signer: &CookieSigner, cookie_value: Option<&str>, now: u64) -> Vi
             visits: 1,
             sticky: BTreeMap::new(),
             caps: BTreeMap::new(),
+            customer: None,
         },
+    }
+}
+
+/// The claim `claim` of a JWT signed with HS256 under `secret`, if the signature verifies and
+/// the token is current at `now` (`exp`, `nbf`). Only HS256 is accepted: a token cannot
+/// choose a weaker algorithm (`none`) or another kind of key.
+pub fn jwt_claim(token: &str, secret: &[u8], claim: &str, now: i64) -> Option<String> {
+    let mut parts = token.split('.');
+    let (header, payload, tag) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let head: Value = serde_json::from_slice(&B64.decode(header).ok()?).ok()?;
+    if head.get("alg")?.as_str()? != "HS256" {
+        return None;
+    }
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).ok()?;
+    mac.update(header.as_bytes());
+    mac.update(b".");
+    mac.update(payload.as_bytes());
+    mac.verify_slice(&B64.decode(tag).ok()?).ok()?;
+    let body: Value = serde_json::from_slice(&B64.decode(payload).ok()?).ok()?;
+    if body
+        .get("exp")
+        .is_some_and(|e| e.as_f64().is_none_or(|e| e <= now as f64))
+    {
+        return None;
+    }
+    if body
+        .get("nbf")
+        .is_some_and(|n| n.as_f64().is_none_or(|n| n > now as f64))
+    {
+        return None;
+    }
+    match body.get(claim)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 
@@ -315,6 +357,34 @@ mod tests {
             CookieSigner::new(b"another-key-another-key-another!!").decode(&value),
             None
         );
+    }
+
+    #[test]
+    fn jwt_claims_verify() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let sign = |header: &str, body: &str, key: &[u8]| {
+            let (h, b) = (B64.encode(header), B64.encode(body));
+            let mut mac =
+                <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+            mac.update(format!("{h}.{b}").as_bytes());
+            format!("{h}.{b}.{}", B64.encode(mac.finalize().into_bytes()))
+        };
+        let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let good = sign(hs, r#"{"sub":"c42","exp":2000}"#, secret);
+        assert_eq!(
+            jwt_claim(&good, secret, "sub", 1000).as_deref(),
+            Some("c42")
+        );
+        assert_eq!(jwt_claim(&good, secret, "sub", 2000), None, "expired");
+        assert_eq!(
+            jwt_claim(&good, b"another-key-another-key-another!!", "sub", 1000),
+            None
+        );
+        let none = sign(r#"{"alg":"none"}"#, r#"{"sub":"c42"}"#, secret);
+        assert_eq!(jwt_claim(&none, secret, "sub", 1000), None);
+        let early = sign(hs, r#"{"sub":"c42","nbf":1500}"#, secret);
+        assert_eq!(jwt_claim(&early, secret, "sub", 1000), None);
+        assert_eq!(jwt_claim("a.b", secret, "sub", 1000), None);
     }
 
     #[test]

@@ -108,6 +108,7 @@ pub fn returning_cookie(visits: u32) -> String {
         visits,
         sticky: Default::default(),
         caps: Default::default(),
+        customer: None,
     };
     format!(
         "{COOKIE}={}",

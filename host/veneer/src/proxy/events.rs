@@ -16,9 +16,11 @@ use serde::Deserialize;
 use super::Body;
 use super::ctx::RequestCtx;
 use super::error::ProxyError;
+use super::identify;
 use super::identify::VisitorCtx;
 use crate::app::Tenant;
 use crate::plugin::HostServices as _;
+use crate::profile::Item;
 
 /// Where pages and apps post events, on every tenant's own host.
 pub(super) const BEACON_PATH: &str = "/_veneer/event";
@@ -35,7 +37,7 @@ const PATH_GOAL_ONCE_WITHIN: std::time::Duration = std::time::Duration::from_sec
 /// Events one visitor may send per second (with a burst of twice as many).
 const EVENTS_PER_SECOND: f64 = 10.0;
 
-/// The beacon's body, exactly as documented.
+/// The beacon's body, exactly as documented (also the origin's `veneer-event` header).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Posted {
@@ -46,6 +48,140 @@ struct Posted {
     currency: Option<String>,
     #[serde(default)]
     properties: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Cart lines, for `cart_add`, `cart_remove` and `purchase`.
+    #[serde(default)]
+    items: Option<Vec<Item>>,
+}
+
+/// Lines one cart event may carry.
+const MAX_ITEMS: usize = 50;
+
+/// The origin response header linking the visitor to a customer (`-` unlinks).
+pub(super) const IDENTIFY_HEADER: &str = "veneer-identify";
+/// The origin response header carrying an event, as the beacon's body (JSON).
+pub(super) const EVENT_HEADER: &str = "veneer-event";
+
+/// What the origin said about the visitor in its response headers (taken out: the client
+/// never sees them).
+#[derive(Default)]
+pub(super) struct OriginSignals {
+    identify: Option<String>,
+    events: Vec<String>,
+}
+
+/// Takes Veneer's own headers out of an origin response.
+pub(super) fn take_origin_signals(headers: &mut http::HeaderMap) -> OriginSignals {
+    if !headers.contains_key(IDENTIFY_HEADER) && !headers.contains_key(EVENT_HEADER) {
+        return OriginSignals::default();
+    }
+    let identify = headers
+        .get(IDENTIFY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned());
+    let events = headers
+        .get_all(EVENT_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .take(8)
+        .collect();
+    headers.remove(IDENTIFY_HEADER);
+    headers.remove(EVENT_HEADER);
+    OriginSignals { identify, events }
+}
+
+/// Acts on what the origin said: links (or unlinks) the customer, and records its events as
+/// if the page had posted them. Needs personalization consent to link; a preview changes
+/// nothing.
+pub(super) async fn origin_signals(
+    ctx: &RequestCtx,
+    tenant: &Tenant,
+    v: &mut VisitorCtx,
+    signals: OriginSignals,
+) {
+    if ctx.preview.is_some() {
+        return;
+    }
+    if let Some(id) = signals.identify
+        && v.services.consent.personalization
+    {
+        let customer = if id == "-" {
+            None
+        } else if crate::profile::valid_customer_id(&id) {
+            Some(id)
+        } else {
+            ctx.app.metrics.inc(
+                "veneer_identify_refused_total",
+                &[("tenant", &tenant.name), ("reason", "bad_id")],
+            );
+            tracing::warn!(tenant = %tenant.name, request_id = %ctx.id, "the origin's veneer-identify is not a usable customer id");
+            return;
+        };
+        identify::link(
+            &ctx.app,
+            tenant,
+            &mut v.state,
+            customer,
+            ctx.now.as_second(),
+        )
+        .await;
+    }
+    for text in signals.events {
+        let posted = serde_json::from_str::<Posted>(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|p| check(&p).map(|()| p).map_err(|e| e.detail().to_owned()));
+        match posted {
+            Ok(p) => {
+                if v.services.consent.analytics {
+                    v.services.track("origin", &p.event, properties(&p));
+                }
+                cart(ctx, tenant, v, &p);
+            }
+            Err(error) => {
+                ctx.app.metrics.inc(
+                    "veneer_origin_events_refused_total",
+                    &[("tenant", &tenant.name)],
+                );
+                tracing::warn!(tenant = %tenant.name, request_id = %ctx.id, error, "the origin's veneer-event was refused");
+            }
+        }
+    }
+}
+
+/// A cart event changes the visitor's (or customer's) cart: `cart_add`, `cart_remove`, and
+/// `purchase` (of the items named, or of the cart), which empties it.
+fn cart(ctx: &RequestCtx, tenant: &Tenant, v: &VisitorCtx, p: &Posted) {
+    let items = p.items.as_deref().unwrap_or_default();
+    let now = ctx.now.as_second();
+    match p.event.as_str() {
+        "cart_add" => v.record(tenant, |profile| profile.cart_add(items, now)),
+        "cart_remove" => v.record(tenant, |profile| profile.cart_remove(items, now)),
+        "purchase" => v.record(tenant, |profile| profile.purchase(items, p.value, now)),
+        _ => false,
+    };
+}
+
+fn properties(p: &Posted) -> Vec<(String, String)> {
+    let mut properties: Vec<(String, String)> = p
+        .properties
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => (k, s),
+            other => (k, other.to_string()),
+        })
+        .collect();
+    if let Some(v) = p.value {
+        properties.push(("value".into(), v.to_string()));
+    }
+    if let Some(c) = &p.currency {
+        properties.push(("currency".into(), c.clone()));
+    }
+    if let Some(items) = &p.items {
+        let skus: Vec<&str> = items.iter().map(|i| i.sku.as_str()).collect();
+        properties.push(("items".into(), skus.join(",")));
+    }
+    properties
 }
 
 /// Answers a beacon request: 204 once the event is recorded (or left out for want of consent).
@@ -80,26 +216,12 @@ pub(super) async fn beacon(
             Ok(Ok(collected)) => collected.to_bytes(),
         };
     let posted: Posted = serde_json::from_slice(&bytes)
-        .map_err(|e| ProxyError::BadEvent(format!("expected {{\"event\": NAME, \"value\": NUMBER?, \"currency\": CODE?, \"properties\": {{...}}?}}: {e}")))?;
+        .map_err(|e| ProxyError::BadEvent(format!("expected {{\"event\": NAME, \"value\": NUMBER?, \"currency\": CODE?, \"properties\": {{...}}?, \"items\": [{{\"sku\": ID, \"category\": NAME?, \"price\": NUMBER?, \"quantity\": N?}}]?}}: {e}")))?;
     check(&posted)?;
     ctx.outcome = "event";
     if services.consent.analytics {
-        let mut properties: Vec<(String, String)> = posted
-            .properties
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| match v {
-                serde_json::Value::String(s) => (k, s),
-                other => (k, other.to_string()),
-            })
-            .collect();
-        if let Some(v) = posted.value {
-            properties.push(("value".into(), v.to_string()));
-        }
-        if let Some(c) = &posted.currency {
-            properties.push(("currency".into(), c.clone()));
-        }
-        services.track("beacon", &posted.event, properties);
+        services.track("beacon", &posted.event, properties(&posted));
+        cart(ctx, tenant, visitor, &posted);
         let mut stored = true;
         for goal in tenant
             .config
@@ -201,6 +323,14 @@ fn check(p: &Posted) -> Result<(), ProxyError> {
     {
         return bad("currency: a 3-letter ISO 4217 code such as EUR");
     }
+    if let Some(items) = &p.items {
+        if items.len() > MAX_ITEMS {
+            return bad("items: at most 50");
+        }
+        if let Some(problem) = items.iter().find_map(Item::problem) {
+            return Err(ProxyError::BadEvent(problem));
+        }
+    }
     if let Some(props) = &p.properties {
         if props.len() > 32 {
             return bad("properties: at most 32");
@@ -235,6 +365,11 @@ pub(super) fn after_response(
         .is_some_and(|c| c.starts_with("text/html"));
     if html {
         services.track("veneer", "page_view", Vec::new());
+        if let Some(category) = tenant.config.profile.category(path) {
+            let now = services.now.as_second();
+            let half_life = tenant.config.profile.affinity_half_life_hours * 3600.0;
+            visitor.record(tenant, |p| p.viewed(category, now, half_life));
+        }
     }
     for goal in tenant.config.goals.iter().filter(|g| g.matches_path(path)) {
         services.converted(

@@ -2,18 +2,30 @@
 //! consent become the rules' attributes, the segments they are in, and one visitor shared by
 //! the plugins, the host services and the cookie written at the end.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use http::header;
 use http::request::Parts;
+use serde_json::Value;
 use veneer_rules::experiment::{StickyDoc, StickyDocs};
 
 use super::ctx::RequestCtx;
 use super::headers::{export_headers, header_str};
 use super::services::Services;
-use crate::app::Tenant;
-use crate::plugin::{RequestHead, Visitor};
+use crate::app::{App, Tenant};
+use crate::plugin::{DeviceClass, HostServices as _, RequestHead, Visitor};
+use crate::profile::{Profile, Profiles, Subject};
 use crate::visitor::{self, Facts, VisitorState};
+
+/// The profile a request reads and adds to.
+pub(super) struct ProfileRef {
+    /// Whose it is.
+    pub(super) subject: Subject,
+    /// The cached profile.
+    pub(super) shared: Arc<Mutex<Profile>>,
+    /// Where it is stored.
+    pub(super) profiles: Arc<Profiles>,
+}
 
 /// The identified visitor of one request.
 pub(super) struct VisitorCtx {
@@ -31,10 +43,93 @@ pub(super) struct VisitorCtx {
     pub(super) origin_cookie: String,
     /// Path and query of the request.
     pub(super) path_and_query: String,
+    /// The visitor's (or their customer's) profile: only with personalization consent, never
+    /// for bots.
+    pub(super) profile: Option<ProfileRef>,
+}
+
+impl VisitorCtx {
+    /// Records behaviour: `change` is applied to the profile and the profile queued for
+    /// storing, only with analytics consent and not for a preview. `true` when it was.
+    pub(super) fn record(&self, tenant: &Tenant, change: impl FnOnce(&mut Profile)) -> bool {
+        let Some(p) = &self.profile else { return false };
+        if !self.services.consent.analytics || self.services.quiet() {
+            return false;
+        }
+        let mut profile = p.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        change(&mut profile);
+        p.profiles.save(&tenant.config.name, &p.subject, &profile);
+        true
+    }
+}
+
+/// Links the visitor of `state` to `customer` (`None`: unlinks, a logout). The anonymous
+/// visitor's behaviour so far moves to the customer's profile, so it follows them.
+pub(super) async fn link(
+    app: &App,
+    tenant: &Tenant,
+    state: &mut VisitorState,
+    customer: Option<String>,
+    now: i64,
+) {
+    if state.customer == customer {
+        return;
+    }
+    let Some(c) = customer else {
+        state.customer = None;
+        return;
+    };
+    let name = &tenant.config.name;
+    let half_life = tenant.config.profile.affinity_half_life_hours * 3600.0;
+    let anon = Subject::Visitor(state.id.clone());
+    let theirs = app.profiles.get(name, &anon).await;
+    let moved = std::mem::take(&mut *theirs.lock().unwrap_or_else(PoisonError::into_inner));
+    if !moved.is_empty() {
+        app.profiles.save(name, &anon, &moved);
+    }
+    let subject = Subject::Customer(c.clone());
+    let ours = app.profiles.get(name, &subject).await;
+    let mut p = ours.lock().unwrap_or_else(PoisonError::into_inner);
+    p.absorb(&moved, now, half_life);
+    p.link(&state.id);
+    app.profiles.save(name, &subject, &p);
+    drop(p);
+    app.metrics
+        .inc("veneer_identified_total", &[("tenant", name)]);
+    state.customer = Some(c);
+}
+
+/// The customer a request names by the tenant's own means: a header from its trusted edge
+/// authentication, or a verified JWT cookie.
+fn requested_customer(
+    ctx: &RequestCtx,
+    tenant: &Tenant,
+    headers: &http::HeaderMap,
+    cookie_header: &str,
+) -> Option<String> {
+    let id = &tenant.config.identity;
+    let from_header = id
+        .header
+        .as_deref()
+        .filter(|_| ctx.trusted)
+        .and_then(|h| header_str(headers, h))
+        .map(|v| v.trim().to_owned());
+    let from_jwt = || {
+        let cookie = visitor::cookie(cookie_header, id.jwt_cookie.as_deref()?)?;
+        visitor::jwt_claim(
+            cookie,
+            id.jwt_secret.as_deref()?.as_bytes(),
+            id.jwt_claim.as_deref().unwrap_or("sub"),
+            ctx.now.as_second(),
+        )
+    };
+    from_header
+        .or_else(from_jwt)
+        .filter(|c| crate::profile::valid_customer_id(c))
 }
 
 /// Identifies the visitor of `parts` for `tenant`.
-pub(super) fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Parts) -> VisitorCtx {
+pub(super) async fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Parts) -> VisitorCtx {
     let app = &ctx.app;
     let now_secs = u64::try_from(ctx.now.as_second()).unwrap_or(0);
     let headers = &parts.headers;
@@ -44,7 +139,7 @@ pub(super) fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Parts) -> 
         .filter_map(|v| v.to_str().ok())
         .collect::<Vec<_>>()
         .join("; ");
-    let state = visitor::resume(
+    let mut state = visitor::resume(
         &app.signer,
         visitor::cookie(&cookie_header, visitor::COOKIE),
         now_secs,
@@ -72,6 +167,27 @@ pub(super) fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Parts) -> 
             header_str(headers, "sec-gpc") == Some("1"),
         ),
     };
+    let now = ctx.now.as_second();
+    // A preview reads the visitor's profile but never links or changes it.
+    let profile = if consent.personalization && !matches!(device, DeviceClass::Bot) {
+        if ctx.preview.is_none()
+            && let Some(c) = requested_customer(ctx, tenant, headers, &cookie_header)
+        {
+            link(app, tenant, &mut state, Some(c), now).await;
+        }
+        let subject = match &state.customer {
+            Some(c) => Subject::Customer(c.clone()),
+            None => Subject::Visitor(state.id.clone()),
+        };
+        let shared = app.profiles.get(&tenant.config.name, &subject).await;
+        Some(ProfileRef {
+            subject,
+            shared,
+            profiles: app.profiles.clone(),
+        })
+    } else {
+        None
+    };
     let path = parts.uri.path().to_owned();
     let facts = Facts {
         state: &state,
@@ -85,7 +201,34 @@ pub(super) fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Parts) -> 
         user_agent,
         consent,
     };
-    let attributes = Arc::new(facts.attributes());
+    let mut attributes = facts.attributes();
+    let mut stage = None;
+    if let (Some(p), Value::Object(map)) = (&profile, &mut attributes) {
+        let customer = match &p.subject {
+            Subject::Customer(c) => Some(c.as_str()),
+            Subject::Visitor(_) => None,
+        };
+        p.shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .attributes_into(map, customer, now, &tenant.config.profile);
+    }
+    if !tenant.journey.is_empty() {
+        let groups = tenant.rules.saved_groups();
+        stage = tenant
+            .journey
+            .iter()
+            .rev()
+            .find(|(_, when)| when.matches(&attributes, groups))
+            .map(|(name, _)| name.clone());
+        if let Value::Object(map) = &mut attributes {
+            map.insert(
+                "journey".into(),
+                stage.clone().map_or(Value::Null, Value::String),
+            );
+        }
+    }
+    let attributes = Arc::new(attributes);
     let segments = match ctx.preview.as_ref().and_then(|p| p.segments.as_ref()) {
         Some(names) => tenant.rules.segments_named(names),
         None => tenant.rules.segments(&attributes),
@@ -175,7 +318,7 @@ pub(super) fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Parts) -> 
         host: ctx.host.clone(),
         headers: plugin_headers,
     });
-    VisitorCtx {
+    let v = VisitorCtx {
         state,
         sticky_key,
         visitor,
@@ -183,5 +326,28 @@ pub(super) fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Parts) -> 
         request_head,
         origin_cookie,
         path_and_query,
+        profile,
+    };
+    if stage.is_some() {
+        journey_transition(tenant, &v, stage);
+    }
+    v
+}
+
+/// A visitor whose stage changed: the new stage is stored and the transition recorded as a
+/// `journey_stage` event (`from`, `to`), which reports and exports break results down by.
+fn journey_transition(tenant: &Tenant, v: &VisitorCtx, stage: Option<String>) {
+    let mut from = None;
+    let changed = v.record(tenant, |p| {
+        if p.stage != stage {
+            from = Some(p.stage.replace(stage.clone().unwrap_or_default()));
+        }
+    });
+    if let (true, Some(from)) = (changed, from) {
+        let properties = vec![
+            ("from".to_owned(), from.unwrap_or_default()),
+            ("to".to_owned(), stage.unwrap_or_default()),
+        ];
+        v.services.track("veneer", "journey_stage", properties);
     }
 }

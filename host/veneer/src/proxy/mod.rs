@@ -4,16 +4,20 @@
 //! admit (request hygiene)          → error: bad request (400) │ CONNECT, TRACE (405) │ OPTIONS * answered
 //! route (tenant by Host, methods)  → error: unknown host (404) │ method not allowed here (405)
 //!                                    │ tenant at its concurrency cap (503) │ over rate (429)
-//! identify (cookie, device, geo, locale, UTM, consent → segments, one shared visitor)
+//! identify (cookie, device, geo, locale, UTM, consent, customer and profile, journey stage
+//!           → segments, one shared visitor)
 //! events::beacon                   → POST /_veneer/event answered here (204), never proxied
 //! plugins::on_request              → a plugin may answer: redirect │ its own response
 //! cached::fetch (→ origin)         → the tenant cache's entry │ the origin's response
 //!                                    error: unreachable (502) │ too slow (504) │ bad target (400)
+//! events::origin_signals           → the origin's `veneer-identify` (link a customer) and
+//!                                    `veneer-event` (cart events), taken out of the response
 //! plugins::on_response             → header edits + checked plans
 //! body::personalize                → HTML streamed through the rewriter (or, for a cached page
 //!                                    and plans without callbacks, the tenant cache's copy of
 //!                                    the same rewrite) │ JSON patched │ untouched
-//! events::after_response           → page_view, path goals reached (conversions)
+//! events::after_response           → page_view (and the page's category for affinity), path
+//!                                    goals reached (conversions)
 //! finish::respond                  → the single exit: status for errors, visitor cookie,
 //!                                    x-request-id, one count in veneer_requests_total
 //! ```
@@ -209,7 +213,7 @@ async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Bo
         return Err(e);
     }
     preview(ctx, &tenant, &mut parts)?;
-    let visitor = identify::visitor(ctx, &tenant, &parts);
+    let visitor = identify::visitor(ctx, &tenant, &parts).await;
     if parts.uri.path() == events::BEACON_PATH {
         let answer = events::beacon(ctx, &tenant, &visitor, &parts, body).await;
         ctx.visitor = Some(visitor);
@@ -253,7 +257,10 @@ async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Bo
             &[("tenant", &tenant.name), ("status", status)],
         );
     }
-    let (head, body) = fetched.response.into_parts();
+    let (mut head, body) = fetched.response.into_parts();
+    let mut visitor = visitor;
+    let signals = events::take_origin_signals(&mut head.headers);
+    events::origin_signals(ctx, &tenant, &mut visitor, signals).await;
     let plans = plugins::on_response(ctx, &tenant, &visitor, chain, &head).await;
     ctx.visitor = Some(visitor);
     let response =

@@ -41,7 +41,7 @@ pub(super) struct Services {
 
 impl Services {
     /// Whether nothing is recorded for this request: it is a preview, not a visit.
-    fn quiet(&self) -> bool {
+    pub(super) fn quiet(&self) -> bool {
         self.preview.as_ref().is_some_and(|p| !p.record)
     }
 
