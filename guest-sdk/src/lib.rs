@@ -1,4 +1,4 @@
-//! Write Veneer personalization plugins in Rust, against contract `veneer:plugin@0.2.1`.
+//! Write Veneer personalization plugins in Rust, against contract `veneer:plugin@0.2.2`.
 //!
 //! A plugin is a type implementing [`Plugin`], whose hooks all default to "do nothing", and
 //! one [`export_plugin!`] line. Build it with `cargo build --target wasm32-wasip2 --release`
@@ -108,6 +108,49 @@ pub mod text {
         out
     }
 
+    /// The string a JSON string literal holds (`"gold"` → `gold`); `None` for other JSON
+    /// (a number, an array...) or a malformed literal.
+    pub fn json_string_value(json: &str) -> Option<String> {
+        let inner = json.trim().strip_prefix('"')?.strip_suffix('"')?;
+        let mut out = String::with_capacity(inner.len());
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next()? {
+                '"' => out.push('"'),
+                '\\' => out.push('\\'),
+                '/' => out.push('/'),
+                'n' => out.push('\n'),
+                'r' => out.push('\r'),
+                't' => out.push('\t'),
+                'b' => out.push('\u{8}'),
+                'f' => out.push('\u{c}'),
+                'u' => {
+                    let hex = |chars: &mut std::str::Chars<'_>| {
+                        let h: String = chars.by_ref().take(4).collect();
+                        u32::from_str_radix(&h, 16).ok().filter(|_| h.len() == 4)
+                    };
+                    let hi = hex(&mut chars)?;
+                    let code = if (0xD800..0xDC00).contains(&hi) {
+                        if chars.next()? != '\\' || chars.next()? != 'u' {
+                            return None;
+                        }
+                        let lo = hex(&mut chars)?;
+                        0x10000 + ((hi - 0xD800) << 10) + (lo.checked_sub(0xDC00)?)
+                    } else {
+                        hi
+                    };
+                    out.push(char::from_u32(code)?);
+                }
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
     /// The value of cookie `name` in a `Cookie` header value.
     pub fn cookie<'h>(header: &'h str, name: &str) -> Option<&'h str> {
         header.split(';').find_map(|pair| {
@@ -129,12 +172,18 @@ pub mod text {
             assert_eq!(json_string("a\"b\\c\n\u{1}"), r#""a\"b\\c\n\u0001""#);
             assert_eq!(cookie("a=1; cart=3; b=2", "cart"), Some("3"));
             assert_eq!(cookie("a=1", "cart"), None);
+            assert_eq!(json_string_value(r#""gold""#).as_deref(), Some("gold"));
+            assert_eq!(
+                json_string_value(r#""a\"b\u00e9\ud83d\ude00""#).as_deref(),
+                Some("a\"bé😀")
+            );
+            assert_eq!(json_string_value("1830"), None);
         }
     }
 }
 
 /// The contract version this SDK builds plugins for.
-pub const CONTRACT_VERSION: &str = "0.2.1";
+pub const CONTRACT_VERSION: &str = "0.2.2";
 
 /// Live campaigns and experiment assignments for this visitor.
 pub mod campaigns {
@@ -161,6 +210,92 @@ pub mod campaigns {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn impression(id: &str) {
         crate::testing::impression(id);
+    }
+}
+
+/// What is known about the visitor beyond this request (contract 0.2.2): the customer they are
+/// identified as, imported CRM attributes, category affinity, journey stage, cart and
+/// purchases. Empty without the visitor's personalization consent, and for bots. In native
+/// tests, [`testing::FakeHost::with_profile`](crate::testing::FakeHost::with_profile) sets it.
+pub mod profile {
+    #[cfg(target_arch = "wasm32")]
+    use crate::__bindings::veneer::plugin::profile as host;
+    #[cfg(not(target_arch = "wasm32"))]
+    use crate::testing::profile_host as host;
+
+    /// The customer the visitor is identified as, if any.
+    pub fn customer_id() -> Option<String> {
+        host::customer_id()
+    }
+
+    /// An imported CRM attribute of the customer, as JSON text (`"gold"`, `1830`).
+    pub fn customer_attribute(name: &str) -> Option<String> {
+        host::customer_attribute(name)
+    }
+
+    /// A CRM attribute that is a string (`"gold"` → `gold`).
+    pub fn customer_text(name: &str) -> Option<String> {
+        let json = customer_attribute(name)?;
+        crate::text::json_string_value(&json)
+    }
+
+    /// Up to `limit` categories the visitor is interested in, strongest first, with their
+    /// decayed page-view scores.
+    pub fn top_categories(limit: u32) -> Vec<(String, f64)> {
+        host::top_categories(limit)
+    }
+
+    /// The decayed page-view score of `category` (0 when none).
+    pub fn affinity(category: &str) -> f64 {
+        host::affinity(category)
+    }
+
+    /// The visitor's journey stage, when the tenant defines stages.
+    pub fn journey_stage() -> Option<String> {
+        host::journey_stage()
+    }
+
+    /// What sits in the visitor's cart.
+    #[derive(Debug, Clone, Default, PartialEq)]
+    pub struct Cart {
+        /// Items (quantities summed).
+        pub items: u32,
+        /// Value.
+        pub value: f64,
+        /// Products.
+        pub skus: Vec<String>,
+        /// Items, and no change or purchase for the tenant's set time.
+        pub abandoned: bool,
+    }
+
+    /// The visitor's cart.
+    pub fn cart() -> Cart {
+        Cart {
+            items: host::cart_items(),
+            value: host::cart_value(),
+            skus: host::cart_skus(),
+            abandoned: host::cart_abandoned(),
+        }
+    }
+
+    /// Purchases so far.
+    #[derive(Debug, Clone, Default, PartialEq)]
+    pub struct Purchases {
+        /// How many.
+        pub count: u32,
+        /// The last one, in milliseconds since the Unix epoch.
+        pub last_ms: Option<i64>,
+        /// Categories bought, most recent first.
+        pub categories: Vec<String>,
+    }
+
+    /// The visitor's purchases.
+    pub fn purchases() -> Purchases {
+        Purchases {
+            count: host::purchase_count(),
+            last_ms: host::last_purchase_ms(),
+            categories: host::purchased_categories(),
+        }
     }
 }
 
@@ -223,7 +358,7 @@ pub mod prelude {
     pub use crate::{
         DeviceClass, Element, HeaderEdits, HtmlOp, Level, Plan, Plugin, Request, RequestAction,
         Response, ResponsePlan, RuleOptions, SyntheticResponse, Visitor, analytics, campaigns,
-        config, content, export_plugin, log, now_ms, text,
+        config, content, export_plugin, log, now_ms, profile, text,
     };
 }
 

@@ -643,6 +643,7 @@ impl TrackedEvent {
 /// What the fake host holds and records.
 #[derive(Debug, Default, Clone)]
 struct State {
+    profile: Profile,
     config: BTreeMap<String, String>,
     fragments: BTreeMap<String, String>,
     campaigns: Vec<Campaign>,
@@ -673,6 +674,12 @@ impl FakeHost {
     /// Plugin parameter `key` (what `config(key)` returns).
     pub fn with_config(mut self, key: &str, value: &str) -> Self {
         self.state.config.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// The visitor's profile (what [`profile`](crate::profile) answers).
+    pub fn with_profile(mut self, profile: Profile) -> Self {
+        self.state.profile = profile;
         self
     }
 
@@ -785,6 +792,91 @@ fn with<R>(f: impl FnOnce(&mut State) -> R, outside: impl FnOnce() -> R) -> R {
 
 pub(crate) fn config(key: &str) -> Option<String> {
     with(|s| s.config.get(key).cloned(), || None)
+}
+
+/// A visitor's profile for [`FakeHost::with_profile`]: what the host would know about them.
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    /// The customer id.
+    pub customer_id: Option<String>,
+    /// Imported attributes, as JSON text (`("tier", "\"gold\"")`).
+    pub customer_attributes: Vec<(String, String)>,
+    /// Category scores.
+    pub affinity: Vec<(String, f64)>,
+    /// The journey stage.
+    pub journey_stage: Option<String>,
+    /// The cart.
+    pub cart: crate::profile::Cart,
+    /// Purchases.
+    pub purchases: crate::profile::Purchases,
+}
+
+/// The `profile` interface in native tests.
+pub(crate) mod profile_host {
+    use super::with;
+
+    pub(crate) fn customer_id() -> Option<String> {
+        with(|s| s.profile.customer_id.clone(), || None)
+    }
+    pub(crate) fn customer_attribute(name: &str) -> Option<String> {
+        with(
+            |s| {
+                s.profile
+                    .customer_attributes
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            },
+            || None,
+        )
+    }
+    pub(crate) fn top_categories(limit: u32) -> Vec<(String, f64)> {
+        with(
+            |s| {
+                let mut a = s.profile.affinity.clone();
+                a.sort_by(|x, y| y.1.total_cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+                a.truncate(limit as usize);
+                a
+            },
+            Vec::new,
+        )
+    }
+    pub(crate) fn affinity(category: &str) -> f64 {
+        with(
+            |s| {
+                s.profile
+                    .affinity
+                    .iter()
+                    .find(|(k, _)| k == category)
+                    .map_or(0.0, |(_, v)| *v)
+            },
+            || 0.0,
+        )
+    }
+    pub(crate) fn journey_stage() -> Option<String> {
+        with(|s| s.profile.journey_stage.clone(), || None)
+    }
+    pub(crate) fn cart_items() -> u32 {
+        with(|s| s.profile.cart.items, || 0)
+    }
+    pub(crate) fn cart_value() -> f64 {
+        with(|s| s.profile.cart.value, || 0.0)
+    }
+    pub(crate) fn cart_skus() -> Vec<String> {
+        with(|s| s.profile.cart.skus.clone(), Vec::new)
+    }
+    pub(crate) fn cart_abandoned() -> bool {
+        with(|s| s.profile.cart.abandoned, || false)
+    }
+    pub(crate) fn purchase_count() -> u32 {
+        with(|s| s.profile.purchases.count, || 0)
+    }
+    pub(crate) fn last_purchase_ms() -> Option<i64> {
+        with(|s| s.profile.purchases.last_ms, || None)
+    }
+    pub(crate) fn purchased_categories() -> Vec<String> {
+        with(|s| s.profile.purchases.categories.clone(), Vec::new)
+    }
 }
 
 pub(crate) fn fragment(key: &str) -> Option<String> {

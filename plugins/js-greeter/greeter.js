@@ -1,6 +1,6 @@
-import { fragment } from 'veneer:plugin/content@0.2.1';
-import { track } from 'veneer:plugin/analytics@0.2.1';
-import { config } from 'veneer:plugin/host@0.2.1';
+import { fragment } from 'veneer:plugin/content@0.2.2';
+import { track } from 'veneer:plugin/analytics@0.2.2';
+import { config } from 'veneer:plugin/host@0.2.2';
 
 function escapeHtml(s) {
   return s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);

@@ -10,11 +10,11 @@ fn main() {
     println!("cargo:rerun-if-changed={}", source.display());
     let wit = std::fs::read_to_string(&source).expect("reading wit/veneer.wit");
     assert!(
-        wit.contains("package veneer:plugin@0.2.1;"),
+        wit.contains("package veneer:plugin@0.2.2;"),
         "the contract moved on: update this fixture"
     );
     let future = wit
-        .replace("package veneer:plugin@0.2.1;", "package veneer:plugin@0.2.9;")
+        .replace("package veneer:plugin@0.2.2;", "package veneer:plugin@0.2.9;")
         .replace(
             "interface host {\n",
             "interface host {\n    /// Added in 0.2.9 (this fixture never calls it).\n    region: func() -> option<string>;\n",

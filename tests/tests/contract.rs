@@ -14,7 +14,7 @@ use veneer::plugin::{Contract, Limits, Runtime, RuntimeOptions};
 use veneer_tests::TempDir;
 
 /// Released contract versions with golden plugins, oldest first.
-const RELEASED: [&str; 3] = ["0.1.0", "0.2.0", "0.2.1"];
+const RELEASED: [&str; 4] = ["0.1.0", "0.2.0", "0.2.1", "0.2.2"];
 
 fn golden(version: &str, name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -301,13 +301,13 @@ fn every_golden_plugin_links_against_the_contract_it_was_built_for() {
             let plugin = rt
                 .load_bytes("golden", &bytes, Default::default(), limits())
                 .unwrap_or_else(|e| panic!("{}: {e:#}", wasm.display()));
-            // Linked against the host's bindings for its minor line (0.2.0 → the 0.2.1 ones).
+            // Linked against the host's bindings for its minor line (0.2.0 and 0.2.1 → the 0.2.2 ones).
             let line = |v: &str| v.rsplit_once('.').map(|(l, _)| l.to_owned());
             assert_eq!(line(plugin.contract().version()), line(&version));
             seen += 1;
         }
     }
-    assert!(seen >= 12, "found {seen} golden plugins");
+    assert!(seen >= 20, "found {seen} golden plugins");
 }
 
 #[test]
@@ -325,7 +325,7 @@ fn a_plugin_for_an_unknown_future_version_is_refused_at_load_with_its_version() 
         .expect("a 0.3.0 plugin must be refused");
     let msg = format!("{err:#}");
     assert!(msg.contains("veneer:plugin@0.3.0"), "{msg}");
-    assert!(msg.contains("supported: 0.1.0, 0.2.1"), "{msg}");
+    assert!(msg.contains("supported: 0.1.0, 0.2.2"), "{msg}");
 
     let err = rt
         .load(
@@ -335,10 +335,10 @@ fn a_plugin_for_an_unknown_future_version_is_refused_at_load_with_its_version() 
             limits(),
         )
         .err()
-        .expect("a 0.2.9 plugin using a function 0.2.1 lacks must be refused");
+        .expect("a 0.2.9 plugin using a function 0.2.2 lacks must be refused");
     let msg = format!("{err:#}");
     assert!(
-        msg.contains("veneer:plugin@0.2.9, newer than this host's 0.2.1"),
+        msg.contains("veneer:plugin@0.2.9, newer than this host's 0.2.2"),
         "{msg}"
     );
     assert!(
@@ -393,10 +393,12 @@ async fn metrics_count_loaded_plugins_per_contract_version() {
         plugin_at("old-banner", &golden("0.1.0", "campaign-banner"), ""),
         plugin_at("hero", &current("hero"), ""),
         plugin_at("banner-0-2-0", &golden("0.2.0", "campaign-banner"), ""),
+        plugin_at("banner-0-2-1", &golden("0.2.1", "campaign-banner"), ""),
     );
     let (_origin, host) = shop(&cfg).await;
     let text = host.app.metrics.render();
-    // Each by the version it was built for, though 0.2.0 and 0.2.1 share one set of bindings.
+    // Each by the version it was built for, though 0.2.0, 0.2.1 and 0.2.2 share one set of
+    // bindings.
     assert!(
         text.contains("veneer_plugins_loaded{contract=\"0.2.0\"} 1"),
         "{text}"
@@ -407,6 +409,10 @@ async fn metrics_count_loaded_plugins_per_contract_version() {
     );
     assert!(
         text.contains("veneer_plugins_loaded{contract=\"0.2.1\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("veneer_plugins_loaded{contract=\"0.2.2\"} 1"),
         "{text}"
     );
     // Both generations serve side by side in one chain.
@@ -425,7 +431,8 @@ fn released_contracts_are_frozen() {
     for (file, pinned) in [
         ("v0.1.0/veneer.wit", PINNED_0_1_0),
         ("v0.2.0/veneer.wit", PINNED_0_2_0),
-        ("veneer.wit", PINNED_0_2_1),
+        ("v0.2.1/veneer.wit", PINNED_0_2_1),
+        ("veneer.wit", PINNED_0_2_2),
     ] {
         let text = std::fs::read(root.join(file)).expect("wit file");
         assert_eq!(
@@ -437,7 +444,7 @@ fn released_contracts_are_frozen() {
     }
     assert_eq!(
         Contract::ALL.map(Contract::version),
-        ["0.1.0", "0.2.1"],
+        ["0.1.0", "0.2.2"],
         "a new supported version needs golden plugins and a pinned WIT here"
     );
 }
@@ -450,8 +457,10 @@ fn hex(bytes: &[u8]) -> String {
 const PINNED_0_1_0: &str = "7466238c3407e69718c04857517106820a20c550c5680ceaf756bb135fc17531";
 /// SHA-256 of `wit/v0.2.0/veneer.wit`, as released.
 const PINNED_0_2_0: &str = "1039c7b42b527652b2ab41cb6bcbc2400d5d2213f8692544bb40e4b86a31dcb8";
-/// SHA-256 of `wit/veneer.wit` (0.2.1), as released.
+/// SHA-256 of `wit/v0.2.1/veneer.wit`, as released.
 const PINNED_0_2_1: &str = "3f7bcbd4b4ce25c27afa24c69e7fb4aaf9e840534be4301fc990ed23d4165eee";
+/// SHA-256 of `wit/veneer.wit` (0.2.2), as released.
+const PINNED_0_2_2: &str = "61ad7310cb5d43ea593b02ae44961e729e503ec2760f1f0c5b08aa10c687104f";
 
 #[tokio::test]
 async fn contract_0_2_resources_answer_every_getter_and_impressions_are_recorded_once() {

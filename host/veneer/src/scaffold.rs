@@ -95,7 +95,7 @@ crate-type = ["cdylib", "rlib"]
 
 [dependencies]
 # The SDK from a Veneer checkout; it is a self-contained package (`cargo package -p veneer-sdk`
-# builds), so from a registry it is `veneer-sdk = "0.2.1"`.
+# builds), so from a registry it is `veneer-sdk = "0.2.2"`.
 veneer-sdk = {{ path = {sdk_toml} }}
 
 # Its own workspace, so it builds wherever it is put.

@@ -541,7 +541,7 @@ fn deploys_swap_atomically_refusals_change_nothing_and_a_restart_keeps_everythin
         stderr.contains("422")
             && stderr.contains("veneer:plugin@0.3.0")
             && stderr.contains("0.1.0")
-            && stderr.contains("0.2.1"),
+            && stderr.contains("0.2.2"),
         "refused at upload with its version and the supported ones: {stderr}"
     );
     std::fs::write(

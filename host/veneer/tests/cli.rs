@@ -207,7 +207,7 @@ fn plugin_check_names_the_contract_a_component_targets() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("this host supports 0.1.0, 0.2.1"),
+        stdout.contains("this host supports 0.1.0, 0.2.2"),
         "{stdout}"
     );
     assert!(

@@ -61,7 +61,7 @@ pub use model::{
 pub enum Contract {
     /// `veneer:plugin@0.1.0`: records in, records out (frozen).
     V0_1,
-    /// `veneer:plugin@0.2.x` (0.2.1 today; 0.2.0 components link by semver): resources with
+    /// `veneer:plugin@0.2.x` (0.2.2 today; 0.2.0 and 0.2.1 components link by semver): resources with
     /// methods, grows by adding functions.
     V0_2,
 }
@@ -70,19 +70,19 @@ impl Contract {
     /// Every supported version, oldest first.
     pub const ALL: [Contract; 2] = [Contract::V0_1, Contract::V0_2];
 
-    /// The version this host implements, e.g. `0.2.1`.
+    /// The version this host implements, e.g. `0.2.2`.
     pub fn version(self) -> &'static str {
         match self {
             Contract::V0_1 => "0.1.0",
-            Contract::V0_2 => "0.2.1",
+            Contract::V0_2 => "0.2.2",
         }
     }
 
     /// Every released contract version this host runs, oldest first: what
     /// `veneer_plugins_loaded` lists (at 0 when no tenant deploys it).
-    pub const RELEASES: [&'static str; 3] = ["0.1.0", "0.2.0", "0.2.1"];
+    pub const RELEASES: [&'static str; 4] = ["0.1.0", "0.2.0", "0.2.1", "0.2.2"];
 
-    /// The supported versions as a list for messages: `0.1.0, 0.2.1`.
+    /// The supported versions as a list for messages: `0.1.0, 0.2.2`.
     pub fn supported_list() -> String {
         Contract::ALL.map(Contract::version).join(", ")
     }
@@ -127,6 +127,11 @@ pub trait HostServices: Send + Sync {
     fn request_id(&self) -> &str;
     /// The tenant name, for log lines.
     fn tenant(&self) -> &str;
+    /// The attributes the segment rules saw (with the visitor's profile: `customer`,
+    /// `affinity`, `journey`, `cart`, `purchases`), for the `profile` interface.
+    fn attributes(&self) -> Option<&serde_json::Value> {
+        None
+    }
 }
 
 /// Engine-wide settings.
@@ -226,7 +231,7 @@ pub struct Runtime {
 struct Linked {
     pre: Pre,
     contract: Contract,
-    /// The exact version the component was built for (0.2.0 and 0.2.1 share bindings).
+    /// The exact version the component was built for (0.2.0, 0.2.1 and 0.2.2 share bindings).
     built_for: String,
 }
 
@@ -316,7 +321,7 @@ impl Runtime {
         // Every supported contract version side by side: their interfaces carry the version
         // in their names (`veneer:plugin/content@0.1.0`), so they never clash.
         wt(v0_1::add_to_linker(&mut linker)).context("linking veneer:plugin@0.1.0")?;
-        wt(v0_2::add_to_linker(&mut linker)).context("linking veneer:plugin@0.2.1")?;
+        wt(v0_2::add_to_linker(&mut linker)).context("linking veneer:plugin@0.2.2")?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (stop, ticker_engine) = (ticker_stop.clone(), engine.clone());

@@ -1,6 +1,6 @@
-//! Contract `veneer:plugin@0.2.x` (`wit/veneer.wit`, 0.2.1 today): its bindings and the host
-//! side of its resources. Components built for 0.2.0 link to these bindings by semver (0.2.1
-//! only added methods).
+//! Contract `veneer:plugin@0.2.x` (`wit/veneer.wit`, 0.2.2 today): its bindings and the host
+//! side of its resources. Components built for 0.2.0 and 0.2.1 link to these bindings by
+//! semver (0.2.1 only added methods, 0.2.2 the `profile` interface).
 //!
 //! 0.2.0 hands the plugin resources instead of records: the visitor, request and response are
 //! read through getters (backed by `Arc`s of the host's model, so nothing is copied until the
@@ -700,5 +700,105 @@ impl wit::host::Host for StoreState {
         };
         self.write_log(level, &message);
         Ok(())
+    }
+}
+
+impl StoreState {
+    /// An attribute of the visitor's profile as the rules saw it, by JSON pointer.
+    fn profile_value(&self, pointer: &str) -> Option<&serde_json::Value> {
+        self.services
+            .attributes()?
+            .pointer(pointer)
+            .filter(|v| !v.is_null())
+    }
+
+    fn profile_strings(&self, pointer: &str) -> Vec<String> {
+        self.profile_value(pointer)
+            .and_then(serde_json::Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl wit::profile::Host for StoreState {
+    fn customer_id(&mut self) -> R<Option<String>> {
+        Ok(self
+            .profile_value("/customer/id")
+            .and_then(|v| v.as_str().map(str::to_owned)))
+    }
+    fn customer_attribute(&mut self, name: String) -> R<Option<String>> {
+        // `id` is the customer's id, not an imported attribute.
+        if name == "id" || name.contains('/') || name.contains('~') {
+            return Ok(None);
+        }
+        Ok(self
+            .profile_value(&format!("/customer/{name}"))
+            .map(serde_json::Value::to_string))
+    }
+    fn top_categories(&mut self, limit: u32) -> R<Vec<(String, f64)>> {
+        let mut scores: Vec<(String, f64)> = self
+            .profile_value("/affinity")
+            .and_then(serde_json::Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        scores.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        scores.truncate(limit as usize);
+        Ok(scores)
+    }
+    fn affinity(&mut self, category: String) -> R<f64> {
+        Ok(self
+            .profile_value("/affinity")
+            .and_then(|m| m.get(&category))
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0))
+    }
+    fn journey_stage(&mut self) -> R<Option<String>> {
+        Ok(self
+            .profile_value("/journey")
+            .and_then(|v| v.as_str().map(str::to_owned)))
+    }
+    fn cart_items(&mut self) -> R<u32> {
+        Ok(self
+            .profile_value("/cart/items")
+            .and_then(serde_json::Value::as_u64)
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)))
+    }
+    fn cart_value(&mut self) -> R<f64> {
+        Ok(self
+            .profile_value("/cart/value")
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0))
+    }
+    fn cart_skus(&mut self) -> R<Vec<String>> {
+        Ok(self.profile_strings("/cart/skus"))
+    }
+    fn cart_abandoned(&mut self) -> R<bool> {
+        Ok(self
+            .profile_value("/cart/abandoned")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false))
+    }
+    fn purchase_count(&mut self) -> R<u32> {
+        Ok(self
+            .profile_value("/purchases/count")
+            .and_then(serde_json::Value::as_u64)
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)))
+    }
+    fn last_purchase_ms(&mut self) -> R<Option<i64>> {
+        Ok(self
+            .profile_value("/purchases/lastAt")
+            .and_then(serde_json::Value::as_i64)
+            .map(|s| s.saturating_mul(1000)))
+    }
+    fn purchased_categories(&mut self) -> R<Vec<String>> {
+        Ok(self.profile_strings("/purchases/categories"))
     }
 }

@@ -334,4 +334,8 @@ impl HostServices for Services {
     fn tenant(&self) -> &str {
         &self.tenant.config.name
     }
+
+    fn attributes(&self) -> Option<&serde_json::Value> {
+        Some(&self.attributes)
+    }
 }

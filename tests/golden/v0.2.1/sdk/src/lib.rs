@@ -35,7 +35,7 @@
 #[doc(hidden)]
 pub mod __bindings {
     wit_bindgen::generate!({
-        path: "../../../../wit/veneer.wit",
+        path: "../../../../wit/v0.2.1/veneer.wit",
         world: "personalizer",
         pub_export_macro: true,
         default_bindings_module: "veneer_sdk::__bindings",
