@@ -722,3 +722,130 @@ fn deploys_swap_atomically_refusals_change_nothing_and_a_restart_keeps_everythin
     assert_eq!(banner_slot(&page(&v, "shop.test").1), "a");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn crm_import_reports_bad_lines_and_data_subject_requests_export_and_erase() {
+    let dir = data_dir("profiles");
+    let origin = origin();
+    let v = start(&dir, origin);
+    for (name, host) in [("shop", "shop.test"), ("rival", "rival.test")] {
+        ok(
+            &v,
+            OPERATOR,
+            &[
+                "tenant",
+                "create",
+                name,
+                "--host",
+                host,
+                "--origin",
+                &format!("http://{origin}"),
+            ],
+        );
+    }
+    let shop = ok(&v, OPERATOR, &["token", "create", "--tenant", "shop"]);
+    let rival = ok(&v, OPERATOR, &["token", "create", "--tenant", "rival"]);
+    let file = dir.join("crm.jsonl");
+    std::fs::write(
+        &file,
+        "{\"customer\": \"c1\", \"attributes\": {\"tier\": \"gold\", \"ltv\": 1830, \"categories\": [\"boots\"]}}\n\
+         {\"customer\": \"c2\", \"attributes\": {\"tier\": \"silver\"}\n\
+         \n\
+         {\"customer\": \"c3\", \"attributes\": {\"tier\": \"bronze\"}}\n",
+    )
+    .expect("crm file");
+    let path = file.to_str().unwrap_or_default();
+    let (success, stdout, stderr) =
+        cli(&v, &shop, &["profile", "import", path, "--tenant", "shop"]);
+    assert!(!success, "a refused line fails the command: {stdout}");
+    assert!(
+        stderr.contains(&format!("{path}:2: expected")),
+        "the malformed line is named with its number: {stderr}"
+    );
+    assert!(stderr.contains("2 lines imported, 1 refused"), "{stderr}");
+
+    let c1 = ok(
+        &v,
+        &shop,
+        &["profile", "export", "--tenant", "shop", "--customer", "c1"],
+    );
+    let c1: serde_json::Value = serde_json::from_str(&c1).expect("export json");
+    assert_eq!(c1["profile"]["attributes"]["tier"], "gold", "{c1}");
+    assert_eq!(c1["profile"]["attributes"]["ltv"], 1830, "{c1}");
+    let c3 = ok(
+        &v,
+        &shop,
+        &["profile", "export", "--tenant", "shop", "--customer", "c3"],
+    );
+    assert!(c3.contains("bronze"), "the line after the bad one: {c3}");
+    let (success, _, stderr) = cli(
+        &v,
+        &shop,
+        &["profile", "export", "--tenant", "shop", "--customer", "c2"],
+    );
+    assert!(
+        !success && stderr.contains("404"),
+        "nothing of line 2: {stderr}"
+    );
+    // Another tenant's token reads nothing of this tenant's customers.
+    let (success, _, stderr) = cli(
+        &v,
+        &rival,
+        &["profile", "export", "--tenant", "shop", "--customer", "c1"],
+    );
+    assert!(!success && stderr.contains("403"), "{stderr}");
+
+    // An upsert changes only the attributes it names; null removes one.
+    std::fs::write(
+        &file,
+        "{\"customer\": \"c1\", \"attributes\": {\"tier\": \"platinum\", \"ltv\": null}}\n",
+    )
+    .expect("crm file");
+    assert_eq!(
+        ok(&v, &shop, &["profile", "import", path, "--tenant", "shop"]),
+        "1 lines imported"
+    );
+    let c1 = ok(
+        &v,
+        &shop,
+        &["profile", "export", "--tenant", "shop", "--customer", "c1"],
+    );
+    let c1: serde_json::Value = serde_json::from_str(&c1).expect("export json");
+    assert_eq!(c1["profile"]["attributes"]["tier"], "platinum", "{c1}");
+    assert!(c1["profile"]["attributes"].get("ltv").is_none(), "{c1}");
+    assert_eq!(c1["profile"]["attributes"]["categories"][0], "boots");
+
+    // Erasure: gone, and the audit log says so without naming them.
+    ok(
+        &v,
+        &shop,
+        &["profile", "erase", "--tenant", "shop", "--customer", "c1"],
+    );
+    let (success, _, stderr) = cli(
+        &v,
+        &shop,
+        &["profile", "export", "--tenant", "shop", "--customer", "c1"],
+    );
+    assert!(!success && stderr.contains("404"), "{stderr}");
+    let audit = ok(&v, OPERATOR, &["audit", "--tenant", "shop"]);
+    assert!(
+        audit.contains("profiles.erase") && audit.contains("profiles.import"),
+        "{audit}"
+    );
+    assert!(!audit.contains("\"c1\""), "{audit}");
+    // Still gone after a restart: the erasure reached the disk.
+    drop(v);
+    let v = start(&dir, origin);
+    let (success, _, stderr) = cli(
+        &v,
+        &shop,
+        &["profile", "export", "--tenant", "shop", "--customer", "c3"],
+    );
+    assert!(success, "c3 survives a restart: {stderr}");
+    let (success, _, _) = cli(
+        &v,
+        &shop,
+        &["profile", "export", "--tenant", "shop", "--customer", "c1"],
+    );
+    assert!(!success);
+}
