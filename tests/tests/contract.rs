@@ -388,7 +388,7 @@ async fn a_refused_plugin_fails_the_config_naming_the_field_and_the_version() {
 #[tokio::test]
 async fn metrics_count_loaded_plugins_per_contract_version() {
     let cfg = format!(
-        "{}{}{}{}",
+        "{}{}{}{}{}",
         plugin_at("old-hero", &golden("0.1.0", "hero"), ""),
         plugin_at("old-banner", &golden("0.1.0", "campaign-banner"), ""),
         plugin_at("hero", &current("hero"), ""),

@@ -415,7 +415,7 @@ async fn erasing_a_customer_removes_every_trace() {
     let kept = profiles.export("shop", &customer).expect("profile");
     assert!(kept.affinity.contains_key("boots"), "{kept:?}");
     assert_eq!(kept.cart.items.len(), 1);
-    assert_eq!(kept.visitors, [visitor.clone()]);
+    assert_eq!(kept.visitors, std::slice::from_ref(&visitor));
 
     profiles.erase(
         "shop",
