@@ -42,7 +42,7 @@ en = "<p>Socks that go with your boots</p>"
 en = "<h2>Boots for every trail</h2>"
 "#;
 
-fn config() -> String {
+fn config(identity: &str) -> String {
     let plugin = |name: &str| {
         format!(
             "[[tenant.plugin]]\nname = \"{name}\"\npath = \"{{plugins}}/{}.wasm\"\n",
@@ -57,6 +57,8 @@ hosts = ["shop.test", "127.0.0.1"]
 origin = "{{origin}}"
 rules = "rules.json"
 fragments = "fragments.toml"
+
+{identity}
 
 [tenant.profile]
 affinity_half_life_hours = 24
@@ -93,6 +95,10 @@ struct Shop {
 }
 
 async fn shop() -> Shop {
+    shop_with("").await
+}
+
+async fn shop_with(identity: &str) -> Shop {
     let mut pages = HashMap::new();
     pages.insert("/".to_owned(), Page::html(HOME));
     pages.insert("/boots/trail".to_owned(), Page::html(HOME));
@@ -112,7 +118,7 @@ async fn shop() -> Shop {
     let data = TempDir::new();
     let host = Host::start_with_server(
         HostSpec {
-            config: &config(),
+            config: &config(identity),
             files: &[("rules.json", RULES), ("fragments.toml", FRAGMENTS)],
         },
         origin.addr,
@@ -185,7 +191,7 @@ async fn the_origin_identifies_a_customer_and_the_next_request_knows_them() {
     let s = shop().await;
     let imported = s.host.app.profiles.import(
         "shop",
-        "{\"customer\": \"c-ada\", \"attributes\": {\"tier\": \"gold\", \"ltv\": 1830}}\n",
+        b"{\"customer\": \"c-ada\", \"attributes\": {\"tier\": \"gold\", \"ltv\": 1830}}\n",
         1,
     );
     assert_eq!(imported.imported, 1, "{imported:?}");
@@ -218,12 +224,110 @@ async fn the_origin_identifies_a_customer_and_the_next_request_knows_them() {
     };
     let (_, body) = forged.get("/").await;
     assert!(!body.contains("Gold members"), "{body}");
+    // A genuine cookie whose link another tenant made (every tenant's cookies share one key)
+    // names nobody here.
+    let mut elsewhere = Browser {
+        host: &s.host,
+        cookie: Some(cookie_for("c-ada", "another-shop")),
+        extra: None,
+    };
+    let (_, body) = elsewhere.get("/").await;
+    assert!(!body.contains("Gold members"), "{body}");
+    let mut here = Browser {
+        host: &s.host,
+        cookie: Some(cookie_for("c-ada", "shop")),
+        extra: None,
+    };
+    let (_, body) = here.get("/").await;
+    assert!(body.contains("Gold members"), "{body}");
 
     // Logout unlinks.
     let (headers, _) = ada.get("/logout").await;
     assert_eq!(issued_state(&headers).and_then(|s| s.customer), None);
     let (_, body) = ada.get("/").await;
     assert!(!body.contains("Gold members"), "{body}");
+}
+
+/// A visitor cookie linked to `customer` by `tenant`, signed as the host signs them.
+fn cookie_for(customer: &str, tenant: &str) -> String {
+    let state = veneer::visitor::VisitorState {
+        id: "visitor-7".into(),
+        first: 1,
+        last: 2,
+        visits: 1,
+        sticky: Default::default(),
+        caps: Default::default(),
+        customer: Some(customer.into()),
+        customer_of: Some(tenant.into()),
+    };
+    format!(
+        "veneer_vid={}",
+        veneer::visitor::CookieSigner::new(veneer_tests::SECRET.as_bytes()).encode(&state)
+    )
+}
+
+/// An HS256 JWT for `claims`.
+fn jwt(claims: &str, secret: &[u8]) -> String {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (h, b) = (
+        b64.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+        b64.encode(claims),
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
+    mac.update(format!("{h}.{b}").as_bytes());
+    format!("{h}.{b}.{}", b64.encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test]
+async fn a_jwt_cookie_identifies_for_as_long_as_it_is_there() {
+    let secret = "jwt-secret-0123456789abcdef0123456789";
+    let s = shop_with(&format!(
+        "[tenant.identity]\njwt_cookie = \"session\"\njwt_secret = \"{secret}\"\n"
+    ))
+    .await;
+    s.host.app.profiles.import(
+        "shop",
+        b"{\"customer\": \"c-ada\", \"attributes\": {\"tier\": \"gold\"}}",
+        1,
+    );
+    let exp = jiff::Timestamp::now().as_second() + 600;
+    let token = jwt(
+        &format!(r#"{{"sub":"c-ada","exp":{exp}}}"#),
+        secret.as_bytes(),
+    );
+    let session = Box::leak(format!("session={token}").into_boxed_str());
+    let mut v = Browser {
+        host: &s.host,
+        cookie: None,
+        extra: Some(session),
+    };
+    let (_, body) = v.get("/").await;
+    assert!(
+        body.contains("Gold members"),
+        "known at the first request: {body}"
+    );
+    // Signed with another key, or expired: nobody.
+    let forged = jwt(
+        r#"{"sub":"c-ada"}"#,
+        b"another-key-another-key-another-key!",
+    );
+    let expired = jwt(r#"{"sub":"c-ada","exp":1000}"#, secret.as_bytes());
+    for bad in [forged, expired] {
+        let mut other = Browser {
+            host: &s.host,
+            cookie: None,
+            extra: Some(Box::leak(format!("session={bad}").into_boxed_str())),
+        };
+        let (_, body) = other.get("/").await;
+        assert!(!body.contains("Gold members"), "{body}");
+    }
+    // The session cookie gone (signed out at the tenant's edge): no longer known.
+    v.extra = None;
+    let (headers, body) = v.get("/").await;
+    assert!(!body.contains("Gold members"), "{body}");
+    assert_eq!(issued_state(&headers).and_then(|s| s.customer), None);
 }
 
 #[tokio::test]
@@ -360,7 +464,7 @@ async fn without_personalization_consent_nothing_is_stored_or_used() {
     let s = shop().await;
     s.host.app.profiles.import(
         "shop",
-        "{\"customer\": \"c-ada\", \"attributes\": {\"tier\": \"gold\"}}",
+        b"{\"customer\": \"c-ada\", \"attributes\": {\"tier\": \"gold\"}}",
         1,
     );
     let mut v = Browser {
@@ -394,7 +498,7 @@ async fn erasing_a_customer_removes_every_trace() {
     let profiles = &s.host.app.profiles;
     profiles.import(
         "shop",
-        "{\"customer\": \"c-ada\", \"attributes\": {\"tier\": \"gold\"}}",
+        b"{\"customer\": \"c-ada\", \"attributes\": {\"tier\": \"gold\"}}",
         1,
     );
     let mut v = Browser {

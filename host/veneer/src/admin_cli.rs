@@ -141,19 +141,34 @@ impl SubjectArgs {
 const IMPORT_PART_BYTES: usize = 4 << 20;
 
 async fn import(api: &Api, file: &Path, tenant: &str) -> anyhow::Result<String> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let (mut imported, mut refused) = (0u64, 0u64);
-    let mut first_line = 1;
-    let mut rest = text.as_str();
+    let mut first_line = 1usize;
+    let mut rest = text.as_slice();
+    let refuse = |line: usize, error: &str| eprintln!("{}:{line}: {error}", file.display());
     while !rest.is_empty() {
-        // Whole lines up to the part size (a longer line goes alone: the host refuses it).
+        // Whole lines up to the part size. A line longer than the host takes is refused here
+        // (with its number, like any other) rather than sent.
+        let first_end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |i| i + 1);
+        if first_end > crate::profile::MAX_LINE_BYTES + 2 {
+            refuse(
+                first_line,
+                &format!("longer than {} bytes", crate::profile::MAX_LINE_BYTES),
+            );
+            refused += 1;
+            first_line += 1;
+            rest = &rest[first_end..];
+            continue;
+        }
         let mut end = rest.len().min(IMPORT_PART_BYTES);
         if end < rest.len() {
-            end = match rest[..end].rfind('\n') {
-                Some(i) => i + 1,
-                None => rest.find('\n').map_or(rest.len(), |i| i + 1),
-            };
+            end = rest[..end]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(first_end, |i| i + 1);
         }
         let (part, next) = rest.split_at(end);
         let path = format!(
@@ -165,26 +180,29 @@ async fn import(api: &Api, file: &Path, tenant: &str) -> anyhow::Result<String> 
                 Method::POST,
                 &path,
                 Some("application/x-ndjson"),
-                Bytes::from(part.to_owned()),
+                Bytes::copy_from_slice(part),
             )
             .await?;
         imported += report["imported"].as_u64().unwrap_or(0);
         refused += report["refused_count"].as_u64().unwrap_or(0);
         for r in report["refused"].as_array().into_iter().flatten() {
-            eprintln!(
-                "{}:{}: {}",
-                file.display(),
-                r["line"],
-                r["error"].as_str().unwrap_or("refused")
+            refuse(
+                usize::try_from(r["line"].as_u64().unwrap_or(0)).unwrap_or(0),
+                r["error"].as_str().unwrap_or("refused"),
             );
         }
-        first_line += part.lines().count();
+        first_line +=
+            part.iter().filter(|&&b| b == b'\n').count() + usize::from(!part.ends_with(b"\n"));
         rest = next;
     }
+    let lines = |n: u64| if n == 1 { "line" } else { "lines" };
     if refused > 0 {
-        bail!("{imported} lines imported, {refused} refused (listed above)");
+        bail!(
+            "{imported} {} imported, {refused} refused (listed above)",
+            lines(imported)
+        );
     }
-    Ok(format!("{imported} lines imported"))
+    Ok(format!("{imported} {} imported", lines(imported)))
 }
 
 #[derive(Subcommand)]

@@ -55,6 +55,46 @@ fn resolve(root: &Path, request_path: &str) -> Option<PathBuf> {
     inside.then_some(file)
 }
 
+/// The shop's sign-in and sign-out, as a real shop's origin would answer them: the page, and
+/// `veneer-identify` naming the customer (or `-`) for Veneer to link the visitor to.
+fn account(uri: &http::Uri) -> Option<Response<Full<Bytes>>> {
+    let (customer, page) = match uri.path() {
+        "/login" => {
+            let customer = uri
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("customer="))
+                .filter(|c| {
+                    !c.is_empty()
+                        && c.len() <= 64
+                        && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+                .unwrap_or("c-ada")
+                .to_owned();
+            let page = format!(
+                "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Signed in · Fjellvind Outdoor</title></head>\
+                 <body><header><a href=\"/\">Fjellvind Outdoor</a> · <a href=\"/products\">Products</a> · <a href=\"/cart\">Cart</a> · <a href=\"/logout\">Sign out</a></header>\
+                 <main><h1>Signed in as {customer}</h1><section id=\"hero\"></section><div id=\"recommendations\"></div></main></body></html>"
+            );
+            (customer, page)
+        }
+        "/logout" => (
+            "-".to_owned(),
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Signed out</title></head>\
+             <body><header><a href=\"/\">Fjellvind Outdoor</a></header><main><h1>Signed out</h1></main></body></html>"
+                .to_owned(),
+        ),
+        _ => return None,
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .header(header::CACHE_CONTROL, "private, no-store")
+        .header("veneer-identify", customer)
+        .body(Full::new(Bytes::from(page)))
+        .ok()
+}
+
 /// Serves the files under `root` on `listener`.
 pub fn serve_dir(root: PathBuf, listener: TcpListener) -> JoinHandle<()> {
     let root = Arc::new(root);
@@ -65,6 +105,9 @@ pub fn serve_dir(root: PathBuf, listener: TcpListener) -> JoinHandle<()> {
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let root = root.clone();
                     async move {
+                        if let Some(r) = account(req.uri()) {
+                            return Ok::<_, Infallible>(r);
+                        }
                         let response = match resolve(&root, req.uri().path()) {
                             Some(path) => match tokio::fs::read(&path).await {
                                 Ok(bytes) => Response::builder()

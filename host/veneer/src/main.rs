@@ -465,6 +465,35 @@ async fn run_demo(
     println!(
         "  curl -s '{base}/api/home.json?utm_source=newsletter'          # the app/kiosk JSON, personalized"
     );
+    let jar = "-c /tmp/veneer-jar -b /tmp/veneer-jar";
+    println!("\nA customer's journey (curl keeps Veneer's cookie in a jar, as a browser would):\n");
+    println!(
+        "  target/debug/veneer admin profile import examples/shop/crm.jsonl --tenant shop --url http://{admin_listen} --token {token}"
+    );
+    println!(
+        "  curl -s {jar} '{base}/login?customer=c-ada' | grep '<h1'      # the shop signs Ada in (veneer-identify)"
+    );
+    println!(
+        "  curl -s {jar} {base}/ | grep veneer-banner                    # Ada is gold: the members' banner"
+    );
+    println!(
+        "  curl -s {jar} {base}/products/trail-boots >/dev/null; curl -s {jar} {base}/ | {hero}   # boots affinity: the hero follows"
+    );
+    println!(
+        "  curl -s {jar} -H 'content-type: application/json' -d '{{\"event\":\"cart_add\",\"items\":[{{\"sku\":\"trail-boots\",\"category\":\"boots\",\"price\":1899}}]}}' {base}/_veneer/event"
+    );
+    println!(
+        "  sleep 60; curl -s {jar} {base}/ | grep veneer-cart-nudge     # a minute later: the nudge (and in {base}/api/home.json)"
+    );
+    println!(
+        "  curl -s {jar} -H 'content-type: application/json' -d '{{\"event\":\"purchase\"}}' {base}/_veneer/event"
+    );
+    println!(
+        "  curl -s {jar} {base}/thank-you | grep -A1 veneer-cross-sell  # no nudge; cross-sell for boots"
+    );
+    println!(
+        "\nIn a browser: {base}/login?customer=c-ada, a product, {base}/cart (add, wait a minute, check out)."
+    );
     println!(
         "\nAnalytics events are appended to {}",
         dir.join("analytics.jsonl").display()

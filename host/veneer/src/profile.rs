@@ -180,6 +180,9 @@ pub struct Profile {
     /// Visitor ids linked to this customer, most recent last (customers only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub visitors: Vec<String>,
+    /// Erased while a request still held it: never stored again.
+    #[serde(skip)]
+    pub erased: bool,
 }
 
 impl Profile {
@@ -477,10 +480,46 @@ struct Db {
 
 type Shared = Arc<Mutex<Profile>>;
 
+/// Keeps a profile a request still holds in the cache: evicting it would let the next request
+/// load a second copy, and whichever copy is saved last would lose the other's change.
+#[derive(Clone, Copy, Default)]
+struct PinHeld;
+
+impl quick_cache::Lifecycle<String, Shared> for PinHeld {
+    type RequestState = ();
+
+    fn is_pinned(&self, _key: &String, val: &Shared) -> bool {
+        Arc::strong_count(val) > 1
+    }
+
+    fn begin_request(&self) -> Self::RequestState {}
+
+    fn on_evict(&self, _state: &mut Self::RequestState, _key: String, _val: Shared) {}
+}
+
+type Cache = quick_cache::sync::Cache<
+    String,
+    Shared,
+    quick_cache::UnitWeighter,
+    quick_cache::DefaultHashBuilder,
+    PinHeld,
+>;
+
+fn new_cache(entries: usize) -> Cache {
+    let entries = entries.max(16);
+    Cache::with(
+        entries,
+        entries as u64,
+        quick_cache::UnitWeighter,
+        quick_cache::DefaultHashBuilder::default(),
+        PinHeld,
+    )
+}
+
 /// The profiles of every tenant: the cache, and the store behind it (none without a
 /// `data_dir`: profiles then live only as long as the cache keeps them).
 pub struct Profiles {
-    cache: quick_cache::sync::Cache<String, Shared>,
+    cache: Cache,
     db: Option<Db>,
     metrics: Arc<Metrics>,
 }
@@ -503,7 +542,7 @@ impl Profiles {
     /// Profiles in memory only (up to `entries`).
     pub fn in_memory(entries: usize, metrics: Arc<Metrics>) -> Profiles {
         Profiles {
-            cache: quick_cache::sync::Cache::new(entries.max(16)),
+            cache: new_cache(entries),
             db: None,
             metrics,
         }
@@ -530,7 +569,7 @@ impl Profiles {
             .spawn(move || write_loop(writer, &rx, &m))
             .context("starting the profile writer")?;
         Ok(Profiles {
-            cache: quick_cache::sync::Cache::new(entries.max(16)),
+            cache: new_cache(entries),
             db: Some(Db {
                 tx,
                 reader: Mutex::new(reader),
@@ -595,6 +634,9 @@ impl Profiles {
     /// counts the write).
     pub fn save(&self, tenant: &str, subject: &Subject, profile: &Profile) {
         let Some(db) = &self.db else { return };
+        if profile.erased {
+            return;
+        }
         let op = Op::Put {
             tenant: tenant.to_owned(),
             subject: subject.key(),
@@ -602,6 +644,22 @@ impl Profiles {
             at: jiff::Timestamp::now().as_second(),
         };
         let outcome = match db.tx.try_send(op) {
+            Ok(()) => "queued",
+            Err(TrySendError::Full(_)) => "dropped_queue_full",
+            Err(TrySendError::Disconnected(_)) => "dropped_writer_gone",
+        };
+        self.metrics
+            .inc("veneer_profile_writes_total", &[("outcome", outcome)]);
+    }
+
+    /// Queues the deletion of `subject`'s stored profile (its cached copy is the caller's to
+    /// empty): a visitor whose behaviour moved to a customer.
+    pub fn forget(&self, tenant: &str, subject: &Subject) {
+        let Some(db) = &self.db else { return };
+        let outcome = match db.tx.try_send(Op::Delete {
+            tenant: tenant.to_owned(),
+            subjects: vec![subject.key()],
+        }) {
             Ok(()) => "queued",
             Err(TrySendError::Full(_)) => "dropped_queue_full",
             Err(TrySendError::Disconnected(_)) => "dropped_writer_gone",
@@ -622,34 +680,43 @@ impl Profiles {
     /// Imports CRM attributes from JSON lines (blocking): each usable line is an upsert of
     /// the attributes it names (`null` removes one); a refused line writes nothing.
     /// `first_line` numbers the lines (for an import sent in parts).
-    pub fn import(&self, tenant: &str, text: &str, first_line: usize) -> ImportReport {
+    pub fn import(&self, tenant: &str, text: &[u8], first_line: usize) -> ImportReport {
         let mut report = ImportReport::default();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
+        let text = text.strip_suffix(b"\n").unwrap_or(text);
+        for (i, line) in text.split(|&b| b == b'\n').enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match parse_line(line) {
+            let parsed = std::str::from_utf8(line)
+                .map_err(|e| format!("not UTF-8: {e}"))
+                .and_then(parse_line);
+            match parsed {
                 Ok((customer, attributes)) => {
                     let subject = Subject::Customer(customer);
                     let shared = self.get_blocking(tenant, &subject);
-                    let mut p = shared.lock().unwrap_or_else(PoisonError::into_inner);
-                    for (k, v) in attributes {
-                        if v.is_null() {
-                            p.attributes.remove(&k);
-                        } else {
-                            p.attributes.insert(k, v);
+                    let body = {
+                        let mut p = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                        for (k, v) in attributes {
+                            if v.is_null() {
+                                p.attributes.remove(&k);
+                            } else {
+                                p.attributes.insert(k, v);
+                            }
                         }
-                    }
+                        serde_json::to_string(&*p).unwrap_or_default()
+                    };
                     // Queued in order with the request path's writes: whichever comes last
-                    // carries the other's change too, as both edit the one cached copy.
-                    self.save_blocking(tenant, &subject, &p);
+                    // carries the other's change too, as both edit the one cached copy. The
+                    // lock is let go first: a full queue must not hold up a request.
+                    self.send_blocking(tenant, &subject, body);
                     report.imported += 1;
                 }
                 Err(error) => {
                     report.refused_count += 1;
                     if report.refused.len() < MAX_REPORTED {
                         report.refused.push(Refused {
-                            line: first_line + i,
+                            line: first_line.saturating_add(i),
                             error,
                         });
                     }
@@ -672,29 +739,30 @@ impl Profiles {
 
     fn get_blocking(&self, tenant: &str, subject: &Subject) -> Shared {
         let key = cache_key(tenant, subject);
-        if let Some(p) = self.cache.get(&key) {
-            return p;
-        }
-        let loaded = Arc::new(Mutex::new(
-            self.read(tenant, &subject.key()).unwrap_or_default(),
-        ));
+        // Read under the cache's guard for the key: a request loading it meanwhile waits for
+        // this read instead of caching a copy of its own.
         match self.cache.get_value_or_guard(&key, None) {
             quick_cache::sync::GuardResult::Value(p) => p,
             quick_cache::sync::GuardResult::Guard(g) => {
+                let loaded = Arc::new(Mutex::new(
+                    self.read(tenant, &subject.key()).unwrap_or_default(),
+                ));
                 let _ = g.insert(loaded.clone());
                 loaded
             }
-            quick_cache::sync::GuardResult::Timeout => loaded,
+            quick_cache::sync::GuardResult::Timeout => Arc::new(Mutex::new(
+                self.read(tenant, &subject.key()).unwrap_or_default(),
+            )),
         }
     }
 
-    /// Like [`save`](Self::save) but waits for room in the queue (imports must not drop).
-    fn save_blocking(&self, tenant: &str, subject: &Subject, profile: &Profile) {
+    /// Queues a stored body, waiting for room in the queue (imports must not drop).
+    fn send_blocking(&self, tenant: &str, subject: &Subject, body: String) {
         let Some(db) = &self.db else { return };
         let _ = db.tx.send(Op::Put {
             tenant: tenant.to_owned(),
             subject: subject.key(),
-            body: serde_json::to_string(profile).unwrap_or_default(),
+            body,
             at: jiff::Timestamp::now().as_second(),
         });
     }
@@ -713,7 +781,13 @@ impl Profiles {
     /// returns).
     pub fn erase(&self, tenant: &str, subjects: &[Subject]) {
         for s in subjects {
-            self.cache.remove(&cache_key(tenant, s));
+            // A request holding this profile may still save it: marked, it never is.
+            if let Some((_, p)) = self.cache.remove(&cache_key(tenant, s)) {
+                *p.lock().unwrap_or_else(PoisonError::into_inner) = Profile {
+                    erased: true,
+                    ..Profile::default()
+                };
+            }
         }
         if let Some(db) = &self.db {
             let _ = db.tx.send(Op::Delete {
@@ -733,7 +807,14 @@ impl Profiles {
         let prefix = format!("{tenant}\u{1f}");
         self.cache.retain(|k, _| !k.starts_with(&prefix));
         if let Some(db) = &self.db {
-            let _ = db.tx.send(Op::Purge(tenant.to_owned()));
+            // From the admin's async task: never wait for room (a purge that cannot be queued
+            // is logged; the tenant's rows stay until the next delete of that name).
+            if db.tx.try_send(Op::Purge(tenant.to_owned())).is_err() {
+                tracing::error!(
+                    tenant,
+                    "the profile store is busy: this tenant's stored profiles were not deleted"
+                );
+            }
         }
     }
 

@@ -39,14 +39,14 @@ pub async fn import(
     first_line: usize,
 ) -> Result<Value, ApiError> {
     c.record(tenant)?;
-    let text = String::from_utf8(body).map_err(|e| {
-        ApiError::new(
+    if first_line == 0 {
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("body: JSON lines in UTF-8 expected: {e}"),
-        )
-    })?;
+            "first_line: lines are numbered from 1",
+        ));
+    }
     let (profiles, t) = (c.app().profiles.clone(), tenant.to_owned());
-    let report = tokio::task::spawn_blocking(move || profiles.import(&t, &text, first_line))
+    let report = tokio::task::spawn_blocking(move || profiles.import(&t, &body, first_line))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     c.store.audit_action(

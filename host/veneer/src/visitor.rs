@@ -45,6 +45,10 @@ pub struct VisitorState {
     /// The customer this visitor is (`veneer-identify`), until they log out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer: Option<String>,
+    /// The tenant that linked `customer`: every tenant's cookies are signed with one key, and
+    /// a link made on one site must not name a customer on another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_of: Option<String>,
 }
 
 /// Signs and verifies visitor cookies.
@@ -290,6 +294,7 @@ pub fn resume(signer: &CookieSigner, cookie_value: Option<&str>, now: u64) -> Vi
             sticky: BTreeMap::new(),
             caps: BTreeMap::new(),
             customer: None,
+            customer_of: None,
         },
     }
 }

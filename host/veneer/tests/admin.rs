@@ -803,7 +803,7 @@ fn crm_import_reports_bad_lines_and_data_subject_requests_export_and_erase() {
     .expect("crm file");
     assert_eq!(
         ok(&v, &shop, &["profile", "import", path, "--tenant", "shop"]),
-        "1 lines imported"
+        "1 line imported"
     );
     let c1 = ok(
         &v,

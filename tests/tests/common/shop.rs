@@ -109,6 +109,7 @@ pub fn returning_cookie(visits: u32) -> String {
         sticky: Default::default(),
         caps: Default::default(),
         customer: None,
+        customer_of: None,
     };
     format!(
         "{COOKIE}={}",

@@ -101,8 +101,9 @@ pub(super) async fn origin_signals(
     if ctx.preview.is_some() {
         return;
     }
+    // A logout is honoured whatever the consent; a login needs personalization consent.
     if let Some(id) = signals.identify
-        && v.services.consent.personalization
+        && (id == "-" || v.services.consent.personalization)
     {
         let customer = if id == "-" {
             None
@@ -116,6 +117,7 @@ pub(super) async fn origin_signals(
             tracing::warn!(tenant = %tenant.name, request_id = %ctx.id, "the origin's veneer-identify is not a usable customer id");
             return;
         };
+        let before = v.state.customer.clone();
         identify::link(
             &ctx.app,
             tenant,
@@ -124,6 +126,10 @@ pub(super) async fn origin_signals(
             ctx.now.as_second(),
         )
         .await;
+        // What this response records (its events, the page view) is the new subject's.
+        if v.state.customer != before && v.profile.is_some() {
+            v.profile = Some(identify::profile_of(&ctx.app, tenant, &v.state).await);
+        }
     }
     for text in signals.events {
         let posted = serde_json::from_str::<Posted>(&text)

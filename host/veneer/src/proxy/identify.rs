@@ -77,6 +77,7 @@ pub(super) async fn link(
     }
     let Some(c) = customer else {
         state.customer = None;
+        state.customer_of = None;
         return;
     };
     let name = &tenant.config.name;
@@ -85,7 +86,8 @@ pub(super) async fn link(
     let theirs = app.profiles.get(name, &anon).await;
     let moved = std::mem::take(&mut *theirs.lock().unwrap_or_else(PoisonError::into_inner));
     if !moved.is_empty() {
-        app.profiles.save(name, &anon, &moved);
+        // Moved, not copied: a later login must not add it to the customer a second time.
+        app.profiles.forget(name, &anon);
     }
     let subject = Subject::Customer(c.clone());
     let ours = app.profiles.get(name, &subject).await;
@@ -97,6 +99,21 @@ pub(super) async fn link(
     app.metrics
         .inc("veneer_identified_total", &[("tenant", name)]);
     state.customer = Some(c);
+    state.customer_of = Some(name.clone());
+}
+
+/// The profile of whoever the visitor of `state` is now (after a link or an unlink).
+pub(super) async fn profile_of(app: &App, tenant: &Tenant, state: &VisitorState) -> ProfileRef {
+    let subject = match &state.customer {
+        Some(c) => Subject::Customer(c.clone()),
+        None => Subject::Visitor(state.id.clone()),
+    };
+    let shared = app.profiles.get(&tenant.config.name, &subject).await;
+    ProfileRef {
+        subject,
+        shared,
+        profiles: app.profiles.clone(),
+    }
 }
 
 /// The customer a request names by the tenant's own means: a header from its trusted edge
@@ -168,23 +185,27 @@ pub(super) async fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Part
         ),
     };
     let now = ctx.now.as_second();
-    // A preview reads the visitor's profile but never links or changes it.
+    // A link counts only on the site that made it, and only with personalization consent
+    // (without it the cookie forgets the customer).
+    if state.customer.is_some()
+        && (!consent.personalization || state.customer_of.as_deref() != Some(&*tenant.name))
+    {
+        state.customer = None;
+        state.customer_of = None;
+    }
+    let identity = &tenant.config.identity;
+    // With its own proof of identity (a trusted header, a JWT cookie), the tenant's proof
+    // decides on every request: signed out at the tenant's edge is signed out here. A preview
+    // reads the visitor's profile but never links or changes it.
+    if ctx.preview.is_none()
+        && consent.personalization
+        && (identity.header.is_some() || identity.jwt_cookie.is_some())
+    {
+        let requested = requested_customer(ctx, tenant, headers, &cookie_header);
+        link(app, tenant, &mut state, requested, now).await;
+    }
     let profile = if consent.personalization && !matches!(device, DeviceClass::Bot) {
-        if ctx.preview.is_none()
-            && let Some(c) = requested_customer(ctx, tenant, headers, &cookie_header)
-        {
-            link(app, tenant, &mut state, Some(c), now).await;
-        }
-        let subject = match &state.customer {
-            Some(c) => Subject::Customer(c.clone()),
-            None => Subject::Visitor(state.id.clone()),
-        };
-        let shared = app.profiles.get(&tenant.config.name, &subject).await;
-        Some(ProfileRef {
-            subject,
-            shared,
-            profiles: app.profiles.clone(),
-        })
+        Some(profile_of(app, tenant, &state).await)
     } else {
         None
     };
