@@ -243,6 +243,9 @@ impl Identity {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProfileConfig {
+    /// Profiles for this tenant at all: `false` and nothing is read, linked or recorded (the
+    /// origin's `veneer-identify` is still taken out of responses).
+    pub enabled: bool,
     /// A category's affinity halves after this many hours without a view.
     pub affinity_half_life_hours: f64,
     /// A cart with items and no purchase for this long is abandoned.
@@ -258,6 +261,7 @@ pub struct ProfileConfig {
 impl Default for ProfileConfig {
     fn default() -> Self {
         ProfileConfig {
+            enabled: true,
             affinity_half_life_hours: 7.0 * 24.0,
             cart_abandoned_after_secs: 3600,
             categories: Vec::new(),

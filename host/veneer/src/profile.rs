@@ -591,6 +591,10 @@ impl Profiles {
         if let Some(p) = self.cache.get(&key) {
             return p;
         }
+        if self.db.is_none() {
+            // Nothing to read: the cache is all there is.
+            return self.adopt(tenant, subject, Arc::new(Mutex::new(Profile::default())));
+        }
         let me = self.clone();
         let (t, s) = (tenant.to_owned(), subject.key());
         let loaded = self
@@ -605,6 +609,33 @@ impl Profiles {
         match loaded {
             Ok(p) => p,
             Err(never) => match never {},
+        }
+    }
+
+    /// The cached profile of `subject`, or a new empty one that is not cached (`false`):
+    /// for a visitor new to us, whose profile cannot be stored yet, so no read is needed and
+    /// nothing enters the cache unless the visitor does something worth keeping
+    /// ([`adopt`](Self::adopt)).
+    pub fn cached_or_new(&self, tenant: &str, subject: &Subject) -> (Shared, bool) {
+        match self.cache.get(&cache_key(tenant, subject)) {
+            Some(p) => (p, true),
+            None => (Arc::new(Mutex::new(Profile::default())), false),
+        }
+    }
+
+    /// Caches a profile made by [`cached_or_new`](Self::cached_or_new) once it holds
+    /// something; the copy already cached wins if there is one (and is returned).
+    pub fn adopt(&self, tenant: &str, subject: &Subject, profile: Shared) -> Shared {
+        match self
+            .cache
+            .get_value_or_guard(&cache_key(tenant, subject), None)
+        {
+            quick_cache::sync::GuardResult::Value(p) => p,
+            quick_cache::sync::GuardResult::Guard(g) => {
+                let _ = g.insert(profile.clone());
+                profile
+            }
+            quick_cache::sync::GuardResult::Timeout => profile,
         }
     }
 

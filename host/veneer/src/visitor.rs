@@ -276,7 +276,19 @@ impl Facts<'_> {
 /// Loads the visitor's state from the cookie (or starts a new one) and counts the visit.
 /// Returns the state and whether the cookie must be (re)issued.
 pub fn resume(signer: &CookieSigner, cookie_value: Option<&str>, now: u64) -> VisitorState {
-    match cookie_value.and_then(|v| signer.decode(v)) {
+    resume_known(signer, cookie_value, now).0
+}
+
+/// Like [`resume`], and whether the cookie was a valid one (`false`: a visitor new to us, who
+/// cannot have a profile yet).
+pub fn resume_known(
+    signer: &CookieSigner,
+    cookie_value: Option<&str>,
+    now: u64,
+) -> (VisitorState, bool) {
+    let decoded = cookie_value.and_then(|v| signer.decode(v));
+    let known = decoded.is_some();
+    let state = match decoded {
         Some(mut s) => {
             let today = day_number(i64::try_from(now).unwrap_or(i64::MAX));
             s.caps.retain(|_, (day, _)| *day == today);
@@ -296,7 +308,8 @@ pub fn resume(signer: &CookieSigner, cookie_value: Option<&str>, now: u64) -> Vi
             customer: None,
             customer_of: None,
         },
-    }
+    };
+    (state, known)
 }
 
 /// The claim `claim` of a JWT signed with HS256 under `secret`, if the signature verifies and

@@ -103,6 +103,7 @@ pub(super) async fn origin_signals(
     }
     // A logout is honoured whatever the consent; a login needs personalization consent.
     if let Some(id) = signals.identify
+        && tenant.config.profile.enabled
         && (id == "-" || v.services.consent.personalization)
     {
         let customer = if id == "-" {
@@ -128,7 +129,7 @@ pub(super) async fn origin_signals(
         .await;
         // What this response records (its events, the page view) is the new subject's.
         if v.state.customer != before && v.profile.is_some() {
-            v.profile = Some(identify::profile_of(&ctx.app, tenant, &v.state).await);
+            v.profile = Some(identify::profile_of(&ctx.app, tenant, &v.state, true).await);
         }
     }
     for text in signals.events {

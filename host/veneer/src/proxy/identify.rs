@@ -25,6 +25,8 @@ pub(super) struct ProfileRef {
     pub(super) shared: Arc<Mutex<Profile>>,
     /// Where it is stored.
     pub(super) profiles: Arc<Profiles>,
+    /// `shared` is the cached copy (`false`: a new visitor's, cached once it holds something).
+    pub(super) cached: bool,
 }
 
 /// The identified visitor of one request.
@@ -56,9 +58,15 @@ impl VisitorCtx {
         if !self.services.consent.analytics || self.services.quiet() {
             return false;
         }
-        let mut profile = p.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let name = &tenant.config.name;
+        let shared = if p.cached {
+            p.shared.clone()
+        } else {
+            p.profiles.adopt(name, &p.subject, p.shared.clone())
+        };
+        let mut profile = shared.lock().unwrap_or_else(PoisonError::into_inner);
         change(&mut profile);
-        p.profiles.save(&tenant.config.name, &p.subject, &profile);
+        p.profiles.save(name, &p.subject, &profile);
         true
     }
 }
@@ -103,16 +111,37 @@ pub(super) async fn link(
 }
 
 /// The profile of whoever the visitor of `state` is now (after a link or an unlink).
-pub(super) async fn profile_of(app: &App, tenant: &Tenant, state: &VisitorState) -> ProfileRef {
-    let subject = match &state.customer {
-        Some(c) => Subject::Customer(c.clone()),
-        None => Subject::Visitor(state.id.clone()),
+/// `known`: the visitor came with a valid cookie (a new visitor has no stored profile, so
+/// nothing is read for them).
+pub(super) async fn profile_of(
+    app: &App,
+    tenant: &Tenant,
+    state: &VisitorState,
+    known: bool,
+) -> ProfileRef {
+    let name = &tenant.config.name;
+    let (subject, (shared, cached)) = match &state.customer {
+        Some(c) => {
+            let subject = Subject::Customer(c.clone());
+            let shared = app.profiles.get(name, &subject).await;
+            (subject, (shared, true))
+        }
+        None if known => {
+            let subject = Subject::Visitor(state.id.clone());
+            let shared = app.profiles.get(name, &subject).await;
+            (subject, (shared, true))
+        }
+        None => {
+            let subject = Subject::Visitor(state.id.clone());
+            let found = app.profiles.cached_or_new(name, &subject);
+            (subject, found)
+        }
     };
-    let shared = app.profiles.get(&tenant.config.name, &subject).await;
     ProfileRef {
         subject,
         shared,
         profiles: app.profiles.clone(),
+        cached,
     }
 }
 
@@ -156,7 +185,7 @@ pub(super) async fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Part
         .filter_map(|v| v.to_str().ok())
         .collect::<Vec<_>>()
         .join("; ");
-    let mut state = visitor::resume(
+    let (mut state, known) = visitor::resume_known(
         &app.signer,
         visitor::cookie(&cookie_header, visitor::COOKIE),
         now_secs,
@@ -188,7 +217,9 @@ pub(super) async fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Part
     // A link counts only on the site that made it, and only with personalization consent
     // (without it the cookie forgets the customer).
     if state.customer.is_some()
-        && (!consent.personalization || state.customer_of.as_deref() != Some(&*tenant.name))
+        && (!consent.personalization
+            || !tenant.config.profile.enabled
+            || state.customer_of.as_deref() != Some(&*tenant.name))
     {
         state.customer = None;
         state.customer_of = None;
@@ -197,15 +228,17 @@ pub(super) async fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Part
     // With its own proof of identity (a trusted header, a JWT cookie), the tenant's proof
     // decides on every request: signed out at the tenant's edge is signed out here. A preview
     // reads the visitor's profile but never links or changes it.
+    let profiles_on = tenant.config.profile.enabled;
     if ctx.preview.is_none()
+        && profiles_on
         && consent.personalization
         && (identity.header.is_some() || identity.jwt_cookie.is_some())
     {
         let requested = requested_customer(ctx, tenant, headers, &cookie_header);
         link(app, tenant, &mut state, requested, now).await;
     }
-    let profile = if consent.personalization && !matches!(device, DeviceClass::Bot) {
-        Some(profile_of(app, tenant, &state).await)
+    let profile = if profiles_on && consent.personalization && !matches!(device, DeviceClass::Bot) {
+        Some(profile_of(app, tenant, &state, known).await)
     } else {
         None
     };
