@@ -15,6 +15,9 @@
 #                          from the difference to cloudflare-noop (target <= 1 µs)
 #   cloudflare-cached-3-rewrites  the same 3 rewrites with the tenant cache on
 #                                 vs nginx proxy_cache + sub_filter   (target >= 1.5)
+#   profile-lookup     small page, hero plugin, a returning visitor (cookie) whose profile is read,
+#                      a page view of a category recorded and a journey stage evaluated on every
+#                      request: µs per request over the same tenant with profiles off (target <= 5)
 # The origin sends `Cache-Control: max-age=3600` (nginx `expires 1h`).
 #
 # Installs nginx-light and wrk when missing. Environment: DURATION (seconds per measurement,
@@ -53,7 +56,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-ORIGIN=$(free_port); NGX_PROXY=$(free_port); NGX_SUB=$(free_port); NGX_CACHE=$(free_port); VENEER=$(free_port); BARE=$(free_port)
+ADMIN=$(free_port); ORIGIN=$(free_port); NGX_PROXY=$(free_port); NGX_SUB=$(free_port); NGX_CACHE=$(free_port); VENEER=$(free_port); BARE=$(free_port)
 
 mkdir -p "$work/site" "$work/logs"
 cp "$root/examples/shop/site/index.html" "$work/site/small.html"
@@ -138,6 +141,8 @@ TOML
 [server]
 listen = "127.0.0.1:$VENEER"
 cache_dir = "$root/target/veneer-cache"
+data_dir = "$work/data"
+admin_listen = "127.0.0.1:$ADMIN"
 cookie_secret = "benchmark-secret-0123456789abcdef0123456789"
 max_connections_per_client = 0
 TOML
@@ -145,6 +150,22 @@ TOML
   tenant small-hero hero '{}' "rules = \"$root/examples/shop/rules.json\"
 fragments = \"$root/examples/shop/fragments.toml\""
   tenant cf-noop noop '{}'
+  profile='[tenant.profile]
+[[tenant.profile.category]]
+path = "/small*"
+name = "outdoor"
+[[tenant.profile.journey]]
+stage = "discover"
+[[tenant.profile.journey]]
+stage = "consider"
+when = { "topCategories" = { "$size" = { "$gt" = 0 } } }'
+  tenant profile-on hero '{}' "rules = \"$root/examples/shop/rules.json\"
+fragments = \"$root/examples/shop/fragments.toml\"
+$profile"
+  tenant profile-off hero '{}' "rules = \"$root/examples/shop/rules.json\"
+fragments = \"$root/examples/shop/fragments.toml\"
+[tenant.profile]
+enabled = false"
   tenant cf-rewrites static_rewrites "$rewrites3"
   tenant cf-cached static_rewrites "$rewrites3" "" "[tenant.cache]
 max_bytes = 67108864"
@@ -166,6 +187,16 @@ check() { # what url host pattern
 }
 check veneer-hero "http://127.0.0.1:$VENEER/small.html" small-hero.bench 'data-segment="new"'
 check bare-proxy "http://127.0.0.1:$BARE/small.html" localhost '<html'
+# A returning visitor: the cookie Veneer gave on a first visit, sent with every request.
+visitor=$(curl -sf -D - -o /dev/null -H 'Host: profile-on.bench' "http://127.0.0.1:$VENEER/small.html" \
+  | tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \(veneer_vid=[^;]*\).*/\1/p')
+[ -n "$visitor" ] || { echo "sanity check failed: no visitor cookie from profile-on" >&2; exit 1; }
+curl -sf -o /dev/null -H 'Host: profile-on.bench' -H "Cookie: $visitor" "http://127.0.0.1:$VENEER/small.html"
+for _ in $(seq 50); do
+  curl -sf "http://127.0.0.1:$ADMIN/metrics" | grep -qE '^veneer_profile_rows_stored_total(\{\})? [1-9]' && break; sleep 0.1
+done
+curl -sf "http://127.0.0.1:$ADMIN/metrics" | grep -qE '^veneer_profile_rows_stored_total(\{\})? [1-9]' \
+  || { echo "sanity check failed: profile-on stores no profile" >&2; exit 1; }
 if [ "$have_cf" = 1 ]; then
   check veneer-rewrites "http://127.0.0.1:$VENEER/cloudflare.html" cf-rewrites.bench '<title>Personalized title</title>'
   check veneer-callbacks "http://127.0.0.1:$VENEER/cloudflare.html" cf-callbacks.bench 'campaign=bench'
@@ -179,9 +210,11 @@ if [ "$have_cf" = 1 ]; then
 fi
 
 # One measurement: "rps p99_ms".
-measure() { # url host
-  "${load[@]}" wrk -t1 -c"$CONNS" -d2s -H "Host: $2" "$1" >/dev/null   # warm-up: pools, caches
-  "${load[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $2" "$1" | python3 -c '
+measure() { # url host [cookie]
+  local extra=()
+  [ -z "${3:-}" ] || extra=(-H "Cookie: $3")
+  "${load[@]}" wrk -t1 -c"$CONNS" -d2s -H "Host: $2" "${extra[@]}" "$1" >/dev/null   # warm-up: pools, caches
+  "${load[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $2" "${extra[@]}" "$1" | python3 -c '
 import re, sys
 text = sys.stdin.read()
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
@@ -213,6 +246,22 @@ print(json.dumps({"scenario": name, "runs": len(runs),
 
 scenario small-noop "http://127.0.0.1:$VENEER/small.html" small-noop.bench bare-hyper-proxy "http://127.0.0.1:$BARE/small.html" 0.6
 scenario small-hero "http://127.0.0.1:$VENEER/small.html" small-hero.bench nginx-proxy "http://127.0.0.1:$NGX_PROXY/small.html" 0.5
+# Per request: the time a profile adds, from the difference to the same tenant without.
+runs=()
+case profile-lookup in *"${ONLY:-}"*) profile_runs=$RUNS ;; *) profile_runs=0 ;; esac
+for _ in $(seq "$profile_runs"); do
+  runs+=("$(measure "http://127.0.0.1:$VENEER/small.html" profile-on.bench "$visitor") $(measure "http://127.0.0.1:$VENEER/small.html" profile-off.bench "$visitor")")
+done
+[ "$profile_runs" = 0 ] || printf '%s\n' "${runs[@]}" | python3 -c '
+import json, statistics, sys
+runs = [list(map(float, l.split())) for l in sys.stdin if l.strip()]
+# One worker thread saturated: time per request = 1 / rps.
+per = [(1 / on - 1 / off) * 1e6 for on, _, off, _ in runs]
+print(json.dumps({"scenario": "profile-lookup", "runs": len(runs),
+  "profile_rps": round(statistics.median(on for on, _, _, _ in runs)),
+  "no_profile_rps": round(statistics.median(off for _, _, off, _ in runs)),
+  "us_per_request": round(statistics.median(per), 2), "min": round(min(per), 2), "max": round(max(per), 2),
+  "target_us": 5.0}))'
 if [ "$have_cf" = 1 ]; then
   scenario cloudflare-noop "http://127.0.0.1:$VENEER/cloudflare.html" cf-noop.bench bare-hyper-proxy "http://127.0.0.1:$BARE/cloudflare.html" 0
   scenario cloudflare-3-rewrites "http://127.0.0.1:$VENEER/cloudflare.html" cf-rewrites.bench nginx-sub_filter "http://127.0.0.1:$NGX_SUB/cloudflare.html" 1.2

@@ -393,6 +393,16 @@ async fn start(config: Config, admin_token: Option<String>) -> anyhow::Result<()
         _ = term.recv() => second_signal(),
         _ = int.recv() => second_signal(),
     }
+    let profiles = app.profiles.clone();
+    let flushed = tokio::task::spawn_blocking(move || profiles.flush());
+    tokio::select! {
+        _ = flushed => tracing::info!("profiles written"),
+        () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {
+            tracing::warn!("profiles did not flush within 5 s");
+        }
+        _ = term.recv() => second_signal(),
+        _ = int.recv() => second_signal(),
+    }
     if let Some(ledger) = app.ledger.clone() {
         let flushed = tokio::task::spawn_blocking(move || ledger.flush());
         tokio::select! {

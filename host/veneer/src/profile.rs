@@ -2,11 +2,12 @@
 //! and behaviour) and per anonymous visitor (behaviour only), kept in SQLite
 //! (`data_dir/profiles.db`) behind a bounded in-memory cache.
 //!
-//! Requests never wait for a write: they change the cached profile and queue its new body for
-//! one writer thread, which stores queued bodies in a transaction per batch (a full queue drops
-//! the write and counts it; the cached copy stays right until it is evicted). A request waits
-//! for a read only the first time a profile is used after a start or an eviction, and then on
-//! the blocking pool; concurrent first reads of one profile make one read.
+//! Requests never wait for a write: they change the cached profile and mark it dirty (a hash
+//! insert). One writer thread stores the dirty profiles every [`WRITE_EVERY`] in one
+//! transaction, each once however often it changed meanwhile; a dirty profile stays in the
+//! cache until it is stored. A request waits for a read only the first time a profile is used
+//! after a start or an eviction, and then on the blocking pool; concurrent first reads of one
+//! profile make one read.
 //!
 //! Behaviour is what a visitor does: page views per category (affinity, an exponentially
 //! decayed count), a cart (`cart_add`, `cart_remove`, `purchase` events) and purchases. A
@@ -26,8 +27,10 @@ use serde_json::{Map, Value, json};
 use crate::config::ProfileConfig;
 use crate::metrics::Metrics;
 
-/// Writes buffered before new ones are dropped (and counted).
-pub const QUEUE: usize = 65_536;
+/// Deletions and flushes queued for the writer before a caller waits for room.
+pub const QUEUE: usize = 4096;
+/// How often dirty profiles are stored.
+pub const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 /// Profiles kept in memory by default (`[server] profile_cache_entries`).
 pub const DEFAULT_CACHE_ENTRIES: usize = 200_000;
 /// Categories kept per profile: the weakest go first.
@@ -458,12 +461,6 @@ fn parse_line(line: &str) -> Result<(String, Map<String, Value>), String> {
 }
 
 enum Op {
-    Put {
-        tenant: String,
-        subject: String,
-        body: String,
-        at: i64,
-    },
     Delete {
         tenant: String,
         subjects: Vec<String>,
@@ -476,9 +473,14 @@ struct Db {
     tx: SyncSender<Op>,
     reader: Mutex<Connection>,
     path: PathBuf,
+    dirty: Arc<Dirty>,
 }
 
 type Shared = Arc<Mutex<Profile>>;
+
+/// Profiles changed since the writer last stored them, by cache key: (tenant, subject key,
+/// the cached profile). Holding the `Arc` pins the profile in the cache until it is stored.
+type Dirty = Mutex<std::collections::HashMap<String, (String, String, Shared)>>;
 
 /// Keeps a profile a request still holds in the cache: evicting it would let the next request
 /// load a second copy, and whichever copy is saved last would lose the other's change.
@@ -564,9 +566,11 @@ impl Profiles {
         let reader = connect(&path)?;
         let (tx, rx) = sync_channel(QUEUE);
         let m = metrics.clone();
+        let dirty: Arc<Dirty> = Arc::default();
+        let d = dirty.clone();
         std::thread::Builder::new()
             .name("veneer-profiles".into())
-            .spawn(move || write_loop(writer, &rx, &m))
+            .spawn(move || write_loop(writer, &rx, &d, &m))
             .context("starting the profile writer")?;
         Ok(Profiles {
             cache: new_cache(entries),
@@ -574,6 +578,7 @@ impl Profiles {
                 tx,
                 reader: Mutex::new(reader),
                 path,
+                dirty,
             }),
             metrics,
         })
@@ -661,26 +666,15 @@ impl Profiles {
         }
     }
 
-    /// Queues `profile` to be stored for `subject` (never blocks; a full queue drops and
-    /// counts the write).
-    pub fn save(&self, tenant: &str, subject: &Subject, profile: &Profile) {
+    /// Marks `subject`'s cached profile `shared` to be stored by the writer (never blocks
+    /// beyond a hash insert).
+    pub fn save(&self, tenant: &str, subject: &Subject, shared: &Shared) {
         let Some(db) = &self.db else { return };
-        if profile.erased {
-            return;
+        let key = cache_key(tenant, subject);
+        let mut dirty = db.dirty.lock().unwrap_or_else(PoisonError::into_inner);
+        if !dirty.contains_key(&key) {
+            dirty.insert(key, (tenant.to_owned(), subject.key(), shared.clone()));
         }
-        let op = Op::Put {
-            tenant: tenant.to_owned(),
-            subject: subject.key(),
-            body: serde_json::to_string(profile).unwrap_or_default(),
-            at: jiff::Timestamp::now().as_second(),
-        };
-        let outcome = match db.tx.try_send(op) {
-            Ok(()) => "queued",
-            Err(TrySendError::Full(_)) => "dropped_queue_full",
-            Err(TrySendError::Disconnected(_)) => "dropped_writer_gone",
-        };
-        self.metrics
-            .inc("veneer_profile_writes_total", &[("outcome", outcome)]);
     }
 
     /// Queues the deletion of `subject`'s stored profile (its cached copy is the caller's to
@@ -726,7 +720,7 @@ impl Profiles {
                 Ok((customer, attributes)) => {
                     let subject = Subject::Customer(customer);
                     let shared = self.get_blocking(tenant, &subject);
-                    let body = {
+                    {
                         let mut p = shared.lock().unwrap_or_else(PoisonError::into_inner);
                         for (k, v) in attributes {
                             if v.is_null() {
@@ -735,12 +729,10 @@ impl Profiles {
                                 p.attributes.insert(k, v);
                             }
                         }
-                        serde_json::to_string(&*p).unwrap_or_default()
-                    };
-                    // Queued in order with the request path's writes: whichever comes last
-                    // carries the other's change too, as both edit the one cached copy. The
-                    // lock is let go first: a full queue must not hold up a request.
-                    self.send_blocking(tenant, &subject, body);
+                    }
+                    // The one cached copy, which requests change too: stored as it is when
+                    // the writer comes round.
+                    self.save(tenant, &subject, &shared);
                     report.imported += 1;
                 }
                 Err(error) => {
@@ -787,17 +779,6 @@ impl Profiles {
         }
     }
 
-    /// Queues a stored body, waiting for room in the queue (imports must not drop).
-    fn send_blocking(&self, tenant: &str, subject: &Subject, body: String) {
-        let Some(db) = &self.db else { return };
-        let _ = db.tx.send(Op::Put {
-            tenant: tenant.to_owned(),
-            subject: subject.key(),
-            body,
-            at: jiff::Timestamp::now().as_second(),
-        });
-    }
-
     /// A subject's profile as stored (blocking), `None` when nothing is known.
     pub fn export(&self, tenant: &str, subject: &Subject) -> Option<Profile> {
         let p = self
@@ -813,11 +794,18 @@ impl Profiles {
     pub fn erase(&self, tenant: &str, subjects: &[Subject]) {
         for s in subjects {
             // A request holding this profile may still save it: marked, it never is.
-            if let Some((_, p)) = self.cache.remove(&cache_key(tenant, s)) {
+            let key = cache_key(tenant, s);
+            if let Some((_, p)) = self.cache.remove(&key) {
                 *p.lock().unwrap_or_else(PoisonError::into_inner) = Profile {
                     erased: true,
                     ..Profile::default()
                 };
+            }
+            if let Some(db) = &self.db {
+                db.dirty
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&key);
             }
         }
         if let Some(db) = &self.db {
@@ -838,6 +826,10 @@ impl Profiles {
         let prefix = format!("{tenant}\u{1f}");
         self.cache.retain(|k, _| !k.starts_with(&prefix));
         if let Some(db) = &self.db {
+            db.dirty
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|k, _| !k.starts_with(&prefix));
             // From the admin's async task: never wait for room (a purge that cannot be queued
             // is logged; the tenant's rows stay until the next delete of that name).
             if db.tx.try_send(Op::Purge(tenant.to_owned())).is_err() {
@@ -864,37 +856,56 @@ fn connect(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
-fn write_loop(mut conn: Connection, rx: &Receiver<Op>, metrics: &Metrics) {
-    let mut batch = Vec::with_capacity(1024);
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < 4096 {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+fn write_loop(mut conn: Connection, rx: &Receiver<Op>, dirty: &Dirty, metrics: &Metrics) {
+    let mut ops = Vec::with_capacity(64);
+    loop {
+        let gone = match rx.recv_timeout(WRITE_EVERY) {
+            Ok(op) => {
+                ops.push(op);
+                false
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => true,
+        };
+        while let Ok(op) = rx.try_recv() {
+            ops.push(op);
+        }
+        let changed: Vec<(String, String, Shared)> = dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .map(|(_, v)| v)
+            .collect();
+        if !changed.is_empty() || !ops.is_empty() {
+            let mut waiting = Vec::new();
+            match store(&mut conn, changed, &mut ops, &mut waiting) {
+                Ok(n) => metrics.add("veneer_profile_rows_stored_total", &[], n),
+                Err(e) => {
+                    metrics.inc("veneer_profile_write_errors_total", &[]);
+                    tracing::error!(error = %e, "profile batch could not be stored");
+                }
+            }
+            for done in waiting {
+                let _ = done.send(());
             }
         }
-        let mut waiting = Vec::new();
-        match store(&mut conn, &mut batch, &mut waiting) {
-            Ok(n) => metrics.add("veneer_profile_rows_stored_total", &[], n),
-            Err(e) => {
-                metrics.inc("veneer_profile_write_errors_total", &[]);
-                tracing::error!(error = %e, "profile batch could not be stored");
-            }
-        }
-        for done in waiting {
-            let _ = done.send(());
+        if gone {
+            return;
         }
     }
 }
 
+/// Stores the changed profiles (each as it is now; an empty one is deleted), then the queued
+/// deletions, in one transaction.
 fn store(
     conn: &mut Connection,
-    batch: &mut Vec<Op>,
+    changed: Vec<(String, String, Shared)>,
+    ops: &mut Vec<Op>,
     waiting: &mut Vec<std::sync::mpsc::Sender<()>>,
 ) -> rusqlite::Result<u64> {
     let tx = conn.transaction()?;
     let mut n = 0;
+    let now = jiff::Timestamp::now().as_second();
     {
         let mut put = tx.prepare_cached(
             "INSERT INTO profiles (tenant, subject, body, updated_at) VALUES (?1, ?2, ?3, ?4)
@@ -902,17 +913,27 @@ fn store(
         )?;
         let mut delete =
             tx.prepare_cached("DELETE FROM profiles WHERE tenant = ?1 AND subject = ?2")?;
-        for op in batch.drain(..) {
-            match op {
-                Op::Put {
-                    tenant,
-                    subject,
-                    body,
-                    at,
-                } => {
-                    put.execute(params![tenant, subject, body, at])?;
+        for (tenant, subject, shared) in changed {
+            // Serialized under the profile's lock, so a request's change is stored whole.
+            let body = {
+                let p = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                if p.erased {
+                    continue;
+                }
+                (!p.is_empty()).then(|| serde_json::to_string(&*p).unwrap_or_default())
+            };
+            match body {
+                Some(body) => {
+                    put.execute(params![tenant, subject, body, now])?;
                     n += 1;
                 }
+                None => {
+                    delete.execute(params![tenant, subject])?;
+                }
+            }
+        }
+        for op in ops.drain(..) {
+            match op {
                 Op::Delete { tenant, subjects } => {
                     for s in subjects {
                         delete.execute(params![tenant, s])?;

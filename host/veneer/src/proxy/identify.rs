@@ -64,9 +64,8 @@ impl VisitorCtx {
         } else {
             p.profiles.adopt(name, &p.subject, p.shared.clone())
         };
-        let mut profile = shared.lock().unwrap_or_else(PoisonError::into_inner);
-        change(&mut profile);
-        p.profiles.save(name, &p.subject, &profile);
+        change(&mut shared.lock().unwrap_or_else(PoisonError::into_inner));
+        p.profiles.save(name, &p.subject, &shared);
         true
     }
 }
@@ -99,11 +98,12 @@ pub(super) async fn link(
     }
     let subject = Subject::Customer(c.clone());
     let ours = app.profiles.get(name, &subject).await;
-    let mut p = ours.lock().unwrap_or_else(PoisonError::into_inner);
-    p.absorb(&moved, now, half_life);
-    p.link(&state.id);
-    app.profiles.save(name, &subject, &p);
-    drop(p);
+    {
+        let mut p = ours.lock().unwrap_or_else(PoisonError::into_inner);
+        p.absorb(&moved, now, half_life);
+        p.link(&state.id);
+    }
+    app.profiles.save(name, &subject, &ours);
     app.metrics
         .inc("veneer_identified_total", &[("tenant", name)]);
     state.customer = Some(c);
