@@ -6,6 +6,10 @@
 //! - streaming rewrite throughput of Veneer's HTML pipeline on the three shared pages with three
 //!   declarative rules, against raw lol-html doing the same three rewrites in the same run.
 //!
+//! - profiles: a CRM import of 200,000 customers, then per request what the identify stage
+//!   does with a profile (cache lookup, the profile's attributes for the rules, a journey
+//!   stage, a page view recorded), and a first lookup that reads the store.
+//!
 //! Run with `cargo bench -p veneer-tests --bench runtime` (uses ../shared/pages if present).
 
 use std::collections::HashMap;
@@ -235,6 +239,83 @@ fn geoip_lookup() {
     );
 }
 
+fn profiles(rt: &tokio::runtime::Runtime) {
+    use veneer::profile::{Profiles, Subject};
+    const CUSTOMERS: usize = 200_000;
+    let dir = TempDir::new();
+    let metrics = Arc::new(veneer::metrics::Metrics::default());
+    let store = Arc::new(Profiles::open(&dir.0, 200_000, metrics.clone()).expect("profiles"));
+    let mut lines = String::new();
+    for i in 0..CUSTOMERS {
+        lines.push_str(&format!(
+            "{{\"customer\": \"c{i}\", \"attributes\": {{\"tier\": \"{}\", \"ltv\": {}, \"categories\": [\"boots\", \"tents\"]}}}}\n",
+            ["gold", "silver", "bronze"][i % 3],
+            i % 5000
+        ));
+    }
+    let start = Instant::now();
+    let report = store.import("bench", lines.as_bytes(), 1);
+    let import = start.elapsed();
+    assert_eq!(report.imported, CUSTOMERS);
+    let config = veneer::config::ProfileConfig::default();
+    let journey: Vec<veneer_rules::Condition> = [
+        serde_json::json!({}),
+        serde_json::json!({"topCategories": {"$size": {"$gt": 0}}}),
+        serde_json::json!({"cart.items": {"$gt": 0}}),
+        serde_json::json!({"purchases.count": {"$gt": 0}}),
+    ]
+    .iter()
+    .map(|c| veneer_rules::Condition::compile(c).expect("condition"))
+    .collect();
+    let groups = veneer_rules::SavedGroups::default();
+    let now = jiff::Timestamp::now().as_second();
+    // Every customer once: the cache now holds them all (200,000 entries).
+    let keys: Vec<Subject> = (0..CUSTOMERS)
+        .map(|i| Subject::Customer(format!("c{}", (i * 7919) % CUSTOMERS)))
+        .collect();
+    let request = |subject: &Subject| {
+        rt.block_on(async {
+            let shared = store.get("bench", subject).await;
+            let mut attributes = serde_json::json!({"id": "v", "visitCount": 3});
+            if let serde_json::Value::Object(map) = &mut attributes {
+                let p = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                p.attributes_into(map, Some("c"), now, &config);
+            }
+            let stage = journey
+                .iter()
+                .rposition(|c| c.matches(&attributes, &groups));
+            shared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .viewed("boots", now, 3600.0);
+            store.save("bench", subject, &shared);
+            black_box((attributes, stage));
+        });
+    };
+    let per = median(5, || {
+        let start = Instant::now();
+        for k in &keys {
+            request(k);
+        }
+        start.elapsed() / u32::try_from(keys.len()).unwrap_or(1)
+    });
+    // A fresh host over the same store: every first lookup reads SQLite (off the worker).
+    store.flush();
+    let cold = Arc::new(Profiles::open(&dir.0, 200_000, metrics).expect("profiles"));
+    let sample: Vec<&Subject> = keys.iter().step_by(40).collect();
+    let start = Instant::now();
+    for k in &sample {
+        rt.block_on(async { black_box(cold.get("bench", k).await) });
+    }
+    let cold_per = start.elapsed() / u32::try_from(sample.len()).unwrap_or(1);
+    println!(
+        "{{\"scenario\":\"profile-lookup\",\"customers\":{CUSTOMERS},\"import_lines_per_s\":{},\"per_request_ns\":{},\"target_ns\":5000,\"first_read_from_store_ns\":{}}}",
+        (CUSTOMERS as f64 / import.as_secs_f64()).round(),
+        per.as_nanos(),
+        cold_per.as_nanos()
+    );
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -263,8 +344,14 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio");
+    if std::env::args().any(|a| a == "profiles") {
+        // `cargo bench -p veneer-tests --bench runtime -- profiles`: this one alone.
+        profiles(&rt);
+        return;
+    }
     per_request(&rt, &noop, "noop", 2000);
     geoip_lookup();
+    profiles(&rt);
     let golden_hero =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/v0.1.0/hero.wasm");
     for (label, path) in [
