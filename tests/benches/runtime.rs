@@ -278,7 +278,9 @@ fn profiles(rt: &tokio::runtime::Runtime) {
             let shared = store.get("bench", subject).await;
             let mut attributes = serde_json::json!({"id": "v", "visitCount": 3});
             if let serde_json::Value::Object(map) = &mut attributes {
-                let p = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let p = shared
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 p.attributes_into(map, Some("c"), now, &config);
             }
             let stage = journey
