@@ -672,9 +672,9 @@ impl Profiles {
         let Some(db) = &self.db else { return };
         let key = cache_key(tenant, subject);
         let mut dirty = db.dirty.lock().unwrap_or_else(PoisonError::into_inner);
-        if !dirty.contains_key(&key) {
-            dirty.insert(key, (tenant.to_owned(), subject.key(), shared.clone()));
-        }
+        dirty
+            .entry(key)
+            .or_insert_with(|| (tenant.to_owned(), subject.key(), shared.clone()));
     }
 
     /// Queues the deletion of `subject`'s stored profile (its cached copy is the caller's to
