@@ -157,7 +157,7 @@ fn rules_check_reports_every_error_with_its_location() {
     );
     assert!(
         String::from_utf8_lossy(&out.stdout)
-            .contains("ok (4 segments, 1 experiments, 2 campaigns)")
+            .contains("ok (7 segments, 1 experiments, 4 campaigns)")
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
