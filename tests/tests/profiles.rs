@@ -330,6 +330,21 @@ async fn a_jwt_cookie_identifies_for_as_long_as_it_is_there() {
     assert_eq!(issued_state(&headers).and_then(|s| s.customer), None);
 }
 
+/// The home page through a preview link at `hours` from now (recording nothing).
+fn preview_in_hours(host: &Host, hours: i64) -> String {
+    let link = veneer::preview::Preview {
+        tenant: "shop".into(),
+        segments: None,
+        variations: Default::default(),
+        consent: None,
+        at: Some(jiff::Timestamp::now() + jiff::SignedDuration::from_hours(hours)),
+        expires: jiff::Timestamp::now().as_second() + 600,
+        record: false,
+    }
+    .sign(&host.app.signer);
+    format!("/?veneer_preview={link}")
+}
+
 #[tokio::test]
 async fn affinity_builds_with_views_and_decays_with_the_half_life() {
     let s = shop().await;
@@ -349,36 +364,14 @@ async fn affinity_builds_with_views_and_decays_with_the_half_life() {
     // The same visitor 23 hours later, just under one half-life (24 h): a score of 1.03,
     // under 1.5. A preview link at that instant reads the profile at that instant (and
     // records nothing).
-    let at = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(23);
-    let link = veneer::preview::Preview {
-        tenant: "shop".into(),
-        segments: None,
-        variations: Default::default(),
-        consent: None,
-        at: Some(at),
-        expires: jiff::Timestamp::now().as_second() + 600,
-        record: false,
-    }
-    .sign(&s.host.app.signer);
-    let (_, body) = v.get(&format!("/?veneer_preview={link}")).await;
+    let (_, body) = v.get(&preview_in_hours(&s.host, 23)).await;
     assert!(!body.contains("Boots for you"), "decayed below 1.5: {body}");
     assert!(
         body.contains("Boots for every trail"),
         "still the strongest category, at 1.03: {body}"
     );
     // Two half-lives on, the score is 0.5, under the hero's min_score of 1.
-    let at = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(49);
-    let link = veneer::preview::Preview {
-        tenant: "shop".into(),
-        segments: None,
-        variations: Default::default(),
-        consent: None,
-        at: Some(at),
-        expires: jiff::Timestamp::now().as_second() + 600,
-        record: false,
-    }
-    .sign(&s.host.app.signer);
-    let (_, body) = v.get(&format!("/?veneer_preview={link}")).await;
+    let (_, body) = v.get(&preview_in_hours(&s.host, 49)).await;
     assert!(!body.contains("Boots for every trail"), "{body}");
 }
 

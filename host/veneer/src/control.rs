@@ -92,7 +92,8 @@ pub struct Control {
 /// Largest plugin component accepted by an upload.
 pub const MAX_PLUGIN_BYTES: usize = 32 << 20;
 
-async fn blocking<T: Send + 'static>(
+/// Runs blocking store work off the async workers; a task that panics is a 500.
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {

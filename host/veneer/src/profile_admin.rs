@@ -5,7 +5,7 @@
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::control::{ApiError, Control, Principal};
+use crate::control::{ApiError, Control, Principal, blocking};
 use crate::profile::{Subject, valid_customer_id};
 
 /// Largest import body (the CLI sends a file in parts of at most this).
@@ -46,9 +46,7 @@ pub async fn import(
         ));
     }
     let (profiles, t) = (c.app().profiles.clone(), tenant.to_owned());
-    let report = tokio::task::spawn_blocking(move || profiles.import(&t, &body, first_line))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let report = blocking(move || Ok(profiles.import(&t, &body, first_line))).await?;
     c.store.audit_action(
         &who.actor,
         "profiles.import",
@@ -73,7 +71,7 @@ pub async fn export(
     c.record(tenant)?;
     let app = c.app().clone();
     let t = tenant.to_owned();
-    let found = tokio::task::spawn_blocking(move || -> Result<Option<Value>, ApiError> {
+    let found = blocking(move || -> Result<Option<Value>, ApiError> {
         let profile = app.profiles.export(&t, &s);
         let visitors = match (&s, &profile) {
             (Subject::Customer(_), Some(p)) => p.visitors.clone(),
@@ -104,8 +102,7 @@ pub async fn export(
             "ledger": ledger,
         })))
     })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    .await?;
     c.store
         .audit_action(&who.actor, "profiles.export", tenant, None, None)?;
     found.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "nothing is kept about them"))
@@ -123,7 +120,7 @@ pub async fn erase(
     let app = c.app().clone();
     let t = tenant.to_owned();
     let hashed = crate::store::sha256_hex(s.key().as_bytes());
-    let visitors = tokio::task::spawn_blocking(move || {
+    let visitors = blocking(move || {
         let visitors = match &s {
             Subject::Customer(_) => app
                 .profiles
@@ -143,10 +140,9 @@ pub async fn erase(
         if let Some(ledger) = &app.ledger {
             ledger.erase_visitors(&t, visitors.clone());
         }
-        visitors.len()
+        Ok(visitors.len())
     })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    .await?;
     c.store.audit_action(
         &who.actor,
         "profiles.erase",
