@@ -101,8 +101,8 @@ pub fn storable(status: StatusCode, headers: &HeaderMap, personal: bool) -> Opti
         || headers.contains_key(header::SET_COOKIE)
         || headers.contains_key(header::CONTENT_RANGE)
         // What the origin says about one visitor must never be replayed to another.
-        || headers.contains_key("veneer-identify")
-        || headers.contains_key("veneer-event")
+        || headers.contains_key(crate::profile::IDENTIFY_HEADER)
+        || headers.contains_key(crate::profile::EVENT_HEADER)
         || headers.get_all(header::VARY).iter().any(|v| {
             v.to_str()
                 .is_ok_and(|v| v.split(',').any(|n| n.trim() == "*"))

@@ -326,6 +326,11 @@ impl ProfileConfig {
         None
     }
 
+    /// The affinity half-life in seconds.
+    pub fn half_life_secs(&self) -> f64 {
+        self.affinity_half_life_hours * 3600.0
+    }
+
     /// The category of a page at `path`, if a rule names one.
     pub fn category(&self, path: &str) -> Option<&str> {
         self.categories

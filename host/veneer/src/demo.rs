@@ -90,7 +90,7 @@ fn account(uri: &http::Uri) -> Option<Response<Full<Bytes>>> {
     Response::builder()
         .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
         .header(header::CACHE_CONTROL, "private, no-store")
-        .header("veneer-identify", customer)
+        .header(crate::profile::IDENTIFY_HEADER, customer)
         .body(Full::new(Bytes::from(page)))
         .ok()
 }

@@ -31,6 +31,10 @@ use crate::metrics::Metrics;
 pub const QUEUE: usize = 4096;
 /// How often dirty profiles are stored.
 pub const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// The origin response header linking the visitor to a customer (`-` unlinks).
+pub const IDENTIFY_HEADER: &str = "veneer-identify";
+/// The origin response header carrying an event, as the beacon's body (JSON).
+pub const EVENT_HEADER: &str = "veneer-event";
 /// Profiles kept in memory by default (`[server] profile_cache_entries`).
 pub const DEFAULT_CACHE_ENTRIES: usize = 200_000;
 /// Categories kept per profile: the weakest go first.
@@ -344,7 +348,7 @@ impl Profile {
         now: i64,
         config: &ProfileConfig,
     ) {
-        let half_life = config.affinity_half_life_hours * 3600.0;
+        let half_life = config.half_life_secs();
         if let Some(id) = customer {
             let mut c = self.attributes.clone();
             c.insert("id".into(), Value::String(id.to_owned()));

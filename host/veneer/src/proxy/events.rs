@@ -20,7 +20,7 @@ use super::identify;
 use super::identify::VisitorCtx;
 use crate::app::Tenant;
 use crate::plugin::HostServices as _;
-use crate::profile::Item;
+use crate::profile::{EVENT_HEADER, IDENTIFY_HEADER, Item};
 
 /// Where pages and apps post events, on every tenant's own host.
 pub(super) const BEACON_PATH: &str = "/_veneer/event";
@@ -55,11 +55,6 @@ struct Posted {
 
 /// Lines one cart event may carry.
 const MAX_ITEMS: usize = 50;
-
-/// The origin response header linking the visitor to a customer (`-` unlinks).
-pub(super) const IDENTIFY_HEADER: &str = "veneer-identify";
-/// The origin response header carrying an event, as the beacon's body (JSON).
-pub(super) const EVENT_HEADER: &str = "veneer-event";
 
 /// What the origin said about the visitor in its response headers (taken out: the client
 /// never sees them).
@@ -374,7 +369,7 @@ pub(super) fn after_response(
         services.track("veneer", "page_view", Vec::new());
         if let Some(category) = tenant.config.profile.category(path) {
             let now = services.now.as_second();
-            let half_life = tenant.config.profile.affinity_half_life_hours * 3600.0;
+            let half_life = tenant.config.profile.half_life_secs();
             visitor.record(tenant, |p| p.viewed(category, now, half_life));
         }
     }

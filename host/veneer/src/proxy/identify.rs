@@ -88,7 +88,7 @@ pub(super) async fn link(
         return;
     };
     let name = &tenant.config.name;
-    let half_life = tenant.config.profile.affinity_half_life_hours * 3600.0;
+    let half_life = tenant.config.profile.half_life_secs();
     let anon = Subject::Visitor(state.id.clone());
     let theirs = app.profiles.get(name, &anon).await;
     let moved = std::mem::take(&mut *theirs.lock().unwrap_or_else(PoisonError::into_inner));
@@ -120,22 +120,14 @@ pub(super) async fn profile_of(
     known: bool,
 ) -> ProfileRef {
     let name = &tenant.config.name;
-    let (subject, (shared, cached)) = match &state.customer {
-        Some(c) => {
-            let subject = Subject::Customer(c.clone());
-            let shared = app.profiles.get(name, &subject).await;
-            (subject, (shared, true))
-        }
-        None if known => {
-            let subject = Subject::Visitor(state.id.clone());
-            let shared = app.profiles.get(name, &subject).await;
-            (subject, (shared, true))
-        }
-        None => {
-            let subject = Subject::Visitor(state.id.clone());
-            let found = app.profiles.cached_or_new(name, &subject);
-            (subject, found)
-        }
+    let subject = match &state.customer {
+        Some(c) => Subject::Customer(c.clone()),
+        None => Subject::Visitor(state.id.clone()),
+    };
+    let (shared, cached) = if known || state.customer.is_some() {
+        (app.profiles.get(name, &subject).await, true)
+    } else {
+        app.profiles.cached_or_new(name, &subject)
     };
     ProfileRef {
         subject,
@@ -214,11 +206,12 @@ pub(super) async fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Part
         ),
     };
     let now = ctx.now.as_second();
+    let profiles_on = tenant.config.profile.enabled;
     // A link counts only on the site that made it, and only with personalization consent
     // (without it the cookie forgets the customer).
     if state.customer.is_some()
         && (!consent.personalization
-            || !tenant.config.profile.enabled
+            || !profiles_on
             || state.customer_of.as_deref() != Some(&*tenant.name))
     {
         state.customer = None;
@@ -228,7 +221,6 @@ pub(super) async fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Part
     // With its own proof of identity (a trusted header, a JWT cookie), the tenant's proof
     // decides on every request: signed out at the tenant's edge is signed out here. A preview
     // reads the visitor's profile but never links or changes it.
-    let profiles_on = tenant.config.profile.enabled;
     if ctx.preview.is_none()
         && profiles_on
         && consent.personalization
