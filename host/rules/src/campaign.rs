@@ -45,6 +45,26 @@ pub struct Campaign {
     /// group: the report then compares those shown with those held out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holdout: Option<f64>,
+    /// Tags its messages carry for the tenant's frequency caps (`promo/flash` counts toward
+    /// a cap on `promo`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Whether the tenant's caps may hold its messages back (default true; false for, say,
+    /// a service notice that must always go out).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub frequency_capping: bool,
+    /// Whether sending one of its messages counts toward the caps (default true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub counts_toward_caps: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Campaign {
@@ -101,6 +121,9 @@ mod tests {
             frequency_cap: None,
             attribution_days: None,
             holdout: None,
+            tags: Vec::new(),
+            frequency_capping: true,
+            counts_toward_caps: true,
         }
     }
 

@@ -7,6 +7,7 @@ use jiff::Timestamp;
 use serde_json::Value;
 
 use crate::campaign::Campaign;
+use crate::caps::CapRule;
 use crate::condition::{Condition, SavedGroups};
 use crate::experiment::{Experiment, ExperimentSpec};
 
@@ -28,6 +29,8 @@ pub struct RuleSet {
     experiments: Vec<Experiment>,
     campaigns: Vec<Campaign>,
     saved_groups: SavedGroups,
+    caps: Vec<CapRule>,
+    timezone: Option<jiff::tz::TimeZone>,
 }
 
 /// The segments a visitor is in: a bit set over the rule set's segment indices.
@@ -74,18 +77,18 @@ impl RuleSet {
         let Value::Object(root) = doc else {
             push(
                 "(top level)".into(),
-                "expected an object with segments, experiments, campaigns and savedGroups".into(),
+                "expected an object with segments, experiments, campaigns, savedGroups, caps and timezone".into(),
             );
             return Err(errors);
         };
         for key in root.keys() {
             if !matches!(
                 key.as_str(),
-                "segments" | "experiments" | "campaigns" | "savedGroups"
+                "segments" | "experiments" | "campaigns" | "savedGroups" | "caps" | "timezone"
             ) {
                 push(
                     key.clone(),
-                    "unknown field: expected segments, experiments, campaigns or savedGroups"
+                    "unknown field: expected segments, experiments, campaigns, savedGroups, caps or timezone"
                         .into(),
                 );
             }
@@ -214,6 +217,49 @@ impl RuleSet {
             }
             Some(_) => push("campaigns".into(), "expected an array of campaigns".into()),
         }
+        match root.get("timezone") {
+            None => {}
+            Some(Value::String(name)) => match jiff::tz::TimeZone::get(name) {
+                Ok(tz) => set.timezone = Some(tz),
+                Err(_) => push(
+                    "timezone".into(),
+                    format!("{name:?} is not a known IANA time zone (e.g. \"Europe/Oslo\")"),
+                ),
+            },
+            Some(_) => push("timezone".into(), "expected an IANA time zone name".into()),
+        }
+        match root.get("caps") {
+            None => {}
+            Some(Value::Array(items)) => {
+                if items.len() > crate::caps::MAX_RULES {
+                    push(
+                        "caps".into(),
+                        format!(
+                            "{} rules: at most {} are allowed",
+                            items.len(),
+                            crate::caps::MAX_RULES
+                        ),
+                    );
+                }
+                for (i, item) in items.iter().enumerate() {
+                    let at = format!("caps[{i}]");
+                    match serde_json::from_value::<CapRule>(item.clone()) {
+                        Ok(rule) => {
+                            let at = format!("{at} ({})", rule.id);
+                            for problem in rule.problems() {
+                                push(at.clone(), problem);
+                            }
+                            if set.caps.iter().any(|r| r.id == rule.id) {
+                                push(at.clone(), "duplicate id".into());
+                            }
+                            set.caps.push(rule);
+                        }
+                        Err(e) => push(at, e.to_string()),
+                    }
+                }
+            }
+            Some(_) => push("caps".into(), "expected an array of cap rules".into()),
+        }
         if errors.is_empty() {
             Ok(set)
         } else {
@@ -239,6 +285,17 @@ impl RuleSet {
     /// The campaigns, in definition order.
     pub fn campaigns(&self) -> &[Campaign] {
         &self.campaigns
+    }
+
+    /// Frequency cap rules across channels, in definition order.
+    pub fn caps(&self) -> &[CapRule] {
+        &self.caps
+    }
+
+    /// The time zone calendar cap windows use for recipients who give none (`timezone`;
+    /// default UTC).
+    pub fn timezone(&self) -> jiff::tz::TimeZone {
+        self.timezone.clone().unwrap_or(jiff::tz::TimeZone::UTC)
     }
 
     /// Saved groups.

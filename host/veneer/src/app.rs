@@ -155,6 +155,9 @@ pub struct App {
     /// A development host (`veneer dev`): the visitor's settings come from query parameters
     /// ([`crate::preview::DEV_PARAMS`]) without a signed link. Never set from a config file.
     pub dev: bool,
+    /// Plugin faults of the messages `veneer render` is rendering, by request id (each
+    /// message lists its own faults; requests from clients are never in it).
+    pub message_faults: dashmap::DashMap<String, Vec<String>>,
 }
 
 impl App {
@@ -289,6 +292,7 @@ impl App {
             ledger,
             profiles,
             dev: false,
+            message_faults: dashmap::DashMap::new(),
         })
     }
 

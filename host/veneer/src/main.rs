@@ -80,6 +80,10 @@ enum Command {
     },
     /// Drive a running host's admin API (tenants, tokens, plugins, rules, fragments, audit).
     Admin(veneer::admin_cli::AdminArgs),
+    /// Personalize messages (e-mail, push, app, kiosk, voice) for a list of recipients with
+    /// the tenant's rules, campaigns and plugins: one JSON line per recipient on stdout, in
+    /// input order (exit status 2 when a line was too large or invalid).
+    Render(Box<veneer::render::RenderArgs>),
 }
 
 #[derive(Subcommand)]
@@ -151,7 +155,8 @@ fn main() -> ExitCode {
     let default_level = match &cli.command {
         Command::Plugin {
             command: PluginCommand::Test { .. },
-        } => "warn",
+        }
+        | Command::Render(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -228,6 +233,22 @@ fn main() -> ExitCode {
             print!("{}", veneer::plugin_run::run(*args).await?);
             Ok(())
         }),
+        Command::Render(args) => {
+            let result = run_async(async move {
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                veneer::render::run(*args, &mut out).await
+            });
+            return match result {
+                Ok(false) => ExitCode::SUCCESS,
+                Ok(true) => ExitCode::from(2),
+                Err(e) => {
+                    let reason = format!("{e:#}");
+                    eprintln!("veneer: {}", reason.lines().collect::<Vec<_>>().join("; "));
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Admin(args) => run_async(async move {
             let out = veneer::admin_cli::run(args).await?;
             println!("{out}");

@@ -298,8 +298,16 @@ pub fn resume_known(
             s.last = now;
             s
         }
-        None => VisitorState {
-            id: uuid::Uuid::new_v4().to_string(),
+        None => VisitorState::fresh(uuid::Uuid::new_v4().to_string(), now),
+    };
+    (state, known)
+}
+
+impl VisitorState {
+    /// A visitor seen for the first time at `now` (Unix seconds), with this id.
+    pub fn fresh(id: String, now: u64) -> VisitorState {
+        VisitorState {
+            id,
             first: now,
             last: now,
             visits: 1,
@@ -307,9 +315,8 @@ pub fn resume_known(
             caps: BTreeMap::new(),
             customer: None,
             customer_of: None,
-        },
-    };
-    (state, known)
+        }
+    }
 }
 
 /// The claim `claim` of a JWT signed with HS256 under `secret`, if the signature verifies and

@@ -32,6 +32,9 @@ pub(super) struct RequestCtx {
     pub(super) cache_status: Option<&'static str>,
     /// A preview link's settings: nothing is recorded and no cookie is written.
     pub(super) preview: Option<Arc<crate::preview::Preview>>,
+    /// A message rendered by `veneer render` (no client): its recipient, channel and
+    /// attributes stand in for the cookie and the request's facts.
+    pub(super) message: Option<Arc<super::message::Message>>,
 }
 
 impl RequestCtx {

@@ -177,11 +177,23 @@ pub(super) async fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Part
         .filter_map(|v| v.to_str().ok())
         .collect::<Vec<_>>()
         .join("; ");
-    let (mut state, known) = visitor::resume_known(
-        &app.signer,
-        visitor::cookie(&cookie_header, visitor::COOKIE),
-        now_secs,
-    );
+    let message = ctx.message.as_deref();
+    let (mut state, known) = match message {
+        // A message's recipient is the visitor: their id is the hash attribute, so their
+        // experiment groups are the ones the web gives a visitor with that id.
+        Some(m) => {
+            let mut fresh = VisitorState::fresh(m.recipient.clone(), now_secs);
+            if let Some(n) = m.attributes.get("visitCount").and_then(Value::as_u64) {
+                fresh.visits = u32::try_from(n).unwrap_or(u32::MAX);
+            }
+            (fresh, false)
+        }
+        None => visitor::resume_known(
+            &app.signer,
+            visitor::cookie(&cookie_header, visitor::COOKIE),
+            now_secs,
+        ),
+    };
     let user_agent = header_str(headers, header::USER_AGENT).unwrap_or("");
     let device = visitor::device_class(user_agent);
     // The geo header counts only from a trusted proxy: anyone can send `cf-ipcountry: NO`.
@@ -195,9 +207,20 @@ pub(super) async fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Part
         .filter(|c| c.len() == 2)
         .or_else(|| app.geo.as_ref()?.country(ctx.client_ip?));
     let locale = header_str(headers, header::ACCEPT_LANGUAGE).and_then(visitor::preferred_locale);
+    // A recipient's country and locale are theirs, as a visitor's come from their request.
+    let (country, locale) = match message {
+        Some(m) => (m.text("country").or(country), m.text("locale").or(locale)),
+        None => (country, locale),
+    };
     let utm = visitor::utm_params(parts.uri.query().unwrap_or(""));
     let referrer = header_str(headers, header::REFERER).map(str::to_owned);
     let consent = match ctx.preview.as_ref().and_then(|p| p.consent.as_ref()) {
+        // Only recipients who consented to marketing get a message at all.
+        _ if message.is_some() => crate::plugin::Consent {
+            analytics: true,
+            personalization: true,
+            marketing: true,
+        },
         Some(chosen) => visitor::consent(Some(&chosen.join(",")), &[], false),
         None => visitor::consent(
             visitor::cookie(&cookie_header, &tenant.config.consent_cookie),
@@ -222,6 +245,7 @@ pub(super) async fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Part
     // decides on every request: signed out at the tenant's edge is signed out here. A preview
     // reads the visitor's profile but never links or changes it.
     if ctx.preview.is_none()
+        && message.is_none()
         && profiles_on
         && consent.personalization
         && (identity.header.is_some() || identity.jwt_cookie.is_some())
@@ -229,7 +253,12 @@ pub(super) async fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Part
         let requested = requested_customer(ctx, tenant, headers, &cookie_header);
         link(app, tenant, &mut state, requested, now).await;
     }
-    let profile = if profiles_on && consent.personalization && !matches!(device, DeviceClass::Bot) {
+    // A message's attributes come from its recipient line (customer attributes included).
+    let profile = if message.is_none()
+        && profiles_on
+        && consent.personalization
+        && !matches!(device, DeviceClass::Bot)
+    {
         Some(profile_of(app, tenant, &state, known).await)
     } else {
         None
@@ -248,6 +277,9 @@ pub(super) async fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Part
         consent,
     };
     let mut attributes = facts.attributes();
+    if let (Some(m), Value::Object(map)) = (message, &mut attributes) {
+        m.merge_attributes(map);
+    }
     let mut stage = None;
     if let (Some(p), Value::Object(map)) = (&profile, &mut attributes) {
         let customer = match &p.subject {
@@ -341,12 +373,16 @@ pub(super) async fn visitor(ctx: &RequestCtx, tenant: &Arc<Tenant>, parts: &Part
         sticky: Mutex::new(sticky),
         ledger: app.ledger.clone(),
         preview: ctx.preview.clone(),
-        channel: tenant
-            .config
-            .channel_rules
-            .iter()
-            .find(|r| r.matches(headers, parts.uri.path()))
-            .map_or_else(|| tenant.config.channel.clone(), |r| r.name.clone()),
+        channel: match message {
+            Some(m) => m.channel.clone(),
+            None => tenant
+                .config
+                .channel_rules
+                .iter()
+                .find(|r| r.matches(headers, parts.uri.path()))
+                .map_or_else(|| tenant.config.channel.clone(), |r| r.name.clone()),
+        },
+        assigned: Mutex::new(Vec::new()),
         caps: Mutex::new(state.caps.clone()),
     });
     // Plugins see the request as the client sent it, minus Veneer's own cookie.

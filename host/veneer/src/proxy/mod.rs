@@ -36,6 +36,7 @@ mod events;
 mod finish;
 mod headers;
 mod identify;
+pub mod message;
 mod origin;
 mod plugins;
 mod services;
@@ -132,6 +133,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         outcome: "passthrough",
         cache_status: None,
         preview: None,
+        message: None,
     };
     let result = run(&mut ctx, req).await;
     finish::respond(&mut ctx, result)

@@ -245,6 +245,11 @@ pub(super) fn report_fault(
             .and_then(|p| p.version())
     });
     tracing::warn!(tenant, plugin, version, request_id, kind = fault.kind(), error = %fault, "plugin fault: serving without this plugin");
+    if let Some(mut faults) = app.message_faults.get_mut(request_id)
+        && !faults.iter().any(|p| p == plugin)
+    {
+        faults.push(plugin.to_owned());
+    }
     app.metrics.inc(
         "veneer_plugin_faults_total",
         &[

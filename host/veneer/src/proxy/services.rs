@@ -37,6 +37,9 @@ pub(super) struct Services {
     pub(super) channel: String,
     /// Today's impressions of capped campaigns (written back to the cookie).
     pub(super) caps: Mutex<std::collections::BTreeMap<String, (u32, u32)>>,
+    /// The experiments the plugins asked about, with the variation each got (a message's
+    /// render reports them).
+    pub(super) assigned: Mutex<Vec<(String, u32, String)>>,
 }
 
 impl Services {
@@ -295,9 +298,15 @@ impl HostServices for Services {
         if a.in_experiment && a.hash_used && !a.sticky_bucket_used {
             self.exposed(experiment, a.variation_id, &a.key);
         }
+        let variation = u32::try_from(a.variation_id).unwrap_or(0);
+        let mut assigned = self.assigned.lock().unwrap_or_else(PoisonError::into_inner);
+        if !assigned.iter().any(|(e, _, _)| e == experiment) {
+            assigned.push((experiment.to_owned(), variation, a.key.clone()));
+        }
+        drop(assigned);
         Some(Assignment {
             experiment: experiment.to_owned(),
-            variation: u32::try_from(a.variation_id).unwrap_or(0),
+            variation,
             key: a.key,
             value: a.value.to_string(),
             in_experiment: a.in_experiment,
