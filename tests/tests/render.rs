@@ -574,3 +574,300 @@ async fn consent_bad_lines_payload_limits_and_faulty_plugins() {
     assert!(bad);
     assert_eq!(lines[0]["status"], "too_large");
 }
+
+const SLOT_SVG: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" width="300" height="80" data-href="/offers/{{campaign:id}}">
+<rect width="300" height="80" fill="#0b6e3d"/>
+<text id="greeting" x="10" y="30" font-size="18" fill="#fff">Hi {{attr:customer.firstName}}</text>
+<text x="10" y="60" font-size="14" fill="#fff">{{campaign:name}}: {{campaign:countdown}} left</text>
+</svg>"##;
+
+/// A host serving e-mail slots for tenant `shop`, with `plugins` (`extra` in `[server]`); the
+/// fallback image is [`veneer::email::BLANK_PNG`], written to the returned directory.
+async fn open_host(plugins: &str, extra: &str) -> (Origin, Host, TempDir) {
+    let origin = Origin::start(HashMap::new()).await;
+    let images = TempDir::new();
+    let fallback = images.0.join("fallback.png");
+    std::fs::write(&fallback, veneer::email::BLANK_PNG).expect("fallback");
+    let rules = json!({
+        "campaigns": [{"id": "sale", "name": "Winter sale", "start": "2020-01-01T00:00:00Z",
+                       "end": "2099-01-01T00:00:00Z", "params": {"banner": "Big sale"}}]
+    })
+    .to_string();
+    let config = format!(
+        "[[tenant]]\nname = \"shop\"\nhosts = [\"shop.test\"]\norigin = \"{{origin}}\"\nrules = \"rules.json\"\n\
+         [[tenant.email_slot]]\nname = \"hero\"\nsvg = \"hero.svg\"\nfallback = \"{}\"\nlink = \"/sale\"\n{plugins}",
+        fallback.display()
+    );
+    let host = Host::start_with_server(
+        HostSpec {
+            config: &config,
+            files: &[("rules.json", &rules), ("hero.svg", SLOT_SVG)],
+        },
+        origin.addr,
+        extra,
+    )
+    .await;
+    (origin, host, images)
+}
+
+fn token_for(host: &Host, recipient: &str, attributes: Value) -> String {
+    let Value::Object(attributes) = attributes else {
+        return String::new();
+    };
+    veneer::email::Token::new(
+        "shop",
+        recipient,
+        "send-1",
+        &attributes,
+        jiff::Timestamp::now(),
+    )
+    .sign(&host.app.signer)
+}
+
+#[tokio::test]
+async fn render_puts_each_recipients_token_in_the_template() {
+    let setup = Setup::new(&rules(&json!([]), &[]), &[("campaign-banner", "")]);
+    setup.file(
+        "tokens.html",
+        r#"<html><body><a href="https://shop.test/_veneer/c/{{veneer:token}}/hero"><img src="https://shop.test/_veneer/i/{{veneer:token}}/hero.png"></a></body></html>"#,
+    );
+    let (lines, _) = setup
+        .render(
+            "email",
+            "tokens.html",
+            &[recipient("c1", json!({"customer": {"firstName": "Ada"}}))],
+            "2026-12-10T09:00:00Z",
+            &[("send-id", "s9")],
+        )
+        .await;
+    let body = lines[0]["body"].as_str().unwrap_or("");
+    assert!(!body.contains("{{veneer:token}}"), "{body}");
+    let token = body
+        .split("/_veneer/i/")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("");
+    let config = veneer::config::Config::load(&setup.dir.0.join("veneer.toml")).expect("config");
+    let app = veneer::app::App::build(&config).expect("app");
+    let t = veneer::email::Token::verify(&app.signer, token, "shop", 1_796_893_200)
+        .expect("the token in the e-mail verifies");
+    assert_eq!((t.recipient.as_str(), t.send_id.as_str()), ("c1", "s9"));
+    assert_eq!(t.attributes["customer"]["firstName"], "Ada");
+    assert!(
+        !body.contains("Ada"),
+        "the e-mail URL carries a token, not the attributes in clear"
+    );
+}
+
+#[tokio::test]
+async fn email_images_are_drawn_at_open_time_and_never_fail() {
+    let (_origin, host, _images) = open_host(
+        "[[tenant.plugin]]\nname = \"static-rewrites\"\npath = \"{plugins}/static_rewrites.wasm\"\n\
+         params = { rule1 = \"#greeting | set-attribute | fill=#ffd700\" }\n",
+        "",
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let token = token_for(&host, "c1", json!({"customer": {"firstName": "Ada"}}));
+    let get = |path: String| {
+        client
+            .get(host.url(&path))
+            .header("host", "shop.test")
+            .header("user-agent", "Mozilla/5.0 Thunderbird/128.0")
+    };
+    let r = get(format!("/_veneer/i/{token}/hero.png"))
+        .send()
+        .await
+        .expect("image");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    assert_eq!(r.headers()["cache-control"], "no-cache, max-age=0");
+    let png = r.bytes().await.expect("bytes");
+    assert!(png.starts_with(b"\x89PNG"));
+    assert_ne!(
+        &png[..],
+        veneer::email::BLANK_PNG,
+        "drawn, not the fallback"
+    );
+    let artifacts =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts/email");
+    std::fs::create_dir_all(&artifacts).expect("artifacts folder");
+    std::fs::write(artifacts.join("slot-hero-ada.png"), &png).expect("save the drawn slot");
+    // The same recipient and values draw the same image (cached by the SVG's hash); another
+    // recipient's name draws another.
+    let again = get(format!("/_veneer/i/{token}/hero.png"))
+        .send()
+        .await
+        .expect("image")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(png, again);
+    let bob = token_for(&host, "c2", json!({"customer": {"firstName": "Bob"}}));
+    let other = get(format!("/_veneer/i/{bob}/hero.png"))
+        .send()
+        .await
+        .expect("image")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_ne!(png, other);
+    // A click lands where the drawn slot links: the live campaign's page.
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(host.url(&format!("/_veneer/c/{token}/hero")))
+        .header("host", "shop.test")
+        .send()
+        .await
+        .expect("click");
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], "/offers/sale");
+    // Tampered, truncated and foreign tokens: always a 200 image, never an open.
+    let signer = CookieSigner::new(b"another-host-secret-0123456789abcdef");
+    let foreign = veneer::email::Token::new(
+        "shop",
+        "c1",
+        "s",
+        &serde_json::Map::new(),
+        jiff::Timestamp::now(),
+    )
+    .sign(&signer);
+    let mut bad = vec![
+        foreign,
+        String::new(),
+        "x".into(),
+        token[..token.len() / 2].to_owned(),
+    ];
+    for i in 0..10_000usize {
+        let mut t = token.clone().into_bytes();
+        let at = i % t.len();
+        t[at] = if t[at] == b'A' { b'B' } else { b'A' };
+        bad.push(String::from_utf8_lossy(&t).into_owned());
+    }
+    for t in &bad {
+        let r = get(format!("/_veneer/i/{t}/hero.png"))
+            .send()
+            .await
+            .expect("image");
+        assert_eq!(r.status(), 200, "{t}");
+        assert_eq!(r.headers()["content-type"], "image/png");
+        assert_eq!(
+            &r.bytes().await.expect("bytes")[..],
+            veneer::email::BLANK_PNG
+        );
+    }
+    let events = host.events(4).await;
+    let opens = events.iter().filter(|e| e["event"] == "email_open").count();
+    assert_eq!(opens, 3, "only the three genuine opens are logged");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "email_click" && e["properties"]["target"] == "/offers/sale")
+    );
+}
+
+#[tokio::test]
+async fn a_faulty_plugin_or_a_slow_slot_gives_the_fallback_image() {
+    let (_origin, host, _images) = open_host(
+        "[[tenant.plugin]]\nname = \"chaos\"\npath = \"{plugins}/chaos.wasm\"\nparams = { mode = \"trap\" }\n",
+        "",
+    )
+    .await;
+    let token = token_for(&host, "c1", json!({}));
+    let r = reqwest::Client::new()
+        .get(host.url(&format!("/_veneer/i/{token}/hero.gif")))
+        .header("host", "shop.test")
+        .send()
+        .await
+        .expect("image");
+    assert_eq!(r.status(), 200);
+    // The bytes are PNG, and the type says so whatever the URL's extension.
+    assert_eq!(r.headers()["content-type"], "image/png");
+    assert_eq!(
+        &r.bytes().await.expect("bytes")[..],
+        veneer::email::BLANK_PNG
+    );
+    // An unknown slot is still an image.
+    let r = reqwest::Client::new()
+        .get(host.url(&format!("/_veneer/i/{token}/nope.png")))
+        .header("host", "shop.test")
+        .send()
+        .await
+        .expect("image");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/png");
+}
+
+#[tokio::test]
+async fn the_five_kinds_of_image_hits_are_told_apart_and_only_two_count() {
+    let (_origin, host, _images) = open_host(
+        "",
+        "trusted_proxies = [\"127.0.0.1/32\"]\napple_mpp_cidrs = [\"17.58.0.0/16\"]",
+    )
+    .await;
+    let token = token_for(&host, "c1", json!({}));
+    let url = host.url(&format!("/_veneer/i/{token}/hero.png"));
+    let client = reqwest::Client::new();
+    let chrome = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36";
+    let gmail =
+        "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)";
+    // Method, agent, extra headers, how many.
+    type Hit<'a> = (reqwest::Method, &'a str, Vec<(&'a str, &'a str)>, usize);
+    let hits: Vec<Hit> = vec![
+        (reqwest::Method::GET, chrome, vec![], 3),
+        (reqwest::Method::GET, gmail, vec![], 2),
+        (
+            reqwest::Method::GET,
+            gmail,
+            vec![("x-purpose", "preview")],
+            4,
+        ),
+        (
+            reqwest::Method::GET,
+            chrome,
+            vec![("x-forwarded-for", "17.58.3.4")],
+            5,
+        ),
+        (reqwest::Method::HEAD, chrome, vec![], 1),
+        (reqwest::Method::GET, "Barracuda Sentinel (EE)", vec![], 1),
+    ];
+    let mut total = 0;
+    for (method, agent, headers, n) in &hits {
+        for _ in 0..*n {
+            let mut req = client
+                .request(method.clone(), &url)
+                .header("host", "shop.test")
+                .header("user-agent", *agent);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let r = req.send().await.expect("hit");
+            assert_eq!(r.status(), 200);
+            total += 1;
+        }
+    }
+    let events = host.events(total).await;
+    let mut kinds: HashMap<String, (usize, usize)> = HashMap::new();
+    for e in events.iter().filter(|e| e["event"] == "email_open") {
+        let entry = kinds
+            .entry(e["properties"]["kind"].as_str().unwrap_or("?").to_owned())
+            .or_default();
+        entry.0 += 1;
+        if e["properties"]["counted"] == "true" {
+            entry.1 += 1;
+        }
+    }
+    let expect: HashMap<String, (usize, usize)> = [
+        ("human", (3, 3)),
+        ("gmail_proxy", (2, 2)),
+        ("gmail_prefetch", (4, 0)),
+        ("apple_mpp", (5, 0)),
+        ("scanner", (2, 0)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(kinds, expect);
+}

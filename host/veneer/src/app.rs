@@ -158,6 +158,8 @@ pub struct App {
     /// Plugin faults of the messages `veneer render` is rendering, by request id (each
     /// message lists its own faults; requests from clients are never in it).
     pub message_faults: dashmap::DashMap<String, Vec<String>>,
+    /// Open-time e-mail images: Apple's proxy addresses, fonts, drawn images, slot files.
+    pub email: crate::email::EmailState,
 }
 
 impl App {
@@ -293,6 +295,14 @@ impl App {
             profiles,
             dev: false,
             message_faults: dashmap::DashMap::new(),
+            email: crate::email::EmailState::new(
+                config
+                    .server
+                    .apple_mpp_cidrs
+                    .iter()
+                    .filter_map(|c| config::parse_cidr(c))
+                    .collect(),
+            ),
         })
     }
 
@@ -444,6 +454,36 @@ pub fn load_tenant(
             })?
         }
     };
+    // Slot files are read at each open (so a fixed file needs no restart), but a missing
+    // or unusable one is a config error now, named by its field.
+    for (j, slot) in t.email_slots.iter().enumerate() {
+        let field = |f: &str| format!("{at}.email_slot[{j}] ({}).{f}", slot.name);
+        let svg = config.resolve(&slot.svg);
+        let text = std::fs::read(&svg)
+            .map_err(|e| err(config, field("svg"), format!("{}: {e}", svg.display())))?;
+        if std::str::from_utf8(&text).is_err() {
+            return Err(err(
+                config,
+                field("svg"),
+                format!("{}: not UTF-8 text", svg.display()),
+            ));
+        }
+        let fallback = config.resolve(&slot.fallback);
+        let image = std::fs::read(&fallback).map_err(|e| {
+            err(
+                config,
+                field("fallback"),
+                format!("{}: {e}", fallback.display()),
+            )
+        })?;
+        if crate::email::image_type(&image).is_none() {
+            return Err(err(
+                config,
+                field("fallback"),
+                format!("{}: not a PNG, GIF or JPEG image", fallback.display()),
+            ));
+        }
+    }
     let limits = plugin_limits(&t.limits);
     let plugins = t
         .plugins

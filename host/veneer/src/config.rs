@@ -81,6 +81,9 @@ pub struct Server {
     /// whose `X-Forwarded-For`, `X-Request-Id` and tenants' geo headers are believed. From any
     /// other peer they are replaced (forwarding, id) or ignored and removed (geo). Default none.
     pub trusted_proxies: Vec<String>,
+    /// Addresses (CIDR) of Apple Mail Privacy Protection's image proxies: e-mail image hits
+    /// from them are logged as `apple_mpp`, not counted as opens. Default none.
+    pub apple_mpp_cidrs: Vec<String>,
     /// Open connections one client address may hold (0: no limit). Trusted proxies are exempt.
     pub max_connections_per_client: u32,
     /// How long a client may take to send a request's head (slow-header attacks).
@@ -116,6 +119,7 @@ impl Default for Server {
             origin_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
             trusted_proxies: Vec::new(),
+            apple_mpp_cidrs: Vec::new(),
             max_connections_per_client: 256,
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
@@ -192,6 +196,75 @@ pub struct Tenant {
     /// Customer profiles, affinity, journey stages and carts (`[tenant.profile]`).
     #[serde(default, skip_serializing_if = "ProfileConfig::is_default")]
     pub profile: ProfileConfig,
+    /// Images in e-mails drawn when the e-mail is opened (`[[tenant.email_slot]]`, served
+    /// at `/_veneer/i/TOKEN/SLOT.png`; see README "Messages on every channel").
+    #[serde(rename = "email_slot", default, skip_serializing_if = "Vec::is_empty")]
+    pub email_slots: Vec<EmailSlot>,
+}
+
+/// `[[tenant.email_slot]]`: an image in an e-mail, drawn from an SVG template at each open
+/// with the recipient's values, personalized by the tenant's plugins, rasterized to PNG.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSlot {
+    /// The slot's name, as the image URL names it (`[a-z0-9_-]`, at most 64).
+    pub name: String,
+    /// The SVG template (relative to the config file).
+    pub svg: PathBuf,
+    /// The image served whenever the slot cannot be drawn (a bad or expired token, a plugin
+    /// fault, over the time budget): PNG, GIF or JPEG.
+    pub fallback: PathBuf,
+    /// Where a click goes unless the drawn SVG's root names another (`data-href`): a path on
+    /// the tenant's site or an absolute http(s) URL.
+    #[serde(default = "default_slot_link")]
+    pub link: String,
+    /// Time allowed to draw the image before the fallback is served, in milliseconds.
+    #[serde(default = "default_slot_budget_ms")]
+    pub budget_ms: u64,
+}
+
+fn default_slot_link() -> String {
+    "/".into()
+}
+
+fn default_slot_budget_ms() -> u64 {
+    250
+}
+
+impl EmailSlot {
+    /// Why this slot is unusable, if it is.
+    pub fn problem(&self) -> Option<String> {
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Some("name: 1 to 64 of a-z, 0-9, - and _".into());
+        }
+        let ext = self
+            .fallback
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        if !matches!(ext.as_deref(), Some("png" | "gif" | "jpg" | "jpeg")) {
+            return Some(
+                "fallback: a .png, .gif or .jpg file (e-mail image proxies take nothing else)"
+                    .into(),
+            );
+        }
+        if !(self.link.starts_with('/')
+            || self.link.starts_with("https://")
+            || self.link.starts_with("http://"))
+        {
+            return Some("link: a path (/...) or an http(s) URL".into());
+        }
+        if self.budget_ms == 0 || self.budget_ms > 10_000 {
+            return Some("budget_ms: 1 to 10000".into());
+        }
+        None
+    }
 }
 
 /// `[tenant.identity]`: ways besides the origin's `veneer-identify` header to know which
@@ -738,6 +811,14 @@ impl Config {
         if self.server.max_instances == 0 {
             return Err(self.err("server.max_instances", "must be at least 1"));
         }
+        for (i, cidr) in self.server.apple_mpp_cidrs.iter().enumerate() {
+            if parse_cidr(cidr).is_none() {
+                return Err(self.err(
+                    format!("server.apple_mpp_cidrs[{i}]"),
+                    format!("{cidr:?} is not an address or CIDR block (e.g. \"17.58.0.0/16\")"),
+                ));
+            }
+        }
         for (i, cidr) in self.server.trusted_proxies.iter().enumerate() {
             if parse_cidr(cidr).is_none() {
                 return Err(self.err(
@@ -884,6 +965,17 @@ impl Config {
                     return Err(self.err(
                         format!("{at}.methods"),
                         format!("{m:?}: use upper-case method names; CONNECT and TRACE are never proxied"),
+                    ));
+                }
+            }
+            for (j, slot) in t.email_slots.iter().enumerate() {
+                if let Some(problem) = slot.problem() {
+                    return Err(self.err(format!("{at}.email_slot[{j}]"), problem));
+                }
+                if t.email_slots[..j].iter().any(|o| o.name == slot.name) {
+                    return Err(self.err(
+                        format!("{at}.email_slot[{j}]"),
+                        format!("name {:?} is used twice", slot.name),
                     ));
                 }
             }

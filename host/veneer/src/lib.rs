@@ -21,6 +21,7 @@ pub mod control;
 pub mod dashboard;
 pub mod demo;
 pub mod dev;
+pub mod email;
 pub mod framing;
 pub mod geo;
 pub mod ledger;

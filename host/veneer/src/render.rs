@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 
 use crate::app::App;
 use crate::config::Config;
+use crate::email::Token;
 use crate::proxy::message::{self, Message, Outcome};
 use crate::sends::{Send, Sends};
 
@@ -182,6 +183,8 @@ struct Job {
     template: Bytes,
     at: Timestamp,
     send_id: String,
+    /// The template has `{{veneer:token}}` to fill.
+    tokens: bool,
 }
 
 /// Runs `veneer render`: writes one line per recipient to `out`; `Ok(true)` when a line was
@@ -242,6 +245,9 @@ pub async fn run(args: RenderArgs, out: &mut dyn std::io::Write) -> anyhow::Resu
         tenant: args.tenant.clone(),
         channel: args.channel.clone(),
         format,
+        tokens: template
+            .windows(crate::email::TOKEN_PLACEHOLDER.len())
+            .any(|w| w == crate::email::TOKEN_PLACEHOLDER.as_bytes()),
         template: Bytes::from(template),
         at,
         send_id: args
@@ -340,6 +346,15 @@ async fn one(job: &Job, r: Recipient) -> (Line, bool) {
             false,
         );
     }
+    // Each recipient's own token in the template's image and link URLs.
+    let template = if job.tokens {
+        let token = Token::new(&job.tenant, &r.id, &job.send_id, &r.attributes, job.at)
+            .sign(&job.app.signer);
+        let text = String::from_utf8_lossy(&job.template);
+        Bytes::from(text.replace(crate::email::TOKEN_PLACEHOLDER, &token))
+    } else {
+        job.template.clone()
+    };
     let m = Arc::new(Message {
         tenant: job.tenant.clone(),
         recipient: r.id.clone(),
@@ -348,14 +363,15 @@ async fn one(job: &Job, r: Recipient) -> (Line, bool) {
         at: job.at,
         send_id: job.send_id.clone(),
         test: r.test,
-        template: job.template.clone(),
+        template,
         content_type: if job.format.is_json() {
             "application/json"
         } else {
             "text/html; charset=utf-8"
         },
+        open: false,
     });
-    let rendered = message::render(&job.app, m.clone(), &job.sends).await;
+    let rendered = message::render(&job.app, m.clone(), Some(&job.sends)).await;
     let mut line = Line {
         id: Some(r.id),
         status: "rendered",

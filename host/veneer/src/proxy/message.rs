@@ -48,6 +48,9 @@ pub struct Message {
     pub template: Bytes,
     /// The template's content type (`text/html; charset=utf-8` or `application/json`).
     pub content_type: &'static str,
+    /// Drawn at an open (an e-mail image): not a dispatch, so neither capped nor recorded as
+    /// `message_rendered`.
+    pub open: bool,
 }
 
 impl Message {
@@ -134,8 +137,9 @@ impl Rendered {
     }
 }
 
-/// Renders `m` with the tenant's rules and plugins; `sends` holds the caps' counts.
-pub async fn render(app: &Arc<App>, m: Arc<Message>, sends: &Sends) -> Rendered {
+/// Renders `m` with the tenant's rules and plugins; `sends` holds the caps' counts (`None`:
+/// no caps, as for an open).
+pub async fn render(app: &Arc<App>, m: Arc<Message>, sends: Option<&Sends>) -> Rendered {
     let Some(tenant) = app.tenant_named(&m.tenant) else {
         return Rendered::fault(format!("no tenant {:?}", m.tenant));
     };
@@ -198,7 +202,7 @@ pub async fn render(app: &Arc<App>, m: Arc<Message>, sends: &Sends) -> Rendered 
         counts,
     };
     let caps = tenant.rules.caps();
-    if !exempt && !caps.is_empty() && m.channel != "web" {
+    if let Some(sends) = sends.filter(|_| !exempt && !caps.is_empty() && m.channel != "web") {
         let tz = m
             .text("tz")
             .and_then(|name| jiff::tz::TimeZone::get(&name).ok())
@@ -257,7 +261,7 @@ pub async fn render(app: &Arc<App>, m: Arc<Message>, sends: &Sends) -> Rendered 
     });
     let outcome = match body {
         Ok(body) => {
-            if let Some(v) = &ctx.visitor {
+            if let Some(v) = ctx.visitor.as_ref().filter(|_| !m.open) {
                 v.services.track(
                     "veneer",
                     "message_rendered",
@@ -273,11 +277,13 @@ pub async fn render(app: &Arc<App>, m: Arc<Message>, sends: &Sends) -> Rendered 
         }
         Err(why) => Outcome::Fault(why),
     };
-    let status = match outcome {
-        Outcome::Rendered { .. } => "rendered",
-        _ => "fault",
-    };
-    count(app, &tenant.name, &m.channel, status);
+    if !m.open {
+        let status = match outcome {
+            Outcome::Rendered { .. } => "rendered",
+            _ => "fault",
+        };
+        count(app, &tenant.name, &m.channel, status);
+    }
     Rendered {
         outcome,
         assignments,

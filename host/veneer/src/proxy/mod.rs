@@ -6,6 +6,8 @@
 //!                                    │ tenant at its concurrency cap (503) │ over rate (429)
 //! identify (cookie, device, geo, locale, UTM, consent, customer and profile, journey stage
 //!           → segments, one shared visitor)
+//! opens (e-mail image or click)    → GET /_veneer/i/TOKEN/SLOT.png: always 200 and an image;
+//!                                    GET /_veneer/c/TOKEN/SLOT: 302 to what the image showed
 //! events::beacon                   → POST /_veneer/event answered here (204), never proxied
 //! plugins::on_request              → a plugin may answer: redirect │ its own response
 //! cached::fetch (→ origin)         → the tenant cache's entry │ the origin's response
@@ -37,6 +39,7 @@ mod finish;
 mod headers;
 mod identify;
 pub mod message;
+mod opens;
 mod origin;
 mod plugins;
 mod services;
@@ -207,6 +210,11 @@ async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Bo
         None => None,
     };
     admit::method_allowed(&parts.method, &tenant.methods)?;
+    // E-mail images and clicks: answered here, before per-client limits (an image proxy
+    // fetches for many readers from few addresses), and an image always as an image.
+    if opens::is_email_path(parts.uri.path()) {
+        return Ok(opens::answer(ctx, &tenant, &parts).await);
+    }
     if let Err(e) = admit::within_limits(ctx, &tenant, &parts) {
         if matches!(e, ProxyError::TooManyRequests(_)) {
             let delay = tenant.config.limits.refusal_delay_ms;
