@@ -239,6 +239,16 @@ pub async fn run(args: RenderArgs, out: &mut dyn std::io::Write) -> anyhow::Resu
             .as_deref(),
     )?;
     let app = Arc::new(App::build(&config)?);
+    if config.server.data_dir.is_none()
+        && app
+            .tenant_named(&args.tenant)
+            .is_some_and(|t| !t.rules.caps().is_empty())
+    {
+        eprintln!(
+            "veneer: note: {} has no [server] data_dir: frequency caps count this run's sends only",
+            args.config.display()
+        );
+    }
     let job = Arc::new(Job {
         app: app.clone(),
         sends,
