@@ -173,6 +173,14 @@ impl Line {
     }
 }
 
+/// A line ready to write.
+struct Written {
+    /// The line as JSON.
+    json: Vec<u8>,
+    /// Why an invalid input line was refused (also said on stderr).
+    invalid: Option<String>,
+}
+
 /// What every worker shares.
 struct Job {
     app: Arc<App>,
@@ -267,7 +275,9 @@ pub async fn run(args: RenderArgs, out: &mut dyn std::io::Write) -> anyhow::Resu
     });
 
     // Workers by recipient id; the writer puts lines back in input order.
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<(usize, Line, bool)>(1024);
+    // Lines are serialized by the workers (a 50 KB body's JSON escaping is real work); the
+    // writer only puts them in order.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<(usize, Written, bool)>(1024);
     let mut queues = Vec::new();
     let mut workers = Vec::new();
     for _ in 0..args.jobs {
@@ -280,7 +290,11 @@ pub async fn run(args: RenderArgs, out: &mut dyn std::io::Write) -> anyhow::Resu
                     Ok(r) => one(&job, r).await,
                     Err(why) => (Line::bare(None, "fault", why), true),
                 };
-                if done.send((n, out, bad)).await.is_err() {
+                let written = Written {
+                    invalid: out.id.is_none().then(|| out.reason.clone()).flatten(),
+                    json: serde_json::to_vec(&out).unwrap_or_default(),
+                };
+                if done.send((n, written, bad)).await.is_err() {
                     break;
                 }
             }
@@ -327,10 +341,10 @@ pub async fn run(args: RenderArgs, out: &mut dyn std::io::Write) -> anyhow::Resu
         waiting.insert(n, line);
         any_bad |= bad;
         while let Some(line) = waiting.remove(&next) {
-            if let (None, Some(reason)) = (&line.id, &line.reason) {
+            if let Some(reason) = &line.invalid {
                 eprintln!("{}: {reason}", args.recipients.display());
             }
-            serde_json::to_writer(&mut *out, &line)?;
+            out.write_all(&line.json)?;
             out.write_all(b"\n")?;
             next += 1;
         }
