@@ -175,7 +175,11 @@ async fn an_email_is_the_web_page_for_the_same_visitor_on_every_channel() {
     let rules_text = std::fs::read_to_string(setup.dir.0.join("rules.json")).expect("rules");
     let host = Host::start(
         HostSpec {
-            config: &tenant.replace("http://127.0.0.1:9", "{origin}"),
+            // One test client sends a thousand requests: no per-client limit.
+            config: &format!(
+                "{}\n[tenant.limits]\nrequests_per_second_per_client = 0\n",
+                tenant.replace("http://127.0.0.1:9", "{origin}")
+            ),
             files: &[("rules.json", &rules_text), ("fragments.toml", FRAGMENTS)],
         },
         origin.addr,
@@ -185,14 +189,14 @@ async fn an_email_is_the_web_page_for_the_same_visitor_on_every_channel() {
     let client = reqwest::Client::new();
     let now = jiff::Timestamp::now().to_string();
     let now_secs = u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0);
-    let recipients: Vec<Value> = (0..200)
+    let recipients: Vec<Value> = (0..1000)
         .map(|i| recipient(&format!("cust-{i}"), json!({"visitCount": 1 + i % 3})))
         .collect();
     let (lines, bad) = setup
         .render("email", "email.html", &recipients, &now, &[])
         .await;
     assert!(!bad);
-    assert_eq!(lines.len(), 200);
+    assert_eq!(lines.len(), 1000);
     let mut variants = std::collections::BTreeSet::new();
     for (i, line) in lines.iter().enumerate() {
         assert_eq!(line["status"], "rendered", "{line}");
@@ -595,8 +599,14 @@ async fn open_host(plugins: &str, extra: &str) -> (Origin, Host, TempDir) {
     .to_string();
     let config = format!(
         "[[tenant]]\nname = \"shop\"\nhosts = [\"shop.test\"]\norigin = \"{{origin}}\"\nrules = \"rules.json\"\n\
+         [[tenant.goal]]\nname = \"purchase\"\nevent = \"purchase\"\n\
          [[tenant.email_slot]]\nname = \"hero\"\nsvg = \"hero.svg\"\nfallback = \"{}\"\nlink = \"/sale\"\n{plugins}",
         fallback.display()
+    );
+    // A data_dir, so opens and clicks reach the ledger behind the campaign report.
+    let extra = format!(
+        "data_dir = \"{}\"\n{extra}",
+        images.0.join("data").display()
     );
     let host = Host::start_with_server(
         HostSpec {
@@ -604,7 +614,7 @@ async fn open_host(plugins: &str, extra: &str) -> (Origin, Host, TempDir) {
             files: &[("rules.json", &rules), ("hero.svg", SLOT_SVG)],
         },
         origin.addr,
-        extra,
+        &extra,
     )
     .await;
     (origin, host, images)
@@ -870,4 +880,32 @@ async fn the_five_kinds_of_image_hits_are_told_apart_and_only_two_count() {
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     assert_eq!(kinds, expect);
+    // The campaign report counts the five counted opens, on the e-mail channel, and a click.
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(host.url(&format!("/_veneer/c/{token}/hero")))
+        .header("host", "shop.test")
+        .header("user-agent", chrome)
+        .send()
+        .await
+        .expect("click");
+    assert_eq!(r.status(), 302);
+    let report = veneer::report::campaign(&host.app, "shop", "sale", "purchase").expect("report");
+    assert_eq!(
+        (report["opens"].as_u64(), report["clicks"].as_u64()),
+        (Some(5), Some(1)),
+        "{report}"
+    );
+    let email = report["by_channel"]
+        .as_array()
+        .and_then(|c| c.iter().find(|p| p["key"] == "email"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (email["opens"].as_u64(), email["clicks"].as_u64()),
+        (Some(5), Some(1)),
+        "{report}"
+    );
 }

@@ -821,19 +821,23 @@ function campaignReport(r) {
       h('details', {}, h('summary', {}, 'Figures by day'), breakdownTable('by-day', 'Figures by day', 'Day', days, cur))]
         : h('p', {}, 'No impressions recorded yet.')),
     section('By channel', {},
-      (r.by_channel ?? []).length ? breakdownTable('by-channel', 'Figures by channel', 'Channel', r.by_channel, cur) : h('p', {}, 'No impressions recorded yet.'),
-      h('p', { class: 'note' }, 'A conversion counts for the channel of the visitor’s latest impression before it.')),
+      (r.by_channel ?? []).length ? breakdownTable('by-channel', 'Figures by channel', 'Channel', r.by_channel, cur, true) : h('p', {}, 'No impressions recorded yet.'),
+      h('p', { class: 'note' }, 'A conversion counts for the channel of the visitor’s latest impression before it. E-mail opens count people and Gmail’s proxy (not Apple’s privacy proxy, prefetches or scanners); clicks are the surer signal.')),
     h0 ? holdoutSection(h0, cur) : null,
   ];
 }
 
-function breakdownTable(id, caption, first, rows, cur) {
-  return table(id, caption, [first, 'Impressions', 'Reach', 'Conversions', 'Value'], rows.map((x) => h('tr', { 'data-key': x.key },
+// `signals`: the channel breakdown also shows e-mail opens and clicks.
+function breakdownTable(id, caption, first, rows, cur, signals = false) {
+  const heads = [first, 'Impressions', 'Reach', 'Conversions', 'Value'].concat(signals ? ['Opens', 'Clicks'] : []);
+  return table(id, caption, heads, rows.map((x) => h('tr', { 'data-key': x.key },
     h('th', { scope: 'row' }, x.key),
     numCell('impressions', x.impressions, int(x.impressions)),
     numCell('reach', x.reach, int(x.reach)),
     numCell('conversions', x.conversions, int(x.conversions)),
-    numCell('value', x.value, money(x.value, cur)))));
+    numCell('value', x.value, money(x.value, cur)),
+    signals ? numCell('opens', x.opens ?? 0, int(x.opens ?? 0)) : null,
+    signals ? numCell('clicks', x.clicks ?? 0, int(x.clicks ?? 0)) : null)));
 }
 
 // The holdout compares visitors shown the campaign with those held out: its own uplift.

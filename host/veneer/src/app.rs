@@ -454,8 +454,8 @@ pub fn load_tenant(
             })?
         }
     };
-    // Slot files are read at each open (so a fixed file needs no restart), but a missing
-    // or unusable one is a config error now, named by its field.
+    // Slot files are read again when they change (so a fixed file needs no restart), but a
+    // missing or unusable one is a config error now, named by its field.
     for (j, slot) in t.email_slots.iter().enumerate() {
         let field = |f: &str| format!("{at}.email_slot[{j}] ({}).{f}", slot.name);
         let svg = config.resolve(&slot.svg);

@@ -342,15 +342,42 @@ pub fn slot_link(svg: &str) -> Option<String> {
     )
 }
 
+/// Whether a slot's link may be redirected to: a path on the tenant's site (never one a
+/// browser reads as another host: `//x`, `/\\x`, control characters or spaces) or an http(s)
+/// URL.
+pub fn safe_link(link: &str) -> bool {
+    if link.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return false;
+    }
+    match link.strip_prefix('/') {
+        Some(rest) => !rest.starts_with('/') && !rest.starts_with('\\'),
+        None => link.starts_with("https://") || link.starts_with("http://"),
+    }
+}
+
+/// Weighs a drawn PNG by its bytes, so the image cache is bounded in memory.
+#[derive(Clone)]
+struct PngBytes;
+
+impl quick_cache::Weighter<[u8; 32], Bytes> for PngBytes {
+    fn weight(&self, _key: &[u8; 32], png: &Bytes) -> u64 {
+        u64::try_from(png.len()).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+/// Memory for drawn images.
+const IMAGE_CACHE_BYTES: u64 = 64 << 20;
+
 /// The process-wide parts: Apple's proxy addresses, fonts, drawn images and slot files.
 pub struct EmailState {
     /// `[server] apple_mpp_cidrs`.
     pub apple_mpp: Vec<ipnet::IpNet>,
     fonts: OnceLock<Arc<resvg::usvg::fontdb::Database>>,
     /// PNGs by the SHA-256 of the SVG they were drawn from.
-    images: quick_cache::sync::Cache<[u8; 32], Bytes>,
-    /// Slot files (templates and fallbacks) as read, by path; `None`: unreadable.
-    files: dashmap::DashMap<PathBuf, Option<Bytes>>,
+    images: quick_cache::sync::Cache<[u8; 32], Bytes, PngBytes>,
+    /// Slot files (templates and fallbacks) as read, by path, with the modification time
+    /// they were read at (a changed file is read again).
+    files: dashmap::DashMap<PathBuf, (std::time::SystemTime, Bytes)>,
 }
 
 impl EmailState {
@@ -359,25 +386,33 @@ impl EmailState {
         EmailState {
             apple_mpp,
             fonts: OnceLock::new(),
-            images: quick_cache::sync::Cache::new(2048),
+            images: quick_cache::sync::Cache::with_weighter(4096, IMAGE_CACHE_BYTES, PngBytes),
             files: dashmap::DashMap::new(),
         }
     }
 
-    /// A slot file's bytes (read once; a file that cannot be read is logged once).
+    /// A slot file's bytes, read again when the file changes; `None` (logged) when it
+    /// cannot be read.
     pub fn file(&self, path: &Path) -> Option<Bytes> {
-        if let Some(known) = self.files.get(path) {
-            return known.clone();
+        let modified = std::fs::metadata(path).and_then(|m| m.modified());
+        if let (Ok(at), Some(known)) = (&modified, self.files.get(path))
+            && known.0 == *at
+        {
+            return Some(known.1.clone());
         }
-        let read = match std::fs::read(path) {
-            Ok(b) => Some(Bytes::from(b)),
+        match std::fs::read(path) {
+            Ok(b) => {
+                let b = Bytes::from(b);
+                if let Ok(at) = modified {
+                    self.files.insert(path.to_owned(), (at, b.clone()));
+                }
+                Some(b)
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "e-mail slot file cannot be read: its fallback is served");
                 None
             }
-        };
-        self.files.insert(path.to_owned(), read.clone());
-        read
+        }
     }
 
     /// The PNG for `svg`, drawn once per distinct SVG (CPU-heavy: call off the async
@@ -535,6 +570,28 @@ mod tests {
             slot_link(r#"<svg xmlns="x" data-href="/xmas?a=1&amp;b=2" width="1">"#).as_deref(),
             Some("/xmas?a=1&b=2")
         );
+    }
+
+    #[test]
+    fn links_that_leave_the_site_by_a_trick_are_refused() {
+        for ok in [
+            "/products",
+            "/p?a=1",
+            "https://shop.example/x",
+            "http://shop.example/",
+        ] {
+            assert!(safe_link(ok), "{ok}");
+        }
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "javascript:alert(1)",
+            "evil.example",
+            "/ x",
+        ] {
+            assert!(!safe_link(bad), "{bad}");
+        }
     }
 
     #[test]

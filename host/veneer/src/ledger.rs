@@ -80,7 +80,25 @@ pub struct Conversion {
     pub bot: bool,
 }
 
+/// An e-mail open (counted kinds only) or click, for the campaign the image showed.
+#[derive(Debug, Clone)]
+pub struct Signal {
+    /// Tenant name.
+    pub tenant: String,
+    /// The campaign the drawn slot showed.
+    pub campaign: String,
+    /// The channel (`email`).
+    pub channel: String,
+    /// The recipient's id.
+    pub visitor: String,
+    /// `open` or `click`.
+    pub kind: &'static str,
+    /// Microseconds since the epoch.
+    pub at_us: i64,
+}
+
 enum Row {
+    Signal(Signal),
     Purge(String),
     Erase(String, Vec<String>),
     Exposure(Exposure),
@@ -151,6 +169,11 @@ impl Ledger {
                     bot INTEGER NOT NULL);
                  CREATE INDEX IF NOT EXISTS impressions_by_visitor
                     ON impressions (tenant, campaign, visitor, at_us);
+                 CREATE TABLE IF NOT EXISTS signals (
+                    tenant TEXT NOT NULL, campaign TEXT NOT NULL, channel TEXT NOT NULL,
+                    visitor TEXT NOT NULL, kind TEXT NOT NULL, at_us INTEGER NOT NULL);
+                 CREATE INDEX IF NOT EXISTS signals_by_campaign ON signals (tenant, campaign);
+                 CREATE INDEX IF NOT EXISTS signals_by_time ON signals (at_us);
                  CREATE INDEX IF NOT EXISTS exposures_by_time ON exposures (at_us);
                  CREATE INDEX IF NOT EXISTS impressions_by_time ON impressions (at_us);
                  CREATE INDEX IF NOT EXISTS conversions_by_time ON conversions (at_us);",
@@ -184,6 +207,11 @@ impl Ledger {
     /// Queues an impression (never blocks).
     pub fn impression(&self, i: Impression) {
         self.send(Row::Impression(i), "impression");
+    }
+
+    /// Queues an e-mail open or click (never blocks).
+    pub fn signal(&self, s: Signal) {
+        self.send(Row::Signal(s), "signal");
     }
 
     /// Queues a conversion (never blocks); `false` when it could not be queued.
@@ -344,6 +372,10 @@ pub struct CampaignFigures {
     pub by_channel: Vec<PeriodFigures>,
     /// Impressions shown to bots, left out of every figure above.
     pub bots_excluded: u64,
+    /// E-mail opens by a person or Gmail's proxy (Apple's, prefetches and scanners left out).
+    pub opens: u64,
+    /// E-mail clicks (scanners left out): the primary signal of a message.
+    pub clicks: u64,
 }
 
 /// One row of a campaign breakdown.
@@ -359,6 +391,10 @@ pub struct PeriodFigures {
     pub conversions: u64,
     /// Attributed value (by day only).
     pub value: f64,
+    /// E-mail opens counted (by channel only).
+    pub opens: u64,
+    /// Clicks (by channel only).
+    pub clicks: u64,
 }
 
 impl Ledger {
@@ -438,6 +474,29 @@ impl Ledger {
                 ))
             },
         )?;
+        let mut signals = conn.prepare_cached(
+            "SELECT channel, kind, COUNT(*) FROM signals
+             WHERE tenant = ?1 AND campaign = ?2 GROUP BY channel, kind",
+        )?;
+        let rows = signals.query_map(params![tenant, campaign], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (channel, kind, n) = row?;
+            let n = u64::try_from(n).unwrap_or(0);
+            let p = period(&mut figures.by_channel, &channel);
+            if kind == "open" {
+                p.opens += n;
+                figures.opens += n;
+            } else {
+                p.clicks += n;
+                figures.clicks += n;
+            }
+        }
         // A conversion counts if it came after one of the visitor's impressions (strictly: not
         // in the same request) and within the window; by channel, for the channel of the
         // latest such impression.
@@ -541,7 +600,7 @@ fn prune(conn: &Connection, retention_days: u32) -> rusqlite::Result<usize> {
     let cutoff =
         jiff::Timestamp::now().as_microsecond() - i64::from(retention_days) * 86_400_000_000;
     let mut n = 0;
-    for table in ["exposures", "impressions", "conversions"] {
+    for table in ["exposures", "impressions", "conversions", "signals"] {
         n += conn.execute(
             &format!("DELETE FROM {table} WHERE at_us < ?1"),
             params![cutoff],
@@ -622,8 +681,18 @@ fn store(
                 SELECT 1 FROM conversions WHERE tenant = ?1 AND goal = ?2 AND visitor = ?3
                   AND at_us > ?4 - ?8 AND at_us <= ?4)",
         )?;
+        let mut signal = tx.prepare_cached(
+            "INSERT INTO signals (tenant, campaign, channel, visitor, kind, at_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
         for row in batch.drain(..) {
             match row {
+                Row::Signal(x) => {
+                    signal.execute(params![
+                        x.tenant, x.campaign, x.channel, x.visitor, x.kind, x.at_us
+                    ])?;
+                    n += 1;
+                }
                 Row::Impression(i) => {
                     impression.execute(params![
                         i.tenant,
@@ -667,7 +736,7 @@ fn store(
                 }
                 Row::Flush(done) => waiting.push(done),
                 Row::Erase(tenant, visitors) => {
-                    for table in ["exposures", "impressions", "conversions"] {
+                    for table in ["exposures", "impressions", "conversions", "signals"] {
                         let mut stmt = tx.prepare_cached(&format!(
                             "DELETE FROM {table} WHERE tenant = ?1 AND visitor = ?2"
                         ))?;
@@ -677,7 +746,7 @@ fn store(
                     }
                 }
                 Row::Purge(tenant) => {
-                    for table in ["exposures", "impressions", "conversions"] {
+                    for table in ["exposures", "impressions", "conversions", "signals"] {
                         tx.execute(
                             &format!("DELETE FROM {table} WHERE tenant = ?1"),
                             params![tenant],

@@ -304,19 +304,40 @@ pub async fn run(args: RenderArgs, out: &mut dyn std::io::Write) -> anyhow::Resu
     let reader = tokio::task::spawn_blocking({
         let path = args.recipients.clone();
         move || -> anyhow::Result<()> {
-            let lines = std::io::BufReader::new(recipients).lines();
+            let mut reader = std::io::BufReader::new(recipients);
+            let mut raw = Vec::new();
+            // Lines are numbered as an editor numbers them; blank ones get no output line.
+            let mut number = 0;
             let mut n = 0;
-            for line in lines {
-                let line = line.with_context(|| format!("reading {}", path.display()))?;
+            loop {
+                raw.clear();
+                let read = reader
+                    .read_until(b'\n', &mut raw)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                if read == 0 {
+                    break;
+                }
+                number += 1;
+                let Ok(line) = std::str::from_utf8(&raw) else {
+                    n += 1;
+                    let refused = Err(format!("line {number}: not UTF-8 text"));
+                    if queues[n % queues.len()]
+                        .blocking_send((n, refused))
+                        .is_err()
+                    {
+                        break;
+                    }
+                    continue;
+                };
                 if line.trim().is_empty() {
                     continue;
                 }
                 n += 1;
-                let parsed = serde_json::from_str::<Recipient>(&line)
-                    .map_err(|e| format!("line {n}: {e}"))
+                let parsed = serde_json::from_str::<Recipient>(line)
+                    .map_err(|e| format!("line {number}: {e}"))
                     .and_then(|r| {
                         if r.id.is_empty() || r.id.len() > 256 {
-                            Err(format!("line {n}: id must be 1 to 256 characters"))
+                            Err(format!("line {number}: id must be 1 to 256 characters"))
                         } else {
                             Ok(r)
                         }

@@ -27,7 +27,8 @@ pub struct Send<'a> {
     pub tags: &'a [String],
     /// When it is sent.
     pub at: Timestamp,
-    /// The send (a re-run of the same send id neither counts twice nor caps itself).
+    /// The send: on one channel, a send id is one message per recipient (a re-run, or the
+    /// recipient twice in one file, neither counts twice nor caps itself).
     pub send_id: &'a str,
 }
 
@@ -94,16 +95,18 @@ impl Sends {
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         let mut stmt = conn.prepare_cached(
             "SELECT channel, tags, at_ms FROM sends
-             WHERE tenant = ?1 AND recipient = ?2 AND at_ms >= ?3 AND at_ms < ?4 AND send_id <> ?5",
+             WHERE tenant = ?1 AND recipient = ?2 AND at_ms >= ?3 AND at_ms < ?4
+               AND NOT (send_id = ?5 AND channel = ?6)",
         )?;
         let past = stmt
             .query_map(
                 params![
                     send.tenant,
                     send.recipient,
-                    floor_ms(from),
+                    ceil_ms(from),
                     ceil_ms(until),
-                    send.send_id
+                    send.send_id,
+                    send.channel
                 ],
                 |row| {
                     let tags: String = row.get(1)?;
@@ -119,7 +122,9 @@ impl Sends {
             )?
             .collect::<Result<Vec<_>, _>>()?;
         for (rule, (from, until)) in governing {
-            let (from, until) = (from.as_millisecond(), ceil_ms(until));
+            // Sends are kept to the millisecond: a window starting a nanosecond after one
+            // starts at the next millisecond.
+            let (from, until) = (ceil_ms(from), ceil_ms(until));
             let n = past
                 .iter()
                 .filter(|(channel, tags, at)| {
@@ -162,11 +167,6 @@ pub fn partition(id: &str) -> u64 {
     id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-/// Milliseconds, rounded down.
-fn floor_ms(t: Timestamp) -> i64 {
-    t.as_millisecond()
 }
 
 /// Milliseconds, rounded up (a window ending a nanosecond after a send includes that send's

@@ -169,7 +169,8 @@ fn render_keeps_its_command_contract() {
     assert_eq!(lines[0]["status"], "rendered");
     assert_eq!(lines[1]["status"], "skipped");
     assert_eq!(lines[2]["status"], "fault");
-    assert!(stderr.contains("line 3:"), "{stderr}");
+    // Numbered as in an editor: the blank line 2 counts.
+    assert!(stderr.contains("line 4:"), "{stderr}");
     for key in [
         "id",
         "status",

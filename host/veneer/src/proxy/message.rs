@@ -246,12 +246,13 @@ pub async fn render(app: &Arc<App>, m: Arc<Message>, sends: Option<&Sends>) -> R
     }
 
     app.message_faults.insert(id.clone(), Vec::new());
+    // Removed however this ends: a render cut off by a time budget or a gone client too.
+    let tap = FaultTap {
+        app: app.clone(),
+        id: id.clone(),
+    };
     let body = stages(&mut ctx, &tenant, visitor, &m).await;
-    let faults = app
-        .message_faults
-        .remove(&id)
-        .map(|(_, f)| f)
-        .unwrap_or_default();
+    let faults = tap.take();
     let assignments = ctx.visitor.as_ref().map_or_else(Vec::new, |v| {
         v.services
             .assigned
@@ -292,6 +293,28 @@ pub async fn render(app: &Arc<App>, m: Arc<Message>, sends: Option<&Sends>) -> R
     }
 }
 
+/// This message's entry in [`App::message_faults`], removed on drop.
+struct FaultTap {
+    app: Arc<App>,
+    id: String,
+}
+
+impl FaultTap {
+    fn take(&self) -> Vec<String> {
+        self.app
+            .message_faults
+            .remove(&self.id)
+            .map(|(_, f)| f)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for FaultTap {
+    fn drop(&mut self) {
+        self.app.message_faults.remove(&self.id);
+    }
+}
+
 /// The page stages from the plugins on, for the template.
 async fn stages(
     ctx: &mut RequestCtx,
@@ -305,6 +328,10 @@ async fn stages(
         // A plugin's own answer is the message, as it would be the page.
         plugins::Requested::Reply(response, _) => {
             ctx.visitor = Some(visitor);
+            // A redirect or a refusal is not a message.
+            if !response.status().is_success() {
+                return Err(format!("a plugin answered {} instead", response.status()));
+            }
             return collect(response).await;
         }
     };

@@ -199,6 +199,12 @@ async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Bo
     }
     let tenant = ctx.app.tenant(&ctx.host).ok_or(ProxyError::UnknownHost)?;
     ctx.tenant = Some(tenant.clone());
+    // E-mail images and clicks: answered here, before the tenant's concurrency cap, its
+    // methods and per-client limits (an image proxy fetches for many readers from few
+    // addresses), so an image request always gets an image.
+    if opens::is_email_path(parts.uri.path()) {
+        return Ok(opens::answer(ctx, &tenant, &parts).await);
+    }
     // Held until the response head is ready (streaming bodies are not counted).
     let _slot = match &tenant.request_slots {
         Some(slots) => Some(
@@ -210,11 +216,6 @@ async fn run(ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Bo
         None => None,
     };
     admit::method_allowed(&parts.method, &tenant.methods)?;
-    // E-mail images and clicks: answered here, before per-client limits (an image proxy
-    // fetches for many readers from few addresses), and an image always as an image.
-    if opens::is_email_path(parts.uri.path()) {
-        return Ok(opens::answer(ctx, &tenant, &parts).await);
-    }
     if let Err(e) = admit::within_limits(ctx, &tenant, &parts) {
         if matches!(e, ProxyError::TooManyRequests(_)) {
             let delay = tenant.config.limits.refusal_delay_ms;

@@ -80,18 +80,18 @@ async fn image(
         .filter(|b| email::image_type(b).is_some())
         .unwrap_or_else(|| Bytes::from_static(email::BLANK_PNG));
     let verified = Token::verify(&app.signer, token, &tenant.name, ctx.now.as_second());
-    let (bytes, result) = match (slot, &verified) {
-        (None, _) => (fallback, "unknown_slot"),
-        (Some(_), None) => (fallback, "bad_token"),
+    let (bytes, result, campaign) = match (slot, &verified) {
+        (None, _) => (fallback, "unknown_slot", None),
+        (Some(_), None) => (fallback, "bad_token", None),
         (Some(slot), Some(t)) => {
             let budget = Duration::from_millis(slot.budget_ms);
-            match tokio::time::timeout(budget, draw_png(ctx, tenant, slot, t)).await {
-                Ok(Ok(png)) => (png, "drawn"),
+            match tokio::time::timeout(budget, draw_png(ctx, tenant, slot, t, kind)).await {
+                Ok(Ok((png, campaign))) => (png, "drawn", campaign),
                 Ok(Err(why)) => {
                     tracing::info!(tenant = %tenant.name, slot = %slot.name, request_id = %ctx.id, why, "e-mail image not drawn: fallback served");
-                    (fallback, "fallback")
+                    (fallback, "fallback", None)
                 }
-                Err(_) => (fallback, "over_budget"),
+                Err(_) => (fallback, "over_budget", None),
             }
         }
     };
@@ -117,6 +117,9 @@ async fn image(
             "veneer_email_opens_total",
             &[("tenant", &tenant.name), ("kind", kind.as_str())],
         );
+        if kind.counted() {
+            signal(ctx, tenant, t, campaign, "open");
+        }
     }
     let content_type = email::image_type(&bytes).unwrap_or("image/png");
     let body = if head {
@@ -148,21 +151,20 @@ async fn click(
     let slot = tenant.config.email_slots.iter().find(|s| s.name == name);
     let verified = Token::verify(&app.signer, token, &tenant.name, ctx.now.as_second());
     let default = slot.map_or_else(|| "/".to_owned(), |s| s.link.clone());
-    let target = match (slot, &verified) {
+    let (target, campaign) = match (slot, &verified) {
         (Some(slot), Some(t)) => {
             let budget = Duration::from_millis(slot.budget_ms);
-            match tokio::time::timeout(budget, draw_svg(ctx, tenant, slot, t)).await {
-                Ok(Ok(svg)) => email::slot_link(&svg)
-                    .filter(|l| {
-                        l.starts_with('/') && !l.starts_with("//")
-                            || l.starts_with("https://")
-                            || l.starts_with("http://")
-                    })
-                    .unwrap_or(default),
-                _ => default,
+            match tokio::time::timeout(budget, draw_svg(ctx, tenant, slot, t, kind)).await {
+                Ok(Ok((svg, campaign))) => (
+                    email::slot_link(&svg)
+                        .filter(|l| email::safe_link(l))
+                        .unwrap_or(default),
+                    campaign,
+                ),
+                _ => (default, None),
             }
         }
-        _ => default,
+        _ => (default, None),
     };
     if let Some(t) = &verified {
         record(
@@ -178,6 +180,9 @@ async fn click(
                 ("channel", "email".to_owned()),
             ],
         );
+        if kind != OpenKind::Scanner {
+            signal(ctx, tenant, t, campaign, "click");
+        }
     }
     let mut r = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
     *r.status_mut() = StatusCode::FOUND;
@@ -190,13 +195,15 @@ async fn click(
 }
 
 /// The slot drawn for the token's recipient now, as SVG: the tenant's plugins personalize the
-/// template, then its placeholders are filled for the highest-priority live campaign.
+/// template, then its placeholders are filled for the highest-priority live campaign (whose id
+/// comes with it, for reports).
 async fn draw_svg(
     ctx: &RequestCtx,
     tenant: &Arc<Tenant>,
     slot: &EmailSlot,
     t: &Token,
-) -> Result<String, String> {
+    kind: OpenKind,
+) -> Result<(String, Option<String>), String> {
     let app = &ctx.app;
     let template = app
         .email
@@ -209,7 +216,9 @@ async fn draw_svg(
         attributes: t.attributes.clone(),
         at: ctx.now,
         send_id: t.send_id.clone(),
-        test: false,
+        // A hit that is not a reader's (a scanner, Apple's or Gmail's prefetch) records no
+        // plugin events or exposures.
+        test: !kind.counted(),
         template,
         content_type: "text/html; charset=utf-8",
         open: true,
@@ -230,12 +239,13 @@ async fn draw_svg(
     if let Value::Object(map) = &mut attributes {
         map.insert("id".into(), Value::String(t.recipient.clone()));
     }
-    Ok(email::fill(
+    let svg = email::fill(
         &svg,
         &attributes,
         campaign.map(|campaign| email::SlotCampaign { campaign }),
         ctx.now,
-    ))
+    );
+    Ok((svg, campaign.map(|c| c.id.clone())))
 }
 
 /// The slot drawn now, as PNG (rasterized on the blocking pool, cached by the SVG's hash).
@@ -244,12 +254,35 @@ async fn draw_png(
     tenant: &Arc<Tenant>,
     slot: &EmailSlot,
     t: &Token,
-) -> Result<Bytes, String> {
-    let svg = draw_svg(ctx, tenant, slot, t).await?;
+    kind: OpenKind,
+) -> Result<(Bytes, Option<String>), String> {
+    let (svg, campaign) = draw_svg(ctx, tenant, slot, t, kind).await?;
     let app = ctx.app.clone();
-    tokio::task::spawn_blocking(move || app.email.png(&svg))
+    let png = tokio::task::spawn_blocking(move || app.email.png(&svg))
         .await
-        .map_err(|e| format!("drawing: {e}"))?
+        .map_err(|e| format!("drawing: {e}"))??;
+    Ok((png, campaign))
+}
+
+/// An open or click for the campaign the slot showed, in the ledger for the campaign report.
+fn signal(
+    ctx: &RequestCtx,
+    tenant: &Tenant,
+    t: &Token,
+    campaign: Option<String>,
+    kind: &'static str,
+) {
+    let (Some(ledger), Some(campaign)) = (&ctx.app.ledger, campaign) else {
+        return;
+    };
+    ledger.signal(crate::ledger::Signal {
+        tenant: tenant.name.to_string(),
+        campaign,
+        channel: "email".into(),
+        visitor: t.recipient.clone(),
+        kind,
+        at_us: ctx.now.as_microsecond(),
+    });
 }
 
 fn record(
