@@ -192,7 +192,8 @@ visitor=$(curl -sf -D - -o /dev/null -H 'Host: profile-on.bench' "http://127.0.0
   | tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \(veneer_vid=[^;]*\).*/\1/p')
 [ -n "$visitor" ] || { echo "sanity check failed: no visitor cookie from profile-on" >&2; exit 1; }
 curl -sf -o /dev/null -H 'Host: profile-on.bench' -H "Cookie: $visitor" "http://127.0.0.1:$VENEER/small.html"
-for _ in $(seq 50); do
+# Up to 20 s: on a cold compile cache the first requests wait for the plugins to compile.
+for _ in $(seq 200); do
   curl -sf "http://127.0.0.1:$ADMIN/metrics" | grep -qE '^veneer_profile_rows_stored_total(\{\})? [1-9]' && break; sleep 0.1
 done
 curl -sf "http://127.0.0.1:$ADMIN/metrics" | grep -qE '^veneer_profile_rows_stored_total(\{\})? [1-9]' \

@@ -9,6 +9,8 @@
 #                      how far a second core and worker take it               (target >= 1.6)
 #   email-image        GET /_veneer/i/TOKEN/SLOT.png with one recipient's token, warm (the drawn
 #                      PNG cached): requests/s and p99 at 32 connections, the host alone on core 1
+#   email-image-plugin-trapping  the same on a tenant whose plugin traps: every answer is the
+#                      fallback (non_200 must be 0), p99 within the slot budget + 5 ms
 #
 # Each render figure is the median of RUNS runs (default 3) with its spread. Environment:
 # RUNS, RECIPIENTS (default 20000; the push scenario uses 5x as many), DURATION (image, s).
@@ -91,6 +93,23 @@ path = "$plugins/static_rewrites.wasm"
 params = { rule1 = "title | set-inner-text | Personalized title", rule2 = "h1 | add-class | veneer", rule3 = "meta[name=description] | set-attribute | content=Personalized" }
 
 [[tenant]]
+name = "faulty"
+hosts = ["faulty.bench"]
+origin = "http://127.0.0.1:9"
+rules = "rules.json"
+[tenant.limits]
+requests_per_second_per_client = 0
+[[tenant.email_slot]]
+name = "offer"
+svg = "slot.svg"
+fallback = "fallback.png"
+budget_ms = 250
+[[tenant.plugin]]
+name = "chaos"
+path = "$plugins/chaos.wasm"
+params = { mode = "trap" }
+
+[[tenant]]
 name = "push"
 hosts = ["push.bench"]
 origin = "http://127.0.0.1:9"
@@ -154,11 +173,25 @@ token=$("$veneer" render --config "$work/veneer.toml" --tenant email --channel e
 url="http://127.0.0.1:$LISTEN/_veneer/i/$token/offer.png"
 curl -sf -H 'Host: email.bench' -A 'Mozilla/5.0 Chrome/120' -o "$work/drawn.png" "$url"
 cmp -s "$work/drawn.png" "$work/fallback.png" && { echo "sanity check failed: the image was not drawn" >&2; exit 1; }
-taskset -c 0 wrk -t1 -c32 -d2s -H 'Host: email.bench' -H 'User-Agent: Mozilla/5.0 Chrome/120' "$url" >/dev/null
-taskset -c 0 wrk -t1 -c32 -d"${DURATION}s" --latency -H 'Host: email.bench' -H 'User-Agent: Mozilla/5.0 Chrome/120' "$url" | python3 -c '
+image() { # name host url extra-json
+  taskset -c 0 wrk -t1 -c32 -d2s -H "Host: $2" -H 'User-Agent: Mozilla/5.0 Chrome/120' "$3" >/dev/null
+  taskset -c 0 wrk -t1 -c32 -d"${DURATION}s" --latency -H "Host: $2" -H 'User-Agent: Mozilla/5.0 Chrome/120' "$3" | python3 -c '
 import json, re, sys
 text = sys.stdin.read()
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
 p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-print(json.dumps({"scenario": "email-image", "connections": 32, "requests_per_second": round(rps), "p99_ms": round(p99, 2)}))'
+non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+out = {"scenario": sys.argv[1], "connections": 32, "requests_per_second": round(rps), "p99_ms": round(p99, 2),
+       "non_200": int(non2xx.group(1)) if non2xx else 0}
+out.update(json.loads(sys.argv[2]))
+print(json.dumps(out))' "$1" "$4"
+}
+image email-image email.bench "$url" '{}'
+# The same token on a tenant whose plugin traps: every answer is the fallback, within the budget.
+ftoken=$("$veneer" render --config "$work/veneer.toml" --tenant faulty --channel email --template "$work/token.html" \
+  --recipients "$work/one.jsonl" | python3 -c 'import json,sys,re; print(re.search(r"/_veneer/i/([^/]+)/", json.loads(sys.stdin.readline())["body"]).group(1))')
+furl="http://127.0.0.1:$LISTEN/_veneer/i/$ftoken/offer.png"
+curl -sf -H 'Host: faulty.bench' -A 'Mozilla/5.0 Chrome/120' -o "$work/faulty.png" "$furl"
+cmp -s "$work/faulty.png" "$work/fallback.png" || { echo "sanity check failed: the faulty tenant drew an image" >&2; exit 1; }
+image email-image-plugin-trapping faulty.bench "$furl" '{"target_p99_ms": 255}'
