@@ -799,6 +799,25 @@ async fn a_faulty_plugin_or_a_slow_slot_gives_the_fallback_image() {
         &r.bytes().await.expect("bytes")[..],
         veneer::email::BLANK_PNG
     );
+    // Once the plugin's breaker opens it is skipped, not run: still the fallback, never an
+    // image drawn without it.
+    for _ in 0..30 {
+        let r = reqwest::Client::new()
+            .get(host.url(&format!("/_veneer/i/{token}/hero.png")))
+            .header("host", "shop.test")
+            .send()
+            .await
+            .expect("image");
+        assert_eq!(
+            &r.bytes().await.expect("bytes")[..],
+            veneer::email::BLANK_PNG
+        );
+    }
+    let metrics = host.app.metrics.render();
+    assert!(
+        metrics.contains("reason=\"breaker_open\""),
+        "the breaker never opened"
+    );
     // An unknown slot is still an image.
     let r = reqwest::Client::new()
         .get(host.url(&format!("/_veneer/i/{token}/nope.png")))

@@ -43,11 +43,15 @@ pub(super) async fn on_request(ctx: &RequestCtx, tenant: &Tenant, v: &VisitorCtx
     let plugins = if turn.is_some() {
         tenant.plugins.as_slice()
     } else {
+        for p in &tenant.plugins {
+            tap_fault(app, request_id, p.name());
+        }
         &[]
     };
     for plugin in plugins {
         let admission = plugin.admit();
         if admission == Admission::Skip {
+            tap_fault(app, request_id, plugin.name());
             app.metrics.inc(
                 "veneer_plugin_skipped_total",
                 &[
@@ -140,6 +144,7 @@ pub(super) async fn on_response(
     let turn = plugin_turn(app, tenant).await;
     if turn.is_none() {
         for live in chain.drain(..) {
+            tap_fault(app, request_id, &live.name);
             live.instance.abandon();
         }
     }
@@ -229,6 +234,19 @@ fn check_synthetic(
     }
 }
 
+/// A message being rendered (`veneer render`, an e-mail image) lists the plugins that failed
+/// or were skipped (breaker open, tenant busy): it went out without them.
+fn tap_fault(app: &App, request_id: &str, plugin: &str) {
+    if app.message_faults.is_empty() {
+        return;
+    }
+    if let Some(mut faults) = app.message_faults.get_mut(request_id)
+        && !faults.iter().any(|p| p == plugin)
+    {
+        faults.push(plugin.to_owned());
+    }
+}
+
 pub(super) fn report_fault(
     app: &App,
     tenant: &str,
@@ -245,11 +263,7 @@ pub(super) fn report_fault(
             .and_then(|p| p.version())
     });
     tracing::warn!(tenant, plugin, version, request_id, kind = fault.kind(), error = %fault, "plugin fault: serving without this plugin");
-    if let Some(mut faults) = app.message_faults.get_mut(request_id)
-        && !faults.iter().any(|p| p == plugin)
-    {
-        faults.push(plugin.to_owned());
-    }
+    tap_fault(app, request_id, plugin);
     app.metrics.inc(
         "veneer_plugin_faults_total",
         &[
