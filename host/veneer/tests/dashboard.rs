@@ -10,26 +10,17 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use common::browser::{Killed, browser, wait_for};
 use common::{free_port, origin, send};
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use serde_json::{Value, json};
 
 const OPERATOR: &str = "operator-secret-0123456789";
 const DESKTOP: &str = "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0";
 const MOBILE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Mobile/15E148";
-
-/// A child process killed with the test.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Veneer {
     _child: Killed,
@@ -113,15 +104,6 @@ fn start(dir: &Path, origin: SocketAddr, at: &Instants) -> Veneer {
     v
 }
 
-fn wait_for(mut ready: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !ready() {
-        assert!(started.elapsed() < Duration::from_secs(60), "not ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A visitor as the host saw them: their id (from the signed cookie), device and variation.
 struct Seen {
     id: String,
     mobile: bool,
@@ -231,51 +213,6 @@ async fn screenshot(c: &Client, name: &str) {
     std::fs::write(artifacts().join(format!("{name}.png")), png).expect("save screenshot");
 }
 
-/// chromedriver on a free port, driving headless Chromium with Veneer as its proxy.
-async fn browser(proxy: SocketAddr) -> (Killed, Client) {
-    let on_path = |tool: &str| {
-        std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(tool))
-                .find(|p| p.is_file())
-        })
-    };
-    let missing = |tool: &str| {
-        format!(
-            "{tool} is not installed: `apt-get install chromium chromium-driver` (tests/run.sh does)"
-        )
-    };
-    let chromium = on_path("chromium").unwrap_or_else(|| panic!("{}", missing("chromium")));
-    let chromedriver =
-        on_path("chromedriver").unwrap_or_else(|| panic!("{}", missing("chromedriver")));
-    let port = free_port().port();
-    let driver = Killed(
-        Command::new(chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver"),
-    );
-    wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": chromium,
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--window-size=1280,1600",
-                     format!("--proxy-server=http://{proxy}"), "--lang=en-GB"]
-        }),
-    );
-    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("a WebDriver session");
-    (driver, client)
-}
-
 async fn wait_css(c: &Client, css: &str) -> fantoccini::elements::Element {
     c.wait()
         .at_most(Duration::from_secs(20))
@@ -358,7 +295,7 @@ async fn the_dashboard_shows_one_tenant_its_reports_and_the_edges_own_decisions(
         "/v1/tenants/shop/reports/experiments/headline?goal=purchase&engine=bayesian",
         "",
     );
-    let (_driver, c) = browser(v.listen).await;
+    let (_driver, c) = browser(v.listen, &["--window-size=1280,1600", "--lang=en-GB"]).await;
     let base = format!("http://{}/dashboard/", v.admin);
 
     // Signing in, with the keyboard: a wrong token is refused with the API's reason.

@@ -7,22 +7,13 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::browser::{Killed, browser, wait_for};
 use common::{free_port, origin, send};
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Locator;
 use serde_json::{Value, json};
-
-/// A child process killed with the test.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 const SLOT: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" width="300" height="80" data-href="/offers/{{campaign:id}}">
 <rect width="300" height="80" fill="#0b6e3d"/>
@@ -113,14 +104,6 @@ fn render(args: &[&str]) -> (Vec<Value>, String, i32) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
         out.status.code().unwrap_or(-1),
     )
-}
-
-fn wait_for(mut ready: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !ready() {
-        assert!(started.elapsed() < Duration::from_secs(60), "not ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn temp_dir() -> PathBuf {
@@ -264,46 +247,6 @@ fn artifacts() -> PathBuf {
     dir
 }
 
-/// chromedriver on a free port, driving headless Chromium with Veneer as its proxy (so the
-/// e-mail's `http://shop.test/...` image reaches the tenant), as a desktop mail client would.
-async fn browser(proxy: SocketAddr) -> (Killed, Client) {
-    let on_path = |tool: &str| {
-        std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(tool))
-                .find(|p| p.is_file())
-        })
-    };
-    let chromium = on_path("chromium").expect("chromium (tests/run.sh installs it)");
-    let chromedriver = on_path("chromedriver").expect("chromedriver (tests/run.sh installs it)");
-    let port = free_port().port();
-    let driver = Killed(
-        Command::new(chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver"),
-    );
-    wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": chromium,
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=700,500", format!("--proxy-server=http://{proxy}"),
-                     "--user-agent=Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"]
-        }),
-    );
-    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("a WebDriver session");
-    (driver, client)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_email_rendered_for_two_segments_opens_in_a_browser_with_its_image() {
     let dir = temp_dir();
@@ -343,7 +286,15 @@ async fn an_email_rendered_for_two_segments_opens_in_a_browser_with_its_image() 
             .expect("start veneer"),
     );
     wait_for(|| send(admin, "GET", "/readyz", "admin.test", &[], b"").status == 200);
-    let (_driver, client) = browser(listen).await;
+    // A desktop mail client's agent: a headless browser's own would be classed a scanner.
+    let (_driver, client) = browser(
+        listen,
+        &[
+            "--window-size=700,500",
+            "--user-agent=Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+        ],
+    )
+    .await;
     for (line, name, hero) in [
         (&lines[0], "email-new", "Welcome, new friend"),
         (&lines[1], "email-returning", "Welcome back"),
