@@ -45,8 +45,19 @@ fn data_dir(name: &str) -> PathBuf {
 }
 
 /// Starts `veneer serve` with a state store in `dir` (and a seed tenant in its config, which
-/// only the first start imports).
+/// only the first start imports). A port handed out free can be taken by a test running beside
+/// this one before veneer binds it: then veneer exits at once, and it is started again on
+/// other ports.
 fn start(dir: &Path, origin: SocketAddr) -> Veneer {
+    for _ in 0..5 {
+        if let Some(v) = start_once(dir, origin) {
+            return v;
+        }
+    }
+    panic!("veneer did not start on five pairs of free ports");
+}
+
+fn start_once(dir: &Path, origin: SocketAddr) -> Option<Veneer> {
     let (listen, admin) = (free_port(), free_port());
     let config = format!(
         "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\ndata_dir = \"{data}\"\n\
@@ -67,20 +78,28 @@ fn start(dir: &Path, origin: SocketAddr) -> Veneer {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start veneer");
-    let v = Veneer {
+    let mut v = Veneer {
         child,
         listen,
         admin,
     };
     let started = Instant::now();
-    while http(v.admin, "GET", "/readyz", None, b"").0 != 200 {
+    loop {
+        // Checked first: a ready answer could come from another test's veneer on a port
+        // this one failed to bind.
+        if matches!(v.child.try_wait(), Ok(Some(_))) {
+            return None;
+        }
+        if http(v.admin, "GET", "/readyz", None, b"").0 == 200 {
+            std::thread::sleep(Duration::from_millis(100));
+            return matches!(v.child.try_wait(), Ok(None)).then_some(v);
+        }
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "veneer did not become ready"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    v
 }
 
 /// One HTTP/1.1 request; (status, body).
