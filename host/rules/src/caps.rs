@@ -114,19 +114,15 @@ impl CapRule {
         out
     }
 
-    /// Whether the rule governs a message on `channel` carrying `tags`.
+    /// Whether the rule governs a message on `channel` carrying `tags` (the same test says
+    /// which past sends count against it: a send counts once for its channel and once for
+    /// `any`).
     pub fn applies(&self, channel: &str, tags: &[String]) -> bool {
         (self.channel == "any" || self.channel == channel)
             && self
                 .tag
                 .as_deref()
                 .is_none_or(|t| tags.iter().any(|have| tag_within(have, t)))
-    }
-
-    /// Whether a past send on `channel` with `tags` counts against this rule (the same test:
-    /// a send counts once for its channel and once for `any`).
-    pub fn counts(&self, channel: &str, tags: &[String]) -> bool {
-        self.applies(channel, tags)
     }
 
     /// The instants `[from, until)` within which earlier sends count, for a send at `at` to a

@@ -270,12 +270,6 @@ pub fn countdown(now: Timestamp, end: Timestamp) -> String {
     }
 }
 
-/// The campaign a slot draws: its name, parameters and end.
-pub struct SlotCampaign<'a> {
-    /// The campaign.
-    pub campaign: &'a veneer_rules::Campaign,
-}
-
 /// Fills a slot template's placeholders: `{{attr:PATH}}` (the recipient's attribute at a
 /// dotted path, e.g. `{{attr:customer.firstName}}`), `{{campaign:id}}`, `{{campaign:name}}`,
 /// `{{campaign:param:KEY}}` and `{{campaign:countdown}}` (of the highest-priority live
@@ -283,7 +277,7 @@ pub struct SlotCampaign<'a> {
 pub fn fill(
     template: &str,
     attributes: &Value,
-    campaign: Option<SlotCampaign<'_>>,
+    campaign: Option<&veneer_rules::Campaign>,
     now: Timestamp,
 ) -> String {
     let mut out = String::with_capacity(template.len());
@@ -296,12 +290,11 @@ pub fn fill(
             return out;
         };
         let name = after[..end].trim();
-        let c = campaign.as_ref().map(|c| c.campaign);
         let value = if let Some(path) = name.strip_prefix("attr:") {
             Some(attribute_text(attributes, path))
         } else {
             name.strip_prefix("campaign:")
-                .map(|field| match (field, c) {
+                .map(|field| match (field, campaign) {
                     (_, None) => String::new(),
                     ("id", Some(c)) => c.id.clone(),
                     ("name", Some(c)) => c.name.clone(),
@@ -556,9 +549,7 @@ mod tests {
         let out = fill(
             "<text>Hi {{attr:customer.firstName}}, {{campaign:param:discount}}% off, {{campaign:countdown}} left {{veneer:token}}{{attr:missing}}</text>",
             &attributes,
-            Some(SlotCampaign {
-                campaign: &campaign,
-            }),
+            Some(&campaign),
             now,
         );
         assert_eq!(

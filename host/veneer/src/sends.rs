@@ -128,7 +128,7 @@ impl Sends {
             let n = past
                 .iter()
                 .filter(|(channel, tags, at)| {
-                    *at >= from && *at < until && rule.counts(channel, tags)
+                    *at >= from && *at < until && rule.applies(channel, tags)
                 })
                 .count();
             if n >= usize::try_from(rule.max).unwrap_or(usize::MAX) {

@@ -239,12 +239,7 @@ async fn draw_svg(
     if let Value::Object(map) = &mut attributes {
         map.insert("id".into(), Value::String(t.recipient.clone()));
     }
-    let svg = email::fill(
-        &svg,
-        &attributes,
-        campaign.map(|campaign| email::SlotCampaign { campaign }),
-        ctx.now,
-    );
+    let svg = email::fill(&svg, &attributes, campaign, ctx.now);
     Ok((svg, campaign.map(|c| c.id.clone())))
 }
 
