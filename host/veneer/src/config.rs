@@ -30,12 +30,41 @@ pub struct Config {
     /// The sites served.
     #[serde(rename = "tenant", default)]
     pub tenants: Vec<Tenant>,
+    /// `[cluster]`: this node is one of a fleet sharing state through NATS JetStream
+    /// (docs/fleet.md). Without it the host is a single node.
+    #[serde(default)]
+    pub cluster: Option<Cluster>,
     /// The directory relative paths are resolved against (the config file's directory).
     #[serde(skip)]
     pub base_dir: PathBuf,
     /// The config file itself.
     #[serde(skip)]
     pub file: PathBuf,
+}
+
+/// `[cluster]`: the NATS servers a fleet shares and this node's name in it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// NATS server URLs (`nats://host:4222`); the client fails over between them.
+    pub nats: Vec<String>,
+    /// This node's name, unique in the fleet: letters, digits, `-` and `_` (it names the
+    /// node's consumer and its events).
+    pub node: String,
+    /// A NATS credentials file (`.creds`: user JWT and NKey seed), relative to the config.
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+    /// Replicas of the fleet's buckets and stream (1 for a single NATS server, 3 for a
+    /// cluster). Default 3, capped at the servers listed.
+    #[serde(default)]
+    pub replicas: Option<usize>,
+    /// Seconds between full re-syncs of the config bucket (a watch can skip revisions).
+    #[serde(default = "default_resync_secs")]
+    pub resync_secs: u64,
+}
+
+fn default_resync_secs() -> u64 {
+    60
 }
 
 /// `[server]`.
@@ -791,6 +820,68 @@ impl Config {
         }
     }
 
+    fn validate_cluster(&self, c: &Cluster) -> Result<(), ConfigError> {
+        if c.nats.is_empty() {
+            return Err(self.err(
+                "cluster.nats",
+                "at least one NATS server URL (e.g. \"nats://127.0.0.1:4222\")",
+            ));
+        }
+        for (i, url) in c.nats.iter().enumerate() {
+            let ok = url
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| matches!(u.scheme_str(), Some("nats" | "tls")))
+                .and_then(|u| u.port_u16())
+                .is_some();
+            if !ok {
+                return Err(self.err(
+                    format!("cluster.nats[{i}]"),
+                    format!("{url:?} is not a NATS URL with a port (e.g. \"nats://10.0.0.1:4222\")"),
+                ));
+            }
+        }
+        if c.node.is_empty()
+            || c.node.len() > 64
+            || !c
+                .node
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(self.err(
+                "cluster.node",
+                format!("{:?}: 1 to 64 letters, digits, `-` or `_`", c.node),
+            ));
+        }
+        if let Some(creds) = &c.credentials
+            && !self.resolve(creds).is_file()
+        {
+            return Err(self.err(
+                "cluster.credentials",
+                format!("{} does not exist", self.resolve(creds).display()),
+            ));
+        }
+        if c.replicas.is_some_and(|r| !(1..=5).contains(&r)) {
+            return Err(self.err("cluster.replicas", "1 to 5"));
+        }
+        if c.resync_secs == 0 {
+            return Err(self.err("cluster.resync_secs", "must be at least 1"));
+        }
+        if self.server.data_dir.is_none() {
+            return Err(self.err(
+                "cluster",
+                "a fleet node needs [server] data_dir: its local copy of the fleet's state and its event outbox live there",
+            ));
+        }
+        if self.server.cookie_secret.is_none() {
+            return Err(self.err(
+                "server.cookie_secret",
+                "a fleet node needs it, the same on every node, so a visitor's cookie is valid everywhere",
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.tenants.is_empty() && self.server.data_dir.is_none() {
             return Err(self.err(
@@ -807,6 +898,9 @@ impl Config {
             && token.len() < 16
         {
             return Err(self.err("server.admin_token", "must be at least 16 characters"));
+        }
+        if let Some(c) = &self.cluster {
+            self.validate_cluster(c)?;
         }
         if self.server.max_instances == 0 {
             return Err(self.err("server.max_instances", "must be at least 1"));

@@ -87,6 +87,8 @@ pub struct Control {
     tokens: ArcSwap<Vec<TokenRecord>>,
     loaded: std::sync::atomic::AtomicBool,
     failed: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// In a fleet: the cluster every change is shared through.
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// Largest plugin component accepted by an upload.
@@ -154,7 +156,248 @@ impl Control {
             tokens: ArcSwap::from_pointee(tokens),
             loaded: std::sync::atomic::AtomicBool::new(false),
             failed: std::sync::Mutex::new(std::collections::HashSet::new()),
+            fleet: None,
         })
+    }
+
+    /// Makes this control plane a fleet node's: changes are shared through `fleet` and
+    /// refused (503) while it is unreachable.
+    pub fn with_fleet(mut self, fleet: Arc<crate::fleet::Fleet>) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    /// The fleet this node belongs to, if any.
+    pub fn fleet(&self) -> Option<&Arc<crate::fleet::Fleet>> {
+        self.fleet.as_ref()
+    }
+
+    /// In a fleet, refuses a change before anything is touched while NATS is unreachable.
+    async fn gate(&self) -> Result<(), ApiError> {
+        if let Some(fleet) = &self.fleet {
+            fleet.writable().await?;
+        }
+        Ok(())
+    }
+
+    /// In a fleet, writes the tenant as this node now stores it to the config bucket
+    /// (components first, so no node sees a state whose plugins it cannot fetch). A refusal
+    /// leaves the local store ahead of the fleet until the re-sync it triggers puts the
+    /// fleet's state back, so the caller hears of it and nothing diverges for long.
+    async fn share(&self, tenant: &str) -> Result<(), ApiError> {
+        use crate::fleet::{TenantState, WriteError, tenant_key};
+        let Some(fleet) = &self.fleet else {
+            return Ok(());
+        };
+        let key = tenant_key(tenant);
+        let expect = self
+            .store
+            .fleet_applied(&key)?
+            .filter(|(_, digest)| !digest.is_empty())
+            .map(|(rev, _)| rev);
+        let result = match self.store.tenant(tenant)? {
+            None => fleet.delete_tenant(tenant).await,
+            Some(rec) => {
+                let versions = self.store.version_list(tenant)?;
+                let mut shared = Ok(());
+                for (_, id, sha) in &versions {
+                    if fleet.has_plugin(sha).await {
+                        continue;
+                    }
+                    let bytes = self.store.version_bytes(tenant, &versions_plugin(&versions, *id), *id)?;
+                    shared = fleet.put_plugin(sha, &bytes).await;
+                    if shared.is_err() {
+                        break;
+                    }
+                }
+                match shared {
+                    Ok(()) => {
+                        let state = TenantState::of(&rec, versions);
+                        fleet
+                            .put_tenant(tenant, &state, expect)
+                            .await
+                            .and_then(|rev| {
+                                self.store
+                                    .set_fleet_applied(&key, rev, &state.digest())
+                                    .map_err(|e| WriteError::Unreachable(e.to_string()))
+                            })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // The fleet decides now: the next re-sync puts its state back here.
+                self.store
+                    .set_fleet_applied(&key, expect.unwrap_or(0), "unshared")?;
+                fleet.kick.notify_one();
+                fleet.metrics().inc("veneer_fleet_write_failures_total", &[]);
+                Err(match e {
+                    WriteError::Conflict => ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "tenant {tenant:?} was changed on another node meanwhile: this change is not applied; read the tenant again and retry"
+                        ),
+                    ),
+                    WriteError::Unreachable(why) => fleet.unreachable(&why),
+                })
+            }
+        }
+    }
+
+    /// Applies a fleet revision of `key` (`None`: the key was deleted) the way a local change
+    /// is applied — built off the request path, stored, swapped in — unless this node already
+    /// serves that state. Idempotent: a replayed or stale revision changes nothing.
+    pub async fn apply_fleet(
+        &self,
+        key: &str,
+        revision: u64,
+        value: Option<&[u8]>,
+    ) -> anyhow::Result<()> {
+        use crate::fleet::{Envelope, TenantState};
+        use anyhow::Context as _;
+        let Some(fleet) = &self.fleet else {
+            return Ok(());
+        };
+        let Some(name) = crate::fleet::key_tenant(key) else {
+            return Ok(());
+        };
+        let _guard = self.lock.lock().await;
+        let actor = format!("fleet:{}", fleet.node);
+        let Some(value) = value else {
+            if self.store.tenant(&name)?.is_some() {
+                tracing::info!(tenant = %name, revision, "tenant deleted in the fleet");
+                self.remove_tenant(&actor, &name)
+                    .map_err(|e| anyhow::anyhow!(e.message))?;
+            }
+            self.store.set_fleet_applied(key, revision, "")?;
+            return Ok(());
+        };
+        let envelope: Envelope = serde_json::from_slice(value)
+            .with_context(|| format!("fleet key {key} revision {revision} is unreadable"))?;
+        let local = self.store.tenant(&name)?;
+        if let Some(rec) = &local
+            && TenantState::of(rec, self.store.version_list(&name)?).digest() == envelope.digest
+        {
+            self.store
+                .set_fleet_applied(key, revision, &envelope.digest)?;
+            return Ok(());
+        }
+        let state = envelope.state;
+        let mut spec: config::Tenant = serde_json::from_value(state.spec.clone())
+            .with_context(|| format!("fleet key {key}: tenant spec"))?;
+        spec.name = name.clone();
+        let mut plugins = Vec::new();
+        let mut contracts = HashMap::new();
+        for p in &state.plugins {
+            let bytes = match self.store.bytes_by_sha(&p.sha256)? {
+                Some(b) => b,
+                None => fleet.get_plugin(&p.sha256).await?,
+            };
+            let contract = self
+                .app
+                .runtime
+                .inspect(&bytes)
+                .map(|i| i.version.to_string())
+                .unwrap_or_default();
+            contracts.insert(p.sha256.clone(), contract);
+            plugins.push(crate::store::PluginRecord {
+                name: p.name.clone(),
+                version: p.version,
+                sha256: p.sha256.clone(),
+                bytes,
+                params: TenantState::params(p),
+            });
+        }
+        // Inactive versions too, so an activation or rollback on this node finds them.
+        let mut inactive = Vec::new();
+        for (plugin, id, sha) in &state.versions {
+            if plugins.iter().any(|p| p.sha256 == *sha && p.name == *plugin) {
+                continue;
+            }
+            let bytes = match self.store.bytes_by_sha(sha)? {
+                Some(b) => b,
+                None => fleet.get_plugin(sha).await?,
+            };
+            let contract = self
+                .app
+                .runtime
+                .inspect(&bytes)
+                .map(|i| i.version.to_string())
+                .unwrap_or_default();
+            contracts.insert(sha.clone(), contract);
+            inactive.push(crate::store::PluginRecord {
+                name: plugin.clone(),
+                version: *id,
+                sha256: sha.clone(),
+                bytes,
+                params: HashMap::new(),
+            });
+        }
+        let rec = TenantRecord {
+            spec,
+            disabled: state.disabled,
+            rules: state.rules,
+            fragments: state.fragments,
+            plugins,
+        };
+        let built = match self.build(rec.clone()).await {
+            Ok(b) => b,
+            Err(e) => {
+                // Recorded as applied: this node cannot serve it, and retrying the same
+                // revision will not change that; /readyz says so until a later revision.
+                tracing::error!(tenant = %name, revision, error = %e.message, "fleet change cannot be served on this node");
+                self.failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(name);
+                self.store
+                    .set_fleet_applied(key, revision, &envelope.digest)?;
+                return Ok(());
+            }
+        };
+        self.store
+            .replace_tenant(&actor, &rec, &inactive, &contracts)?;
+        // Ids as this node stored them (a version it held before joining keeps its own).
+        let stored = self.store.tenant(&name)?;
+        let built = built.map(|mut t| {
+            if let Some(stored) = &stored {
+                for p in &stored.plugins {
+                    t = relabel(t, &p.name, p.version);
+                }
+            }
+            t
+        });
+        self.publish(&name, built).await;
+        self.store
+            .set_fleet_applied(key, revision, &envelope.digest)?;
+        tracing::info!(tenant = %name, revision, from = %envelope.node, "fleet change applied");
+        Ok(())
+    }
+
+    /// Shares a tenant this node has and the fleet has never had (a node seeded from its
+    /// config before it joined); false when the fleet has it already.
+    pub async fn offer_fleet(&self, tenant: &str) -> Result<(), ApiError> {
+        let _guard = self.lock.lock().await;
+        self.share(tenant).await
+    }
+
+    fn remove_tenant(&self, actor: &str, name: &str) -> Result<(), ApiError> {
+        self.store.delete_tenant(actor, name)?;
+        self.app.swap_tenant(name, None);
+        self.failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
+        self.reload_tokens()?;
+        // Its reports go with it: a new tenant of the same name starts from nothing.
+        if let Some(ledger) = &self.app.ledger {
+            ledger.purge(name);
+        }
+        self.app.profiles.purge(name);
+        Ok(())
     }
 
     /// The running host this control plane changes.
@@ -248,6 +491,7 @@ impl Control {
                     &contract,
                     true,
                     Some(&p.params),
+                    None,
                 )?;
             }
         }
@@ -321,6 +565,7 @@ impl Control {
         let candidate = Config {
             server: self.server.clone(),
             tenants: specs,
+            cluster: None,
             base_dir: self.base_dir.clone(),
             file: "(admin api)".into(),
         };
@@ -400,6 +645,7 @@ impl Control {
     pub async fn create_tenant(&self, who: &Principal, body: Value) -> Result<Value, ApiError> {
         let spec = parse_spec(body)?;
         let _guard = self.lock.lock().await;
+        self.gate().await?;
         self.check_spec(&spec)?;
         if self.store.tenant(&spec.name)?.is_some() {
             return Err(ApiError::new(
@@ -416,6 +662,7 @@ impl Control {
         };
         let built = self.build(rec).await?;
         self.store.put_tenant(&who.actor, &spec, true)?;
+        self.share(&spec.name).await?;
         self.publish(&spec.name, built).await;
         Ok(tenant_json(&spec, false))
     }
@@ -428,6 +675,7 @@ impl Control {
         patch: Value,
     ) -> Result<Value, ApiError> {
         let _guard = self.lock.lock().await;
+        self.gate().await?;
         let mut rec = self.record(name)?;
         let mut doc = tenant_json(&rec.spec, false);
         if let Value::Object(map) = &mut doc {
@@ -450,6 +698,7 @@ impl Control {
         let disabled = rec.disabled;
         let built = self.build(rec).await?;
         self.store.put_tenant(&who.actor, &spec, false)?;
+        self.share(name).await?;
         self.publish(name, built).await;
         Ok(tenant_json(&spec, disabled))
     }
@@ -462,11 +711,13 @@ impl Control {
         disabled: bool,
     ) -> Result<Value, ApiError> {
         let _guard = self.lock.lock().await;
+        self.gate().await?;
         let mut rec = self.record(name)?;
         rec.disabled = disabled;
         let spec = rec.spec.clone();
         let built = self.build(rec).await?;
         self.store.set_disabled(&who.actor, name, disabled)?;
+        self.share(name).await?;
         self.publish(name, built).await;
         Ok(tenant_json(&spec, disabled))
     }
@@ -474,14 +725,9 @@ impl Control {
     /// Deletes a tenant with its plugins, rules, fragments and tokens.
     pub async fn delete_tenant(&self, who: &Principal, name: &str) -> Result<Value, ApiError> {
         let _guard = self.lock.lock().await;
-        self.store.delete_tenant(&who.actor, name)?;
-        self.publish(name, None).await;
-        self.reload_tokens()?;
-        // Its reports go with it: a new tenant of the same name starts from nothing.
-        if let Some(ledger) = &self.app.ledger {
-            ledger.purge(name);
-        }
-        self.app.profiles.purge(name);
+        self.gate().await?;
+        self.remove_tenant(&who.actor, name)?;
+        self.share(name).await?;
         Ok(json!({"deleted": name}))
     }
 
@@ -543,6 +789,7 @@ impl Control {
         })
         .await?;
         let _guard = self.lock.lock().await;
+        self.gate().await?;
         let mut rec = self.record(tenant)?;
         let built = if activate {
             let params = params
@@ -570,6 +817,12 @@ impl Control {
         } else {
             None
         };
+        // A fleet hands out version ids cluster-wide, so one id names one component on
+        // every node.
+        let fleet_id = match &self.fleet {
+            Some(fleet) => Some(fleet.next_version_id(self.store.max_version_id()?).await?),
+            None => None,
+        };
         let id = self.store.add_version(
             &who.actor,
             tenant,
@@ -578,7 +831,9 @@ impl Control {
             &contract,
             activate,
             params.as_ref(),
+            fleet_id,
         )?;
+        self.share(tenant).await?;
         if let Some(built) = built {
             // Label the new plugin with the id the store just gave it.
             let built = built.map(|t| relabel(t, plugin, id));
@@ -599,12 +854,14 @@ impl Control {
         version: i64,
     ) -> Result<Value, ApiError> {
         let _guard = self.lock.lock().await;
+        self.gate().await?;
         let mut rec = self.record(tenant)?;
         let bytes = self.store.version_bytes(tenant, plugin, version)?;
         set_plugin(&mut rec, plugin, version, bytes);
         let built = self.build(rec).await?;
         self.store
             .activate(&who.actor, tenant, plugin, version, None)?;
+        self.share(tenant).await?;
         self.publish(tenant, built).await;
         Ok(json!({"tenant": tenant, "plugin": plugin, "version": version}))
     }
@@ -617,6 +874,7 @@ impl Control {
         plugin: &str,
     ) -> Result<Value, ApiError> {
         let _guard = self.lock.lock().await;
+        self.gate().await?;
         let mut rec = self.record(tenant)?;
         let Some((target, params)) = self.store.rollback_target(tenant, plugin)? else {
             return Err(ApiError::new(
@@ -631,6 +889,7 @@ impl Control {
         }
         let built = self.build(rec).await?;
         let version = self.store.rollback(&who.actor, tenant, plugin)?;
+        self.share(tenant).await?;
         self.publish(tenant, built).await;
         Ok(json!({"tenant": tenant, "plugin": plugin, "version": version}))
     }
@@ -644,6 +903,7 @@ impl Control {
         params: HashMap<String, String>,
     ) -> Result<Value, ApiError> {
         let _guard = self.lock.lock().await;
+        self.gate().await?;
         let mut rec = self.record(tenant)?;
         match rec.plugins.iter_mut().find(|p| p.name == plugin) {
             Some(p) => p.params = params.clone(),
@@ -656,6 +916,7 @@ impl Control {
         }
         let built = self.build(rec).await?;
         self.store.set_params(&who.actor, tenant, plugin, &params)?;
+        self.share(tenant).await?;
         self.publish(tenant, built).await;
         Ok(json!({"tenant": tenant, "plugin": plugin, "params": params}))
     }
@@ -668,10 +929,12 @@ impl Control {
         plugin: &str,
     ) -> Result<Value, ApiError> {
         let _guard = self.lock.lock().await;
+        self.gate().await?;
         let mut rec = self.record(tenant)?;
         rec.plugins.retain(|p| p.name != plugin);
         let built = self.build(rec).await?;
         self.store.remove_plugin(&who.actor, tenant, plugin)?;
+        self.share(tenant).await?;
         self.publish(tenant, built).await;
         Ok(json!({"tenant": tenant, "removed": plugin}))
     }
@@ -718,6 +981,7 @@ impl Control {
         patch: bool,
     ) -> Result<Value, ApiError> {
         let _guard = self.lock.lock().await;
+        self.gate().await?;
         let mut rec = self.record(tenant)?;
         let doc = if patch {
             let current = match kind {
@@ -740,6 +1004,7 @@ impl Control {
         }
         let built = self.build(rec).await?;
         self.store.set_document(&who.actor, tenant, kind, &text)?;
+        self.share(tenant).await?;
         self.publish(tenant, built).await;
         Ok(doc)
     }
@@ -815,6 +1080,14 @@ fn set_plugin(rec: &mut TenantRecord, plugin: &str, version: i64, bytes: Vec<u8>
             params: HashMap::new(),
         }),
     }
+}
+
+fn versions_plugin(versions: &[(String, i64, String)], id: i64) -> String {
+    versions
+        .iter()
+        .find(|(_, v, _)| *v == id)
+        .map(|(p, _, _)| p.clone())
+        .unwrap_or_default()
 }
 
 fn relabel(mut t: Tenant, plugin: &str, id: i64) -> Tenant {

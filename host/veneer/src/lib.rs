@@ -22,6 +22,7 @@ pub mod dashboard;
 pub mod demo;
 pub mod dev;
 pub mod email;
+pub mod fleet;
 pub mod framing;
 pub mod geo;
 pub mod ledger;

@@ -89,6 +89,14 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT
     );
     ",
+    // 2: a fleet node's record of what it applied from the cluster (key → revision, digest).
+    "
+    CREATE TABLE fleet_applied (
+        key TEXT PRIMARY KEY,
+        revision INTEGER NOT NULL,
+        digest TEXT NOT NULL
+    );
+    ",
 ];
 
 /// Versions kept per plugin (besides the active one); older ones are deleted on upload.
@@ -404,6 +412,198 @@ impl Store {
         }))
     }
 
+    /// The highest plugin version id stored here (0 when none).
+    pub fn max_version_id(&self) -> Result<i64, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT coalesce(max(id), 0) FROM plugin_versions",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// The bytes of a stored version with this digest, if any tenant has one.
+    pub fn bytes_by_sha(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT bytes FROM plugin_versions WHERE sha256 = ?1 LIMIT 1",
+                params![sha256],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Every stored version of a tenant's plugins: (plugin, id, SHA-256), oldest first.
+    pub fn version_list(&self, tenant: &str) -> Result<Vec<(String, i64, String)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT plugin, id, sha256 FROM plugin_versions WHERE tenant = ?1 ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map(params![tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// What this node last applied from the fleet for `key`: (revision, digest).
+    pub fn fleet_applied(&self, key: &str) -> Result<Option<(u64, String)>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT revision, digest FROM fleet_applied WHERE key = ?1",
+                params![key],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Records that `key` is applied at `revision` (`digest` empty for a deletion).
+    pub fn set_fleet_applied(
+        &self,
+        key: &str,
+        revision: u64,
+        digest: &str,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO fleet_applied (key, revision, digest) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO UPDATE SET revision = excluded.revision, digest = excluded.digest",
+            params![key, revision as i64, digest],
+        )?;
+        Ok(())
+    }
+
+    /// Makes a tenant exactly `rec` (as a fleet node applies another node's change), in one
+    /// transaction: spec, state, documents, the plugin chain in order. Versions missing here
+    /// are stored from `rec`'s bytes under their fleet-wide ids; a changed active version or
+    /// params is recorded as an activation, so rollback works here as on the node that made it.
+    pub fn replace_tenant(
+        &self,
+        actor: &str,
+        rec: &TenantRecord,
+        inactive: &[PluginRecord],
+        contracts: &std::collections::HashMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let name = rec.spec.name.as_str();
+        let spec = serde_json::to_string(&rec.spec)
+            .map_err(|e| StoreError::Conflict(format!("tenant spec: {e}")))?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let at = now();
+        tx.execute(
+            "INSERT INTO tenants (name, spec, disabled, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, disabled = excluded.disabled,
+                 updated_at = excluded.updated_at",
+            params![name, spec, rec.disabled, at],
+        )?;
+        for (table, body) in [("rules", &rec.rules), ("fragments", &rec.fragments)] {
+            match body {
+                Some(text) => tx.execute(
+                    &format!(
+                        "INSERT INTO {table} (tenant, body) VALUES (?1, ?2)
+                         ON CONFLICT (tenant) DO UPDATE SET body = excluded.body"
+                    ),
+                    params![name, text],
+                )?,
+                None => tx.execute(
+                    &format!("DELETE FROM {table} WHERE tenant = ?1"),
+                    params![name],
+                )?,
+            };
+        }
+        for p in inactive {
+            let have: bool = tx.query_row(
+                "SELECT count(*) > 0 FROM plugin_versions WHERE tenant = ?1 AND plugin = ?2 AND sha256 = ?3",
+                params![name, p.name, p.sha256],
+                |r| r.get(0),
+            )?;
+            if !have {
+                let taken: bool = tx.query_row(
+                    "SELECT count(*) > 0 FROM plugin_versions WHERE id = ?1",
+                    params![p.version],
+                    |r| r.get(0),
+                )?;
+                let contract = contracts.get(&p.sha256).map_or("", String::as_str);
+                tx.execute(
+                    "INSERT INTO plugin_versions (id, tenant, plugin, sha256, size, contract, bytes, uploader, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![(!taken).then_some(p.version), name, p.name, p.sha256,
+                            p.bytes.len() as i64, contract, p.bytes, actor, at],
+                )?;
+            }
+        }
+        let mut chain = Vec::new();
+        for p in &rec.plugins {
+            let found: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM plugin_versions WHERE tenant = ?2 AND plugin = ?3 AND sha256 = ?4
+                     ORDER BY id = ?1 DESC, id DESC LIMIT 1",
+                    params![p.version, name, p.name, p.sha256],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let id = match found {
+                Some(id) => id,
+                None => {
+                    // The fleet-wide id, unless this node holds it for something else (ids
+                    // allocated before it joined the fleet): then a local one.
+                    let taken: bool = tx.query_row(
+                        "SELECT count(*) > 0 FROM plugin_versions WHERE id = ?1",
+                        params![p.version],
+                        |r| r.get(0),
+                    )?;
+                    let contract = contracts.get(&p.sha256).map_or("", String::as_str);
+                    tx.execute(
+                        "INSERT INTO plugin_versions (id, tenant, plugin, sha256, size, contract, bytes, uploader, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        params![(!taken).then_some(p.version), name, p.name, p.sha256,
+                                p.bytes.len() as i64, contract, p.bytes, actor, at],
+                    )?;
+                    tx.last_insert_rowid()
+                }
+            };
+            let params_json = serde_json::to_string(&p.params).unwrap_or_default();
+            let before: Option<(i64, String)> = tx
+                .query_row(
+                    "SELECT active, params FROM plugins WHERE tenant = ?1 AND name = ?2",
+                    params![name, p.name],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let same = before.as_ref().is_some_and(|(v, params)| {
+                *v == id
+                    && serde_json::from_str::<Params>(params).ok().as_ref() == Some(&p.params)
+            });
+            if !same {
+                tx.execute(
+                    "INSERT INTO activations (tenant, plugin, version, params, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![name, p.name, id, params_json, at],
+                )?;
+            }
+            chain.push((p.name.as_str(), id, params_json));
+        }
+        tx.execute("DELETE FROM plugins WHERE tenant = ?1", params![name])?;
+        for (position, (plugin, id, params_json)) in chain.into_iter().enumerate() {
+            tx.execute(
+                "INSERT INTO plugins (tenant, name, position, active, params) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![name, plugin, position as i64, id, params_json],
+            )?;
+        }
+        audit(
+            &tx,
+            Audit {
+                actor,
+                action: "fleet.apply",
+                tenant: Some(name),
+                target: None,
+                before: None,
+                after: Some(sha256_hex(spec.as_bytes())),
+                detail: None,
+            },
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Every tenant.
     pub fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
         let mut out = Vec::new();
@@ -609,8 +809,9 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a new version of `plugin` (already validated); returns its id. With
-    /// `activate`, it also becomes the active version, with `params` when given.
+    /// Stores a new version of `plugin` (already validated); returns its id (`id` when given:
+    /// a fleet allocates version ids cluster-wide). With `activate`, it also becomes the
+    /// active version, with `params` when given.
     #[allow(clippy::too_many_arguments)]
     pub fn add_version(
         &self,
@@ -621,15 +822,16 @@ impl Store {
         contract: &str,
         activate: bool,
         params: Option<&std::collections::HashMap<String, String>>,
+        id: Option<i64>,
     ) -> Result<i64, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         exists(&tx, tenant)?;
         let sha = sha256_hex(bytes);
         tx.execute(
-            "INSERT INTO plugin_versions (tenant, plugin, sha256, size, contract, bytes, uploader, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![tenant, plugin, sha, bytes.len() as i64, contract, bytes, actor, now()],
+            "INSERT INTO plugin_versions (id, tenant, plugin, sha256, size, contract, bytes, uploader, created_at)
+             VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![tenant, plugin, sha, bytes.len() as i64, contract, bytes, actor, now(), id],
         )?;
         let id = tx.last_insert_rowid();
         // Keep the newest versions of each plugin (and the active one): a tenant pushing in a
@@ -1164,13 +1366,13 @@ mod tests {
                 Err(StoreError::Conflict(_))
             ));
             let v1 = s
-                .add_version("op", "shop", "hero", b"one", "0.2.0", true, None)
+                .add_version("op", "shop", "hero", b"one", "0.2.0", true, None, None)
                 .unwrap_or_default();
             let v2 = s
-                .add_version("op", "shop", "hero", b"two", "0.2.0", true, None)
+                .add_version("op", "shop", "hero", b"two", "0.2.0", true, None, None)
                 .unwrap_or_default();
             let v3 = s
-                .add_version("op", "shop", "hero", b"three", "0.2.0", true, None)
+                .add_version("op", "shop", "hero", b"three", "0.2.0", true, None, None)
                 .unwrap_or_default();
             assert!(v1 < v2 && v2 < v3);
             assert_eq!(s.rollback("op", "shop", "hero").ok(), Some(v2));

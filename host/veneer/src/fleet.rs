@@ -1,0 +1,679 @@
+//! A fleet of nodes sharing their state through NATS JetStream (`[cluster]`, docs/fleet.md).
+//!
+//! - **Config and plugins**: each tenant is one key of the KV bucket `veneer_config` (its
+//!   whole state: spec, documents, plugin chain by digest; the key's revision is its version)
+//!   and plugin components are objects of `veneer_plugins` named by SHA-256. An admin change
+//!   on any node is written to the local store and then to the bucket (compare-and-set on the
+//!   revision this node last applied, so two nodes cannot each overwrite the other's edit);
+//!   every node watches the bucket and applies what it sees through the same build-and-swap
+//!   path a local change takes ([`crate::control::Control::apply_fleet`]). A node records the
+//!   revision it applied per key in its SQLite store, catches up from there on start and
+//!   re-syncs the whole bucket every `resync_secs` (a watch may skip revisions): handling is
+//!   by latest state and idempotent.
+//! - **Static stability**: the NATS client connects and reconnects in the background; until
+//!   it is connected a node serves its local copy and refuses admin writes with 503.
+//! - **Events**: see [`crate::outbox`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv, object_store, stream};
+use bytes::Bytes;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Cluster;
+use crate::control::ApiError;
+use crate::metrics::Metrics;
+use crate::store::{Params, TenantRecord};
+
+/// The KV bucket holding each tenant's state.
+pub const CONFIG_BUCKET: &str = "veneer_config";
+/// The object store holding plugin components by digest.
+pub const PLUGIN_BUCKET: &str = "veneer_plugins";
+/// The stream of every node's analytics events.
+pub const EVENTS_STREAM: &str = "VENEER_EVENTS";
+/// Subject prefix of events (`veneer.events.<tenant key>`).
+pub const EVENTS_SUBJECT: &str = "veneer.events";
+/// The key that hands out plugin version ids fleet-wide.
+const VERSION_SEQ_KEY: &str = "seq.plugin_version";
+/// How long the stream remembers a `Nats-Msg-Id`: longer than any publisher retries one
+/// event (a leader election takes seconds; a node cut off keeps its outbox and retries).
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// One tenant's state as the fleet shares it: everything but the plugin bytes, which are
+/// named by digest. Maps are ordered so one state always serializes to the same bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TenantState {
+    /// The `[[tenant]]` table (as the admin API shows it).
+    pub spec: serde_json::Value,
+    /// Not served.
+    pub disabled: bool,
+    /// The rules document's text.
+    pub rules: Option<String>,
+    /// The fragments document's text.
+    pub fragments: Option<String>,
+    /// The plugin chain in order.
+    pub plugins: Vec<PluginState>,
+    /// Every stored version (plugin, id, SHA-256), active or not, so any node can activate
+    /// or roll back to any of them.
+    #[serde(default)]
+    pub versions: Vec<(String, i64, String)>,
+}
+
+/// One plugin of a [`TenantState`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PluginState {
+    /// Plugin name.
+    pub name: String,
+    /// Version id (fleet-wide).
+    pub version: i64,
+    /// The component's SHA-256 (hex): its object's name.
+    pub sha256: String,
+    /// Its params.
+    pub params: std::collections::BTreeMap<String, String>,
+}
+
+/// What a KV value holds: the state, its digest and who wrote it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The state.
+    pub state: TenantState,
+    /// [`TenantState::digest`] of `state`.
+    pub digest: String,
+    /// The node that wrote it.
+    pub node: String,
+}
+
+impl TenantState {
+    /// The shareable state of a stored tenant.
+    pub fn of(rec: &TenantRecord, versions: Vec<(String, i64, String)>) -> TenantState {
+        let mut spec = serde_json::to_value(&rec.spec).unwrap_or_default();
+        if let serde_json::Value::Object(map) = &mut spec {
+            for key in ["rules", "fragments", "plugin"] {
+                map.remove(key);
+            }
+        }
+        TenantState {
+            spec,
+            disabled: rec.disabled,
+            rules: rec.rules.clone(),
+            fragments: rec.fragments.clone(),
+            plugins: rec
+                .plugins
+                .iter()
+                .map(|p| PluginState {
+                    name: p.name.clone(),
+                    version: p.version,
+                    sha256: p.sha256.clone(),
+                    params: p.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                })
+                .collect(),
+            versions,
+        }
+    }
+
+    /// What decides whether two nodes serve the same thing: the state without version ids
+    /// (a node that held an id before joining stores the same bytes under another).
+    pub fn digest(&self) -> String {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(plugins) = v.get_mut("plugins").and_then(|p| p.as_array_mut()) {
+            for p in plugins {
+                if let serde_json::Value::Object(map) = p {
+                    map.remove("version");
+                }
+            }
+        }
+        if let Some(versions) = v.get_mut("versions").and_then(|p| p.as_array_mut()) {
+            let mut set: Vec<serde_json::Value> = versions
+                .iter()
+                .filter_map(|t| Some(serde_json::json!([t.get(0)?, t.get(2)?])))
+                .collect();
+            set.sort_by_key(ToString::to_string);
+            set.dedup();
+            *versions = set;
+        }
+        crate::store::sha256_hex(&serde_json::to_vec(&v).unwrap_or_default())
+    }
+
+    /// Params of one plugin as the store keeps them.
+    pub fn params(p: &PluginState) -> Params {
+        p.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// The KV key of a tenant: its name when that is a valid key token, else its hex.
+pub fn tenant_key(name: &str) -> String {
+    if !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        format!("tenant.n.{name}")
+    } else {
+        let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("tenant.h.{hex}")
+    }
+}
+
+/// The tenant a KV key names.
+pub fn key_tenant(key: &str) -> Option<String> {
+    if let Some(name) = key.strip_prefix("tenant.n.") {
+        return Some(name.to_owned());
+    }
+    let hex = key.strip_prefix("tenant.h.")?;
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// The JetStream handles, created once NATS is reachable.
+pub struct Parts {
+    /// Tenants' state.
+    pub kv: kv::Store,
+    /// Plugin components.
+    pub objects: object_store::ObjectStore,
+    /// Events.
+    pub events: stream::Stream,
+}
+
+/// This node's connection to the fleet.
+pub struct Fleet {
+    /// This node's name.
+    pub node: String,
+    urls: String,
+    replicas: usize,
+    /// Seconds between full re-syncs.
+    pub resync: Duration,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    parts: tokio::sync::OnceCell<Parts>,
+    metrics: Arc<Metrics>,
+    /// Wakes the sync loop for a full re-sync now (after a refused compare-and-set).
+    pub kick: tokio::sync::Notify,
+}
+
+/// Why a write to the fleet failed.
+#[derive(Debug)]
+pub enum WriteError {
+    /// Another node changed the key since this node applied it.
+    Conflict,
+    /// NATS did not take it.
+    Unreachable(String),
+}
+
+impl Fleet {
+    /// Starts connecting to `cluster`'s servers; returns at once (the client connects and
+    /// reconnects in the background, so a node starts and serves with NATS down).
+    pub async fn connect(
+        cluster: &Cluster,
+        credentials: Option<std::path::PathBuf>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Fleet>> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("veneer-{}", cluster.node))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(2))
+            .request_timeout(Some(Duration::from_secs(5)));
+        if let Some(path) = credentials {
+            options = options
+                .credentials_file(&path)
+                .await
+                .with_context(|| format!("reading cluster.credentials {}", path.display()))?;
+        }
+        let client = options
+            .connect(cluster.nats.clone())
+            .await
+            .context("cluster.nats")?;
+        let js = jetstream::new(client.clone());
+        let replicas = cluster.replicas.unwrap_or(3).min(cluster.nats.len()).max(1);
+        Ok(Arc::new(Fleet {
+            node: cluster.node.clone(),
+            urls: cluster.nats.join(", "),
+            replicas,
+            resync: Duration::from_secs(cluster.resync_secs),
+            client,
+            js,
+            parts: tokio::sync::OnceCell::new(),
+            metrics,
+            kick: tokio::sync::Notify::new(),
+        }))
+    }
+
+    /// Whether the client is connected to a NATS server now.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// The JetStream context (events).
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The 503 an admin write gets while the fleet is unreachable.
+    pub fn unreachable(&self, why: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the cluster (NATS at {}) is unreachable: {why}; admin changes are refused until it is back, and this node keeps serving its last copy",
+                self.urls
+            ),
+        )
+    }
+
+    /// Refuses a write unless NATS is connected and the fleet's buckets are open.
+    pub async fn writable(&self) -> Result<&Parts, ApiError> {
+        if !self.connected() {
+            return Err(self.unreachable("not connected"));
+        }
+        match tokio::time::timeout(Duration::from_secs(5), self.parts()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(self.unreachable(&format!("{e:#}"))),
+            Err(_) => Err(self.unreachable("timed out opening the fleet's buckets")),
+        }
+    }
+
+    /// Opens (creating when missing) the buckets and the stream.
+    pub async fn parts(&self) -> anyhow::Result<&Parts> {
+        self.parts
+            .get_or_try_init(|| async {
+                let kv = match self.js.get_key_value(CONFIG_BUCKET).await {
+                    Ok(kv) => kv,
+                    Err(_) => self
+                        .js
+                        .create_or_update_key_value(kv::Config {
+                            bucket: CONFIG_BUCKET.into(),
+                            description: "Veneer tenants' state, one key per tenant".into(),
+                            history: 5,
+                            num_replicas: self.replicas,
+                            storage: jetstream::stream::StorageType::File,
+                            ..Default::default()
+                        })
+                        .await
+                        .context("creating the config bucket")?,
+                };
+                let objects = match self.js.get_object_store(PLUGIN_BUCKET).await {
+                    Ok(o) => o,
+                    Err(_) => match self
+                        .js
+                        .create_object_store(object_store::Config {
+                            bucket: PLUGIN_BUCKET.into(),
+                            description: Some("Veneer plugin components by SHA-256".into()),
+                            num_replicas: self.replicas,
+                            storage: jetstream::stream::StorageType::File,
+                            ..Default::default()
+                        })
+                        .await
+                    {
+                        Ok(o) => o,
+                        // Another node created it first.
+                        Err(_) => self
+                            .js
+                            .get_object_store(PLUGIN_BUCKET)
+                            .await
+                            .context("opening the plugin object store")?,
+                    },
+                };
+                let events = self
+                    .js
+                    .get_or_create_stream(stream::Config {
+                        name: EVENTS_STREAM.into(),
+                        description: Some("Veneer analytics events from every node".into()),
+                        subjects: vec![format!("{EVENTS_SUBJECT}.>")],
+                        num_replicas: self.replicas,
+                        storage: jetstream::stream::StorageType::File,
+                        duplicate_window: DEDUP_WINDOW,
+                        max_age: Duration::from_secs(30 * 86_400),
+                        ..Default::default()
+                    })
+                    .await
+                    .context("creating the events stream")?;
+                Ok(Parts {
+                    kv,
+                    objects,
+                    events,
+                })
+            })
+            .await
+    }
+
+    /// Stores a plugin component under its digest, unless the object store has it.
+    pub async fn put_plugin(&self, sha256: &str, bytes: &[u8]) -> Result<(), WriteError> {
+        let parts = self.writable().await.map_err(|e| WriteError::Unreachable(e.message))?;
+        if parts.objects.info(sha256).await.is_ok() {
+            return Ok(());
+        }
+        let meta = object_store::ObjectMetadata {
+            name: sha256.to_owned(),
+            chunk_size: Some(512 << 10),
+            ..Default::default()
+        };
+        parts
+            .objects
+            .put(meta, &mut std::io::Cursor::new(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| WriteError::Unreachable(format!("storing plugin {sha256}: {e}")))
+    }
+
+    /// Whether the object store holds this component.
+    pub async fn has_plugin(&self, sha256: &str) -> bool {
+        match self.parts().await {
+            Ok(parts) => parts.objects.info(sha256).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// A plugin component by digest, checked against it.
+    pub async fn get_plugin(&self, sha256: &str) -> anyhow::Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt as _;
+        let parts = self.parts().await?;
+        let mut object = parts
+            .objects
+            .get(sha256)
+            .await
+            .with_context(|| format!("fetching plugin {sha256}"))?;
+        let mut bytes = Vec::new();
+        object
+            .read_to_end(&mut bytes)
+            .await
+            .with_context(|| format!("reading plugin {sha256}"))?;
+        let got = crate::store::sha256_hex(&bytes);
+        anyhow::ensure!(
+            got == sha256,
+            "plugin object {sha256} holds bytes with digest {got}"
+        );
+        Ok(bytes)
+    }
+
+    /// Writes a tenant's state; `expect` is the revision this node last applied (None: the
+    /// key must not exist). Returns the new revision.
+    pub async fn put_tenant(
+        &self,
+        name: &str,
+        state: &TenantState,
+        expect: Option<u64>,
+    ) -> Result<u64, WriteError> {
+        let parts = self.writable().await.map_err(|e| WriteError::Unreachable(e.message))?;
+        let envelope = Envelope {
+            digest: state.digest(),
+            state: state.clone(),
+            node: self.node.clone(),
+        };
+        let value = Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default());
+        let key = tenant_key(name);
+        let result = match expect {
+            Some(rev) => parts.kv.update(&key, value, rev).await.map_err(|e| {
+                if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                    WriteError::Conflict
+                } else {
+                    WriteError::Unreachable(e.to_string())
+                }
+            }),
+            None => parts.kv.create(&key, value).await.map_err(|e| {
+                if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                    WriteError::Conflict
+                } else {
+                    WriteError::Unreachable(e.to_string())
+                }
+            }),
+        };
+        if result.is_ok() {
+            self.metrics.inc("veneer_fleet_writes_total", &[]);
+        }
+        result
+    }
+
+    /// Deletes a tenant's key (a tombstone every node applies).
+    pub async fn delete_tenant(&self, name: &str) -> Result<(), WriteError> {
+        let parts = self.writable().await.map_err(|e| WriteError::Unreachable(e.message))?;
+        parts
+            .kv
+            .delete(tenant_key(name))
+            .await
+            .map_err(|e| WriteError::Unreachable(e.to_string()))
+    }
+
+    /// The next plugin version id, unique in the fleet (a compare-and-set counter), above
+    /// `floor` (the highest id this node holds).
+    pub async fn next_version_id(&self, floor: i64) -> Result<i64, ApiError> {
+        let parts = self.writable().await?;
+        for _ in 0..32 {
+            let entry = parts
+                .kv
+                .entry(VERSION_SEQ_KEY)
+                .await
+                .map_err(|e| self.unreachable(&e.to_string()))?;
+            let (current, revision) = match &entry {
+                Some(e) if e.operation == kv::Operation::Put => (
+                    std::str::from_utf8(&e.value)
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok())
+                        .unwrap_or(0),
+                    Some(e.revision),
+                ),
+                _ => (0, None),
+            };
+            let next = current.max(floor) + 1;
+            let value = Bytes::from(next.to_string());
+            let stored = match revision {
+                Some(rev) => parts.kv.update(VERSION_SEQ_KEY, value, rev).await.is_ok(),
+                None => parts.kv.create(VERSION_SEQ_KEY, value).await.is_ok(),
+            };
+            if stored {
+                return Ok(next);
+            }
+        }
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "could not allocate a plugin version id: too many concurrent uploads in the fleet",
+        ))
+    }
+
+    /// The bucket's last revision (for the lag metric).
+    pub async fn last_revision(&self) -> anyhow::Result<u64> {
+        let parts = self.parts().await?;
+        let mut kv_stream = self
+            .js
+            .get_stream(format!("KV_{CONFIG_BUCKET}"))
+            .await
+            .context("the config bucket's stream")?;
+        let _ = &parts.kv;
+        Ok(kv_stream.info().await?.state.last_sequence)
+    }
+
+    /// Records the connection state in metrics (1 connected, 0 not).
+    pub fn observe(&self) {
+        self.metrics.set(
+            "veneer_fleet_connected",
+            &[("node", self.node.as_str())],
+            u64::from(self.connected()),
+        );
+    }
+}
+
+/// Watches the config bucket and applies what it sees, re-syncing the whole bucket on start,
+/// on every reconnection, when a write was refused and every `resync_secs`.
+pub fn spawn_sync(control: Arc<crate::control::Control>) {
+    let Some(fleet) = control.fleet().cloned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut warned = false;
+        loop {
+            fleet.observe();
+            let parts = match fleet.parts().await {
+                Ok(parts) => parts,
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(error = %format!("{e:#}"), "the cluster is unreachable: serving the local copy, refusing admin changes");
+                        warned = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if let Err(e) = follow(&control, &fleet, parts).await {
+                if !warned {
+                    tracing::warn!(error = %format!("{e:#}"), "fleet sync interrupted; retrying");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            } else {
+                warned = false;
+            }
+        }
+    });
+}
+
+/// One session of following the bucket: a full re-sync, then the watch from the revision
+/// the re-sync started at (what changed during it is seen twice, harmlessly). Returns when
+/// the connection was lost and came back (a new session starts), or on an error.
+async fn follow(
+    control: &crate::control::Control,
+    fleet: &Fleet,
+    parts: &Parts,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt as _;
+    let start = fleet.last_revision().await?;
+    let mut seen = resync(control, fleet, parts).await?.max(start);
+    let mut watch = parts.kv.watch_all_from_revision(start + 1).await?;
+    let mut every = tokio::time::interval(fleet.resync);
+    every.reset();
+    let mut status = tokio::time::interval(Duration::from_secs(1));
+    let mut was_connected = true;
+    let node = fleet.node.clone();
+    loop {
+        tokio::select! {
+            entry = watch.next() => {
+                let entry = match entry {
+                    Some(Ok(entry)) => entry,
+                    Some(Err(e)) => anyhow::bail!("watching the config bucket: {e}"),
+                    None => anyhow::bail!("the config bucket's watch ended"),
+                };
+                seen = seen.max(entry.revision);
+                apply(control, fleet, &entry.key, entry.revision, &entry.operation, &entry.value).await;
+            }
+            _ = every.tick() => {
+                seen = seen.max(resync(control, fleet, parts).await?);
+            }
+            () = fleet.kick.notified() => {
+                seen = seen.max(resync(control, fleet, parts).await?);
+            }
+            _ = status.tick() => {
+                fleet.observe();
+                let connected = fleet.connected();
+                if connected && !was_connected {
+                    tracing::info!("reconnected to the cluster: re-syncing");
+                    return Ok(());
+                }
+                was_connected = connected;
+                if connected && let Ok(last) = fleet.last_revision().await {
+                    fleet.metrics.set("veneer_fleet_applied_revision", &[("node", node.as_str())], seen);
+                    fleet.metrics.set("veneer_fleet_lag_revisions", &[("node", node.as_str())], last.saturating_sub(seen));
+                }
+            }
+        }
+    }
+}
+
+async fn apply(
+    control: &crate::control::Control,
+    fleet: &Fleet,
+    key: &str,
+    revision: u64,
+    operation: &kv::Operation,
+    value: &[u8],
+) {
+    if !key.starts_with("tenant.") {
+        return;
+    }
+    let value = (*operation == kv::Operation::Put).then_some(value);
+    let started = std::time::Instant::now();
+    match control.apply_fleet(key, revision, value).await {
+        Ok(()) => fleet.metrics.observe(
+            "veneer_fleet_apply_seconds",
+            &[],
+            started.elapsed(),
+        ),
+        Err(e) => {
+            fleet.metrics.inc("veneer_fleet_apply_failures_total", &[]);
+            tracing::warn!(key, revision, error = %format!("{e:#}"), "fleet change not applied; retried at the next re-sync");
+        }
+    }
+}
+
+/// Brings every tenant to the bucket's latest state: keys this node has not applied at
+/// their current revision are applied; tenants the fleet deleted are deleted; tenants only
+/// this node has (seeded from its config before it joined) are offered to the fleet.
+/// Returns the highest revision seen.
+async fn resync(
+    control: &crate::control::Control,
+    fleet: &Fleet,
+    parts: &Parts,
+) -> anyhow::Result<u64> {
+    use futures_util::TryStreamExt as _;
+    let keys: Vec<String> = parts.kv.keys().await?.try_collect().await?;
+    let mut live = std::collections::HashSet::new();
+    let mut seen = 0;
+    for key in keys.into_iter().filter(|k| k.starts_with("tenant.")) {
+        let Some(entry) = parts.kv.entry(key.as_str()).await? else {
+            continue;
+        };
+        seen = seen.max(entry.revision);
+        if entry.operation != kv::Operation::Put {
+            continue;
+        }
+        live.insert(key.clone());
+        let applied = control.store.fleet_applied(&key)?;
+        let digest = serde_json::from_slice::<Envelope>(&entry.value)
+            .map(|e| e.digest)
+            .unwrap_or_default();
+        if applied.is_some_and(|(rev, d)| rev == entry.revision && d == digest) {
+            continue;
+        }
+        apply(
+            control,
+            fleet,
+            &key,
+            entry.revision,
+            &entry.operation,
+            &entry.value,
+        )
+        .await;
+    }
+    for name in control.store.tenant_names()? {
+        let key = tenant_key(&name);
+        if live.contains(&key) {
+            continue;
+        }
+        match control.store.fleet_applied(&key)? {
+            // It was in the fleet and is gone: deleted on another node.
+            Some((rev, _)) => {
+                let rev = parts
+                    .kv
+                    .entry(key.as_str())
+                    .await?
+                    .map_or(rev, |e| e.revision);
+                apply(control, fleet, &key, rev, &kv::Operation::Delete, &[]).await;
+            }
+            None => {
+                if let Err(e) = control.offer_fleet(&name).await {
+                    tracing::warn!(tenant = %name, error = %e.message, "could not share a local tenant with the fleet");
+                } else {
+                    tracing::info!(tenant = %name, "local tenant shared with the fleet");
+                }
+            }
+        }
+    }
+    Ok(seen)
+}
