@@ -192,7 +192,18 @@ impl Admin {
         let path = req.uri().path().to_owned();
         match path.as_str() {
             "/metrics" => return text(StatusCode::OK, self.app.metrics.render()),
-            "/healthz" => return text(StatusCode::OK, "ok\n".into()),
+            "/healthz" => {
+                // Still 200: a node cut off from the fleet serves its local copy.
+                let fleet = self.control.as_ref().and_then(|c| c.fleet());
+                return match fleet {
+                    Some(f) if !f.connected() => text(
+                        StatusCode::OK,
+                        "degraded: the cluster (NATS) is unreachable; serving the local copy\n"
+                            .into(),
+                    ),
+                    _ => text(StatusCode::OK, "ok\n".into()),
+                };
+            }
             "/readyz" => {
                 let ready = self.control.as_ref().is_none_or(|c| c.ready());
                 return if ready {
@@ -467,6 +478,31 @@ impl Admin {
             ("DELETE", ["tenants", t, "profiles", kind, id]) => {
                 let s = crate::profile_admin::subject(kind, id)?;
                 ok(crate::profile_admin::erase(c, who, t, s).await?)
+            }
+            ("GET", ["tenants", t, "events", "count"]) => {
+                let event = parse_query(query)
+                    .into_iter()
+                    .find(|(k, _)| k == "event")
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| {
+                        ApiError::new(StatusCode::BAD_REQUEST, "query: event=NAME is required")
+                    })?;
+                c.record(t)?;
+                let Some(log) = c.app().analytics.log().cloned() else {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "events are counted only with [server] data_dir",
+                    ));
+                };
+                let t = (*t).to_owned();
+                let report = blocking(move || {
+                    let count = log.count(&t, &event).map_err(|e| {
+                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+                    })?;
+                    Ok(json!({"tenant": t, "event": event, "count": count}))
+                })
+                .await?;
+                ok(report)
             }
             ("GET", ["tenants", t, "audit"]) => {
                 ok(json!(c.store.audit_log(Some(t), limit(query))?))

@@ -74,6 +74,11 @@ enum AdminCommand {
         #[command(subcommand)]
         command: ProfileCommand,
     },
+    /// Analytics events as counted (on a fleet node: the whole fleet's).
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// The audit log, newest first.
     Audit {
         /// Only this tenant's entries.
@@ -82,6 +87,19 @@ enum AdminCommand {
         /// How many entries.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Print how many events of this name the tenant recorded (the number alone).
+    Count {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The event's name.
+        #[arg(long)]
+        event: String,
     },
 }
 
@@ -595,6 +613,16 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<String> {
                 ))
             }
         },
+        AdminCommand::Events {
+            command: EventsCommand::Count { tenant, event },
+        } => {
+            let path = format!(
+                "/v1/tenants/{}/events/count?event={}",
+                t(&tenant),
+                percent_encode(&event)
+            );
+            field(&api.get(&path).await?, "count")
+        }
         AdminCommand::Audit { tenant, limit } => {
             let path = match tenant {
                 Some(name) => format!("/v1/tenants/{}/audit?limit={limit}", t(&name)),

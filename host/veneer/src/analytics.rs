@@ -39,6 +39,8 @@ pub struct Event {
 pub struct Analytics {
     tx: Option<mpsc::Sender<Message>>,
     metrics: Arc<Metrics>,
+    /// The counted event log (with a data_dir), attached once the node knows its fleet.
+    log: Arc<std::sync::OnceLock<Arc<crate::outbox::EventLog>>>,
 }
 
 /// Events buffered before new ones are dropped.
@@ -89,7 +91,11 @@ impl Analytics {
     /// Starts the writer task for `file`; with `None`, events are counted and discarded.
     pub fn start(file: Option<PathBuf>, rotation: Rotation, metrics: Arc<Metrics>) -> Self {
         let Some(file) = file else {
-            return Analytics { tx: None, metrics };
+            return Analytics {
+                tx: None,
+                metrics,
+                log: Arc::default(),
+            };
         };
         let (tx, mut rx) = mpsc::channel::<Message>(QUEUE);
         tokio::spawn(async move {
@@ -140,11 +146,25 @@ impl Analytics {
         Analytics {
             tx: Some(tx),
             metrics,
+            log: Arc::default(),
         }
+    }
+
+    /// Counts every event from now on in `log` too (once; later calls are ignored).
+    pub fn attach(&self, log: Arc<crate::outbox::EventLog>) {
+        let _ = self.log.set(log);
+    }
+
+    /// The counted event log, if one is attached.
+    pub fn log(&self) -> Option<&Arc<crate::outbox::EventLog>> {
+        self.log.get()
     }
 
     /// Queues an event without waiting.
     pub fn record(&self, event: Event) {
+        if let Some(log) = self.log.get() {
+            log.record(&event.tenant, &event.event, &event);
+        }
         let Some(tx) = &self.tx else {
             self.metrics
                 .inc("veneer_analytics_events_total", &[("outcome", "discarded")]);

@@ -837,7 +837,9 @@ impl Config {
             if !ok {
                 return Err(self.err(
                     format!("cluster.nats[{i}]"),
-                    format!("{url:?} is not a NATS URL with a port (e.g. \"nats://10.0.0.1:4222\")"),
+                    format!(
+                        "{url:?} is not a NATS URL with a port (e.g. \"nats://10.0.0.1:4222\")"
+                    ),
                 ));
             }
         }

@@ -204,7 +204,9 @@ impl Control {
                     if fleet.has_plugin(sha).await {
                         continue;
                     }
-                    let bytes = self.store.version_bytes(tenant, &versions_plugin(&versions, *id), *id)?;
+                    let bytes =
+                        self.store
+                            .version_bytes(tenant, &versions_plugin(&versions, *id), *id)?;
                     shared = fleet.put_plugin(sha, &bytes).await;
                     if shared.is_err() {
                         break;
@@ -233,7 +235,9 @@ impl Control {
                 self.store
                     .set_fleet_applied(&key, expect.unwrap_or(0), "unshared")?;
                 fleet.kick.notify_one();
-                fleet.metrics().inc("veneer_fleet_write_failures_total", &[]);
+                fleet
+                    .metrics()
+                    .inc("veneer_fleet_write_failures_total", &[]);
                 Err(match e {
                     WriteError::Conflict => ApiError::new(
                         StatusCode::CONFLICT,
@@ -314,7 +318,10 @@ impl Control {
         // Inactive versions too, so an activation or rollback on this node finds them.
         let mut inactive = Vec::new();
         for (plugin, id, sha) in &state.versions {
-            if plugins.iter().any(|p| p.sha256 == *sha && p.name == *plugin) {
+            if plugins
+                .iter()
+                .any(|p| p.sha256 == *sha && p.name == *plugin)
+            {
                 continue;
             }
             let bytes = match self.store.bytes_by_sha(sha)? {
@@ -397,6 +404,9 @@ impl Control {
             ledger.purge(name);
         }
         self.app.profiles.purge(name);
+        if let Some(log) = self.app.analytics.log() {
+            log.purge(name);
+        }
         Ok(())
     }
 

@@ -107,7 +107,11 @@ impl TenantState {
                     name: p.name.clone(),
                     version: p.version,
                     sha256: p.sha256.clone(),
-                    params: p.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    params: p
+                        .params
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
                 })
                 .collect(),
             versions,
@@ -139,7 +143,10 @@ impl TenantState {
 
     /// Params of one plugin as the store keeps them.
     pub fn params(p: &PluginState) -> Params {
-        p.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        p.params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 }
 
@@ -348,7 +355,10 @@ impl Fleet {
 
     /// Stores a plugin component under its digest, unless the object store has it.
     pub async fn put_plugin(&self, sha256: &str, bytes: &[u8]) -> Result<(), WriteError> {
-        let parts = self.writable().await.map_err(|e| WriteError::Unreachable(e.message))?;
+        let parts = self
+            .writable()
+            .await
+            .map_err(|e| WriteError::Unreachable(e.message))?;
         if parts.objects.info(sha256).await.is_ok() {
             return Ok(());
         }
@@ -403,7 +413,10 @@ impl Fleet {
         state: &TenantState,
         expect: Option<u64>,
     ) -> Result<u64, WriteError> {
-        let parts = self.writable().await.map_err(|e| WriteError::Unreachable(e.message))?;
+        let parts = self
+            .writable()
+            .await
+            .map_err(|e| WriteError::Unreachable(e.message))?;
         let envelope = Envelope {
             digest: state.digest(),
             state: state.clone(),
@@ -435,7 +448,10 @@ impl Fleet {
 
     /// Deletes a tenant's key (a tombstone every node applies).
     pub async fn delete_tenant(&self, name: &str) -> Result<(), WriteError> {
-        let parts = self.writable().await.map_err(|e| WriteError::Unreachable(e.message))?;
+        let parts = self
+            .writable()
+            .await
+            .map_err(|e| WriteError::Unreachable(e.message))?;
         parts
             .kv
             .delete(tenant_key(name))
@@ -600,11 +616,9 @@ async fn apply(
     let value = (*operation == kv::Operation::Put).then_some(value);
     let started = std::time::Instant::now();
     match control.apply_fleet(key, revision, value).await {
-        Ok(()) => fleet.metrics.observe(
-            "veneer_fleet_apply_seconds",
-            &[],
-            started.elapsed(),
-        ),
+        Ok(()) => fleet
+            .metrics
+            .observe("veneer_fleet_apply_seconds", &[], started.elapsed()),
         Err(e) => {
             fleet.metrics.inc("veneer_fleet_apply_failures_total", &[]);
             tracing::warn!(key, revision, error = %format!("{e:#}"), "fleet change not applied; retried at the next re-sync");

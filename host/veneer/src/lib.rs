@@ -28,6 +28,7 @@ pub mod geo;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
+pub mod outbox;
 pub mod plugin;
 pub mod plugin_run;
 pub mod plugin_test;

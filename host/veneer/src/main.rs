@@ -329,15 +329,39 @@ async fn start(config: Config, admin_token: Option<String>) -> anyhow::Result<()
                     "no VENEER_ADMIN_TOKEN (or [server] admin_token): only tokens already in the store can use the admin API"
                 );
             }
-            let control =
+            let mut control =
                 veneer::control::Control::new(store, app.clone(), &config, token.as_deref())
                     .map_err(|e| anyhow::anyhow!("opening the state store: {}", e.message))?;
+            let fleet = match &config.cluster {
+                Some(cluster) => {
+                    let credentials = cluster.credentials.as_ref().map(|c| config.resolve(c));
+                    let fleet =
+                        veneer::fleet::Fleet::connect(cluster, credentials, app.metrics.clone())
+                            .await?;
+                    tracing::info!(node = %cluster.node, nats = ?cluster.nats, "fleet node: sharing state through NATS JetStream");
+                    control = control.with_fleet(fleet.clone());
+                    Some(fleet)
+                }
+                None => None,
+            };
+            if let Some(dir) = &config.server.data_dir {
+                let log = veneer::outbox::EventLog::open(
+                    &config.resolve(dir),
+                    fleet,
+                    app.metrics.clone(),
+                )?;
+                app.analytics.attach(log);
+            }
             control
                 .seed(&config)
                 .await
                 .context("importing the config into the state store")?;
             control.load_all().await?;
-            Some(Arc::new(control))
+            // Serving the local copy first, then following the fleet: a node starts with
+            // NATS down (static stability).
+            let control = Arc::new(control);
+            veneer::fleet::spawn_sync(control.clone());
+            Some(control)
         }
         None => None,
     };
@@ -413,6 +437,9 @@ async fn start(config: Config, admin_token: Option<String>) -> anyhow::Result<()
         }
         _ = term.recv() => second_signal(),
         _ = int.recv() => second_signal(),
+    }
+    if let Some(log) = app.analytics.log().cloned() {
+        let _ = tokio::task::spawn_blocking(move || log.flush()).await;
     }
     let profiles = app.profiles.clone();
     let flushed = tokio::task::spawn_blocking(move || profiles.flush());

@@ -570,8 +570,7 @@ impl Store {
                 )
                 .optional()?;
             let same = before.as_ref().is_some_and(|(v, params)| {
-                *v == id
-                    && serde_json::from_str::<Params>(params).ok().as_ref() == Some(&p.params)
+                *v == id && serde_json::from_str::<Params>(params).ok().as_ref() == Some(&p.params)
             });
             if !same {
                 tx.execute(
