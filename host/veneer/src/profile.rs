@@ -31,6 +31,8 @@ use crate::metrics::Metrics;
 pub const QUEUE: usize = 4096;
 /// How often dirty profiles are stored.
 pub const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long a request waits for the fleet's copy of a profile before reading the local one.
+pub const FLEET_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
 /// The origin response header linking the visitor to a customer (`-` unlinks).
 pub const IDENTIFY_HEADER: &str = "veneer-identify";
 /// The origin response header carrying an event, as the beacon's body (JSON).
@@ -470,7 +472,30 @@ enum Op {
         subjects: Vec<String>,
     },
     Purge(String),
+    /// Another fleet node's stored change (`None`: deleted), kept here so this node reads
+    /// it when NATS is unreachable; never shared again.
+    Remote {
+        tenant: String,
+        subject: String,
+        body: Option<String>,
+    },
     Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// A stored profile change a fleet node shares: (tenant, subject key, body; `None` deleted).
+pub type Change = (String, String, Option<String>);
+
+/// Where a fleet node sends its stored changes, and reads profiles it does not cache.
+pub trait Share: Send + Sync {
+    /// Queues changes for the fleet (never blocks).
+    fn changed(&self, changes: Vec<Change>);
+    /// The fleet's copy of a profile: `Ok(None)` when the fleet has none, `Err` when it
+    /// cannot be asked now (the local copy is read instead).
+    fn read(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Option<String>, ()>> + Send + '_>>;
 }
 
 struct Db {
@@ -478,6 +503,7 @@ struct Db {
     reader: Mutex<Connection>,
     path: PathBuf,
     dirty: Arc<Dirty>,
+    share: Arc<std::sync::OnceLock<Arc<dyn Share>>>,
 }
 
 type Shared = Arc<Mutex<Profile>>;
@@ -572,9 +598,11 @@ impl Profiles {
         let m = metrics.clone();
         let dirty: Arc<Dirty> = Arc::default();
         let d = dirty.clone();
+        let share: Arc<std::sync::OnceLock<Arc<dyn Share>>> = Arc::default();
+        let sh = share.clone();
         std::thread::Builder::new()
             .name("veneer-profiles".into())
-            .spawn(move || write_loop(writer, &rx, &d, &m))
+            .spawn(move || write_loop(writer, &rx, &d, &m, &sh))
             .context("starting the profile writer")?;
         Ok(Profiles {
             cache: new_cache(entries),
@@ -583,9 +611,44 @@ impl Profiles {
                 reader: Mutex::new(reader),
                 path,
                 dirty,
+                share,
             }),
             metrics,
         })
+    }
+
+    /// Shares every stored change with a fleet from now on, and reads a profile this node
+    /// does not cache from the fleet first (once; without a store there is nothing to share).
+    pub fn attach(&self, share: Arc<dyn Share>) {
+        if let Some(db) = &self.db {
+            let _ = db.share.set(share);
+        }
+    }
+
+    /// Another fleet node stored (or deleted) a profile: this node's cached copy is dropped,
+    /// so the next request reads the fleet's, and the local store keeps it for when NATS is
+    /// unreachable. Concurrent changes on two nodes: the one stored last wins.
+    pub fn apply_remote(&self, tenant: &str, subject: &str, body: Option<String>) {
+        let Some(db) = &self.db else { return };
+        let Some((kind, id)) = subject.split_once(':') else {
+            return;
+        };
+        let key = format!("{tenant}\u{1f}{kind}:{id}");
+        self.cache.remove(&key);
+        if db
+            .tx
+            .try_send(Op::Remote {
+                tenant: tenant.to_owned(),
+                subject: subject.to_owned(),
+                body,
+            })
+            .is_err()
+        {
+            self.metrics.inc(
+                "veneer_profile_writes_total",
+                &[("outcome", "dropped_queue_full")],
+            );
+        }
     }
 
     /// Where the profiles are stored, if anywhere.
@@ -609,6 +672,27 @@ impl Profiles {
         let loaded = self
             .cache
             .get_or_insert_async(&key, async move {
+                if let Some(share) = me.db.as_ref().and_then(|db| db.share.get()).cloned() {
+                    // The fleet's copy is the freshest; a slow or unreachable fleet falls back
+                    // to this node's copy.
+                    let asked = tokio::time::timeout(FLEET_READ_TIMEOUT, share.read(&t, &s)).await;
+                    match asked {
+                        Ok(Ok(Some(body))) => {
+                            me.metrics
+                                .inc("veneer_profile_fleet_reads_total", &[("outcome", "found")]);
+                            let p = serde_json::from_str(&body).unwrap_or_default();
+                            return Ok::<_, std::convert::Infallible>(Arc::new(Mutex::new(p)));
+                        }
+                        // None in the fleet: a profile this node made before it joined, or
+                        // while NATS was down, is still read from here.
+                        Ok(Ok(None)) => me
+                            .metrics
+                            .inc("veneer_profile_fleet_reads_total", &[("outcome", "none")]),
+                        _ => me
+                            .metrics
+                            .inc("veneer_profile_fleet_reads_total", &[("outcome", "local")]),
+                    }
+                }
                 let read = tokio::task::spawn_blocking(move || me.read(&t, &s)).await;
                 Ok::<_, std::convert::Infallible>(Arc::new(Mutex::new(
                     read.ok().flatten().unwrap_or_default(),
@@ -860,7 +944,13 @@ fn connect(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
-fn write_loop(mut conn: Connection, rx: &Receiver<Op>, dirty: &Dirty, metrics: &Metrics) {
+fn write_loop(
+    mut conn: Connection,
+    rx: &Receiver<Op>,
+    dirty: &Dirty,
+    metrics: &Metrics,
+    share: &std::sync::OnceLock<Arc<dyn Share>>,
+) {
     let mut ops = Vec::with_capacity(64);
     loop {
         let gone = match rx.recv_timeout(WRITE_EVERY) {
@@ -882,8 +972,16 @@ fn write_loop(mut conn: Connection, rx: &Receiver<Op>, dirty: &Dirty, metrics: &
             .collect();
         if !changed.is_empty() || !ops.is_empty() {
             let mut waiting = Vec::new();
-            match store(&mut conn, changed, &mut ops, &mut waiting) {
-                Ok(n) => metrics.add("veneer_profile_rows_stored_total", &[], n),
+            let mut shared = Vec::new();
+            match store(&mut conn, changed, &mut ops, &mut waiting, &mut shared) {
+                Ok(n) => {
+                    metrics.add("veneer_profile_rows_stored_total", &[], n);
+                    if let Some(share) = share.get()
+                        && !shared.is_empty()
+                    {
+                        share.changed(shared);
+                    }
+                }
                 Err(e) => {
                     metrics.inc("veneer_profile_write_errors_total", &[]);
                     tracing::error!(error = %e, "profile batch could not be stored");
@@ -906,6 +1004,7 @@ fn store(
     changed: Vec<(String, String, Shared)>,
     ops: &mut Vec<Op>,
     waiting: &mut Vec<std::sync::mpsc::Sender<()>>,
+    outgoing: &mut Vec<Change>,
 ) -> rusqlite::Result<u64> {
     let tx = conn.transaction()?;
     let mut n = 0;
@@ -926,7 +1025,7 @@ fn store(
                 }
                 (!p.is_empty()).then(|| serde_json::to_string(&*p).unwrap_or_default())
             };
-            match body {
+            match &body {
                 Some(body) => {
                     put.execute(params![tenant, subject, body, now])?;
                     n += 1;
@@ -935,14 +1034,28 @@ fn store(
                     delete.execute(params![tenant, subject])?;
                 }
             }
+            outgoing.push((tenant, subject, body));
         }
         for op in ops.drain(..) {
             match op {
                 Op::Delete { tenant, subjects } => {
                     for s in subjects {
                         delete.execute(params![tenant, s])?;
+                        outgoing.push((tenant.clone(), s, None));
                     }
                 }
+                Op::Remote {
+                    tenant,
+                    subject,
+                    body,
+                } => match body {
+                    Some(body) => {
+                        put.execute(params![tenant, subject, body, now])?;
+                    }
+                    None => {
+                        delete.execute(params![tenant, subject])?;
+                    }
+                },
                 Op::Purge(tenant) => {
                     tx.execute("DELETE FROM profiles WHERE tenant = ?1", params![tenant])?;
                 }

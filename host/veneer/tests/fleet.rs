@@ -838,3 +838,56 @@ fn a_node_restarted_during_fifty_changes_converges_to_the_latest_of_every_key() 
     });
     assert!(b.health().starts_with("ok"), "{}", b.health());
 }
+
+#[test]
+fn a_customer_profile_changed_on_one_node_is_read_on_the_other() {
+    let _serial = serial();
+    let dir = temp_dir("profiles");
+    let nats = Nats::start(3, &dir);
+    let origin = origin();
+    let a = Node::start(&dir, "a", &nats);
+    let b = Node::start(&dir, "b", &nats);
+    create_shop(&a, &dir, "shop", origin);
+    within(Duration::from_secs(10), "shop on b", || {
+        b.page("shop.test").0 == 200
+    });
+    let import = |n: &Node, tier: &str| {
+        let file = dir.join(format!("crm-{}-{tier}.jsonl", n.name));
+        std::fs::write(
+            &file,
+            format!("{{\"customer\": \"c1\", \"attributes\": {{\"tier\": \"{tier}\"}}}}\n"),
+        )
+        .expect("crm");
+        n.ok(&[
+            "profile",
+            "import",
+            file.to_str().unwrap_or_default(),
+            "--tenant",
+            "shop",
+        ]);
+    };
+    let tier = |n: &Node| -> Option<String> {
+        let (ok, out, _) = n.cli(&["profile", "export", "--tenant", "shop", "--customer", "c1"]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| ok)?;
+        v["profile"]["attributes"]["tier"]
+            .as_str()
+            .map(str::to_owned)
+    };
+
+    import(&a, "gold");
+    assert_eq!(tier(&a).as_deref(), Some("gold"));
+    let took = within(Duration::from_secs(10), "a's import read on b", || {
+        tier(&b).as_deref() == Some("gold")
+    });
+    eprintln!("a profile stored on a read on b after {took:?}");
+    // B changes it; A, which has it cached, reads B's.
+    import(&b, "platinum");
+    within(Duration::from_secs(10), "b's change read on a", || {
+        tier(&a).as_deref() == Some("platinum")
+    });
+    // An erasure on B erases it on A too.
+    b.ok(&["profile", "erase", "--tenant", "shop", "--customer", "c1"]);
+    within(Duration::from_secs(10), "the erasure on a", || {
+        tier(&a).is_none()
+    });
+}
