@@ -495,6 +495,12 @@ impl Admin {
                     ));
                 };
                 let t = (*t).to_owned();
+                if let Some(fleet) = log.fleet() {
+                    let count = crate::outbox::fleet_count(fleet, &t, &event)
+                        .await
+                        .map_err(|e| fleet.unreachable(&format!("{e:#}")))?;
+                    return ok(json!({"tenant": t, "event": event, "count": count}));
+                }
                 let report = blocking(move || {
                     let count = log.count(&t, &event).map_err(|e| {
                         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))

@@ -12,6 +12,7 @@
 //!   by latest state and idempotent.
 //! - **Static stability**: the NATS client connects and reconnects in the background; until
 //!   it is connected a node serves its local copy and refuses admin writes with 503.
+//! - **Profiles**: see [`ProfileShare`].
 //! - **Events**: see [`crate::outbox`].
 
 use std::sync::Arc;
@@ -259,6 +260,11 @@ impl Fleet {
     /// The JetStream context (events).
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
+    }
+
+    /// Replicas of the fleet's buckets and stream.
+    pub fn replicas(&self) -> usize {
+        self.replicas
     }
 
     /// The metrics registry.

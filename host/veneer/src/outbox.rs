@@ -2,14 +2,14 @@
 //! `data_dir/events.db`.
 //!
 //! Every analytics event a node records gets an id. A single node folds it into its counts
-//! at once. A fleet node appends it to a local **outbox** (durable: a restart resumes where it
-//! stopped) and a publisher sends it to the `VENEER_EVENTS` stream with `Nats-Msg-Id` = the
-//! event's id and a bounded number of acks in flight; a row leaves the outbox only once
-//! JetStream acknowledged it, so a publish that failed (a leader election, NATS down) is
-//! retried with the same id and the stream's de-duplication window stores it once. Each node
-//! then folds the whole stream, in stream order, into its own counts, and keeps the stream
-//! sequence it folded up to in the same transaction as the counts: a message is folded
-//! exactly once whatever the restarts, and a count asked of any node is the fleet's.
+//! (SQLite) at once. A fleet node appends it to a local **outbox** (durable: a restart resumes
+//! where it stopped) and a publisher sends it to the `VENEER_EVENTS` stream with
+//! `Nats-Msg-Id` = the event's id and a bounded number of acks in flight; a row leaves the
+//! outbox only once JetStream acknowledged it, so a publish that failed (a leader election,
+//! NATS down) is retried with the same id and the stream's de-duplication window stores it
+//! once. One node of the fleet at a time — the holder of a lease — folds the stream, in
+//! order, into per-tenant counts in the `veneer_aggregates` bucket (see [`fold_loop`]); a count
+//! asked of any node is read from there, so it is the whole fleet's, each event once.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -74,8 +74,7 @@ impl EventLog {
                  CREATE TABLE IF NOT EXISTS counts (
                     tenant TEXT NOT NULL, event TEXT NOT NULL, n INTEGER NOT NULL,
                     PRIMARY KEY (tenant, event)) WITHOUT ROWID;
-                 CREATE TABLE IF NOT EXISTS folded (
-                    k INTEGER PRIMARY KEY CHECK (k = 0), seq INTEGER NOT NULL);",
+",
             )
             .with_context(|| format!("creating the event schema in {}", path.display()))?;
         let reader = connect(&path)?;
@@ -136,8 +135,13 @@ impl EventLog {
         }
     }
 
-    /// How many `event`s of `tenant` were counted (fleet-wide on a fleet node: every node's
-    /// events folded so far).
+    /// The fleet this log publishes to, if any.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
+    }
+
+    /// How many `event`s of `tenant` a single node counted (a fleet node's are in
+    /// [`fleet_count`]).
     pub fn count(&self, tenant: &str, event: &str) -> anyhow::Result<u64> {
         let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
         let n: Option<i64> = conn
@@ -157,10 +161,18 @@ impl EventLog {
             .map_or(0, |n| n as u64)
     }
 
-    /// Forgets a deleted tenant's counts.
+    /// Forgets a deleted tenant's counts (the fleet's too).
     pub fn purge(&self, tenant: &str) {
         let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
         let _ = conn.execute("DELETE FROM counts WHERE tenant = ?1", params![tenant]);
+        if let Some(fleet) = self.fleet.clone() {
+            let key = counts_key(tenant);
+            tokio::spawn(async move {
+                if let Ok(kv) = aggregates(&fleet).await {
+                    let _ = kv.delete(key).await;
+                }
+            });
+        }
     }
 }
 
@@ -353,114 +365,253 @@ async fn publish(fleet: &Fleet, rows: &[Pending]) -> usize {
     acked
 }
 
-/// Folds the stream into this node's counts, from the sequence after the last folded.
-async fn fold_loop(log: Arc<EventLog>, fleet: Arc<Fleet>) {
-    use futures_util::StreamExt as _;
+/// The KV bucket holding the fleet's event counts (`counts.<tenant>`) and the aggregator's
+/// lease.
+pub const AGGREGATES_BUCKET: &str = "veneer_aggregates";
+const LEASE_KEY: &str = "lease.events";
+/// The aggregator renews its lease this often; a lease not renewed for [`LEASE_EXPIRES`]
+/// (as seen by the node waiting for it, on its own clock) is taken over.
+const LEASE_RENEW: Duration = Duration::from_secs(1);
+const LEASE_EXPIRES: Duration = Duration::from_secs(5);
+
+/// One tenant's counts as the bucket holds them: per event name, and the stream sequence
+/// folded up to for this tenant (a message at or below it is never added again).
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Counts {
+    seq: u64,
+    events: std::collections::BTreeMap<String, u64>,
+}
+
+fn counts_key(tenant: &str) -> String {
+    let key = crate::fleet::tenant_key(tenant);
+    format!("counts.{}", key.strip_prefix("tenant.").unwrap_or(&key))
+}
+
+async fn aggregates(fleet: &Fleet) -> anyhow::Result<async_nats::jetstream::kv::Store> {
+    let js = fleet.jetstream();
+    match js.get_key_value(AGGREGATES_BUCKET).await {
+        Ok(kv) => Ok(kv),
+        Err(_) => js
+            .create_or_update_key_value(async_nats::jetstream::kv::Config {
+                bucket: AGGREGATES_BUCKET.into(),
+                description: "Veneer event counts, folded once from VENEER_EVENTS".into(),
+                history: 1,
+                num_replicas: fleet.replicas(),
+                storage: async_nats::jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .context("creating the aggregates bucket"),
+    }
+}
+
+/// The fleet-wide count of `event` for `tenant` (`Err` while NATS is unreachable).
+pub async fn fleet_count(fleet: &Fleet, tenant: &str, event: &str) -> anyhow::Result<u64> {
+    anyhow::ensure!(fleet.connected(), "not connected");
+    let kv = aggregates(fleet).await?;
+    let Some(value) = kv.get(counts_key(tenant)).await? else {
+        return Ok(0);
+    };
+    let counts: Counts = serde_json::from_slice(&value).context("the counts are unreadable")?;
+    Ok(counts.events.get(event).copied().unwrap_or(0))
+}
+
+/// Aggregation: one node at a time (the holder of a lease key) reads the stream in order and
+/// adds each message to its tenant's counts with compare-and-set, skipping what the counts
+/// say they already hold. Every node runs this and waits for the lease; a node that dies
+/// loses it to another within [`LEASE_EXPIRES`], which resumes from the counts. Should two
+/// nodes ever fold at once (a paused holder waking after losing its lease), the sequence in
+/// each tenant's counts and the compare-and-set keep every message counted once.
+async fn fold_loop(_log: Arc<EventLog>, fleet: Arc<Fleet>) {
+    let node = fleet.node.clone();
     loop {
-        let parts = match fleet.parts().await {
-            Ok(parts) => parts,
+        let kv = match fleet.parts().await {
+            Ok(_) => match aggregates(&fleet).await {
+                Ok(kv) => kv,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
             Err(_) => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        let from = {
-            let conn = log.reader.lock().unwrap_or_else(PoisonError::into_inner);
-            conn.query_row("SELECT seq FROM folded WHERE k = 0", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()
-            .ok()
-            .flatten()
-            .unwrap_or(0) as u64
-        };
-        let consumer = parts
-            .events
-            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: from + 1,
-                },
-                ..Default::default()
-            })
-            .await;
-        let messages = match consumer {
-            Ok(c) => c.messages().await,
-            Err(e) => {
-                tracing::debug!(error = %e, "creating the event consumer");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let Ok(messages) = messages else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(revision) = take_lease(&kv, &node).await else {
             continue;
         };
-        let mut chunks = messages.ready_chunks(4096);
-        while let Some(chunk) = chunks.next().await {
-            let mut folded = Vec::with_capacity(chunk.len());
-            let mut failed = false;
-            for m in chunk {
-                let Ok(m) = m else {
-                    failed = true;
-                    break;
-                };
-                let Ok(info) = m.info() else { continue };
-                let seq = info.stream_sequence;
-                let tenant_event = serde_json::from_slice::<serde_json::Value>(&m.payload)
-                    .ok()
-                    .and_then(|v| {
-                        let e = v.get("event")?;
-                        Some((
-                            e.get("tenant")?.as_str()?.to_owned(),
-                            e.get("event")?.as_str()?.to_owned(),
-                        ))
-                    });
-                folded.push((seq, tenant_event));
-            }
-            if !folded.is_empty() && !fold(&log, folded).await {
-                break;
-            }
-            if failed {
-                break;
-            }
+        fleet
+            .metrics()
+            .set("veneer_fleet_aggregator", &[("node", node.as_str())], 1);
+        tracing::info!(node, "this node aggregates the fleet's events");
+        if let Err(e) = aggregate(&fleet, &kv, &node, revision).await {
+            tracing::warn!(error = %format!("{e:#}"), "event aggregation stopped");
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        fleet
+            .metrics()
+            .set("veneer_fleet_aggregator", &[("node", node.as_str())], 0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-/// Adds a run of stream messages to the counts with the new folded sequence, in one
-/// transaction; messages at or below the sequence already folded are skipped.
-async fn fold(log: &Arc<EventLog>, batch: Vec<(u64, Option<(String, String)>)>) -> bool {
-    let log = log.clone();
-    let done = tokio::task::spawn_blocking(move || -> rusqlite::Result<()> {
-        let mut conn = log.reader.lock().unwrap_or_else(PoisonError::into_inner);
-        let tx = conn.transaction()?;
-        let mut last: u64 = tx
-            .query_row("SELECT seq FROM folded WHERE k = 0", [], |r| r.get::<_, i64>(0))
-            .optional()?
-            .unwrap_or(0) as u64;
-        for (seq, tenant_event) in batch {
-            if seq <= last {
+/// Waits until this node holds the lease; its revision. `None` on a NATS error.
+async fn take_lease(kv: &async_nats::jetstream::kv::Store, node: &str) -> Option<u64> {
+    let mut seen: Option<(u64, std::time::Instant)> = None;
+    loop {
+        match kv.create(LEASE_KEY, node.as_bytes().to_vec().into()).await {
+            Ok(rev) => return Some(rev),
+            Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {}
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return None;
+            }
+        }
+        let entry = match kv.entry(LEASE_KEY).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => continue,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return None;
+            }
+        };
+        if entry.value.as_ref() == node.as_bytes() && seen.is_none() {
+            // This node's own lease from before a restart: take it back at once.
+            if let Ok(rev) = kv
+                .update(LEASE_KEY, node.as_bytes().to_vec().into(), entry.revision)
+                .await
+            {
+                return Some(rev);
+            }
+        }
+        match seen {
+            Some((rev, since)) if rev == entry.revision => {
+                if since.elapsed() >= LEASE_EXPIRES
+                    && let Ok(rev) = kv
+                        .update(LEASE_KEY, node.as_bytes().to_vec().into(), entry.revision)
+                        .await
+                {
+                    return Some(rev);
+                }
+            }
+            _ => seen = Some((entry.revision, std::time::Instant::now())),
+        }
+        tokio::time::sleep(LEASE_RENEW).await;
+    }
+}
+
+/// Folds the stream while this node holds the lease (renewing it); returns when it is lost.
+async fn aggregate(
+    fleet: &Fleet,
+    kv: &async_nats::jetstream::kv::Store,
+    node: &str,
+    mut lease: u64,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt as _;
+    let parts = fleet.parts().await?;
+    // Where to start: the lowest sequence any tenant's counts may still miss is above the
+    // cursor the last aggregator recorded after each batch.
+    let cursor = match kv.get("cursor").await? {
+        Some(v) => std::str::from_utf8(&v)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0),
+        None => 0,
+    };
+    let consumer = parts
+        .events
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: cursor + 1,
+            },
+            ..Default::default()
+        })
+        .await?;
+    let mut chunks = consumer.messages().await?.ready_chunks(4096);
+    let mut renew = tokio::time::interval(LEASE_RENEW);
+    loop {
+        tokio::select! {
+            _ = renew.tick() => {
+                lease = kv
+                    .update(LEASE_KEY, node.as_bytes().to_vec().into(), lease)
+                    .await
+                    .context("the aggregator's lease was lost")?;
+            }
+            chunk = chunks.next() => {
+                let Some(chunk) = chunk else {
+                    anyhow::bail!("the event consumer ended");
+                };
+                let mut batch: std::collections::BTreeMap<String, Vec<(u64, String)>> =
+                    std::collections::BTreeMap::new();
+                let mut last = 0;
+                for m in chunk {
+                    let m = m.map_err(|e| anyhow::anyhow!("reading events: {e}"))?;
+                    let Ok(info) = m.info() else { continue };
+                    last = last.max(info.stream_sequence);
+                    let parsed = serde_json::from_slice::<serde_json::Value>(&m.payload)
+                        .ok()
+                        .and_then(|v| {
+                            let e = v.get("event")?;
+                            Some((
+                                e.get("tenant")?.as_str()?.to_owned(),
+                                e.get("event")?.as_str()?.to_owned(),
+                            ))
+                        });
+                    if let Some((tenant, event)) = parsed {
+                        batch.entry(tenant).or_default().push((info.stream_sequence, event));
+                    }
+                }
+                let mut folded = 0u64;
+                for (tenant, events) in batch {
+                    folded += add(kv, &tenant, &events).await?;
+                }
+                if last > 0 {
+                    kv.put("cursor", last.to_string().into()).await?;
+                }
+                fleet.metrics().add("veneer_fleet_events_folded_total", &[], folded);
+            }
+        }
+    }
+}
+
+/// Adds `events` (stream sequence, name) to one tenant's counts with compare-and-set;
+/// how many were new.
+async fn add(
+    kv: &async_nats::jetstream::kv::Store,
+    tenant: &str,
+    events: &[(u64, String)],
+) -> anyhow::Result<u64> {
+    let key = counts_key(tenant);
+    for _ in 0..100 {
+        let entry = kv.entry(key.as_str()).await?;
+        let (mut counts, revision) = match &entry {
+            Some(e) if e.operation == async_nats::jetstream::kv::Operation::Put => (
+                serde_json::from_slice::<Counts>(&e.value).unwrap_or_default(),
+                Some(e.revision),
+            ),
+            Some(e) => (Counts::default(), Some(e.revision)),
+            None => (Counts::default(), None),
+        };
+        let mut added = 0;
+        for (seq, event) in events {
+            if *seq <= counts.seq {
                 continue;
             }
-            if let Some((tenant, event)) = tenant_event {
-                fold_one(&tx, &tenant, &event)?;
-            }
-            last = seq;
+            *counts.events.entry(event.clone()).or_default() += 1;
+            counts.seq = *seq;
+            added += 1;
         }
-        tx.execute(
-            "INSERT INTO folded (k, seq) VALUES (0, ?1) ON CONFLICT (k) DO UPDATE SET seq = excluded.seq",
-            params![last as i64],
-        )?;
-        tx.commit()
-    })
-    .await;
-    match done {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "folding events");
-            false
+        if added == 0 {
+            return Ok(0);
         }
-        Err(_) => false,
+        let value: bytes::Bytes = serde_json::to_vec(&counts).unwrap_or_default().into();
+        let stored = match revision {
+            Some(rev) => kv.update(key.as_str(), value, rev).await.is_ok(),
+            None => kv.create(key.as_str(), value).await.is_ok(),
+        };
+        if stored {
+            return Ok(added);
+        }
     }
+    anyhow::bail!("the counts of {tenant:?} kept changing under this aggregator")
 }

@@ -891,3 +891,46 @@ fn a_customer_profile_changed_on_one_node_is_read_on_the_other() {
         tier(&a).is_none()
     });
 }
+
+#[test]
+fn when_the_aggregating_node_dies_another_takes_over_and_counts_stay_exact() {
+    let _serial = serial();
+    let dir = temp_dir("aggregator");
+    let nats = Nats::start(3, &dir);
+    let origin = origin();
+    let a = Node::start(&dir, "a", &nats);
+    let b = Node::start(&dir, "b", &nats);
+    create_shop(&a, &dir, "shop", origin);
+    within(Duration::from_secs(10), "shop on b", || {
+        b.page("shop.test").0 == 200
+    });
+    for _ in 0..20 {
+        assert_eq!(a.send_event("shop.test", "signup"), 204);
+        assert_eq!(b.send_event("shop.test", "signup"), 204);
+    }
+    within(Duration::from_secs(20), "40 counted", || {
+        b.events("shop", "signup") == 40
+    });
+    let aggregating = |n: &Node| {
+        http(n.admin, "GET", "/metrics", "", None, &[], b"")
+            .2
+            .lines()
+            .any(|l| l == format!("veneer_fleet_aggregator{{node=\"{}\"}} 1", n.name))
+    };
+    let (dying, survivor) = match (aggregating(&a), aggregating(&b)) {
+        (true, false) => (a, b),
+        (false, true) => (b, a),
+        other => panic!("exactly one node aggregates: {other:?}"),
+    };
+    drop(dying);
+    for _ in 0..20 {
+        assert_eq!(survivor.send_event("shop.test", "signup"), 204);
+    }
+    let took = within(Duration::from_secs(30), "the survivor took over", || {
+        survivor.events("shop", "signup") == 60
+    });
+    eprintln!("aggregation resumed on {} after {took:?}", survivor.name);
+    assert!(aggregating(&survivor));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(survivor.events("shop", "signup"), 60);
+}
