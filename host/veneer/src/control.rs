@@ -196,7 +196,7 @@ impl Control {
             .filter(|(_, digest)| !digest.is_empty())
             .map(|(rev, _)| rev);
         let result = match self.store.tenant(tenant)? {
-            None => fleet.delete_tenant(tenant).await,
+            None => fleet.delete_tenant(tenant, expect).await,
             Some(rec) => {
                 let versions = self.store.version_list(tenant)?;
                 let mut shared = Ok(());
@@ -231,9 +231,12 @@ impl Control {
         match result {
             Ok(()) => Ok(()),
             Err(e) => {
-                // The fleet decides now: the next re-sync puts its state back here.
-                self.store
-                    .set_fleet_applied(&key, expect.unwrap_or(0), "unshared")?;
+                match expect {
+                    // The fleet decides now: the next re-sync puts its state back here.
+                    Some(rev) => self.store.set_fleet_applied(&key, rev, "unshared")?,
+                    // Never shared: still this node's alone (a new tenant's caller undoes it).
+                    None => self.store.clear_fleet_applied(&key)?,
+                }
                 fleet.kick.notify_one();
                 fleet
                     .metrics()
@@ -253,7 +256,8 @@ impl Control {
 
     /// Applies a fleet revision of `key` (`None`: the key was deleted) the way a local change
     /// is applied — built off the request path, stored, swapped in — unless this node already
-    /// serves that state. Idempotent: a replayed or stale revision changes nothing.
+    /// serves that state. Idempotent: a replayed revision, or one older than the one applied,
+    /// changes nothing.
     pub async fn apply_fleet(
         &self,
         key: &str,
@@ -268,9 +272,43 @@ impl Control {
         let Some(name) = crate::fleet::key_tenant(key) else {
             return Ok(());
         };
-        let _guard = self.lock.lock().await;
         let actor = format!("fleet:{}", fleet.node);
-        let Some(value) = value else {
+        let envelope: Option<Envelope> = value
+            .map(serde_json::from_slice)
+            .transpose()
+            .with_context(|| format!("fleet key {key} revision {revision} is unreadable"))?;
+        // Components are fetched before the lock is taken (a fetch can wait out a NATS
+        // outage; admin calls must not wait behind it) and at most 30 s.
+        let mut fetched: HashMap<String, Vec<u8>> = HashMap::new();
+        if let Some(env) = &envelope {
+            let wanted = env
+                .state
+                .plugins
+                .iter()
+                .map(|p| &p.sha256)
+                .chain(env.state.versions.iter().map(|(_, _, sha)| sha));
+            for sha in wanted {
+                if fetched.contains_key(sha) || self.store.bytes_by_sha(sha)?.is_some() {
+                    continue;
+                }
+                let bytes =
+                    tokio::time::timeout(std::time::Duration::from_secs(30), fleet.get_plugin(sha))
+                        .await
+                        .map_err(|_| anyhow::anyhow!("fetching plugin {sha} timed out"))??;
+                fetched.insert(sha.clone(), bytes);
+            }
+        }
+        let _guard = self.lock.lock().await;
+        let applied = self.store.fleet_applied(key)?;
+        let unshared = applied.as_ref().is_some_and(|(_, d)| d == "unshared");
+        if let Some((rev, _)) = &applied
+            && revision < *rev
+            && !unshared
+        {
+            // A replay (the watch and a re-sync overlap): this node is past it.
+            return Ok(());
+        }
+        let Some(envelope) = envelope else {
             if self.store.tenant(&name)?.is_some() {
                 tracing::info!(tenant = %name, revision, "tenant deleted in the fleet");
                 self.remove_tenant(&actor, &name)
@@ -279,10 +317,11 @@ impl Control {
             self.store.set_fleet_applied(key, revision, "")?;
             return Ok(());
         };
-        let envelope: Envelope = serde_json::from_slice(value)
-            .with_context(|| format!("fleet key {key} revision {revision} is unreadable"))?;
         let local = self.store.tenant(&name)?;
-        if let Some(rec) = &local
+        // Already stored and served — unless this node's own write was left unshared: then
+        // the store may hold it without the snapshot serving it.
+        if !unshared
+            && let Some(rec) = &local
             && TenantState::of(rec, self.store.version_list(&name)?).digest() == envelope.digest
         {
             self.store
@@ -293,13 +332,19 @@ impl Control {
         let mut spec: config::Tenant = serde_json::from_value(state.spec.clone())
             .with_context(|| format!("fleet key {key}: tenant spec"))?;
         spec.name = name.clone();
+        let mut bytes_of = |sha: &str| -> anyhow::Result<Vec<u8>> {
+            match fetched.remove(sha) {
+                Some(b) => Ok(b),
+                None => self
+                    .store
+                    .bytes_by_sha(sha)?
+                    .ok_or_else(|| anyhow::anyhow!("plugin {sha} is not available")),
+            }
+        };
         let mut plugins = Vec::new();
         let mut contracts = HashMap::new();
         for p in &state.plugins {
-            let bytes = match self.store.bytes_by_sha(&p.sha256)? {
-                Some(b) => b,
-                None => fleet.get_plugin(&p.sha256).await?,
-            };
+            let bytes = bytes_of(&p.sha256)?;
             let contract = self
                 .app
                 .runtime
@@ -321,13 +366,13 @@ impl Control {
             if plugins
                 .iter()
                 .any(|p| p.sha256 == *sha && p.name == *plugin)
+                || inactive
+                    .iter()
+                    .any(|p: &crate::store::PluginRecord| p.sha256 == *sha && p.name == *plugin)
             {
                 continue;
             }
-            let bytes = match self.store.bytes_by_sha(sha)? {
-                Some(b) => b,
-                None => fleet.get_plugin(sha).await?,
-            };
+            let bytes = bytes_of(sha)?;
             let contract = self
                 .app
                 .runtime
@@ -350,11 +395,17 @@ impl Control {
             fragments: state.fragments,
             plugins,
         };
-        let built = match self.build(rec.clone()).await {
+        let built = self.build(rec.clone()).await;
+        // Stored whatever the build says: this node's store is the fleet's state, so an
+        // edit made here later starts from it (and is refused while it cannot be built)
+        // rather than quietly writing an older state back to the fleet.
+        self.store
+            .replace_tenant(&actor, &rec, &inactive, &contracts)?;
+        let built = match built {
             Ok(b) => b,
             Err(e) => {
-                // Recorded as applied: this node cannot serve it, and retrying the same
-                // revision will not change that; /readyz says so until a later revision.
+                // Recorded as applied: retrying the same revision changes nothing; the old
+                // snapshot keeps serving and /readyz says so until a later revision builds.
                 tracing::error!(tenant = %name, revision, error = %e.message, "fleet change cannot be served on this node");
                 self.failed
                     .lock()
@@ -365,8 +416,6 @@ impl Control {
                 return Ok(());
             }
         };
-        self.store
-            .replace_tenant(&actor, &rec, &inactive, &contracts)?;
         // Ids as this node stored them (a version it held before joining keeps its own).
         let stored = self.store.tenant(&name)?;
         let built = built.map(|mut t| {
@@ -654,8 +703,8 @@ impl Control {
     /// Creates a tenant from a JSON spec (the `[[tenant]]` table's keys).
     pub async fn create_tenant(&self, who: &Principal, body: Value) -> Result<Value, ApiError> {
         let spec = parse_spec(body)?;
-        let _guard = self.lock.lock().await;
         self.gate().await?;
+        let _guard = self.lock.lock().await;
         self.check_spec(&spec)?;
         if self.store.tenant(&spec.name)?.is_some() {
             return Err(ApiError::new(
@@ -672,7 +721,11 @@ impl Control {
         };
         let built = self.build(rec).await?;
         self.store.put_tenant(&who.actor, &spec, true)?;
-        self.share(&spec.name).await?;
+        if let Err(e) = self.share(&spec.name).await {
+            // Not in the fleet: not here either.
+            let _ = self.remove_tenant(&who.actor, &spec.name);
+            return Err(e);
+        }
         self.publish(&spec.name, built).await;
         Ok(tenant_json(&spec, false))
     }
@@ -684,8 +737,8 @@ impl Control {
         name: &str,
         patch: Value,
     ) -> Result<Value, ApiError> {
-        let _guard = self.lock.lock().await;
         self.gate().await?;
+        let _guard = self.lock.lock().await;
         let mut rec = self.record(name)?;
         let mut doc = tenant_json(&rec.spec, false);
         if let Value::Object(map) = &mut doc {
@@ -720,8 +773,8 @@ impl Control {
         name: &str,
         disabled: bool,
     ) -> Result<Value, ApiError> {
-        let _guard = self.lock.lock().await;
         self.gate().await?;
+        let _guard = self.lock.lock().await;
         let mut rec = self.record(name)?;
         rec.disabled = disabled;
         let spec = rec.spec.clone();
@@ -734,10 +787,15 @@ impl Control {
 
     /// Deletes a tenant with its plugins, rules, fragments and tokens.
     pub async fn delete_tenant(&self, who: &Principal, name: &str) -> Result<Value, ApiError> {
-        let _guard = self.lock.lock().await;
         self.gate().await?;
+        let _guard = self.lock.lock().await;
         self.remove_tenant(&who.actor, name)?;
         self.share(name).await?;
+        if let Some(fleet) = &self.fleet
+            && let Err(e) = fleet.purge_tenant(name).await
+        {
+            tracing::warn!(tenant = name, error = %format!("{e:#}"), "the deleted tenant's profiles or counts are still in the fleet");
+        }
         Ok(json!({"deleted": name}))
     }
 
@@ -798,8 +856,8 @@ impl Control {
             Ok(info.version.to_string())
         })
         .await?;
-        let _guard = self.lock.lock().await;
         self.gate().await?;
+        let _guard = self.lock.lock().await;
         let mut rec = self.record(tenant)?;
         let built = if activate {
             let params = params
@@ -863,8 +921,8 @@ impl Control {
         plugin: &str,
         version: i64,
     ) -> Result<Value, ApiError> {
-        let _guard = self.lock.lock().await;
         self.gate().await?;
+        let _guard = self.lock.lock().await;
         let mut rec = self.record(tenant)?;
         let bytes = self.store.version_bytes(tenant, plugin, version)?;
         set_plugin(&mut rec, plugin, version, bytes);
@@ -883,8 +941,8 @@ impl Control {
         tenant: &str,
         plugin: &str,
     ) -> Result<Value, ApiError> {
-        let _guard = self.lock.lock().await;
         self.gate().await?;
+        let _guard = self.lock.lock().await;
         let mut rec = self.record(tenant)?;
         let Some((target, params)) = self.store.rollback_target(tenant, plugin)? else {
             return Err(ApiError::new(
@@ -912,8 +970,8 @@ impl Control {
         plugin: &str,
         params: HashMap<String, String>,
     ) -> Result<Value, ApiError> {
-        let _guard = self.lock.lock().await;
         self.gate().await?;
+        let _guard = self.lock.lock().await;
         let mut rec = self.record(tenant)?;
         match rec.plugins.iter_mut().find(|p| p.name == plugin) {
             Some(p) => p.params = params.clone(),
@@ -938,8 +996,8 @@ impl Control {
         tenant: &str,
         plugin: &str,
     ) -> Result<Value, ApiError> {
-        let _guard = self.lock.lock().await;
         self.gate().await?;
+        let _guard = self.lock.lock().await;
         let mut rec = self.record(tenant)?;
         rec.plugins.retain(|p| p.name != plugin);
         let built = self.build(rec).await?;
@@ -990,8 +1048,8 @@ impl Control {
         body: Value,
         patch: bool,
     ) -> Result<Value, ApiError> {
-        let _guard = self.lock.lock().await;
         self.gate().await?;
+        let _guard = self.lock.lock().await;
         let mut rec = self.record(tenant)?;
         let doc = if patch {
             let current = match kind {

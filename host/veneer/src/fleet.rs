@@ -178,6 +178,36 @@ pub fn key_tenant(key: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// Whether the stream `name` does not exist (an error for anything but "not found": a
+/// bucket is only ever created when it is missing, never re-configured by a node).
+async fn missing(js: &jetstream::Context, name: &str) -> anyhow::Result<bool> {
+    match js.get_stream(name).await {
+        Ok(_) => Ok(false),
+        Err(e) => match e.kind() {
+            jetstream::context::GetStreamErrorKind::JetStream(err)
+                if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Ok(true)
+            }
+            _ => Err(anyhow::Error::from(e).context(format!("looking up {name}"))),
+        },
+    }
+}
+
+/// Opens a KV bucket, creating it when it does not exist.
+pub async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
+    let bucket = config.bucket.clone();
+    if missing(js, &format!("KV_{bucket}")).await?
+        && let Ok(kv) = js.create_key_value(config).await
+    {
+        return Ok(kv);
+    }
+    // Existing, or created by another node meanwhile.
+    js.get_key_value(&bucket)
+        .await
+        .with_context(|| format!("opening the bucket {bucket}"))
+}
+
 /// The JetStream handles, created once NATS is reachable.
 pub struct Parts {
     /// Tenants' state.
@@ -199,6 +229,8 @@ pub struct Fleet {
     client: async_nats::Client,
     js: jetstream::Context,
     parts: tokio::sync::OnceCell<Parts>,
+    /// The event counts bucket, once opened ([`crate::outbox`]).
+    pub(crate) aggregates: tokio::sync::OnceCell<kv::Store>,
     metrics: Arc<Metrics>,
     /// Wakes the sync loop for a full re-sync now (after a refused compare-and-set).
     pub kick: tokio::sync::Notify,
@@ -238,7 +270,9 @@ impl Fleet {
             .await
             .context("cluster.nats")?;
         let js = jetstream::new(client.clone());
-        let replicas = cluster.replicas.unwrap_or(3).min(cluster.nats.len()).max(1);
+        // Not capped by the URLs listed: a PoP's node lists its one local leaf server while
+        // the hub cluster holds the replicas.
+        let replicas = cluster.replicas.unwrap_or(3);
         Ok(Arc::new(Fleet {
             node: cluster.node.clone(),
             urls: cluster.nats.join(", "),
@@ -247,6 +281,7 @@ impl Fleet {
             client,
             js,
             parts: tokio::sync::OnceCell::new(),
+            aggregates: tokio::sync::OnceCell::new(),
             metrics,
             kick: tokio::sync::Notify::new(),
         }))
@@ -299,24 +334,22 @@ impl Fleet {
     pub async fn parts(&self) -> anyhow::Result<&Parts> {
         self.parts
             .get_or_try_init(|| async {
-                let kv = match self.js.get_key_value(CONFIG_BUCKET).await {
-                    Ok(kv) => kv,
-                    Err(_) => self
-                        .js
-                        .create_or_update_key_value(kv::Config {
-                            bucket: CONFIG_BUCKET.into(),
-                            description: "Veneer tenants' state, one key per tenant".into(),
-                            history: 5,
-                            num_replicas: self.replicas,
-                            storage: jetstream::stream::StorageType::File,
-                            ..Default::default()
-                        })
-                        .await
-                        .context("creating the config bucket")?,
-                };
-                let objects = match self.js.get_object_store(PLUGIN_BUCKET).await {
-                    Ok(o) => o,
-                    Err(_) => match self
+                let kv = open_bucket(
+                    &self.js,
+                    kv::Config {
+                        bucket: CONFIG_BUCKET.into(),
+                        description: "Veneer tenants' state, one key per tenant".into(),
+                        history: 5,
+                        num_replicas: self.replicas,
+                        storage: jetstream::stream::StorageType::File,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                let objects_stream = format!("OBJ_{PLUGIN_BUCKET}");
+                if missing(&self.js, &objects_stream).await? {
+                    // Another node may create it first: then it is opened below.
+                    let _ = self
                         .js
                         .create_object_store(object_store::Config {
                             bucket: PLUGIN_BUCKET.into(),
@@ -325,17 +358,13 @@ impl Fleet {
                             storage: jetstream::stream::StorageType::File,
                             ..Default::default()
                         })
-                        .await
-                    {
-                        Ok(o) => o,
-                        // Another node created it first.
-                        Err(_) => self
-                            .js
-                            .get_object_store(PLUGIN_BUCKET)
-                            .await
-                            .context("opening the plugin object store")?,
-                    },
-                };
+                        .await;
+                }
+                let objects = self
+                    .js
+                    .get_object_store(PLUGIN_BUCKET)
+                    .await
+                    .context("opening the plugin object store")?;
                 let events = self
                     .js
                     .get_or_create_stream(stream::Config {
@@ -452,17 +481,42 @@ impl Fleet {
         result
     }
 
-    /// Deletes a tenant's key (a tombstone every node applies).
-    pub async fn delete_tenant(&self, name: &str) -> Result<(), WriteError> {
+    /// Deletes a tenant's key (a tombstone every node applies), unless it changed since
+    /// revision `expect` (this node's last applied).
+    pub async fn delete_tenant(&self, name: &str, expect: Option<u64>) -> Result<(), WriteError> {
         let parts = self
             .writable()
             .await
             .map_err(|e| WriteError::Unreachable(e.message))?;
         parts
             .kv
-            .delete(tenant_key(name))
+            .delete_expect_revision(tenant_key(name), expect)
             .await
-            .map_err(|e| WriteError::Unreachable(e.to_string()))
+            .map_err(|e| {
+                if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                    WriteError::Conflict
+                } else {
+                    WriteError::Unreachable(e.to_string())
+                }
+            })
+    }
+
+    /// What a deleted tenant leaves in the fleet besides its key: its profiles (every
+    /// `p.HEX(tenant).*` subject of the profile bucket's stream, purged at once) and its event
+    /// counts (reset to start after the stream's current end, so events recorded before the
+    /// deletion never count for a new tenant of the same name).
+    pub async fn purge_tenant(&self, name: &str) -> anyhow::Result<()> {
+        let profiles = self
+            .js
+            .get_stream(format!("KV_{PROFILE_BUCKET}"))
+            .await
+            .context("the profile bucket")?;
+        profiles
+            .purge()
+            .filter(format!("$KV.{PROFILE_BUCKET}.p.{}.>", hex(name)))
+            .await
+            .context("purging the tenant's profiles")?;
+        crate::outbox::reset_counts(self, name).await
     }
 
     /// The next plugin version id, unique in the fleet (a compare-and-set counter), above
@@ -762,23 +816,18 @@ impl ProfileShare {
 
     async fn kv(&self) -> anyhow::Result<&kv::Store> {
         self.kv
-            .get_or_try_init(|| async {
-                match self.fleet.js.get_key_value(PROFILE_BUCKET).await {
-                    Ok(kv) => Ok(kv),
-                    Err(_) => self
-                        .fleet
-                        .js
-                        .create_or_update_key_value(kv::Config {
-                            bucket: PROFILE_BUCKET.into(),
-                            description: "Veneer customers' and visitors' profiles".into(),
-                            history: 1,
-                            num_replicas: self.fleet.replicas,
-                            storage: jetstream::stream::StorageType::File,
-                            ..Default::default()
-                        })
-                        .await
-                        .context("creating the profile bucket"),
-                }
+            .get_or_try_init(|| {
+                open_bucket(
+                    &self.fleet.js,
+                    kv::Config {
+                        bucket: PROFILE_BUCKET.into(),
+                        description: "Veneer customers' and visitors' profiles".into(),
+                        history: 1,
+                        num_replicas: self.fleet.replicas,
+                        storage: jetstream::stream::StorageType::File,
+                        ..Default::default()
+                    },
+                )
             })
             .await
     }
@@ -945,13 +994,23 @@ mod backlog {
             }
         }
 
-        /// Drops the oldest past `max`; how many.
+        /// Drops the oldest changes past `max`; how many. Deletions (erasures) are never
+        /// dropped: a profile erased here must not come back elsewhere.
         pub fn trim(&mut self, max: usize) -> u64 {
             let mut dropped = 0;
-            while self.values.len() > max {
-                self.pop_first();
-                dropped += 1;
+            let mut kept = Vec::new();
+            while self.values.len() > max + kept.len() {
+                let Some((seq, key)) = self.order.pop_first() else {
+                    break;
+                };
+                if matches!(self.values.get(&key), Some((_, None))) {
+                    kept.push((seq, key));
+                } else {
+                    self.values.remove(&key);
+                    dropped += 1;
+                }
             }
+            self.order.extend(kept);
             dropped
         }
     }

@@ -26,6 +26,8 @@ use crate::metrics::Metrics;
 const QUEUE: usize = 65_536;
 /// Rows one publish round reads from the outbox.
 const BATCH: usize = 2_048;
+/// The largest event published (NATS's default max_payload is 1 MiB).
+const MAX_EVENT_BYTES: usize = 256 << 10;
 /// Publishes awaiting their ack at once.
 const IN_FLIGHT: usize = 256;
 
@@ -113,6 +115,14 @@ impl EventLog {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let body =
             serde_json::to_vec(&serde_json::json!({"id": id, "event": body})).unwrap_or_default();
+        if body.len() > MAX_EVENT_BYTES {
+            // NATS would refuse it (max_payload), and it would hold up the outbox behind it.
+            self.metrics.inc(
+                "veneer_event_log_total",
+                &[("outcome", "dropped_too_large")],
+            );
+            return;
+        }
         let row = Row {
             id,
             tenant: tenant.to_owned(),
@@ -161,18 +171,11 @@ impl EventLog {
             .map_or(0, |n| n as u64)
     }
 
-    /// Forgets a deleted tenant's counts (the fleet's too).
+    /// Forgets a deleted tenant's counts here (the fleet's: [`reset_counts`], by the node
+    /// that deleted it).
     pub fn purge(&self, tenant: &str) {
         let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
         let _ = conn.execute("DELETE FROM counts WHERE tenant = ?1", params![tenant]);
-        if let Some(fleet) = self.fleet.clone() {
-            let key = counts_key(tenant);
-            tokio::spawn(async move {
-                if let Ok(kv) = aggregates(&fleet).await {
-                    let _ = kv.delete(key).await;
-                }
-            });
-        }
     }
 }
 
@@ -373,6 +376,8 @@ const LEASE_KEY: &str = "lease.events";
 /// (as seen by the node waiting for it, on its own clock) is taken over.
 const LEASE_RENEW: Duration = Duration::from_secs(1);
 const LEASE_EXPIRES: Duration = Duration::from_secs(5);
+/// How long the aggregator waits without a message before it checks its consumer.
+const STALL_CHECK: Duration = Duration::from_secs(3);
 
 /// One tenant's counts as the bucket holds them: per event name, and the stream sequence
 /// folded up to for this tenant (a message at or below it is never added again).
@@ -388,21 +393,38 @@ fn counts_key(tenant: &str) -> String {
 }
 
 async fn aggregates(fleet: &Fleet) -> anyhow::Result<async_nats::jetstream::kv::Store> {
-    let js = fleet.jetstream();
-    match js.get_key_value(AGGREGATES_BUCKET).await {
-        Ok(kv) => Ok(kv),
-        Err(_) => js
-            .create_or_update_key_value(async_nats::jetstream::kv::Config {
-                bucket: AGGREGATES_BUCKET.into(),
-                description: "Veneer event counts, folded once from VENEER_EVENTS".into(),
-                history: 1,
-                num_replicas: fleet.replicas(),
-                storage: async_nats::jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .context("creating the aggregates bucket"),
-    }
+    fleet
+        .aggregates
+        .get_or_try_init(|| {
+            crate::fleet::open_bucket(
+                fleet.jetstream(),
+                async_nats::jetstream::kv::Config {
+                    bucket: AGGREGATES_BUCKET.into(),
+                    description: "Veneer event counts, folded once from VENEER_EVENTS".into(),
+                    history: 1,
+                    num_replicas: fleet.replicas(),
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    ..Default::default()
+                },
+            )
+        })
+        .await
+        .cloned()
+}
+
+/// Starts a deleted tenant's fleet counts afresh after the stream's current end: events
+/// recorded before the deletion never count for a new tenant of the same name.
+pub async fn reset_counts(fleet: &Fleet, tenant: &str) -> anyhow::Result<()> {
+    let parts = fleet.parts().await?;
+    let mut events = parts.events.clone();
+    let end = events.info().await?.state.last_sequence;
+    let kv = aggregates(fleet).await?;
+    let value = serde_json::to_vec(&Counts {
+        seq: end,
+        events: Default::default(),
+    })?;
+    kv.put(counts_key(tenant), value.into()).await?;
+    Ok(())
 }
 
 /// The fleet-wide count of `event` for `tenant` (`Err` while NATS is unreachable).
@@ -529,13 +551,30 @@ async fn aggregate(
         .await?;
     let mut chunks = consumer.messages().await?.ready_chunks(4096);
     let mut renew = tokio::time::interval(LEASE_RENEW);
+    let mut renewed = std::time::Instant::now();
+    // An ordered consumer whose server died can stall without an error: when the stream
+    // holds messages past the last one seen and none came for a while, start again from
+    // the cursor.
+    let mut stall = tokio::time::interval(STALL_CHECK);
+    stall.reset();
+    let mut upto = cursor;
+    let mut progressed = true;
+    let mut events = parts.events.clone();
     loop {
         tokio::select! {
+            _ = stall.tick() => {
+                if !progressed {
+                    let end = events.info().await?.state.last_sequence;
+                    anyhow::ensure!(end <= upto, "the event consumer stalled at {upto} of {end}; starting again");
+                }
+                progressed = false;
+            }
             _ = renew.tick() => {
                 lease = kv
                     .update(LEASE_KEY, node.as_bytes().to_vec().into(), lease)
                     .await
                     .context("the aggregator's lease was lost")?;
+                renewed = std::time::Instant::now();
             }
             chunk = chunks.next() => {
                 let Some(chunk) = chunk else {
@@ -563,10 +602,20 @@ async fn aggregate(
                 }
                 let mut folded = 0u64;
                 for (tenant, events) in batch {
+                    // A batch over many tenants takes a while: the lease is kept meanwhile.
+                    if renewed.elapsed() >= LEASE_RENEW {
+                        lease = kv
+                            .update(LEASE_KEY, node.as_bytes().to_vec().into(), lease)
+                            .await
+                            .context("the aggregator's lease was lost")?;
+                        renewed = std::time::Instant::now();
+                    }
                     folded += add(kv, &tenant, &events).await?;
                 }
                 if last > 0 {
                     kv.put("cursor", last.to_string().into()).await?;
+                    upto = upto.max(last);
+                    progressed = true;
                 }
                 fleet.metrics().add("veneer_fleet_events_folded_total", &[], folded);
             }

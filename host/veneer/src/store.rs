@@ -472,6 +472,14 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets what this node applied for `key` (a tenant it shared and the fleet refused:
+    /// still this node's alone).
+    pub fn clear_fleet_applied(&self, key: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM fleet_applied WHERE key = ?1", params![key])?;
+        Ok(())
+    }
+
     /// Makes a tenant exactly `rec` (as a fleet node applies another node's change), in one
     /// transaction: spec, state, documents, the plugin chain in order. Versions missing here
     /// are stored from `rec`'s bytes under their fleet-wide ids; a changed active version or

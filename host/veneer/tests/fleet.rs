@@ -252,8 +252,14 @@ impl Node {
         http(self.admin, "GET", "/healthz", "", None, &[], b"").2
     }
 
+    /// The fleet-wide count; `u64::MAX` while the cluster cannot answer (a leader election).
     fn events(&self, tenant: &str, event: &str) -> u64 {
-        let out = self.ok(&["events", "count", "--tenant", tenant, "--event", event]);
+        let (success, out, stderr) =
+            self.cli(&["events", "count", "--tenant", tenant, "--event", event]);
+        if !success {
+            assert!(stderr.contains("503"), "{stderr}");
+            return u64::MAX;
+        }
         out.parse()
             .unwrap_or_else(|_| panic!("events count printed {out:?}, not a number alone"))
     }
@@ -649,11 +655,27 @@ fn killing_the_stream_leader_loses_no_accepted_event() {
     }
     let killed = killed.expect("killed");
     for n in [&a, &b] {
-        within(
-            Duration::from_secs(30),
-            "every accepted event counted",
-            || n.events("shop", "view") == accepted,
-        );
+        let started = Instant::now();
+        while n.events("shop", "view") != accepted {
+            if started.elapsed() > Duration::from_secs(30) {
+                let metrics = |n: &Node| {
+                    http(n.admin, "GET", "/metrics", "", None, &[], b"")
+                        .2
+                        .lines()
+                        .filter(|l| l.starts_with("veneer_fleet") || l.starts_with("veneer_event"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
+                panic!(
+                    "node {}: {} of {accepted} accepted events counted after 30 s\na:\n{}\nb:\n{}",
+                    n.name,
+                    n.events("shop", "view"),
+                    metrics(&a),
+                    metrics(&b)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     eprintln!(
         "{accepted} events; all counted {:?} after the leader's SIGKILL",
