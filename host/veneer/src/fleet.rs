@@ -623,6 +623,7 @@ async fn follow(
     let start = fleet.last_revision().await?;
     let mut seen = resync(control, fleet, parts).await?.max(start);
     let mut watch = parts.kv.watch_all_from_revision(start + 1).await?;
+    let mut watched = start;
     let mut every = tokio::time::interval(fleet.resync);
     every.reset();
     let mut status = tokio::time::interval(Duration::from_secs(1));
@@ -633,9 +634,16 @@ async fn follow(
             entry = watch.next() => {
                 let entry = match entry {
                     Some(Ok(entry)) => entry,
-                    Some(Err(e)) => anyhow::bail!("watching the config bucket: {e}"),
-                    None => anyhow::bail!("the config bucket's watch ended"),
+                    // A watch can fail on a busy node (a missed heartbeat) or when its server
+                    // dies: a new one from the last revision seen, at once; the periodic
+                    // re-sync covers anything it might skip.
+                    failed => {
+                        tracing::debug!(error = ?failed.map(|r| r.err()), "the config bucket's watch failed; watching again");
+                        watch = parts.kv.watch_all_from_revision(watched + 1).await?;
+                        continue;
+                    }
                 };
+                watched = entry.revision;
                 seen = seen.max(entry.revision);
                 apply(control, fleet, &entry.key, entry.revision, &entry.operation, &entry.value).await;
             }

@@ -338,32 +338,42 @@ async fn publish_loop(log: Arc<EventLog>, fleet: Arc<Fleet>) {
 /// stream already took are recognised by their id).
 async fn publish(fleet: &Fleet, rows: &[Pending]) -> usize {
     let js = fleet.jetstream();
+    // A sliding window: the oldest ack is awaited once IN_FLIGHT are outstanding, so the
+    // pipe never drains between batches. Acks are taken in order, so `acked` is always a
+    // prefix of `rows`.
+    let mut pending = std::collections::VecDeque::with_capacity(IN_FLIGHT);
     let mut acked = 0;
-    for chunk in rows.chunks(IN_FLIGHT) {
-        let mut pending = Vec::with_capacity(chunk.len());
-        for (_, id, subject, body) in chunk {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", id.as_str());
-            match js
-                .publish_with_headers(subject.clone(), headers, body.clone().into())
-                .await
-            {
-                Ok(ack) => pending.push(ack),
-                Err(_) => break,
+    let wait = |ack: async_nats::jetstream::context::PublishAckFuture| async move {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), ack).await,
+            Ok(Ok(_))
+        )
+    };
+    for (_, id, subject, body) in rows {
+        if pending.len() == IN_FLIGHT {
+            let Some(oldest) = pending.pop_front() else {
+                break;
+            };
+            if !wait(oldest).await {
+                return acked;
             }
+            acked += 1;
         }
-        let sent = pending.len();
-        let mut ok = 0;
-        for ack in pending {
-            match tokio::time::timeout(Duration::from_secs(10), ack).await {
-                Ok(Ok(_)) => ok += 1,
-                _ => break,
-            }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        match js
+            .publish_with_headers(subject.clone(), headers, body.clone().into())
+            .await
+        {
+            Ok(ack) => pending.push_back(ack),
+            Err(_) => break,
         }
-        acked += ok;
-        if ok < chunk.len() || sent < chunk.len() {
+    }
+    for ack in pending {
+        if !wait(ack).await {
             return acked;
         }
+        acked += 1;
     }
     acked
 }
