@@ -32,6 +32,8 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # The nodes' logs, for a figure that needs explaining.
+  mkdir -p target/tmp/fleet-bench && cp "$work"/node*.log target/tmp/fleet-bench/ 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -231,6 +231,9 @@ pub struct Fleet {
     parts: tokio::sync::OnceCell<Parts>,
     /// The event counts bucket, once opened ([`crate::outbox`]).
     pub(crate) aggregates: tokio::sync::OnceCell<kv::Store>,
+    /// The highest config revision this node has seen (for the lag metric, which a task of
+    /// its own computes: a slow JetStream request must never hold up the watch).
+    seen: std::sync::atomic::AtomicU64,
     metrics: Arc<Metrics>,
     /// Wakes the sync loop for a full re-sync now (after a refused compare-and-set).
     pub kick: tokio::sync::Notify,
@@ -282,6 +285,7 @@ impl Fleet {
             js,
             parts: tokio::sync::OnceCell::new(),
             aggregates: tokio::sync::OnceCell::new(),
+            seen: std::sync::atomic::AtomicU64::new(0),
             metrics,
             kick: tokio::sync::Notify::new(),
         }))
@@ -583,6 +587,24 @@ pub fn spawn_sync(control: Arc<crate::control::Control>) {
     let Some(fleet) = control.fleet().cloned() else {
         return;
     };
+    let lagging = fleet.clone();
+    tokio::spawn(async move {
+        let node = lagging.node.clone();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if lagging.connected()
+                && let Ok(Ok(last)) =
+                    tokio::time::timeout(Duration::from_secs(5), lagging.last_revision()).await
+            {
+                let seen = lagging.seen.load(std::sync::atomic::Ordering::Relaxed);
+                lagging.metrics.set(
+                    "veneer_fleet_lag_revisions",
+                    &[("node", node.as_str())],
+                    last.saturating_sub(seen),
+                );
+            }
+        }
+    });
     tokio::spawn(async move {
         let mut warned = false;
         loop {
@@ -645,6 +667,7 @@ async fn follow(
                 };
                 watched = entry.revision;
                 seen = seen.max(entry.revision);
+                fleet.seen.fetch_max(seen, std::sync::atomic::Ordering::Relaxed);
                 apply(control, fleet, &entry.key, entry.revision, &entry.operation, &entry.value).await;
             }
             _ = every.tick() => {
@@ -661,10 +684,8 @@ async fn follow(
                     return Ok(());
                 }
                 was_connected = connected;
-                if connected && let Ok(last) = fleet.last_revision().await {
-                    fleet.metrics.set("veneer_fleet_applied_revision", &[("node", node.as_str())], seen);
-                    fleet.metrics.set("veneer_fleet_lag_revisions", &[("node", node.as_str())], last.saturating_sub(seen));
-                }
+                fleet.seen.fetch_max(seen, std::sync::atomic::Ordering::Relaxed);
+                fleet.metrics.set("veneer_fleet_applied_revision", &[("node", node.as_str())], seen);
             }
         }
     }
