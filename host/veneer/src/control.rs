@@ -395,17 +395,16 @@ impl Control {
             fragments: state.fragments,
             plugins,
         };
-        let built = self.build(rec.clone()).await;
-        // Stored whatever the build says: this node's store is the fleet's state, so an
-        // edit made here later starts from it (and is refused while it cannot be built)
-        // rather than quietly writing an older state back to the fleet.
-        self.store
-            .replace_tenant(&actor, &rec, &inactive, &contracts)?;
-        let built = match built {
+        let built = match self.build(rec.clone()).await {
             Ok(b) => b,
             Err(e) => {
-                // Recorded as applied: retrying the same revision changes nothing; the old
-                // snapshot keeps serving and /readyz says so until a later revision builds.
+                // Stored all the same: this node's store is the fleet's state, so an edit
+                // made here later starts from it (and is refused while it cannot be built)
+                // rather than quietly writing an older state back to the fleet. Recorded as
+                // applied: retrying the same revision changes nothing; the old snapshot keeps
+                // serving and /readyz says so until a later revision builds.
+                self.store
+                    .replace_tenant(&actor, &rec, &inactive, &contracts)?;
                 tracing::error!(tenant = %name, revision, error = %e.message, "fleet change cannot be served on this node");
                 self.failed
                     .lock()
@@ -416,17 +415,13 @@ impl Control {
                 return Ok(());
             }
         };
-        // Ids as this node stored them (a version it held before joining keeps its own).
-        let stored = self.store.tenant(&name)?;
-        let built = built.map(|mut t| {
-            if let Some(stored) = &stored {
-                for p in &stored.plugins {
-                    t = relabel(t, &p.name, p.version);
-                }
-            }
-            t
-        });
+        // Served first, stored after: the fleet already holds this state durably, so a
+        // slow disk (an fsync behind other writes) delays only this node's copy, never the
+        // swap. A crash in between is caught up from the bucket on start (the revision is
+        // recorded last).
         self.publish(&name, built).await;
+        self.store
+            .replace_tenant(&actor, &rec, &inactive, &contracts)?;
         self.store
             .set_fleet_applied(key, revision, &envelope.digest)?;
         tracing::info!(tenant = %name, revision, from = %envelope.node, "fleet change applied");
