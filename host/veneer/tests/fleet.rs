@@ -654,6 +654,30 @@ fn killing_the_stream_leader_loses_no_accepted_event() {
         }
     }
     let killed = killed.expect("killed");
+    // Publishing resumes within 15 s of the kill: both outboxes empty, every accepted event
+    // acknowledged by the stream's new leader.
+    let depth = |n: &Node| {
+        http(n.admin, "GET", "/metrics", "", None, &[], b"")
+            .2
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "veneer_fleet_outbox_depth{{node=\"{}\"}} ",
+                    n.name
+                ))
+                .and_then(|v| v.parse::<u64>().ok())
+            })
+    };
+    while [&a, &b].iter().any(|n| depth(n) != Some(0)) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "outboxes not drained 15 s after the leader's SIGKILL: a {:?}, b {:?}",
+            depth(&a),
+            depth(&b)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("outboxes drained {:?} after the SIGKILL", killed.elapsed());
     for n in [&a, &b] {
         let started = Instant::now();
         while n.events("shop", "view") != accepted {
