@@ -341,17 +341,21 @@ impl Control {
                     .ok_or_else(|| anyhow::anyhow!("plugin {sha} is not available")),
             }
         };
-        let mut plugins = Vec::new();
         let mut contracts = HashMap::new();
-        for p in &state.plugins {
-            let bytes = bytes_of(&p.sha256)?;
+        let mut component = |sha: &str| -> anyhow::Result<Vec<u8>> {
+            let bytes = bytes_of(sha)?;
             let contract = self
                 .app
                 .runtime
                 .inspect(&bytes)
                 .map(|i| i.version.to_string())
                 .unwrap_or_default();
-            contracts.insert(p.sha256.clone(), contract);
+            contracts.insert(sha.to_owned(), contract);
+            Ok(bytes)
+        };
+        let mut plugins = Vec::new();
+        for p in &state.plugins {
+            let bytes = component(&p.sha256)?;
             plugins.push(crate::store::PluginRecord {
                 name: p.name.clone(),
                 version: p.version,
@@ -372,14 +376,7 @@ impl Control {
             {
                 continue;
             }
-            let bytes = bytes_of(sha)?;
-            let contract = self
-                .app
-                .runtime
-                .inspect(&bytes)
-                .map(|i| i.version.to_string())
-                .unwrap_or_default();
-            contracts.insert(sha.clone(), contract);
+            let bytes = component(sha)?;
             inactive.push(crate::store::PluginRecord {
                 name: plugin.clone(),
                 version: *id,

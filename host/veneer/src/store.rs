@@ -525,18 +525,7 @@ impl Store {
                 |r| r.get(0),
             )?;
             if !have {
-                let taken: bool = tx.query_row(
-                    "SELECT count(*) > 0 FROM plugin_versions WHERE id = ?1",
-                    params![p.version],
-                    |r| r.get(0),
-                )?;
-                let contract = contracts.get(&p.sha256).map_or("", String::as_str);
-                tx.execute(
-                    "INSERT INTO plugin_versions (id, tenant, plugin, sha256, size, contract, bytes, uploader, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    params![(!taken).then_some(p.version), name, p.name, p.sha256,
-                            p.bytes.len() as i64, contract, p.bytes, actor, at],
-                )?;
+                insert_fleet_version(&tx, name, p, contracts, actor, at)?;
             }
         }
         let mut chain = Vec::new();
@@ -551,23 +540,7 @@ impl Store {
                 .optional()?;
             let id = match found {
                 Some(id) => id,
-                None => {
-                    // The fleet-wide id, unless this node holds it for something else (ids
-                    // allocated before it joined the fleet): then a local one.
-                    let taken: bool = tx.query_row(
-                        "SELECT count(*) > 0 FROM plugin_versions WHERE id = ?1",
-                        params![p.version],
-                        |r| r.get(0),
-                    )?;
-                    let contract = contracts.get(&p.sha256).map_or("", String::as_str);
-                    tx.execute(
-                        "INSERT INTO plugin_versions (id, tenant, plugin, sha256, size, contract, bytes, uploader, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                        params![(!taken).then_some(p.version), name, p.name, p.sha256,
-                                p.bytes.len() as i64, contract, p.bytes, actor, at],
-                    )?;
-                    tx.last_insert_rowid()
-                }
+                None => insert_fleet_version(&tx, name, p, contracts, actor, at)?,
             };
             let params_json = serde_json::to_string(&p.params).unwrap_or_default();
             let before: Option<(i64, String)> = tx
@@ -1275,6 +1248,32 @@ fn active_sha(
         |r| r.get(0),
     )
     .optional()
+}
+
+/// Stores a version a fleet change names under its fleet-wide id, unless this node holds that
+/// id for something else (ids allocated before it joined the fleet): then under a local one.
+/// Returns the id used.
+fn insert_fleet_version(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    p: &PluginRecord,
+    contracts: &std::collections::HashMap<String, String>,
+    actor: &str,
+    at: i64,
+) -> rusqlite::Result<i64> {
+    let taken: bool = tx.query_row(
+        "SELECT count(*) > 0 FROM plugin_versions WHERE id = ?1",
+        params![p.version],
+        |r| r.get(0),
+    )?;
+    let contract = contracts.get(&p.sha256).map_or("", String::as_str);
+    tx.execute(
+        "INSERT INTO plugin_versions (id, tenant, plugin, sha256, size, contract, bytes, uploader, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![(!taken).then_some(p.version), tenant, p.name, p.sha256,
+                p.bytes.len() as i64, contract, p.bytes, actor, at],
+    )?;
+    Ok(tx.last_insert_rowid())
 }
 
 fn activate_in(

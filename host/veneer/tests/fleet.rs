@@ -388,6 +388,22 @@ fn create_shop(node: &Node, dir: &Path, name: &str, origin: SocketAddr) {
     node.ok(&["rules", "set", &rules(dir, "Big sale"), "--tenant", name]);
 }
 
+/// Pushes the golden campaign banner of contract `version` to shop's chain as `banner`,
+/// drawing into `selector`; the new version id.
+fn push(node: &Node, version: &str, selector: &str) -> String {
+    node.ok(&[
+        "plugin",
+        "push",
+        &golden(version, "campaign_banner.wasm"),
+        "--tenant",
+        "shop",
+        "--name",
+        "banner",
+        "--param",
+        &format!("selector={selector}"),
+    ])
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -414,17 +430,7 @@ fn a_change_on_one_node_is_served_by_the_others_and_tenants_stay_apart() {
     }
 
     // A plugin pushed to A serves on B and C.
-    let v1 = a.ok(&[
-        "plugin",
-        "push",
-        &golden("v0.1.0", "campaign_banner.wasm"),
-        "--tenant",
-        "shop",
-        "--name",
-        "banner",
-        "--param",
-        "selector=#a",
-    ]);
+    let v1 = push(&a, "v0.1.0", "#a");
     for n in [&b, &c] {
         let took = within(
             Duration::from_secs(10),
@@ -453,17 +459,7 @@ fn a_change_on_one_node_is_served_by_the_others_and_tenants_stay_apart() {
     within(Duration::from_secs(10), "params from c on a", || {
         banner(&a.page("shop.test").1) == "b"
     });
-    let v2 = b.ok(&[
-        "plugin",
-        "push",
-        &golden("v0.2.0", "campaign_banner.wasm"),
-        "--tenant",
-        "shop",
-        "--name",
-        "banner",
-        "--param",
-        "selector=#a",
-    ]);
+    let v2 = push(&b, "v0.2.0", "#a");
     assert!(
         v2.parse::<u64>().expect("id") > v1.parse::<u64>().expect("id"),
         "{v1} then {v2}"
@@ -722,17 +718,7 @@ fn with_nats_down_nodes_keep_serving_refuse_changes_and_converge_after() {
     let a = Node::start(&dir, "a", &nats);
     let b = Node::start(&dir, "b", &nats);
     create_shop(&a, &dir, "shop", origin);
-    a.ok(&[
-        "plugin",
-        "push",
-        &golden("v0.2.0", "campaign_banner.wasm"),
-        "--tenant",
-        "shop",
-        "--name",
-        "banner",
-        "--param",
-        "selector=#a",
-    ]);
+    push(&a, "v0.2.0", "#a");
     within(Duration::from_secs(10), "the plugin on b", || {
         banner(&b.page("shop.test").1) == "a"
     });
@@ -815,17 +801,7 @@ fn a_node_restarted_during_fifty_changes_converges_to_the_latest_of_every_key() 
     let a = Node::start(&dir, "a", &nats);
     let b = Node::start(&dir, "b", &nats);
     create_shop(&a, &dir, "shop", origin);
-    a.ok(&[
-        "plugin",
-        "push",
-        &golden("v0.2.0", "campaign_banner.wasm"),
-        "--tenant",
-        "shop",
-        "--name",
-        "banner",
-        "--param",
-        "selector=#a",
-    ]);
+    push(&a, "v0.2.0", "#a");
     within(Duration::from_secs(10), "shop on b", || {
         banner(&b.page("shop.test").1) == "a"
     });
