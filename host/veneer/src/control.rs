@@ -172,6 +172,15 @@ impl Control {
         self.fleet.as_ref()
     }
 
+    /// The plugin contract version a component targets ("" when it is not a component).
+    fn contract_of(&self, bytes: &[u8]) -> String {
+        self.app
+            .runtime
+            .inspect(bytes)
+            .map(|i| i.version.to_string())
+            .unwrap_or_default()
+    }
+
     /// In a fleet, refuses a change before anything is touched while NATS is unreachable.
     async fn gate(&self) -> Result<(), ApiError> {
         if let Some(fleet) = &self.fleet {
@@ -279,6 +288,7 @@ impl Control {
             .with_context(|| format!("fleet key {key} revision {revision} is unreadable"))?;
         // Components are fetched before the lock is taken (a fetch can wait out a NATS
         // outage; admin calls must not wait behind it) and at most 30 s.
+        // Every component the state names, read from this node's store or fetched.
         let mut fetched: HashMap<String, Vec<u8>> = HashMap::new();
         if let Some(env) = &envelope {
             let wanted = env
@@ -288,13 +298,18 @@ impl Control {
                 .map(|p| &p.sha256)
                 .chain(env.state.versions.iter().map(|(_, _, sha)| sha));
             for sha in wanted {
-                if fetched.contains_key(sha) || self.store.bytes_by_sha(sha)?.is_some() {
+                if fetched.contains_key(sha) {
                     continue;
                 }
-                let bytes =
-                    tokio::time::timeout(std::time::Duration::from_secs(30), fleet.get_plugin(sha))
-                        .await
-                        .map_err(|_| anyhow::anyhow!("fetching plugin {sha} timed out"))??;
+                let bytes = match self.store.bytes_by_sha(sha)? {
+                    Some(bytes) => bytes,
+                    None => tokio::time::timeout(
+                        std::time::Duration::from_secs(30),
+                        fleet.get_plugin(sha),
+                    )
+                    .await
+                    .map_err(|_| anyhow::anyhow!("fetching plugin {sha} timed out"))??,
+                };
                 fetched.insert(sha.clone(), bytes);
             }
         }
@@ -332,24 +347,13 @@ impl Control {
         let mut spec: config::Tenant = serde_json::from_value(state.spec.clone())
             .with_context(|| format!("fleet key {key}: tenant spec"))?;
         spec.name = name.clone();
-        let mut bytes_of = |sha: &str| -> anyhow::Result<Vec<u8>> {
-            match fetched.remove(sha) {
-                Some(b) => Ok(b),
-                None => self
-                    .store
-                    .bytes_by_sha(sha)?
-                    .ok_or_else(|| anyhow::anyhow!("plugin {sha} is not available")),
-            }
-        };
         let mut contracts = HashMap::new();
         let mut component = |sha: &str| -> anyhow::Result<Vec<u8>> {
-            let bytes = bytes_of(sha)?;
-            let contract = self
-                .app
-                .runtime
-                .inspect(&bytes)
-                .map(|i| i.version.to_string())
-                .unwrap_or_default();
+            let bytes = fetched
+                .get(sha)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("plugin {sha} is not available"))?;
+            let contract = self.contract_of(&bytes);
             contracts.insert(sha.to_owned(), contract);
             Ok(bytes)
         };
@@ -528,12 +532,7 @@ impl Control {
             }
             for p in &t.plugins {
                 let bytes = std::fs::read(config.resolve(&p.path))?;
-                let contract = self
-                    .app
-                    .runtime
-                    .inspect(&bytes)
-                    .map(|i| i.version.to_string())
-                    .unwrap_or_default();
+                let contract = self.contract_of(&bytes);
                 self.store.add_version(
                     actor,
                     &t.name,

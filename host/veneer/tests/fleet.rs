@@ -369,7 +369,7 @@ fn rules(dir: &Path, text: &str) -> String {
 
 /// Creates `name` on `node` with the sale campaign and no per-client rate limit.
 fn create_shop(node: &Node, dir: &Path, name: &str, origin: SocketAddr) {
-    node.ok(&[
+    let create = [
         "tenant",
         "create",
         name,
@@ -377,7 +377,18 @@ fn create_shop(node: &Node, dir: &Path, name: &str, origin: SocketAddr) {
         &format!("{name}.test"),
         "--origin",
         &format!("http://{origin}"),
-    ]);
+    ];
+    // Right after the cluster starts, the buckets' stream leaders may not be elected yet:
+    // the node answers 503 (no responders) until they are.
+    within(
+        Duration::from_secs(15),
+        "the cluster takes a first change",
+        || {
+            let (success, _, stderr) = node.cli(&create);
+            assert!(success || stderr.contains("503"), "{stderr}");
+            success
+        },
+    );
     node.ok(&[
         "tenant",
         "update",
@@ -402,6 +413,19 @@ fn push(node: &Node, version: &str, selector: &str) -> String {
         "--param",
         &format!("selector={selector}"),
     ])
+}
+
+/// A 3-server cluster and nodes a and b, with shop created on a and served by b.
+fn two_nodes_with_shop(name: &str) -> (PathBuf, Nats, Node, Node) {
+    let dir = temp_dir(name);
+    let nats = Nats::start(3, &dir);
+    let a = Node::start(&dir, "a", &nats);
+    let b = Node::start(&dir, "b", &nats);
+    create_shop(&a, &dir, "shop", origin());
+    within(Duration::from_secs(10), "shop on b", || {
+        b.page("shop.test").0 == 200
+    });
+    (dir, nats, a, b)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -529,15 +553,7 @@ fn a_change_on_one_node_is_served_by_the_others_and_tenants_stay_apart() {
 #[test]
 fn events_from_two_nodes_are_counted_exactly_once_even_when_published_again() {
     let _serial = serial();
-    let dir = temp_dir("events");
-    let nats = Nats::start(3, &dir);
-    let origin = origin();
-    let a = Node::start(&dir, "a", &nats);
-    let b = Node::start(&dir, "b", &nats);
-    create_shop(&a, &dir, "shop", origin);
-    within(Duration::from_secs(10), "shop on b", || {
-        b.page("shop.test").0 == 200
-    });
+    let (_dir, nats, a, b) = two_nodes_with_shop("events");
 
     let per_node = 60;
     for i in 0..per_node {
@@ -607,15 +623,7 @@ fn events_from_two_nodes_are_counted_exactly_once_even_when_published_again() {
 #[test]
 fn killing_the_stream_leader_loses_no_accepted_event() {
     let _serial = serial();
-    let dir = temp_dir("leader");
-    let mut nats = Nats::start(3, &dir);
-    let origin = origin();
-    let a = Node::start(&dir, "a", &nats);
-    let b = Node::start(&dir, "b", &nats);
-    create_shop(&a, &dir, "shop", origin);
-    within(Duration::from_secs(10), "shop on b", || {
-        b.page("shop.test").0 == 200
-    });
+    let (_dir, mut nats, a, b) = two_nodes_with_shop("leader");
     assert_eq!(a.send_event("shop.test", "view"), 204);
     within(Duration::from_secs(10), "the stream exists", || {
         b.events("shop", "view") == 1
@@ -864,15 +872,7 @@ fn a_node_restarted_during_fifty_changes_converges_to_the_latest_of_every_key() 
 #[test]
 fn a_customer_profile_changed_on_one_node_is_read_on_the_other() {
     let _serial = serial();
-    let dir = temp_dir("profiles");
-    let nats = Nats::start(3, &dir);
-    let origin = origin();
-    let a = Node::start(&dir, "a", &nats);
-    let b = Node::start(&dir, "b", &nats);
-    create_shop(&a, &dir, "shop", origin);
-    within(Duration::from_secs(10), "shop on b", || {
-        b.page("shop.test").0 == 200
-    });
+    let (dir, _nats, a, b) = two_nodes_with_shop("profiles");
     let import = |n: &Node, tier: &str| {
         let file = dir.join(format!("crm-{}-{tier}.jsonl", n.name));
         std::fs::write(
@@ -917,15 +917,7 @@ fn a_customer_profile_changed_on_one_node_is_read_on_the_other() {
 #[test]
 fn when_the_aggregating_node_dies_another_takes_over_and_counts_stay_exact() {
     let _serial = serial();
-    let dir = temp_dir("aggregator");
-    let nats = Nats::start(3, &dir);
-    let origin = origin();
-    let a = Node::start(&dir, "a", &nats);
-    let b = Node::start(&dir, "b", &nats);
-    create_shop(&a, &dir, "shop", origin);
-    within(Duration::from_secs(10), "shop on b", || {
-        b.page("shop.test").0 == 200
-    });
+    let (_dir, _nats, a, b) = two_nodes_with_shop("aggregator");
     for _ in 0..20 {
         assert_eq!(a.send_event("shop.test", "signup"), 204);
         assert_eq!(b.send_event("shop.test", "signup"), 204);
