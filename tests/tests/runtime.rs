@@ -157,3 +157,148 @@ async fn each_request_gets_a_fresh_instance_and_a_spent_one_stays_faulted() {
         ));
     }
 }
+
+/// A body rewritten by `rules` (each `(selector, op, first_only)`), fed in `chunk`-byte pieces:
+/// its output, and whether the rewriter was still parsing when the last chunk went in.
+fn rewrite_in_chunks(
+    rt: &Runtime,
+    tokio: &tokio::runtime::Runtime,
+    rules: &[(&str, veneer::plugin::HtmlOp, bool)],
+    page: &[u8],
+    chunk: usize,
+) -> (Vec<u8>, bool) {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use veneer::plugin::{HtmlRule, ResponsePlan, RuleOptions};
+    use veneer::rewrite::{Coding, HtmlBody, HtmlJob, PluginHandle};
+
+    let plugin = rt
+        .load(
+            "noop",
+            &veneer_tests::plugin("noop"),
+            HashMap::new(),
+            limits(),
+        )
+        .expect("load");
+    let instance = tokio
+        .block_on(plugin.instantiate(Arc::new(NoServices), veneer::plugin::Admission::Run))
+        .expect("instance");
+    let mut plan = ResponsePlan::default();
+    for (i, (selector, op, first_only)) in rules.iter().enumerate() {
+        plan.html.push(HtmlRule {
+            selector: (*selector).into(),
+            op: op.clone(),
+        });
+        if *first_only {
+            plan.rule_options.insert(
+                i,
+                RuleOptions {
+                    first_only: true,
+                    ..RuleOptions::default()
+                },
+            );
+        }
+    }
+    let handle = Arc::new(PluginHandle {
+        name: Arc::from("rules"),
+        instance: std::sync::Mutex::new(instance),
+        faulted: AtomicBool::new(false),
+        budget: veneer::plugin::Budget::default(),
+        inserted: AtomicU64::new(0),
+    });
+    let job = HtmlJob {
+        plugins: vec![(
+            handle,
+            veneer::rewrite::validate_plan(plan).expect("valid plan"),
+        )],
+        report: Arc::new(|_: &str, f: &PluginFault| panic!("fault: {f}")),
+        on_unsupported_charset: None,
+    };
+    let mut body = HtmlBody::new(
+        job,
+        Coding::Identity,
+        Coding::Identity,
+        Some("text/html; charset=utf-8"),
+    );
+    let page = bytes::Bytes::copy_from_slice(page);
+    let mut out = Vec::new();
+    let mut parsing = true;
+    for start in (0..page.len()).step_by(chunk) {
+        parsing = body.parsing();
+        let piece = page.slice(start..(start + chunk).min(page.len()));
+        out.extend_from_slice(&body.push(piece).expect("push"));
+    }
+    out.extend_from_slice(&body.finish().expect("finish"));
+    (out, parsing)
+}
+
+#[test]
+fn rules_that_apply_once_stop_parsing_when_placed_and_change_nothing_else() {
+    use veneer::plugin::HtmlOp;
+    let dir = TempDir::new();
+    let rt = Runtime::new(&options(&dir)).expect("runtime");
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    // After the targets: markup that would trip a parser fed from the middle of a tag (a
+    // comment holding a tag, an unfinished-looking attribute, a script with `</`), and more
+    // elements the selectors match, which first-match rules must leave alone.
+    let tail = "<p class=\"a\" data-x='<h1>'>text &amp; more</p><!-- <title>x</title> -->\
+        <script>if (a < b) { document.write('</div>') }</script>\
+        <h1 class=\"hero\">second</h1><title>late</title><img src=x alt=\"a > b\">";
+    let page = format!(
+        "<!doctype html><html><head><title>Shop</title><meta name=\"description\" content=\"old\">\
+         </head><body><h1 class=\"hero\">Welcome</h1><ul><li>one<li>two</ul>{}</body></html>",
+        tail.repeat(40)
+    );
+    let rules = |first_only| {
+        vec![
+            (
+                "title",
+                HtmlOp::SetInnerText("Personalized".into()),
+                first_only,
+            ),
+            ("h1.hero", HtmlOp::AddClass("veneer".into()), first_only),
+            (
+                "meta[name=description]",
+                HtmlOp::SetAttribute(("content".into(), "new".into())),
+                first_only,
+            ),
+        ]
+    };
+    let (whole, _) = rewrite_in_chunks(&rt, &tokio, &rules(true), page.as_bytes(), page.len());
+    let text = String::from_utf8(whole.clone()).expect("utf-8");
+    assert!(text.starts_with(
+        "<!doctype html><html><head><title>Personalized</title><meta name=\"description\" content=\"new\">"
+    ), "{text}");
+    assert!(
+        text.contains("<h1 class=\"hero veneer\">Welcome</h1>"),
+        "{text}"
+    );
+    // Everything after the last target is the origin's, byte for byte.
+    let after = page.find("<ul>").expect("marker");
+    assert_eq!(&text[text.find("<ul>").expect("marker")..], &page[after..]);
+    // Any chunking, including splits inside tags, comments and scripts, gives the same bytes,
+    // and the rewriter stops parsing once the last target is placed.
+    for size in [1, 2, 7, 64, 333, 1000] {
+        let (out, parsing) = rewrite_in_chunks(&rt, &tokio, &rules(true), page.as_bytes(), size);
+        assert_eq!(String::from_utf8_lossy(&out), text, "chunks of {size}");
+        assert!(!parsing, "chunks of {size}: still parsing at the end");
+    }
+    // A rule that applies to every match keeps the whole page parsed.
+    let (_, parsing) = rewrite_in_chunks(&rt, &tokio, &rules(false), page.as_bytes(), 64);
+    assert!(parsing, "rules for every match must parse the whole page");
+    // A content rule counts as placed only at its end tag: split inside the element, the
+    // original content must still be replaced.
+    let (out, _) = rewrite_in_chunks(
+        &rt,
+        &tokio,
+        &[("title", HtmlOp::SetInnerHtml("<b>x</b>".into()), true)],
+        b"<title>a very long original title</title><p>rest</p>",
+        5,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "<title><b>x</b></title><p>rest</p>"
+    );
+}

@@ -124,3 +124,46 @@ async fn rewriting_plugin_changes_only_the_targeted_element() {
         );
     }
 }
+
+#[tokio::test]
+async fn rules_applied_once_give_the_same_page_as_a_full_pass() {
+    let Some(pages) = load() else { return };
+    // Targets that occur once in a page: applying each to its first match only (and passing
+    // the rest through unparsed once all are placed) must give what a full pass gives.
+    let rules = "rule1 = \"title | set-inner-text | Personalized title\", \
+        rule2 = \"meta[charset] | set-attribute | data-veneer=1\", \
+        rule3 = \"title | after-html | <meta name=veneer>\"";
+    let plugin = |once: &str| {
+        format!(
+            "[[tenant.plugin]]\nname = \"copy\"\npath = \"{{plugins}}/static_rewrites.wasm\"\nparams = {{ {once}{rules} }}\n"
+        )
+    };
+    let (_a, full) = host_for(&pages, &plugin("")).await;
+    let (_b, once) = host_for(&pages, &plugin("once = \"true\", ")).await;
+    for (name, bytes) in &pages {
+        let get = |host: &Host| {
+            let url = host.url(&format!("/{name}"));
+            async move {
+                reqwest::get(url)
+                    .await
+                    .expect("request")
+                    .text()
+                    .await
+                    .expect("body")
+            }
+        };
+        let (whole, first_only) = (get(&full).await, get(&once).await);
+        assert!(
+            whole.contains("<title>Personalized title</title>")
+                && whole.contains("</title><meta name=veneer>"),
+            "{name}: the rules apply"
+        );
+        assert!(
+            first_only == whole,
+            "{name}: once-only rules changed the page differently ({} vs {} bytes, origin {})",
+            first_only.len(),
+            whole.len(),
+            bytes.len()
+        );
+    }
+}

@@ -12,8 +12,8 @@
 //! asked of any node is read from there, so it is the whole fleet's, each event once.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -30,6 +30,9 @@ const BATCH: usize = 2_048;
 const MAX_EVENT_BYTES: usize = 256 << 10;
 /// Publishes awaiting their ack at once.
 const IN_FLIGHT: usize = 256;
+/// How often the writer stores what was recorded, in one transaction (one fsync) however many
+/// events arrived meanwhile. A flush stores at once.
+const GROUP_COMMIT: Duration = Duration::from_millis(20);
 
 /// An outbox row: (seq, event id, subject, body).
 type Pending = (i64, String, String, Vec<u8>);
@@ -42,14 +45,37 @@ struct Row {
     body: Vec<u8>,
 }
 
-enum Message {
-    Row(Row),
-    Flush(SyncSender<()>),
+/// Events waiting for the writer. Recording only appends here: waking the writer for every
+/// event cost a context switch per request on a busy core (a third of a small page's time), so
+/// the writer wakes on its own every [`GROUP_COMMIT`], or at once for a flush.
+#[derive(Default)]
+struct Queue {
+    waiting: Mutex<Waiting>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Waiting {
+    rows: Vec<Row>,
+    flushes: Vec<SyncSender<()>>,
+    closed: bool,
+}
+
+impl Queue {
+    /// Appends `row`; `false` when the queue is full (the event is dropped).
+    fn push(&self, row: Row) -> bool {
+        let mut w = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if w.rows.len() >= QUEUE {
+            return false;
+        }
+        w.rows.push(row);
+        true
+    }
 }
 
 /// The event log of one node.
 pub struct EventLog {
-    tx: SyncSender<Message>,
+    queue: Arc<Queue>,
     reader: Mutex<Connection>,
     metrics: Arc<Metrics>,
     path: PathBuf,
@@ -80,18 +106,18 @@ impl EventLog {
             )
             .with_context(|| format!("creating the event schema in {}", path.display()))?;
         let reader = connect(&path)?;
-        let (tx, rx) = sync_channel(QUEUE);
+        let queue = Arc::new(Queue::default());
         let wake = Arc::new(tokio::sync::Notify::new());
         let clustered = fleet.is_some();
         {
-            let (m, wake) = (metrics.clone(), wake.clone());
+            let (m, wake, queue) = (metrics.clone(), wake.clone(), queue.clone());
             std::thread::Builder::new()
                 .name("veneer-events".into())
-                .spawn(move || write_loop(writer, rx, &m, clustered, &wake))
+                .spawn(move || write_loop(writer, &queue, &m, clustered, &wake))
                 .context("starting the event writer")?;
         }
         let log = Arc::new(EventLog {
-            tx,
+            queue,
             reader: Mutex::new(reader),
             metrics,
             path,
@@ -112,6 +138,22 @@ impl EventLog {
 
     /// Records one event (never blocks: a full queue drops and counts).
     pub fn record(&self, tenant: &str, event: &str, body: &impl serde::Serialize) {
+        if self.fleet.is_none() {
+            // A single node only counts: no id or body to build on the request's path.
+            let row = Row {
+                id: String::new(),
+                tenant: tenant.to_owned(),
+                event: event.to_owned(),
+                body: Vec::new(),
+            };
+            if !self.queue.push(row) {
+                self.metrics.inc(
+                    "veneer_event_log_total",
+                    &[("outcome", "dropped_queue_full")],
+                );
+            }
+            return;
+        }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let body =
             serde_json::to_vec(&serde_json::json!({"id": id, "event": body})).unwrap_or_default();
@@ -129,7 +171,7 @@ impl EventLog {
             event: event.to_owned(),
             body,
         };
-        if self.tx.try_send(Message::Row(row)).is_err() {
+        if !self.queue.push(row) {
             self.metrics.inc(
                 "veneer_event_log_total",
                 &[("outcome", "dropped_queue_full")],
@@ -140,9 +182,19 @@ impl EventLog {
     /// Waits until everything recorded so far is stored (in the outbox or the counts).
     pub fn flush(&self) {
         let (done, wait) = sync_channel(1);
-        if self.tx.send(Message::Flush(done)).is_ok() {
-            let _ = wait.recv_timeout(Duration::from_secs(10));
+        {
+            let mut w = self
+                .queue
+                .waiting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if w.closed {
+                return;
+            }
+            w.flushes.push(done);
         }
+        self.queue.wake.notify_one();
+        let _ = wait.recv_timeout(Duration::from_secs(10));
     }
 
     /// The fleet this log publishes to, if any.
@@ -200,36 +252,50 @@ fn subject(tenant: &str) -> String {
 
 fn write_loop(
     mut conn: Connection,
-    rx: Receiver<Message>,
+    queue: &Queue,
     metrics: &Metrics,
     clustered: bool,
     wake: &tokio::sync::Notify,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut rows = Vec::new();
-        let mut flushed = Vec::new();
-        let mut next = Some(first);
-        while let Some(message) = next {
-            match message {
-                Message::Row(row) => rows.push(row),
-                Message::Flush(done) => flushed.push(done),
+    loop {
+        let (rows, flushed, closed) = {
+            let w = queue.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            let (mut w, _) = queue
+                .wake
+                .wait_timeout_while(w, GROUP_COMMIT, |w| w.flushes.is_empty() && !w.closed)
+                .unwrap_or_else(PoisonError::into_inner);
+            (
+                std::mem::take(&mut w.rows),
+                std::mem::take(&mut w.flushes),
+                w.closed,
+            )
+        };
+        if rows.is_empty() {
+            for done in flushed {
+                let _ = done.send(());
             }
-            next = if rows.len() < 4096 {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
+            if closed {
+                return;
+            }
+            continue;
         }
         let stored = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
-            for row in &rows {
-                if clustered {
+            if clustered {
+                for row in &rows {
                     tx.execute(
                         "INSERT INTO outbox (id, subject, body) VALUES (?1, ?2, ?3)",
                         params![row.id, subject(&row.tenant), row.body],
                     )?;
-                } else {
-                    fold_one(&tx, &row.tenant, &row.event)?;
+                }
+            } else {
+                let mut counts: std::collections::HashMap<(&str, &str), i64> =
+                    std::collections::HashMap::new();
+                for row in &rows {
+                    *counts.entry((&row.tenant, &row.event)).or_default() += 1;
+                }
+                for ((tenant, event), n) in counts {
+                    fold(&tx, tenant, event, n)?;
                 }
             }
             tx.commit()
@@ -252,14 +318,29 @@ fn write_loop(
         for done in flushed {
             let _ = done.send(());
         }
+        if closed {
+            return;
+        }
     }
 }
 
-fn fold_one(tx: &rusqlite::Transaction<'_>, tenant: &str, event: &str) -> rusqlite::Result<()> {
+impl Drop for EventLog {
+    /// Stores what is still queued, and lets the writer thread end.
+    fn drop(&mut self) {
+        self.queue
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed = true;
+        self.queue.wake.notify_one();
+    }
+}
+
+fn fold(tx: &rusqlite::Transaction<'_>, tenant: &str, event: &str, n: i64) -> rusqlite::Result<()> {
     tx.execute(
-        "INSERT INTO counts (tenant, event, n) VALUES (?1, ?2, 1)
-         ON CONFLICT (tenant, event) DO UPDATE SET n = n + 1",
-        params![tenant, event],
+        "INSERT INTO counts (tenant, event, n) VALUES (?1, ?2, ?3)
+         ON CONFLICT (tenant, event) DO UPDATE SET n = n + ?3",
+        params![tenant, event, n],
     )?;
     Ok(())
 }

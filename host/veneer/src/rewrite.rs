@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -553,6 +553,10 @@ pub struct HtmlBody {
     input: Arc<AtomicU64>,
     /// The plugins of this body, to stop them all at once.
     handles: Vec<Arc<PluginHandle>>,
+    /// When every rule of the body applies to its first match only (and nothing subscribes to
+    /// elements): how many have yet to be placed. At zero nothing later in the page can change,
+    /// so the rest of it passes through without being parsed, as nginx's `sub_filter_once` does.
+    left: Option<Arc<AtomicUsize>>,
 }
 
 /// Where the body is in its life.
@@ -567,7 +571,8 @@ enum Stage {
     },
     /// Rewriting in the body's encoding.
     Rewriting(Box<HtmlRewriter<'static, SharedBuf>>),
-    /// A charset that cannot be rewritten safely: the bytes go through untouched.
+    /// A charset that cannot be rewritten safely, or every rule is done: the bytes go through
+    /// untouched.
     Passthrough,
 }
 
@@ -622,16 +627,24 @@ impl HtmlBody {
             encoder: Encoder::new(to),
             input: Arc::new(AtomicU64::new(0)),
             handles,
+            left: None,
         }
     }
 
-    /// The rewriter for `job`'s plans, in `encoding`.
+    /// Whether the body is still being parsed: `false` once every rule is done (or the charset
+    /// passed through), when the rest streams through as it came.
+    pub fn parsing(&self) -> bool {
+        !matches!(self.stage, Stage::Passthrough)
+    }
+
+    /// The rewriter for `job`'s plans, in `encoding`, and the count of rules left to place when
+    /// every rule applies once (see [`HtmlBody::left`]).
     fn rewriter(
         job: HtmlJob,
         encoding: &'static encoding_rs::Encoding,
         input: &Arc<AtomicU64>,
         out: &Arc<Mutex<Vec<u8>>>,
-    ) -> HtmlRewriter<'static, SharedBuf> {
+    ) -> (HtmlRewriter<'static, SharedBuf>, Option<Arc<AtomicUsize>>) {
         let encoding =
             AsciiCompatibleEncoding::new(encoding).unwrap_or_else(AsciiCompatibleEncoding::utf_8);
         let template_depth = Arc::new(AtomicU64::new(0));
@@ -642,6 +655,8 @@ impl HtmlBody {
                     .with_graceful_bail_out_on_memory_limit_exceeded(true)
                     .with_max_allowed_memory_usage(16 << 20),
             );
+        let left = Arc::new(AtomicUsize::new(0));
+        let mut once_only = true;
         for (handle, checked) in job.plugins {
             let CheckedPlan {
                 mut plan,
@@ -649,6 +664,7 @@ impl HtmlBody {
                 subscription_selectors,
                 mut fallback_selectors,
             } = checked;
+            once_only &= plan.subscribe.is_empty();
             // Consecutive plain rules on one selector share one handler: one selector match,
             // one closure.
             let mut groups: Vec<RuleGroup> = Vec::new();
@@ -673,6 +689,7 @@ impl HtmlBody {
             for group in groups {
                 let (selector, parsed, op, options, fallback) = match group {
                     RuleGroup::Plain(_, parsed, ops) => {
+                        once_only = false;
                         let (h, report, input) =
                             (handle.clone(), job.report.clone(), input.clone());
                         let depth = template_depth.clone();
@@ -716,6 +733,12 @@ impl HtmlBody {
                     selector.clone(),
                 );
                 let first_only = options.first_only;
+                if first_only {
+                    left.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    once_only = false;
+                }
+                let placed = left.clone();
                 let handlers =
                     ElementContentHandlers::default().element(move |el: &mut Element<'_, '_>| {
                         if !is_live(&h)
@@ -731,6 +754,20 @@ impl HtmlBody {
                         apply_op(el, &op);
                         if first_only {
                             st.done.store(true, Ordering::Relaxed);
+                            // Content rules (inner content, append, replace, remove, after)
+                            // finish only at the end tag, so the rule counts as placed there.
+                            match el.end_tag_handlers() {
+                                Some(end) => {
+                                    let placed = placed.clone();
+                                    end.push(Box::new(move |_| {
+                                        placed.fetch_sub(1, Ordering::Relaxed);
+                                        Ok(())
+                                    }));
+                                }
+                                None => {
+                                    placed.fetch_sub(1, Ordering::Relaxed);
+                                }
+                            }
                         }
                         if !st.applied.swap(true, Ordering::Relaxed) {
                             applied_event(&h, event.as_ref().as_ref(), &sel, "target");
@@ -892,7 +929,26 @@ impl HtmlBody {
         if let Ok(template) = "template".parse::<Selector>() {
             settings = settings.append_element_content_handler((Cow::Owned(template), tracker));
         }
-        HtmlRewriter::new(settings, SharedBuf(out.clone()))
+        let rewriter = HtmlRewriter::new(settings, SharedBuf(out.clone()));
+        (rewriter, once_only.then_some(left))
+    }
+
+    /// Once every rule is placed, ends the rewriter (it hands back any bytes it held, as they
+    /// came) and lets the rest of the body through unparsed.
+    fn pass_when_done(&mut self) -> Result<(), BodyError> {
+        if self
+            .left
+            .as_ref()
+            .is_none_or(|left| left.load(Ordering::Relaxed) != 0)
+        {
+            return Ok(());
+        }
+        if let Stage::Rewriting(rewriter) = std::mem::replace(&mut self.stage, Stage::Passthrough) {
+            rewriter
+                .end()
+                .map_err(|e| BodyError::Rewrite(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Decides the charset from what is buffered and starts rewriting (or passing through).
@@ -909,11 +965,13 @@ impl HtmlBody {
         let mut job = *job;
         match charset::sniff(content_type.as_deref(), &buffered) {
             Charset::Rewrite(encoding) => {
-                let mut rewriter = Self::rewriter(job, encoding, &self.input, &self.out);
+                let (mut rewriter, left) = Self::rewriter(job, encoding, &self.input, &self.out);
                 rewriter
                     .write(&buffered)
                     .map_err(|e| BodyError::Rewrite(e.to_string()))?;
                 self.stage = Stage::Rewriting(Box::new(rewriter));
+                self.left = left;
+                self.pass_when_done()?;
             }
             Charset::Unsupported => {
                 if let Some(report) = job.on_unsupported_charset.take() {
@@ -933,8 +991,30 @@ impl HtmlBody {
     }
 
     /// Feeds one chunk of the origin's body; returns bytes ready for the client.
-    pub fn push(&mut self, input: &[u8]) -> Result<Bytes, BodyError> {
-        let decoded = self.decoder.push(input).map_err(BodyError::Decode)?;
+    pub fn push(&mut self, input: Bytes) -> Result<Bytes, BodyError> {
+        let identity_in = matches!(self.decoder, Decoder::Identity(_));
+        // Uncompressed on both sides and nothing left to parse: the chunk goes out as it came,
+        // without a copy.
+        if identity_in
+            && matches!(self.encoder, Encoder::Identity(_))
+            && matches!(self.stage, Stage::Passthrough)
+        {
+            self.input.fetch_add(
+                u64::try_from(input.len()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            let mut held = self.drain();
+            if held.is_empty() {
+                return Ok(input);
+            }
+            held.extend_from_slice(&input);
+            return Ok(Bytes::from(held));
+        }
+        let decoded = if identity_in {
+            Cow::Borrowed(&input[..])
+        } else {
+            Cow::Owned(self.decoder.push(&input).map_err(BodyError::Decode)?)
+        };
         if decoded.is_empty() {
             return Ok(Bytes::new());
         }
@@ -944,8 +1024,16 @@ impl HtmlBody {
         );
         self.write(&decoded)?;
         let html = self.drain();
+        self.encode(html)
+    }
+
+    /// Encodes rewritten bytes for the client (uncompressed ones as they are, without a copy).
+    fn encode(&mut self, html: Vec<u8>) -> Result<Bytes, BodyError> {
         if html.is_empty() {
             return Ok(Bytes::new());
+        }
+        if matches!(self.encoder, Encoder::Identity(_)) {
+            return Ok(Bytes::from(html));
         }
         self.encoder
             .push(&html)
@@ -963,9 +1051,12 @@ impl HtmlBody {
                     self.resolve()?;
                 }
             }
-            Stage::Rewriting(rewriter) => rewriter
-                .write(decoded)
-                .map_err(|e| BodyError::Rewrite(e.to_string()))?,
+            Stage::Rewriting(rewriter) => {
+                rewriter
+                    .write(decoded)
+                    .map_err(|e| BodyError::Rewrite(e.to_string()))?;
+                self.pass_when_done()?;
+            }
             Stage::Passthrough => self
                 .out
                 .lock()
@@ -994,6 +1085,9 @@ impl HtmlBody {
                 .map_err(|e| BodyError::Rewrite(e.to_string()))?;
         }
         let html = self.drain();
+        if matches!(self.encoder, Encoder::Identity(_)) {
+            return Ok(Bytes::from(html));
+        }
         let mut encoder = std::mem::replace(&mut self.encoder, Encoder::new(Coding::Identity));
         let mut bytes = encoder.push(&html).map_err(BodyError::Encode)?;
         bytes.extend(encoder.finish().map_err(BodyError::Encode)?);

@@ -5,7 +5,9 @@
 //! href=/sale`. Operations: set-inner-html, set-inner-text, prepend-html, append-html,
 //! before-html, after-html, replace-html, remove, set-attribute (name=value),
 //! remove-attribute, add-class, remove-class. An optional `segment` parameter limits the
-//! rules to visitors in that segment. All rules run natively in the host: no per-element call.
+//! rules to visitors in that segment. With `once = "true"` each rule applies to its first match
+//! only (as nginx's `sub_filter_once`), and once all of them are placed the rest of the page
+//! streams through unparsed. All rules run natively in the host: no per-element call.
 
 use veneer_sdk::prelude::*;
 
@@ -15,6 +17,7 @@ impl Plugin for StaticRewrites {
     fn on_response(_request: &Request, response: &Response, visitor: &Visitor) -> ResponsePlan {
         let mut plan = Plan::new();
         let wanted = config("segment");
+        let once = config("once").is_some_and(|v| v == "true");
         if response.status() != 200 || wanted.is_some_and(|s| !visitor.in_segment(&s)) {
             return plan.build();
         }
@@ -56,6 +59,9 @@ impl Plugin for StaticRewrites {
                     continue;
                 }
             };
+            if once {
+                s.first_only();
+            }
         }
         plan.build()
     }

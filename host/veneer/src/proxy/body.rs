@@ -698,10 +698,12 @@ impl http_body::Body for RewriteBody {
             let started = std::time::Instant::now();
             let out = match step {
                 Step::Chunk(data, last) => {
-                    let pushed = html.push(&data);
+                    let pushed = html.push(data);
                     if pushed.is_ok() && last {
                         // The last chunk: finish now, so a small page goes out in one write.
                         match (pushed, this.html.take().map(HtmlBody::finish)) {
+                            (Ok(a), Some(Ok(b))) if b.is_empty() => Ok(a),
+                            (Ok(a), Some(Ok(b))) if a.is_empty() => Ok(b),
                             (Ok(a), Some(Ok(b))) => Ok([a, b].concat().into()),
                             (Err(e), _) | (_, Some(Err(e))) => Err(e),
                             (Ok(a), None) => Ok(a),
