@@ -259,7 +259,27 @@ impl CheckedPlan {
 /// Parses a selector, strictly: the CSS parser closes an unclosed `[`, `(` or quote at the end
 /// of its input, so `main[id=content` would quietly mean `main[id=content]`; a typo should be
 /// an error that points at it.
+/// Selectors parsed so far, by their text: a plugin asks for the same few selectors on every
+/// request, and parsing one costs about a microsecond. Only valid ones are kept; the map is
+/// emptied when it reaches [`PARSED_SELECTORS`] (plugins choose the text, so it stays bounded).
+static PARSED: std::sync::LazyLock<dashmap::DashMap<Box<str>, Selector>> =
+    std::sync::LazyLock::new(dashmap::DashMap::new);
+/// The most selectors [`PARSED`] holds.
+const PARSED_SELECTORS: usize = 4_096;
+
 fn parse_selector(s: &str, kind: &str, index: usize) -> Result<Selector, PluginFault> {
+    if let Some(parsed) = PARSED.get(s) {
+        return Ok(parsed.clone());
+    }
+    let parsed = parse_selector_text(s, kind, index)?;
+    if PARSED.len() >= PARSED_SELECTORS {
+        PARSED.clear();
+    }
+    PARSED.insert(s.into(), parsed.clone());
+    Ok(parsed)
+}
+
+fn parse_selector_text(s: &str, kind: &str, index: usize) -> Result<Selector, PluginFault> {
     let bad =
         |why: String| PluginFault::InvalidPlan(format!("{kind} {index}: selector {s:?}: {why}"));
     let mut open: Vec<(char, usize)> = Vec::new();

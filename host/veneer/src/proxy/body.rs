@@ -267,26 +267,49 @@ fn output_key(
     plans: &[(Live, CheckedPlan)],
 ) -> Option<String> {
     use sha2::Digest as _;
+    use std::fmt::Write as _;
     let mut digest = sha2::Sha256::new();
-    digest.update(format!("{entry}|{from:?}|{target:?}|{content_type}").as_bytes());
+    hash_field(
+        &mut digest,
+        format_args!("{entry}|{from:?}|{target:?}|{content_type}"),
+    );
     for (live, plan) in plans.iter().filter(|(_, p)| p.touches_html()) {
         let p = &plan.plan;
         if !p.subscribe.is_empty() || p.rule_options.values().any(|o| o.on_apply.is_some()) {
             return None;
         }
-        // Each field length-prefixed, so no name or text can pass for a boundary.
-        for field in [
-            live.name.to_string(),
-            format!("{:?}", live.budget),
-            format!("{:?}", p.html),
-            format!("{:?}", p.rule_options),
-        ] {
-            digest.update((field.len() as u64).to_le_bytes());
-            digest.update(field.as_bytes());
-        }
+        hash_field(&mut digest, format_args!("{}", live.name));
+        hash_field(&mut digest, format_args!("{:?}", live.budget));
+        hash_field(&mut digest, format_args!("{:?}", p.html));
+        hash_field(&mut digest, format_args!("{:?}", p.rule_options));
     }
     let hash = digest.finalize();
-    Some(hash[..16].iter().map(|b| format!("{b:02x}")).collect())
+    let mut key = String::with_capacity(32);
+    for b in &hash[..16] {
+        let _ = write!(key, "{b:02x}");
+    }
+    Some(key)
+}
+
+/// Feeds `field` to `digest` as it is formatted (no string is built on the request's path),
+/// followed by its length: read from the end, the lengths mark every boundary, so no name or
+/// text can pass for one.
+fn hash_field(digest: &mut sha2::Sha256, field: std::fmt::Arguments<'_>) {
+    struct Feed<'a> {
+        digest: &'a mut sha2::Sha256,
+        len: u64,
+    }
+    impl std::fmt::Write for Feed<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            sha2::Digest::update(self.digest, s.as_bytes());
+            self.len += s.len() as u64;
+            Ok(())
+        }
+    }
+    let mut feed = Feed { digest, len: 0 };
+    let _ = std::fmt::Write::write_fmt(&mut feed, field);
+    let len = feed.len;
+    sha2::Digest::update(digest, len.to_le_bytes());
 }
 
 /// Passes a body through, keeping a copy; at its end (and only if it ended well and fit in
