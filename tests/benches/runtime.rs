@@ -14,8 +14,7 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lol_html::html_content::ContentType;
@@ -141,13 +140,11 @@ fn veneer_pipeline(rt: &tokio::runtime::Runtime, plugin: &Plugin, page: &bytes::
     let instance = rt
         .block_on(plugin.instantiate(Arc::new(NoServices), veneer::plugin::Admission::Run))
         .expect("instance");
-    let handle = Arc::new(PluginHandle {
-        name: Arc::from("bench"),
-        instance: Mutex::new(instance),
-        faulted: AtomicBool::new(false),
-        budget: veneer::plugin::Budget::default(),
-        inserted: std::sync::atomic::AtomicU64::new(0),
-    });
+    let handle = Arc::new(PluginHandle::new(
+        Arc::from("bench"),
+        instance,
+        veneer::plugin::Budget::default(),
+    ));
     let plan = ResponsePlan {
         headers: HeaderEdits {
             set: vec![],

@@ -23,32 +23,24 @@ fn limits() -> Limits {
     }
 }
 
+/// Plugin `name` (built by tests/build.rs) in `rt`, with no params and [`limits`].
+fn load(rt: &Runtime, name: &str) -> veneer::plugin::Plugin {
+    rt.load(name, &veneer_tests::plugin(name), HashMap::new(), limits())
+        .expect("load")
+}
+
 #[test]
 fn a_restart_loads_compiled_plugins_from_the_cache() {
     let dir = TempDir::new();
     let first = Runtime::new(&options(&dir)).expect("runtime");
-    let plugin = first
-        .load(
-            "hero",
-            &veneer_tests::plugin("hero"),
-            HashMap::new(),
-            limits(),
-        )
-        .expect("load");
+    let plugin = load(&first, "hero");
     assert!(!plugin.from_cache(), "a fresh cache compiles");
     drop((plugin, first));
     let entries = std::fs::read_dir(&dir.0).expect("cache dir").count();
     assert_eq!(entries, 1, "one cache entry per plugin");
 
     let restarted = Runtime::new(&options(&dir)).expect("runtime");
-    let plugin = restarted
-        .load(
-            "hero",
-            &veneer_tests::plugin("hero"),
-            HashMap::new(),
-            limits(),
-        )
-        .expect("load");
+    let plugin = load(&restarted, "hero");
     assert!(plugin.from_cache(), "a restart must not recompile");
 }
 
@@ -167,18 +159,10 @@ fn rewrite_in_chunks(
     page: &[u8],
     chunk: usize,
 ) -> (Vec<u8>, bool) {
-    use std::sync::atomic::{AtomicBool, AtomicU64};
     use veneer::plugin::{HtmlRule, ResponsePlan, RuleOptions};
     use veneer::rewrite::{Coding, HtmlBody, HtmlJob, PluginHandle};
 
-    let plugin = rt
-        .load(
-            "noop",
-            &veneer_tests::plugin("noop"),
-            HashMap::new(),
-            limits(),
-        )
-        .expect("load");
+    let plugin = load(rt, "noop");
     let instance = tokio
         .block_on(plugin.instantiate(Arc::new(NoServices), veneer::plugin::Admission::Run))
         .expect("instance");
@@ -198,13 +182,11 @@ fn rewrite_in_chunks(
             );
         }
     }
-    let handle = Arc::new(PluginHandle {
-        name: Arc::from("rules"),
-        instance: std::sync::Mutex::new(instance),
-        faulted: AtomicBool::new(false),
-        budget: veneer::plugin::Budget::default(),
-        inserted: AtomicU64::new(0),
-    });
+    let handle = Arc::new(PluginHandle::new(
+        Arc::from("rules"),
+        instance,
+        veneer::plugin::Budget::default(),
+    ));
     let job = HtmlJob {
         plugins: vec![(
             handle,

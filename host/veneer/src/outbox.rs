@@ -226,6 +226,8 @@ impl EventLog {
     /// Forgets a deleted tenant's counts here (the fleet's: [`reset_counts`], by the node
     /// that deleted it).
     pub fn purge(&self, tenant: &str) {
+        // Events still queued for it would otherwise be counted after the delete.
+        self.flush();
         let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
         let _ = conn.execute("DELETE FROM counts WHERE tenant = ?1", params![tenant]);
     }

@@ -207,6 +207,17 @@ pub struct PluginHandle {
 }
 
 impl PluginHandle {
+    /// The handle of `instance`, a live instance of plugin `name`, held to `budget`.
+    pub fn new(name: Arc<str>, instance: Instance, budget: Budget) -> PluginHandle {
+        PluginHandle {
+            name,
+            instance: Mutex::new(instance),
+            faulted: std::sync::atomic::AtomicBool::new(false),
+            budget,
+            inserted: AtomicU64::new(0),
+        }
+    }
+
     /// Charges `bytes` of inserted content against the plugin's output allowance for `input`
     /// bytes of body so far; `false` (and nothing charged) when it would go over.
     fn charge_output(&self, bytes: usize, input: &AtomicU64) -> bool {
@@ -256,29 +267,40 @@ impl CheckedPlan {
     }
 }
 
-/// Parses a selector, strictly: the CSS parser closes an unclosed `[`, `(` or quote at the end
-/// of its input, so `main[id=content` would quietly mean `main[id=content]`; a typo should be
-/// an error that points at it.
 /// Selectors parsed so far, by their text: a plugin asks for the same few selectors on every
-/// request, and parsing one costs about a microsecond. Only valid ones are kept; the map is
-/// emptied when it reaches [`PARSED_SELECTORS`] (plugins choose the text, so it stays bounded).
+/// request, and parsing one costs about a microsecond. Only valid ones of at most
+/// [`PARSED_MAX_LEN`] bytes are kept (plugins choose the text: a long or per-visitor selector
+/// is parsed each time instead of filling memory); the map is emptied when it reaches
+/// [`PARSED_SELECTORS`].
 static PARSED: std::sync::LazyLock<dashmap::DashMap<Box<str>, Selector>> =
     std::sync::LazyLock::new(dashmap::DashMap::new);
 /// The most selectors [`PARSED`] holds.
 const PARSED_SELECTORS: usize = 4_096;
+/// The longest selector [`PARSED`] keeps.
+const PARSED_MAX_LEN: usize = 256;
+/// Selectors in [`PARSED`] (counted here: `DashMap::len` locks every shard).
+static PARSED_COUNT: AtomicUsize = AtomicUsize::new(0);
 
+/// Parses a selector (or takes it from [`PARSED`]).
 fn parse_selector(s: &str, kind: &str, index: usize) -> Result<Selector, PluginFault> {
+    if s.len() > PARSED_MAX_LEN {
+        return parse_selector_text(s, kind, index);
+    }
     if let Some(parsed) = PARSED.get(s) {
         return Ok(parsed.clone());
     }
     let parsed = parse_selector_text(s, kind, index)?;
-    if PARSED.len() >= PARSED_SELECTORS {
+    if PARSED_COUNT.fetch_add(1, Ordering::Relaxed) >= PARSED_SELECTORS {
         PARSED.clear();
+        PARSED_COUNT.store(1, Ordering::Relaxed);
     }
     PARSED.insert(s.into(), parsed.clone());
     Ok(parsed)
 }
 
+/// Parses a selector, strictly: the CSS parser closes an unclosed `[`, `(` or quote at the end
+/// of its input, so `main[id=content` would quietly mean `main[id=content]`; a typo should be
+/// an error that points at it.
 fn parse_selector_text(s: &str, kind: &str, index: usize) -> Result<Selector, PluginFault> {
     let bad =
         |why: String| PluginFault::InvalidPlan(format!("{kind} {index}: selector {s:?}: {why}"));

@@ -3,8 +3,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
@@ -115,13 +115,7 @@ pub(super) async fn personalize(
                     .into_iter()
                     .filter(|(_, p)| p.touches_html())
                     .map(|(live, plan)| {
-                        let handle = PluginHandle {
-                            name: live.name,
-                            instance: Mutex::new(live.instance),
-                            faulted: AtomicBool::new(false),
-                            budget: live.budget,
-                            inserted: AtomicU64::new(0),
-                        };
+                        let handle = PluginHandle::new(live.name, live.instance, live.budget);
                         (Arc::new(handle), plan)
                     })
                     .collect(),
