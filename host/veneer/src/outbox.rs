@@ -138,33 +138,25 @@ impl EventLog {
 
     /// Records one event (never blocks: a full queue drops and counts).
     pub fn record(&self, tenant: &str, event: &str, body: &impl serde::Serialize) {
-        if self.fleet.is_none() {
-            // A single node only counts: no id or body to build on the request's path.
-            let row = Row {
-                id: String::new(),
-                tenant: tenant.to_owned(),
-                event: event.to_owned(),
-                body: Vec::new(),
-            };
-            if !self.queue.push(row) {
-                self.metrics.inc(
-                    "veneer_event_log_total",
-                    &[("outcome", "dropped_queue_full")],
-                );
+        // A single node only counts: no id or body to build on the request's path.
+        let (id, body) = match self.fleet {
+            None => (String::new(), Vec::new()),
+            Some(_) => {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                let body = serde_json::to_vec(&serde_json::json!({"id": id, "event": body}))
+                    .unwrap_or_default();
+                if body.len() > MAX_EVENT_BYTES {
+                    // NATS would refuse it (max_payload), and it would hold up the outbox
+                    // behind it.
+                    self.metrics.inc(
+                        "veneer_event_log_total",
+                        &[("outcome", "dropped_too_large")],
+                    );
+                    return;
+                }
+                (id, body)
             }
-            return;
-        }
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let body =
-            serde_json::to_vec(&serde_json::json!({"id": id, "event": body})).unwrap_or_default();
-        if body.len() > MAX_EVENT_BYTES {
-            // NATS would refuse it (max_payload), and it would hold up the outbox behind it.
-            self.metrics.inc(
-                "veneer_event_log_total",
-                &[("outcome", "dropped_too_large")],
-            );
-            return;
-        }
+        };
         let row = Row {
             id,
             tenant: tenant.to_owned(),
@@ -272,50 +264,8 @@ fn write_loop(
                 w.closed,
             )
         };
-        if rows.is_empty() {
-            for done in flushed {
-                let _ = done.send(());
-            }
-            if closed {
-                return;
-            }
-            continue;
-        }
-        let stored = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
-            if clustered {
-                for row in &rows {
-                    tx.execute(
-                        "INSERT INTO outbox (id, subject, body) VALUES (?1, ?2, ?3)",
-                        params![row.id, subject(&row.tenant), row.body],
-                    )?;
-                }
-            } else {
-                let mut counts: std::collections::HashMap<(&str, &str), i64> =
-                    std::collections::HashMap::new();
-                for row in &rows {
-                    *counts.entry((&row.tenant, &row.event)).or_default() += 1;
-                }
-                for ((tenant, event), n) in counts {
-                    fold(&tx, tenant, event, n)?;
-                }
-            }
-            tx.commit()
-        })();
-        let outcome = match stored {
-            Ok(()) => "stored",
-            Err(e) => {
-                tracing::error!(error = %e, rows = rows.len(), "writing events");
-                "write_failed"
-            }
-        };
-        metrics.add(
-            "veneer_event_log_total",
-            &[("outcome", outcome)],
-            rows.len() as u64,
-        );
-        if clustered && !rows.is_empty() {
-            wake.notify_one();
+        if !rows.is_empty() {
+            store(&mut conn, &rows, metrics, clustered, wake);
         }
         for done in flushed {
             let _ = done.send(());
@@ -323,6 +273,53 @@ fn write_loop(
         if closed {
             return;
         }
+    }
+}
+
+/// Stores one batch: a fleet node's rows into the outbox (and wakes the publisher), a single
+/// node's as counts.
+fn store(
+    conn: &mut Connection,
+    rows: &[Row],
+    metrics: &Metrics,
+    clustered: bool,
+    wake: &tokio::sync::Notify,
+) {
+    let stored = (|| -> rusqlite::Result<()> {
+        let tx = conn.transaction()?;
+        if clustered {
+            for row in rows {
+                tx.execute(
+                    "INSERT INTO outbox (id, subject, body) VALUES (?1, ?2, ?3)",
+                    params![row.id, subject(&row.tenant), row.body],
+                )?;
+            }
+        } else {
+            let mut counts: std::collections::HashMap<(&str, &str), i64> =
+                std::collections::HashMap::new();
+            for row in rows {
+                *counts.entry((&row.tenant, &row.event)).or_default() += 1;
+            }
+            for ((tenant, event), n) in counts {
+                fold(&tx, tenant, event, n)?;
+            }
+        }
+        tx.commit()
+    })();
+    let outcome = match stored {
+        Ok(()) => "stored",
+        Err(e) => {
+            tracing::error!(error = %e, rows = rows.len(), "writing events");
+            "write_failed"
+        }
+    };
+    metrics.add(
+        "veneer_event_log_total",
+        &[("outcome", outcome)],
+        rows.len() as u64,
+    );
+    if clustered {
+        wake.notify_one();
     }
 }
 

@@ -212,7 +212,7 @@ impl PluginHandle {
         PluginHandle {
             name,
             instance: Mutex::new(instance),
-            faulted: std::sync::atomic::AtomicBool::new(false),
+            faulted: AtomicBool::new(false),
             budget,
             inserted: AtomicU64::new(0),
         }
@@ -1128,7 +1128,7 @@ impl HtmlBody {
         }
         let html = self.drain();
         if matches!(self.encoder, Encoder::Identity(_)) {
-            return Ok(Bytes::from(html));
+            return self.encode(html);
         }
         let mut encoder = std::mem::replace(&mut self.encoder, Encoder::new(Coding::Identity));
         let mut bytes = encoder.push(&html).map_err(BodyError::Encode)?;
