@@ -848,8 +848,28 @@ pub mod __glue {
 }
 
 /// Exports a [`Plugin`] implementation as the component's hooks.
+///
+/// `export_plugin!(MyPlugin, deterministic)` also declares the plugin deterministic: its
+/// answers depend only on the request's method, host and URL, the visitor's segments, device,
+/// locale and consents, the response's status and content type, and what it reads through the
+/// host (fragments, live campaigns, experiment assignments). The host then keeps its answers
+/// and serves them again without calling it, for every visitor with the same inputs (its
+/// events and impressions are still recorded for each). A plugin that reads anything else (the
+/// visitor's id, country, visit count, referrer, UTM parameters or attributes, a request
+/// header or cookie, another response header, the clock or the visitor's profile) must not
+/// declare it; a contract 0.2 plugin that does anyway is not memoized for the requests where
+/// it read them.
 #[macro_export]
 macro_rules! export_plugin {
+    ($plugin:ident, deterministic) => {
+        $crate::export_plugin!($plugin);
+        // Read by the host from the component (a custom section, outside the WIT contract:
+        // hosts that do not know it ignore it).
+        #[cfg(target_arch = "wasm32")]
+        #[used]
+        #[unsafe(link_section = "veneer:traits")]
+        static __VENEER_TRAITS: [u8; 14] = *b"deterministic\n";
+    };
     ($plugin:ident) => {
         // Only the component has the host's resources to take; a native build tests the
         // plugin through `veneer_sdk::testing` instead.

@@ -207,6 +207,11 @@ if [ "$have_cf" = 1 ]; then
   check veneer-cached "http://127.0.0.1:$VENEER/cloudflare.html" cf-cached.bench '<title>Personalized title</title>'
   check nginx-proxy_cache "http://127.0.0.1:$NGX_CACHE/cloudflare.html" localhost '<title>Personalized title</title>'
   curl -sfI -H 'Host: cf-cached.bench' "http://127.0.0.1:$VENEER/cloudflare.html" | grep -qi 'x-veneer-cache: HIT' || { echo "sanity check failed: the Veneer cache does not hit" >&2; exit 1; }
+  # static-rewrites declares itself deterministic: its answers are kept and served again.
+  check veneer-cached "http://127.0.0.1:$VENEER/cloudflare.html" cf-cached.bench '<title>Personalized title</title>'
+  m=$(curl -sf "http://127.0.0.1:$ADMIN/metrics")
+  grep -qE '^veneer_plugin_memo_total\{tenant="cf-cached",plugin="static_rewrites",result="hit"\} [1-9]' <<<"$m" \
+    || { echo "sanity check failed: the plugin's kept answers are not served again" >&2; exit 1; }
   links=$(grep -o '<a [^>]*href' "$cf_page" | wc -l)
   tagged=$(curl -sf -H 'Host: cf-callbacks.bench' "http://127.0.0.1:$VENEER/cloudflare.html" | grep -o 'campaign=bench' | wc -l)
   [ "$tagged" -ge "$((links * 9 / 10))" ] || { echo "sanity check failed: $tagged of $links links tagged" >&2; exit 1; }

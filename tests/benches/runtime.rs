@@ -142,7 +142,7 @@ fn veneer_pipeline(rt: &tokio::runtime::Runtime, plugin: &Plugin, page: &bytes::
         .expect("instance");
     let handle = Arc::new(PluginHandle::new(
         Arc::from("bench"),
-        instance,
+        Some(instance),
         veneer::plugin::Budget::default(),
     ));
     let plan = ResponsePlan {

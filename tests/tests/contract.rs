@@ -518,6 +518,52 @@ async fn contract_0_2_resources_answer_every_getter_and_impressions_are_recorded
     assert_eq!(impressions.len(), 1, "{events:?}");
     assert_eq!(impressions[0]["properties"]["campaign"], "sale");
     assert_eq!(impressions[0]["properties"]["name"], "Winter sale");
+
+    // It declares itself deterministic, but reads inputs a kept answer is not keyed by: the
+    // next visitor with the same URL, segments and device gets an answer of their own.
+    let cookie = returning_cookie(5);
+    let (_, _, next) = get(
+        &host,
+        "/?utm_source=mail",
+        &[
+            ("cookie", cookie.as_str()),
+            ("user-agent", "Mozilla/5.0 (iPhone) Mobile"),
+        ],
+    )
+    .await;
+    assert!(next.contains("visits=6"), "{next}");
+    let metrics = host.app.metrics.render();
+    assert!(
+        !metrics.contains(r#"plugin="probe",result="hit""#)
+            && metrics.contains(
+                r#"veneer_plugin_memo_total{tenant="shop",plugin="probe",result="miss"} 2"#
+            ),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn plugins_declare_themselves_deterministic_in_a_custom_section() {
+    let dir = TempDir::new();
+    let rt = runtime(&dir);
+    for (path, deterministic) in [
+        (current("static-rewrites"), true),
+        (current("headline-ab"), true),
+        (current("noop"), false),
+        (golden("0.1.0", "hero"), false),
+    ] {
+        let bytes = std::fs::read(&path).expect("fixture");
+        assert_eq!(
+            veneer::plugin::declares_deterministic(&bytes),
+            deterministic,
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            rt.inspect(&bytes).expect("inspect").deterministic,
+            deterministic
+        );
+    }
 }
 
 #[tokio::test]

@@ -271,6 +271,94 @@ async fn headline_experiment_is_sticky_and_tracks_exposure() {
     }
 }
 
+/// A metric's value from the host's exposition (0 when absent).
+fn metric(host: &Host, series: &str) -> u64 {
+    host.app
+        .metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_deterministic_plugin_runs_once_per_variation_and_its_events_are_every_visitors() {
+    // headline-ab declares itself deterministic: its answer depends on the URL and the
+    // visitor's assignment, which the host reads again for every visitor it serves it to.
+    let rules = RULES.replace("[0.0, 1.0]", "[0.5, 0.5]");
+    let origin = Origin::start(HashMap::from([("/".to_owned(), Page::html(HOME))])).await;
+    let cfg = config(&plugin("headline-ab", "selector = \"h1\""));
+    let host = Host::start(
+        HostSpec {
+            config: &cfg,
+            files: &[("rules.json", &rules), ("fragments.toml", FRAGMENTS)],
+        },
+        origin.addr,
+    )
+    .await;
+    let experiment = |h: &reqwest::header::HeaderMap| {
+        h.get("x-veneer-experiment")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut seen = std::collections::BTreeMap::new();
+    let visitors = 16;
+    for _ in 0..visitors {
+        let (_, headers, page) = get(&host, "/", &[]).await;
+        let got = experiment(&headers);
+        let headline = match got.as_str() {
+            "headline=control" => "<h1>Control headline</h1>",
+            "headline=variant" => "<h1>Variant headline</h1>",
+            other => panic!("no assignment header: {other:?}"),
+        };
+        assert!(page.contains(headline), "{got}: {page}");
+        *seen.entry(got.clone()).or_insert(0) += 1;
+        // The same visitor again (now returning): the same variation, kept or not.
+        let cookie = headers
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|c| c.split(';').next())
+            .unwrap_or_default()
+            .to_owned();
+        let (_, again, page) = get(&host, "/", &[("cookie", &cookie)]).await;
+        assert_eq!(experiment(&again), got);
+        assert!(page.contains(headline), "{got}: {page}");
+    }
+    assert_eq!(seen.len(), 2, "both variations served: {seen:?}");
+    let series = |result: &str| {
+        format!(
+            r#"veneer_plugin_memo_total{{tenant="shop",plugin="headline-ab",result="{result}"}}"#
+        )
+    };
+    let (hits, misses) = (
+        metric(&host, &series("hit")),
+        metric(&host, &series("miss")),
+    );
+    assert_eq!(hits + misses, 2 * visitors, "every request asked the memo");
+    // One run per (new or returning) × variation; every other answer was a kept one.
+    assert!(misses <= 4, "{misses} misses, {hits} hits");
+    // Its event, and the host's exposure, for every visitor as if it had run each time.
+    let events = host.events(3 * visitors as usize).await;
+    let viewed: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "experiment_viewed")
+        .collect();
+    assert_eq!(viewed.len() as u64, 2 * visitors, "{events:?}");
+    let exposures = events
+        .iter()
+        .filter(|e| e["event"] == "experiment_exposure")
+        .count();
+    assert_eq!(exposures as u64, visitors, "one first exposure per visitor");
+    let visitors_seen: std::collections::HashSet<_> =
+        viewed.iter().map(|e| e["visitor"].to_string()).collect();
+    assert_eq!(
+        visitors_seen.len() as u64,
+        visitors,
+        "each under its own visitor"
+    );
+}
+
 #[tokio::test]
 async fn element_callbacks_rewrite_only_matching_links_and_whole_prices() {
     let (_origin, host) = shop(&plugin("product-links", "")).await;

@@ -184,7 +184,7 @@ fn rewrite_in_chunks(
     }
     let handle = Arc::new(PluginHandle::new(
         Arc::from("rules"),
-        instance,
+        Some(instance),
         veneer::plugin::Budget::default(),
     ));
     let job = HtmlJob {

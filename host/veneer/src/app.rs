@@ -35,6 +35,9 @@ pub struct Tenant {
     pub fragments: Fragments,
     /// The plugin chain.
     pub plugins: Vec<Plugin>,
+    /// Kept answers of the chain's deterministic plugins, index for index (`None`: the
+    /// plugin is called on every request).
+    pub memos: Vec<Option<Arc<crate::proxy::Memo>>>,
     /// Methods this tenant serves (`methods`); others get 405.
     pub methods: Vec<http::Method>,
     /// Its name, shared (rate-limit keys).
@@ -566,6 +569,13 @@ pub fn assemble(
                     j.stage.clone(),
                     veneer_rules::Condition::compile(&j.when).ok()?,
                 ))
+            })
+            .collect(),
+        memos: plugins
+            .iter()
+            .map(|p| {
+                (p.deterministic() && t.limits.plugin_memo_entries > 0)
+                    .then(|| Arc::new(crate::proxy::Memo::new(t.limits.plugin_memo_entries)))
             })
             .collect(),
         config: t,

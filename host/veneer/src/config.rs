@@ -714,6 +714,9 @@ pub struct TenantLimits {
     /// least 2). A request that waits longer than 10 × `plugin_time_ms` for a turn is served
     /// without its plugins (counted as skipped, reason `tenant_busy`).
     pub plugin_concurrency: Option<usize>,
+    /// Requests whose answers each deterministic plugin keeps (keyed by URL, segments, device,
+    /// locale and consents; see `export_plugin!(P, deterministic)`); 0: never kept.
+    pub plugin_memo_entries: usize,
     /// Requests per second one client address may make to this tenant (token bucket; 0:
     /// no limit). Past it: 429 with `Retry-After`.
     pub requests_per_second_per_client: f64,
@@ -749,6 +752,7 @@ impl Default for TenantLimits {
             breaker_faults: 5,
             breaker_cooldown_ms: 30_000,
             plugin_concurrency: None,
+            plugin_memo_entries: 4096,
             requests_per_second_per_client: 100.0,
             burst_per_client: 200.0,
             refusal_delay_ms: 100,
@@ -997,6 +1001,12 @@ impl Config {
                 return Err(self.err(
                     format!("{at}.limits.plugin_time_ms"),
                     "must be between 1 and 10000",
+                ));
+            }
+            if l.plugin_memo_entries > 1_000_000 {
+                return Err(self.err(
+                    format!("{at}.limits.plugin_memo_entries"),
+                    "must be at most 1000000",
                 ));
             }
             if l.plugin_concurrency.is_some_and(|n| n == 0 || n > 100_000) {

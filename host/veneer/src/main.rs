@@ -291,6 +291,12 @@ fn plugin_check(file: &Path) -> anyhow::Result<()> {
     );
     println!("  exports: {}", info.exports.join(", "));
     println!("  imports: {}", info.imports.join(", "));
+    if info.deterministic {
+        println!(
+            "  declares itself deterministic: its answers are kept and served again per URL, \
+             segments, device, locale and consents (see the plugin guide)"
+        );
+    }
     Ok(())
 }
 

@@ -196,8 +196,9 @@ impl Encoder {
 pub struct PluginHandle {
     /// The plugin's name.
     pub name: Arc<str>,
-    /// Its instance for this request.
-    pub instance: Mutex<Instance>,
+    /// Its instance for this request; `None` for a plan kept from an earlier request (a
+    /// deterministic plugin's: such a plan has no callbacks and records no events).
+    pub instance: Mutex<Option<Instance>>,
     /// Set once it faulted: its remaining rules and callbacks are skipped.
     pub faulted: std::sync::atomic::AtomicBool,
     /// What it may ask of the host.
@@ -208,7 +209,7 @@ pub struct PluginHandle {
 
 impl PluginHandle {
     /// The handle of `instance`, a live instance of plugin `name`, held to `budget`.
-    pub fn new(name: Arc<str>, instance: Instance, budget: Budget) -> PluginHandle {
+    pub fn new(name: Arc<str>, instance: Option<Instance>, budget: Budget) -> PluginHandle {
         PluginHandle {
             name,
             instance: Mutex::new(instance),
@@ -249,7 +250,10 @@ pub type CharsetReporter = Box<dyn FnOnce(&str) + Send>;
 pub type FaultReporter = Arc<dyn Fn(&str, &PluginFault) + Send + Sync>;
 
 /// A plan that passed [`validate_plan`], with its selectors parsed once.
+#[derive(Clone)]
 pub struct CheckedPlan {
+    /// Digest of what it does to an HTML body (see [`CheckedPlan::html_fingerprint`]).
+    fingerprint: std::sync::OnceLock<[u8; 32]>,
     /// The plan as the plugin returned it.
     pub plan: ResponsePlan,
     /// Parsed selectors of `plan.html`, index for index.
@@ -261,6 +265,18 @@ pub struct CheckedPlan {
 }
 
 impl CheckedPlan {
+    /// A digest of everything the plan does to an HTML body (its rules and their options),
+    /// made once per plan: a kept plan (a deterministic plugin's) is served with it, so the
+    /// output cache's key for it costs no formatting.
+    pub fn html_fingerprint(&self) -> &[u8; 32] {
+        self.fingerprint.get_or_init(|| {
+            let mut digest = <sha2::Sha256 as sha2::Digest>::new();
+            hash_field(&mut digest, format_args!("{:?}", self.plan.html));
+            hash_field(&mut digest, format_args!("{:?}", self.plan.rule_options));
+            sha2::Digest::finalize(digest).into()
+        })
+    }
+
     /// Whether the plan asks for any change to an HTML body.
     pub fn touches_html(&self) -> bool {
         !self.plan.html.is_empty() || !self.plan.subscribe.is_empty()
@@ -391,6 +407,7 @@ pub fn validate_plan(plan: ResponsePlan) -> Result<CheckedPlan, PluginFault> {
         }
     }
     Ok(CheckedPlan {
+        fingerprint: std::sync::OnceLock::new(),
         plan,
         rule_selectors,
         subscription_selectors,
@@ -434,10 +451,9 @@ fn applied_event(
         let mut properties = properties.clone();
         properties.push(("selector".to_owned(), selector.to_owned()));
         properties.push(("placement".to_owned(), placement.to_owned()));
-        h.instance
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .track_applied(name, properties);
+        if let Some(instance) = &*h.instance.lock().unwrap_or_else(PoisonError::into_inner) {
+            instance.track_applied(name, properties);
+        }
     }
 }
 
@@ -452,6 +468,27 @@ enum RuleGroup {
         options: RuleOptions,
         fallback: Option<Selector>,
     },
+}
+
+/// Feeds `field` to `digest` as it is formatted (no string is built on the request's path),
+/// followed by its length: read from the end, the lengths mark every boundary, so no name or
+/// text can pass for one.
+pub fn hash_field(digest: &mut sha2::Sha256, field: std::fmt::Arguments<'_>) {
+    struct Feed<'a> {
+        digest: &'a mut sha2::Sha256,
+        len: u64,
+    }
+    impl std::fmt::Write for Feed<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            sha2::Digest::update(self.digest, s.as_bytes());
+            self.len += s.len() as u64;
+            Ok(())
+        }
+    }
+    let mut feed = Feed { digest, len: 0 };
+    let _ = std::fmt::Write::write_fmt(&mut feed, field);
+    let len = feed.len;
+    sha2::Digest::update(digest, len.to_le_bytes());
 }
 
 #[cfg(test)]
@@ -634,10 +671,9 @@ fn is_live(h: &PluginHandle) -> bool {
 
 fn fault(h: &PluginHandle, report: &FaultReporter, f: &PluginFault) {
     if !h.faulted.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        h.instance
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .mark_faulted();
+        if let Some(instance) = &mut *h.instance.lock().unwrap_or_else(PoisonError::into_inner) {
+            instance.mark_faulted();
+        }
         report(&h.name, f);
     }
 }
@@ -705,6 +741,7 @@ impl HtmlBody {
                 rule_selectors,
                 subscription_selectors,
                 mut fallback_selectors,
+                ..
             } = checked;
             once_only &= plan.subscribe.is_empty();
             // Consecutive plain rules on one selector share one handler: one selector match,
@@ -886,11 +923,11 @@ impl HtmlBody {
                                 .map(|a| (a.name(), a.value()))
                                 .collect(),
                         };
-                        let result = h
-                            .instance
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .on_element(id, info);
+                        let result =
+                            match &mut *h.instance.lock().unwrap_or_else(PoisonError::into_inner) {
+                                Some(instance) => instance.on_element(id, info),
+                                None => Err(PluginFault::AlreadyFaulted),
+                            };
                         let ops = result.and_then(|ops| {
                             h.budget.check_element_ops(&ops)?;
                             let cost = ops.iter().map(op_bytes).sum();
@@ -925,11 +962,14 @@ impl HtmlBody {
                                 && !whole.trim().is_empty()
                             {
                                 // The guard must be gone before `fault`, which locks again.
-                                let result = h
+                                let result = match &mut *h
                                     .instance
                                     .lock()
                                     .unwrap_or_else(PoisonError::into_inner)
-                                    .on_text(id, &whole);
+                                {
+                                    Some(instance) => instance.on_text(id, &whole),
+                                    None => Err(PluginFault::AlreadyFaulted),
+                                };
                                 match result {
                                     Ok(Some(r)) if !h.charge_output(r.len(), &input) => {
                                         fault(&h, &report, &output_fault(&h, &input));

@@ -1,6 +1,9 @@
 //! Test fixture for contract 0.2.0's host side: on-response puts what each getter returned
 //! into the page (`<pre id="probe">`, one `name=value` per line), and reports impressions of
 //! campaign `sale` (twice: the host records one) and of `no-such-campaign` (ignored).
+//! It declares itself deterministic though it reads the visitor's own inputs (visit count,
+//! UTM parameters, a request header, the clock): the host must see that and never serve one
+//! visitor's answer to another.
 
 use veneer_sdk::prelude::*;
 
@@ -54,4 +57,4 @@ impl Plugin for Probe {
     }
 }
 
-export_plugin!(Probe);
+export_plugin!(Probe, deterministic);

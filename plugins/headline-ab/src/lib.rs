@@ -50,4 +50,4 @@ impl Plugin for Headline {
     }
 }
 
-export_plugin!(Headline);
+export_plugin!(Headline, deterministic);

@@ -47,4 +47,4 @@ impl Plugin for Hero {
     }
 }
 
-export_plugin!(Hero);
+export_plugin!(Hero, deterministic);

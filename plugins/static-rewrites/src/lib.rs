@@ -67,4 +67,4 @@ impl Plugin for StaticRewrites {
     }
 }
 
-export_plugin!(StaticRewrites);
+export_plugin!(StaticRewrites, deterministic);

@@ -30,6 +30,33 @@ pub struct Budget {
     pub extra_bytes: u64,
 }
 
+impl Budget {
+    /// Every limit as a number, for keys that must change when any limit does (the
+    /// destructuring makes a new field a compile error here until it is added).
+    pub fn fingerprint(&self) -> [u64; 8] {
+        let Budget {
+            max_rules,
+            max_inserted_bytes,
+            max_header_edits,
+            max_header_bytes,
+            max_json_ops,
+            max_json_bytes,
+            max_growth,
+            extra_bytes,
+        } = *self;
+        [
+            max_rules as u64,
+            max_inserted_bytes as u64,
+            max_header_edits as u64,
+            max_header_bytes as u64,
+            max_json_ops as u64,
+            max_json_bytes as u64,
+            max_growth.to_bits(),
+            extra_bytes,
+        ]
+    }
+}
+
 impl Default for Budget {
     fn default() -> Self {
         Budget {

@@ -233,6 +233,8 @@ struct Linked {
     contract: Contract,
     /// The exact version the component was built for (0.2.0, 0.2.1 and 0.2.2 share bindings).
     built_for: String,
+    /// It declares itself deterministic (see [`declares_deterministic`]).
+    deterministic: bool,
 }
 
 /// How often the epoch advances; deadlines are whole ticks.
@@ -458,6 +460,7 @@ impl Runtime {
                 pre,
                 contract: target.contract,
                 built_for: target.version.to_string(),
+                deterministic: declares_deterministic(bytes),
             },
             from_cache,
         ))
@@ -488,6 +491,7 @@ impl Runtime {
             contract: target.contract,
             imports,
             exports,
+            deterministic: declares_deterministic(bytes),
         })
     }
 
@@ -605,6 +609,28 @@ pub struct ComponentInfo {
     pub imports: Vec<String>,
     /// Its exports, by name.
     pub exports: Vec<String>,
+    /// It declares itself deterministic (see [`declares_deterministic`]).
+    pub deterministic: bool,
+}
+
+/// The custom section in which a plugin declares traits the host may rely on, one per line
+/// (`veneer_sdk::export_plugin!(P, deterministic)` writes it); hosts ignore traits they do not
+/// know, and the plugin contract (its WIT) is unchanged by them.
+pub const TRAITS_SECTION: &str = "veneer:traits";
+
+/// Whether a component declares itself deterministic in its [`TRAITS_SECTION`] (in the
+/// component or in a core module inside it, where a Rust `#[link_section]` puts it): its
+/// hooks' answers depend only on the inputs `proxy::memo` names, so the host may serve them
+/// again without calling it.
+pub fn declares_deterministic(bytes: &[u8]) -> bool {
+    wasmparser::Parser::new(0).parse_all(bytes).any(|payload| {
+        matches!(payload, Ok(wasmparser::Payload::CustomSection(ref section))
+            if section.name() == TRAITS_SECTION
+                && section
+                    .data()
+                    .split(|b| *b == b'\n' || *b == 0)
+                    .any(|line| line.trim_ascii() == b"deterministic"))
+    })
 }
 
 /// Whether `bytes` are a core WebAssembly module (preamble version 1), not a component.
@@ -653,6 +679,11 @@ impl Plugin {
     /// What its plans may ask of the host.
     pub fn budget(&self) -> &Budget {
         &self.limits.budget
+    }
+
+    /// Whether the component declares itself deterministic (see [`declares_deterministic`]).
+    pub fn deterministic(&self) -> bool {
+        self.linked.deterministic
     }
 
     /// Whether the compiled code came from the on-disk cache (no compilation at load).
@@ -716,6 +747,7 @@ impl Plugin {
             yielded_ns: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             ticks_in_call: 0,
             wall_deadline: Instant::now(),
+            unkeyed: false,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
@@ -851,6 +883,9 @@ struct StoreState {
     ticks_in_call: u32,
     /// When the current call ends whatever it was doing (4 × what was left of its budget).
     wall_deadline: Instant,
+    /// The plugin read an input that a deterministic plugin's memoized answers are not keyed
+    /// by (the visitor's id, a request header...): this request's answers are not kept.
+    unkeyed: bool,
 }
 
 /// Host services shared by every contract version's bindings.
@@ -1127,6 +1162,12 @@ impl Instance {
             None => return Err(PluginFault::AlreadyFaulted),
         };
         self.end(start, r)
+    }
+
+    /// Whether the plugin read, through its arguments, an input its memoized answers are not
+    /// keyed by (see `proxy::memo`; contract 0.2 and later: 0.1 copies every input in).
+    pub fn read_unkeyed(&self) -> bool {
+        self.store.data().unkeyed
     }
 
     /// Time spent inside the plugin so far in this request.

@@ -213,6 +213,7 @@ impl t::Host for StoreState {}
 
 impl t::HostVisitor for StoreState {
     fn id(&mut self, v: Resource<VisitorRes>) -> R<String> {
+        self.unkeyed = true;
         Ok(self.table.get(&v)?.0.id.clone())
     }
     fn segments(&mut self, v: Resource<VisitorRes>) -> R<Vec<String>> {
@@ -230,30 +231,37 @@ impl t::HostVisitor for StoreState {
         })
     }
     fn country(&mut self, v: Resource<VisitorRes>) -> R<Option<String>> {
+        self.unkeyed = true;
         Ok(self.table.get(&v)?.0.country.clone())
     }
     fn locale(&mut self, v: Resource<VisitorRes>) -> R<Option<String>> {
         Ok(self.table.get(&v)?.0.locale.clone())
     }
     fn visit_count(&mut self, v: Resource<VisitorRes>) -> R<u32> {
+        self.unkeyed = true;
         Ok(self.table.get(&v)?.0.visit_count)
     }
     fn first_seen(&mut self, v: Resource<VisitorRes>) -> R<u64> {
+        self.unkeyed = true;
         Ok(self.table.get(&v)?.0.first_seen)
     }
     fn utm(&mut self, v: Resource<VisitorRes>, name: String) -> R<Option<String>> {
+        self.unkeyed = true;
         Ok(model::header(&self.table.get(&v)?.0.utm, &name).map(str::to_owned))
     }
     fn utm_params(&mut self, v: Resource<VisitorRes>) -> R<Vec<(String, String)>> {
+        self.unkeyed = true;
         Ok(self.table.get(&v)?.0.utm.clone())
     }
     fn referrer(&mut self, v: Resource<VisitorRes>) -> R<Option<String>> {
+        self.unkeyed = true;
         Ok(self.table.get(&v)?.0.referrer.clone())
     }
     fn consents(&mut self, v: Resource<VisitorRes>, purpose: String) -> R<bool> {
         Ok(self.table.get(&v)?.0.consent.purpose(&purpose))
     }
     fn attribute(&mut self, v: Resource<VisitorRes>, name: String) -> R<Option<String>> {
+        self.unkeyed = true;
         Ok(self
             .table
             .get(&v)?
@@ -280,9 +288,11 @@ impl t::HostRequest for StoreState {
         Ok(self.table.get(&r)?.0.host.clone())
     }
     fn header(&mut self, r: Resource<RequestRes>, name: String) -> R<Option<String>> {
+        self.unkeyed = true;
         Ok(model::header(&self.table.get(&r)?.0.headers, &name).map(str::to_owned))
     }
     fn headers(&mut self, r: Resource<RequestRes>) -> R<Vec<(String, String)>> {
+        self.unkeyed = true;
         Ok(self.table.get(&r)?.0.headers.clone())
     }
     fn drop(&mut self, _: Resource<RequestRes>) -> R<()> {
@@ -296,9 +306,12 @@ impl t::HostResponse for StoreState {
         Ok(self.table.get(&r)?.0.status)
     }
     fn header(&mut self, r: Resource<ResponseRes>, name: String) -> R<Option<String>> {
+        // The content type is part of a memoized answer's key; any other header is not.
+        self.unkeyed |= !name.eq_ignore_ascii_case("content-type");
         Ok(model::header(&self.table.get(&r)?.0.headers, &name).map(str::to_owned))
     }
     fn headers(&mut self, r: Resource<ResponseRes>) -> R<Vec<(String, String)>> {
+        self.unkeyed = true;
         Ok(self.table.get(&r)?.0.headers.clone())
     }
     fn drop(&mut self, _: Resource<ResponseRes>) -> R<()> {

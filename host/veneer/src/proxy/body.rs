@@ -20,7 +20,7 @@ use super::plugins::{Live, report_fault};
 use super::{Body, BoxError};
 use crate::app::Tenant;
 use crate::plugin::PluginFault;
-use crate::rewrite::{self, CheckedPlan, Coding, HtmlBody, HtmlJob, PluginHandle};
+use crate::rewrite::{self, CheckedPlan, Coding, HtmlBody, HtmlJob, PluginHandle, hash_field};
 
 /// What the client asked for that shapes the body.
 pub(super) struct ClientView {
@@ -273,9 +273,10 @@ fn output_key(
             return None;
         }
         hash_field(&mut digest, format_args!("{}", live.name));
-        hash_field(&mut digest, format_args!("{:?}", live.budget));
-        hash_field(&mut digest, format_args!("{:?}", p.html));
-        hash_field(&mut digest, format_args!("{:?}", p.rule_options));
+        for n in live.budget.fingerprint() {
+            digest.update(n.to_le_bytes());
+        }
+        digest.update(plan.html_fingerprint());
     }
     let hash = digest.finalize();
     let mut key = String::with_capacity(32);
@@ -283,27 +284,6 @@ fn output_key(
         let _ = write!(key, "{b:02x}");
     }
     Some(key)
-}
-
-/// Feeds `field` to `digest` as it is formatted (no string is built on the request's path),
-/// followed by its length: read from the end, the lengths mark every boundary, so no name or
-/// text can pass for one.
-fn hash_field(digest: &mut sha2::Sha256, field: std::fmt::Arguments<'_>) {
-    struct Feed<'a> {
-        digest: &'a mut sha2::Sha256,
-        len: u64,
-    }
-    impl std::fmt::Write for Feed<'_> {
-        fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            sha2::Digest::update(self.digest, s.as_bytes());
-            self.len += s.len() as u64;
-            Ok(())
-        }
-    }
-    let mut feed = Feed { digest, len: 0 };
-    let _ = std::fmt::Write::write_fmt(&mut feed, field);
-    let len = feed.len;
-    sha2::Digest::update(digest, len.to_le_bytes());
 }
 
 /// Passes a body through, keeping a copy; at its end (and only if it ended well and fit in

@@ -38,11 +38,14 @@ mod events;
 mod finish;
 mod headers;
 mod identify;
+mod memo;
 pub mod message;
 mod opens;
 mod origin;
 mod plugins;
 mod services;
+
+pub use memo::Memo;
 
 use std::sync::Arc;
 

@@ -13,6 +13,7 @@ use super::ctx::RequestCtx;
 use super::finish::full;
 use super::headers::{export_headers, reserved_cookie};
 use super::identify::VisitorCtx;
+use super::memo::{Memo, Recorded, Recorder, Signature, Variant};
 use crate::app::{App, Tenant};
 use crate::plugin::{
     Admission, Budget, HeaderEdits, Instance, PluginFault, RequestAction, ResponseHead,
@@ -48,7 +49,7 @@ pub(super) async fn on_request(ctx: &RequestCtx, tenant: &Tenant, v: &VisitorCtx
         }
         &[]
     };
-    for plugin in plugins {
+    for (index, plugin) in plugins.iter().enumerate() {
         let admission = plugin.admit();
         if admission == Admission::Skip {
             tap_fault(app, request_id, plugin.name());
@@ -63,7 +64,33 @@ pub(super) async fn on_request(ctx: &RequestCtx, tenant: &Tenant, v: &VisitorCtx
             continue;
         }
         let budget = *plugin.budget();
-        let services: Arc<dyn crate::plugin::HostServices> = v.services.clone();
+        // A deterministic plugin's kept answer, when it applies to this visitor (never for
+        // a breaker's trial request: that one must run the plugin).
+        let memo = tenant.memos.get(index).and_then(Option::as_ref);
+        let key = memo
+            .filter(|_| admission == Admission::Run)
+            .map(|_| Memo::key(&v.request_head, &v.visitor));
+        if let (Some(memo), Some(key)) = (memo, &key)
+            && let Some(variant) = memo.recall(key, &*v.services)
+        {
+            count_memo(app, name, plugin.name(), "hit");
+            edits.push(variant.edits.clone());
+            chain.push(Live {
+                name: Arc::from(plugin.name()),
+                instance: None,
+                budget,
+                memo: Some(Memoing::Recalled { index, variant }),
+            });
+            continue;
+        }
+        let recorder = key.as_ref().map(|_| {
+            count_memo(app, name, plugin.name(), "miss");
+            Arc::new(Recorder::new(v.services.clone(), false))
+        });
+        let services: Arc<dyn crate::plugin::HostServices> = match &recorder {
+            Some(r) => r.clone(),
+            None => v.services.clone(),
+        };
         let mut instance = match plugin.instantiate(services, admission).await {
             Ok(i) => i,
             Err(f) => {
@@ -85,11 +112,24 @@ pub(super) async fn on_request(ctx: &RequestCtx, tenant: &Tenant, v: &VisitorCtx
         let refused = match answer {
             Ok(RequestAction::Continue(e)) => match budget.check_edits(&e) {
                 Ok(()) => {
+                    let memo = match (key, recorder) {
+                        (Some(key), Some(recorder)) if !instance.read_unkeyed() => {
+                            recorder.take().map(|request| Memoing::Recording {
+                                memo: memo.cloned(),
+                                key,
+                                recorder,
+                                request,
+                                edits: e.clone(),
+                            })
+                        }
+                        _ => None,
+                    };
                     edits.push(e);
                     chain.push(Live {
                         name: Arc::from(plugin.name()),
-                        instance,
+                        instance: Some(instance),
                         budget,
+                        memo,
                     });
                     continue;
                 }
@@ -145,7 +185,9 @@ pub(super) async fn on_response(
     if turn.is_none() {
         for live in chain.drain(..) {
             tap_fault(app, request_id, &live.name);
-            live.instance.abandon();
+            if let Some(instance) = live.instance {
+                instance.abandon();
+            }
         }
     }
     let head = Arc::new(ResponseHead {
@@ -153,9 +195,31 @@ pub(super) async fn on_response(
         headers: export_headers(&origin.headers),
     });
     for mut live in chain {
+        let signature = live.memo.as_ref().map(|_| Signature::of(&head));
+        if let (Some(Memoing::Recalled { index, variant }), Some(signature)) =
+            (&live.memo, &signature)
+        {
+            if let Some(plan) = Memo::recall_response(variant, signature, &*v.services) {
+                plans.push((live, plan));
+                continue;
+            }
+            // Kept for another kind of response: run the plugin after all, its request hook
+            // again first (its edits were sent, its effects done: only its state matters).
+            count_memo(app, name, &live.name, "response_miss");
+            let (index, variant) = (*index, variant.clone());
+            match rerun_request(ctx, tenant, v, index).await {
+                Some((instance, recorder)) => {
+                    live.instance = Some(instance);
+                    live.memo = Some(Memoing::Rerun { variant, recorder });
+                }
+                None => continue,
+            }
+        }
+        let Some(instance) = live.instance.as_mut() else {
+            continue;
+        };
         let started = std::time::Instant::now();
-        let answer = live
-            .instance
+        let answer = instance
             .on_response(&v.request_head, &head, &v.visitor)
             .await;
         app.metrics.observe(
@@ -168,14 +232,94 @@ pub(super) async fn on_response(
             started.elapsed(),
         );
         match answer.and_then(|plan| check_response_plan(plan, &live.budget, tenant)) {
-            Ok(plan) => plans.push((live, plan)),
+            Ok(plan) => {
+                if let (Some(memo), Some(signature)) = (live.memo.take(), signature) {
+                    keep(&live, memo, signature, &plan);
+                }
+                plans.push((live, plan))
+            }
             Err(f) => {
-                live.instance.mark_faulted();
+                instance.mark_faulted();
                 report_fault(app, name, &live.name, request_id, &f)
             }
         }
     }
     plans
+}
+
+/// Keeps a deterministic plugin's answer to this request, when nothing it did stands in the
+/// way: it read only what the answer is keyed by, and its plan needs no instance later (no
+/// element callbacks, no rule that records an event when it applies).
+fn keep(live: &Live, memo: Memoing, signature: Signature, plan: &CheckedPlan) {
+    let p = &plan.plan;
+    if live.instance.as_ref().is_none_or(Instance::read_unkeyed)
+        || !p.subscribe.is_empty()
+        || p.rule_options.values().any(|o| o.on_apply.is_some())
+    {
+        return;
+    }
+    match memo {
+        Memoing::Recording {
+            memo: Some(memo),
+            key,
+            recorder,
+            request,
+            edits,
+        } => {
+            if let Some(response) = recorder.take() {
+                // Made now, so every request it is served to has it.
+                plan.html_fingerprint();
+                memo.keep(key, request, edits, signature, response, plan.clone());
+            }
+        }
+        Memoing::Rerun { variant, recorder } => {
+            if let Some(response) = recorder.take() {
+                plan.html_fingerprint();
+                Memo::keep_response(&variant, signature, response, plan.clone());
+            }
+        }
+        Memoing::Recalled { .. } | Memoing::Recording { memo: None, .. } => {}
+    }
+}
+
+/// A fresh instance of the tenant's plugin `index` that has run `on-request` again (silently:
+/// its effects were done by the recall), ready for `on-response`; `None` after a fault
+/// (reported).
+async fn rerun_request(
+    ctx: &RequestCtx,
+    tenant: &Tenant,
+    v: &VisitorCtx,
+    index: usize,
+) -> Option<(Instance, Arc<Recorder>)> {
+    let (app, name, request_id) = (&ctx.app, tenant.config.name.as_str(), ctx.id.as_str());
+    let plugin = tenant.plugins.get(index)?;
+    let recorder = Arc::new(Recorder::new(v.services.clone(), true));
+    let mut instance = match plugin.instantiate(recorder.clone(), Admission::Run).await {
+        Ok(i) => i,
+        Err(f) => {
+            report_fault(app, name, plugin.name(), request_id, &f);
+            return None;
+        }
+    };
+    match instance.on_request(&v.request_head, &v.visitor).await {
+        Ok(_) => {
+            // What it read and did then is the recalled answer's; from here on, it records
+            // (and does) what `on-response` reads and does.
+            recorder.take();
+            Some((instance, recorder))
+        }
+        Err(f) => {
+            report_fault(app, name, plugin.name(), request_id, &f);
+            None
+        }
+    }
+}
+
+fn count_memo(app: &App, tenant: &str, plugin: &str, result: &str) {
+    app.metrics.inc(
+        "veneer_plugin_memo_total",
+        &[("tenant", tenant), ("plugin", plugin), ("result", result)],
+    );
 }
 
 fn synthetic_response(s: SyntheticResponse) -> Option<Response<Body>> {
@@ -198,10 +342,32 @@ fn synthetic_response(s: SyntheticResponse) -> Option<Response<Body>> {
 pub(super) struct Live {
     /// Its name in the tenant config.
     pub(super) name: Arc<str>,
-    /// Its instance for this request.
-    pub(super) instance: Instance,
+    /// Its instance for this request; `None` when its answers were kept ones.
+    pub(super) instance: Option<Instance>,
     /// What its plans may ask of the host.
     pub(super) budget: Budget,
+    /// Where a deterministic plugin's answers come from or go to.
+    memo: Option<Memoing>,
+}
+
+/// A deterministic plugin's answers in this request.
+enum Memoing {
+    /// `on-request`'s answer was a kept one (the tenant's plugin `index`).
+    Recalled { index: usize, variant: Arc<Variant> },
+    /// It ran, recording, and its answers are kept under `key` if it keeps its promise.
+    Recording {
+        memo: Option<Arc<Memo>>,
+        key: Box<[u8]>,
+        recorder: Arc<Recorder>,
+        request: Recorded,
+        edits: HeaderEdits,
+    },
+    /// `on-request` was recalled but the response is of a new kind: it ran again, and its
+    /// plan is kept beside the recalled answer.
+    Rerun {
+        variant: Arc<Variant>,
+        recorder: Arc<Recorder>,
+    },
 }
 
 /// Everything the host checks in a response plan before applying it.
