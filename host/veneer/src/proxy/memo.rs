@@ -394,16 +394,19 @@ mod tests {
 
     impl HostServices for Fake {
         fn fragment(&self, _key: &str) -> Option<String> {
-            self.fragment.lock().unwrap().clone()
+            self.fragment.lock().expect("lock").clone()
         }
         fn track(&self, plugin: &str, name: &str, _properties: Vec<(String, String)>) {
-            self.done.lock().unwrap().push(format!("track {plugin} {name}"));
+            self.done
+                .lock()
+                .expect("lock")
+                .push(format!("track {plugin} {name}"));
         }
         fn active_campaigns(&self) -> &[Arc<Campaign>] {
             &self.campaigns
         }
         fn assign(&self, experiment: &str) -> Option<Assignment> {
-            let variation = *self.variation.lock().unwrap();
+            let variation = *self.variation.lock().expect("lock");
             Some(Assignment {
                 experiment: experiment.to_owned(),
                 variation,
@@ -416,7 +419,7 @@ mod tests {
         fn impression(&self, plugin: &str, campaign_id: &str) {
             self.done
                 .lock()
-                .unwrap()
+                .expect("lock")
                 .push(format!("impression {plugin} {campaign_id}"));
         }
         fn now_ms(&self) -> i64 {
@@ -490,19 +493,37 @@ mod tests {
 
     #[test]
     fn keys_differ_by_every_promised_input_and_nothing_else() {
-        let base = Memo::key(&request("/"), &visitor(&["new"], DeviceClass::Desktop, "en"));
+        let base = Memo::key(
+            &request("/"),
+            &visitor(&["new"], DeviceClass::Desktop, "en"),
+        );
         for other in [
-            Memo::key(&request("/?a"), &visitor(&["new"], DeviceClass::Desktop, "en")),
-            Memo::key(&request("/"), &visitor(&["returning"], DeviceClass::Desktop, "en")),
-            Memo::key(&request("/"), &visitor(&["new", "x"], DeviceClass::Desktop, "en")),
+            Memo::key(
+                &request("/?a"),
+                &visitor(&["new"], DeviceClass::Desktop, "en"),
+            ),
+            Memo::key(
+                &request("/"),
+                &visitor(&["returning"], DeviceClass::Desktop, "en"),
+            ),
+            Memo::key(
+                &request("/"),
+                &visitor(&["new", "x"], DeviceClass::Desktop, "en"),
+            ),
             Memo::key(&request("/"), &visitor(&["new"], DeviceClass::Mobile, "en")),
-            Memo::key(&request("/"), &visitor(&["new"], DeviceClass::Desktop, "nb")),
+            Memo::key(
+                &request("/"),
+                &visitor(&["new"], DeviceClass::Desktop, "nb"),
+            ),
         ] {
             assert_ne!(base, other);
         }
         // Segment names cannot run into the fields after them.
         assert_ne!(
-            Memo::key(&request("/"), &visitor(&["a", "b"], DeviceClass::Desktop, "")),
+            Memo::key(
+                &request("/"),
+                &visitor(&["a", "b"], DeviceClass::Desktop, "")
+            ),
             Memo::key(&request("/"), &visitor(&["a"], DeviceClass::Desktop, "b")),
         );
         let mut other_visitor = visitor(&["new"], DeviceClass::Desktop, "en");
@@ -522,11 +543,14 @@ mod tests {
         });
         let key = Memo::key(&request("/"), &visitor(&[], DeviceClass::Desktop, "en"));
         run(&memo, key.clone(), &host);
-        assert_eq!(host.done.lock().unwrap().as_slice(), ["track p viewed"]);
+        assert_eq!(
+            host.done.lock().expect("lock").as_slice(),
+            ["track p viewed"]
+        );
 
         let variant = memo.recall(&key, &*host).expect("kept");
         assert!(Memo::recall_response(&variant, &html(), &*host).is_some());
-        assert_eq!(host.done.lock().unwrap().len(), 2, "the event again");
+        assert_eq!(host.done.lock().expect("lock").len(), 2, "the event again");
         let json = Signature::of(&ResponseHead {
             status: 200,
             headers: vec![("content-type".into(), "application/json".into())],
@@ -534,15 +558,15 @@ mod tests {
         assert!(Memo::recall_response(&variant, &json, &*host).is_none());
 
         // An edited fragment: the response's answer no longer applies.
-        *host.fragment.lock().unwrap() = Some("<b>hello</b>".into());
+        *host.fragment.lock().expect("lock") = Some("<b>hello</b>".into());
         assert!(Memo::recall_response(&variant, &html(), &*host).is_none());
         // Another variation: not even the request's.
-        *host.variation.lock().unwrap() = 1;
+        *host.variation.lock().expect("lock") = 1;
         assert!(memo.recall(&key, &*host).is_none());
         // Its own answer, beside the first.
         run(&memo, key.clone(), &host);
         assert!(memo.recall(&key, &*host).is_some());
-        *host.variation.lock().unwrap() = 0;
+        *host.variation.lock().expect("lock") = 0;
         assert!(memo.recall(&key, &*host).is_some());
         assert_eq!(memo.len(), 1);
     }
@@ -560,9 +584,12 @@ mod tests {
         let silent = Recorder::new(host.clone(), true);
         silent.track("p", "viewed", vec![]);
         silent.impression("p", "sale");
-        assert!(host.done.lock().unwrap().is_empty());
+        assert!(host.done.lock().expect("lock").is_empty());
         assert_eq!(silent.take().expect("kept").effects.len(), 2);
         silent.impression("p", "sale");
-        assert_eq!(host.done.lock().unwrap().as_slice(), ["impression p sale"]);
+        assert_eq!(
+            host.done.lock().expect("lock").as_slice(),
+            ["impression p sale"]
+        );
     }
 }
