@@ -460,7 +460,9 @@ impl Runtime {
                 pre,
                 contract: target.contract,
                 built_for: target.version.to_string(),
-                deterministic: declares_deterministic(bytes),
+                // A 0.1 plugin gets every input copied in: the host could not see it read
+                // what a kept answer is not keyed by, so its declaration is not taken.
+                deterministic: target.contract != Contract::V0_1 && declares_deterministic(bytes),
             },
             from_cache,
         ))
@@ -491,7 +493,7 @@ impl Runtime {
             contract: target.contract,
             imports,
             exports,
-            deterministic: declares_deterministic(bytes),
+            deterministic: target.contract != Contract::V0_1 && declares_deterministic(bytes),
         })
     }
 

@@ -111,6 +111,8 @@ impl Memo {
             field(s.as_bytes());
         }
         field(b"");
+        // A locale of "" (a message's recipient may have one) is not the absence of one.
+        field(&[u8::from(visitor.locale.is_some())]);
         field(visitor.locale.as_deref().unwrap_or("").as_bytes());
         let c = visitor.consent;
         field(&[
