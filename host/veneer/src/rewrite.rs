@@ -265,6 +265,18 @@ pub struct CheckedPlan {
 }
 
 impl CheckedPlan {
+    /// Whether the plan needs its plugin's instance while the body streams: element callbacks,
+    /// or a rule that records an event when it applies. Such a plan can be neither kept for
+    /// other visitors nor served from the output cache.
+    pub fn needs_instance(&self) -> bool {
+        !self.plan.subscribe.is_empty()
+            || self
+                .plan
+                .rule_options
+                .values()
+                .any(|o| o.on_apply.is_some())
+    }
+
     /// A digest of everything the plan does to an HTML body (its rules and their options),
     /// made once per plan: a kept plan (a deterministic plugin's) is served with it, so the
     /// output cache's key for it costs no formatting.

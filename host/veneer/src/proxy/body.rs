@@ -268,8 +268,7 @@ fn output_key(
         format_args!("{entry}|{from:?}|{target:?}|{content_type}"),
     );
     for (live, plan) in plans.iter().filter(|(_, p)| p.touches_html()) {
-        let p = &plan.plan;
-        if !p.subscribe.is_empty() || p.rule_options.values().any(|o| o.on_apply.is_some()) {
+        if plan.needs_instance() {
             return None;
         }
         hash_field(&mut digest, format_args!("{}", live.name));

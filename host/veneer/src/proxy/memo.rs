@@ -70,6 +70,16 @@ struct ResponseMemo {
     plan: CheckedPlan,
 }
 
+impl ResponseMemo {
+    fn new(signature: Signature, recorded: Recorded, plan: CheckedPlan) -> Arc<Self> {
+        Arc::new(Self {
+            signature,
+            recorded,
+            plan,
+        })
+    }
+}
+
 /// What of the origin's response a deterministic plugin may depend on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signature {
@@ -165,11 +175,7 @@ impl Memo {
         response: Recorded,
         plan: CheckedPlan,
     ) {
-        let memo = Arc::new(ResponseMemo {
-            signature,
-            recorded: response,
-            plan,
-        });
+        let memo = ResponseMemo::new(signature, response, plan);
         let mut variants: Vec<Arc<Variant>> = self
             .entries
             .get(&key)
@@ -198,12 +204,7 @@ impl Memo {
         response: Recorded,
         plan: CheckedPlan,
     ) {
-        let memo = Arc::new(ResponseMemo {
-            signature,
-            recorded: response,
-            plan,
-        });
-        Self::keep_response_in(variant, memo);
+        Self::keep_response_in(variant, ResponseMemo::new(signature, response, plan));
     }
 
     fn keep_response_in(variant: &Variant, memo: Arc<ResponseMemo>) {

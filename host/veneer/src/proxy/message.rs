@@ -258,7 +258,9 @@ pub async fn render(app: &Arc<App>, m: Arc<Message>, sends: Option<&Sends>) -> R
             .assigned
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .iter()
+            .map(|a| (a.experiment.clone(), a.variation, a.key.clone()))
+            .collect()
     });
     let outcome = match body {
         Ok(body) => {

@@ -251,11 +251,7 @@ pub(super) async fn on_response(
 /// way: it read only what the answer is keyed by, and its plan needs no instance later (no
 /// element callbacks, no rule that records an event when it applies).
 fn keep(live: &Live, memo: Memoing, signature: Signature, plan: &CheckedPlan) {
-    let p = &plan.plan;
-    if live.instance.as_ref().is_none_or(Instance::read_unkeyed)
-        || !p.subscribe.is_empty()
-        || p.rule_options.values().any(|o| o.on_apply.is_some())
-    {
+    if live.instance.as_ref().is_none_or(Instance::read_unkeyed) || plan.needs_instance() {
         return;
     }
     match memo {

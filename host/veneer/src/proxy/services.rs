@@ -37,9 +37,10 @@ pub(super) struct Services {
     pub(super) channel: String,
     /// Today's impressions of capped campaigns (written back to the cookie).
     pub(super) caps: Mutex<std::collections::BTreeMap<String, (u32, u32)>>,
-    /// The experiments the plugins asked about, with the variation each got (a message's
-    /// render reports them).
-    pub(super) assigned: Mutex<Vec<(String, u32, String)>>,
+    /// The experiments the plugins asked about, with the answer each got: asked again in the
+    /// same request (by another plugin, or a kept answer's re-check), an experiment answers the
+    /// same and is not exposed twice. A message's render reports them.
+    pub(super) assigned: Mutex<Vec<Assignment>>,
 }
 
 impl Services {
@@ -275,6 +276,15 @@ impl HostServices for Services {
 
     fn assign(&self, experiment: &str) -> Option<Assignment> {
         let exp = self.tenant.rules.experiment(experiment)?;
+        if let Some(a) = self
+            .assigned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|a| a.experiment == experiment)
+        {
+            return Some(a.clone());
+        }
         let mut sticky = self.sticky.lock().unwrap_or_else(PoisonError::into_inner);
         let mut ctx = RunContext::new(self.attributes.as_ref());
         ctx.url = Some(&self.url);
@@ -298,19 +308,18 @@ impl HostServices for Services {
         if a.in_experiment && a.hash_used && !a.sticky_bucket_used {
             self.exposed(experiment, a.variation_id, &a.key);
         }
-        let variation = u32::try_from(a.variation_id).unwrap_or(0);
-        let mut assigned = self.assigned.lock().unwrap_or_else(PoisonError::into_inner);
-        if !assigned.iter().any(|(e, _, _)| e == experiment) {
-            assigned.push((experiment.to_owned(), variation, a.key.clone()));
-        }
-        drop(assigned);
-        Some(Assignment {
+        let answer = Assignment {
             experiment: experiment.to_owned(),
-            variation,
+            variation: u32::try_from(a.variation_id).unwrap_or(0),
             key: a.key,
             value: a.value.to_string(),
             in_experiment: a.in_experiment,
-        })
+        };
+        self.assigned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(answer.clone());
+        Some(answer)
     }
 
     fn request_id(&self) -> &str {
