@@ -22,7 +22,9 @@
 # The origin sends `Cache-Control: max-age=3600` (nginx `expires 1h`).
 #
 # Installs nginx-light and wrk when missing. Environment: DURATION (seconds per measurement,
-# default 5), RUNS (default 3), CONNS (default 32), ONLY (run the scenarios whose name holds it).
+# default 5), RUNS (default 3), CONNS (default 32), ONLY (run the scenarios whose name holds it),
+# VENEER_BIN (the veneer binary measured, default the one this tree builds: to compare two builds
+# against the same floors).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -175,7 +177,7 @@ max_bytes = 67108864"
     "plan_max_inserted_bytes = 1048576
 rewrite_max_growth = 10.0"
 } > "$work/veneer.toml"
-VENEER_LOG=warn TOKIO_WORKER_THREADS=1 "${sut[@]}" "$root/target/release/veneer" serve --config "$work/veneer.toml" &
+VENEER_LOG=warn TOKIO_WORKER_THREADS=1 "${sut[@]}" "${VENEER_BIN:-$root/target/release/veneer}" serve --config "$work/veneer.toml" &
 pids+=($!)
 TOKIO_WORKER_THREADS=1 "${sut[@]}" "$root/target/release/bare_proxy" "127.0.0.1:$BARE" "127.0.0.1:$ORIGIN" &
 pids+=($!)

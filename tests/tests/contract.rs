@@ -542,6 +542,39 @@ async fn contract_0_2_resources_answer_every_getter_and_impressions_are_recorded
     );
 }
 
+#[tokio::test]
+async fn a_deterministic_plugin_that_reads_the_clock_through_wasi_is_not_kept() {
+    // It declares itself deterministic, then reads the time through WASI (as
+    // `std::time::SystemTime::now` does): each request gets its own answer.
+    let cfg = plugin_at(
+        "probe",
+        &current("contract-probe"),
+        r#"probe = "wasi-clock""#,
+    );
+    let (_origin, host) = shop(&cfg).await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (status, _, body) = get(&host, "/", &[]).await;
+        assert_eq!(status, 200);
+        let line = body
+            .lines()
+            .find_map(|l| l.split("wasi-clock=").nth(1))
+            .unwrap_or_else(|| panic!("no clock in {body}"))
+            .trim_end_matches("</pre>")
+            .to_owned();
+        assert!(!seen.contains(&line), "{line} served twice: {seen:?}");
+        seen.push(line);
+    }
+    let metrics = host.app.metrics.render();
+    assert!(
+        !metrics.contains(r#"plugin="probe",result="hit""#)
+            && metrics.contains(
+                r#"veneer_plugin_memo_total{tenant="shop",plugin="probe",result="miss"} 3"#
+            ),
+        "{metrics}"
+    );
+}
+
 #[test]
 fn plugins_declare_themselves_deterministic_in_a_custom_section() {
     let dir = TempDir::new();

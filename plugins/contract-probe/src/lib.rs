@@ -3,7 +3,8 @@
 //! campaign `sale` (twice: the host records one) and of `no-such-campaign` (ignored).
 //! It declares itself deterministic though it reads the visitor's own inputs (visit count,
 //! UTM parameters, a request header, the clock): the host must see that and never serve one
-//! visitor's answer to another.
+//! visitor's answer to another. With `probe = "wasi-clock"` it shows only the time, read
+//! through WASI's wall clock.
 
 use veneer_sdk::prelude::*;
 
@@ -16,6 +17,16 @@ fn show(v: Option<String>) -> String {
 impl Plugin for Probe {
     fn on_response(request: &Request, response: &Response, visitor: &Visitor) -> ResponsePlan {
         let mut plan = Plan::new();
+        // With `probe = "wasi-clock"` it reads nothing but the time, through WASI (not the
+        // host's now-ms).
+        if config("probe").as_deref() == Some("wasi-clock") {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            plan.select("body")
+                .append_html(&format!("<pre id=\"probe\">wasi-clock={nanos}</pre>"));
+            return plan.build();
+        }
         let live = campaigns::active();
         let sale = live.iter().find(|c| c.id() == "sale");
         let lines = [

@@ -33,6 +33,7 @@ pub mod model;
 mod stderr;
 mod v0_1;
 mod v0_2;
+mod watched;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -728,8 +729,19 @@ impl Plugin {
         admission: Admission,
     ) -> Result<Instance, PluginFault> {
         let stderr = stderr::GuestStderr::default();
+        let mut wasi = WasiCtx::builder();
+        wasi.stderr(stderr.clone());
+        // Only a deterministic plugin's answers are kept, so only its reads need watching.
+        let wasi_read = self
+            .linked
+            .deterministic
+            .then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        if let Some(read) = &wasi_read {
+            watched::watch(&mut wasi, read);
+        }
         let state = StoreState {
-            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
+            wasi: wasi.build(),
+            wasi_read,
             stderr,
             table: ResourceTable::new(),
             memory_limit: self.limits.memory_bytes,
@@ -888,6 +900,9 @@ struct StoreState {
     /// The plugin read an input that a deterministic plugin's memoized answers are not keyed
     /// by (the visitor's id, a request header...): this request's answers are not kept.
     unkeyed: bool,
+    /// Set when the plugin reads WASI's clocks or random numbers (for a deterministic plugin:
+    /// see `watched`); the same as `unkeyed`.
+    wasi_read: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Host services shared by every contract version's bindings.
@@ -1169,7 +1184,12 @@ impl Instance {
     /// Whether the plugin read, through its arguments, an input its memoized answers are not
     /// keyed by (see `proxy::memo`; contract 0.2 and later: 0.1 copies every input in).
     pub fn read_unkeyed(&self) -> bool {
-        self.store.data().unkeyed
+        let state = self.store.data();
+        state.unkeyed
+            || state
+                .wasi_read
+                .as_ref()
+                .is_some_and(|r| r.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Time spent inside the plugin so far in this request.
