@@ -52,15 +52,7 @@ pub(super) async fn on_request(ctx: &RequestCtx, tenant: &Tenant, v: &VisitorCtx
     for (index, plugin) in plugins.iter().enumerate() {
         let admission = plugin.admit();
         if admission == Admission::Skip {
-            tap_fault(app, request_id, plugin.name());
-            app.metrics.inc(
-                "veneer_plugin_skipped_total",
-                &[
-                    ("tenant", name),
-                    ("plugin", plugin.name()),
-                    ("reason", "breaker_open"),
-                ],
-            );
+            skipped(app, name, plugin.name(), request_id);
             continue;
         }
         let budget = *plugin.budget();
@@ -289,8 +281,14 @@ async fn rerun_request(
 ) -> Option<(Instance, Arc<Recorder>)> {
     let (app, name, request_id) = (&ctx.app, tenant.config.name.as_str(), ctx.id.as_str());
     let plugin = tenant.plugins.get(index)?;
+    // Its breaker may have opened since the answer was recalled (another request's faults).
+    let admission = plugin.admit();
+    if admission == Admission::Skip {
+        skipped(app, name, plugin.name(), request_id);
+        return None;
+    }
     let recorder = Arc::new(Recorder::new(v.services.clone(), true));
-    let mut instance = match plugin.instantiate(recorder.clone(), Admission::Run).await {
+    let mut instance = match plugin.instantiate(recorder.clone(), admission).await {
         Ok(i) => i,
         Err(f) => {
             report_fault(app, name, plugin.name(), request_id, &f);
@@ -309,6 +307,19 @@ async fn rerun_request(
             None
         }
     }
+}
+
+/// A plugin left out of this request: its circuit breaker is open.
+fn skipped(app: &App, tenant: &str, plugin: &str, request_id: &str) {
+    tap_fault(app, request_id, plugin);
+    app.metrics.inc(
+        "veneer_plugin_skipped_total",
+        &[
+            ("tenant", tenant),
+            ("plugin", plugin),
+            ("reason", "breaker_open"),
+        ],
+    );
 }
 
 fn count_memo(app: &App, tenant: &str, plugin: &str, result: &str) {
