@@ -12,7 +12,8 @@
 #   cloudflare-noop    ../shared/pages/cloudflare.com.html (119 KB), noop plugin vs bare hyper proxy
 #   cloudflare-3-rewrites  3 declarative rewrites, each of the first match only, as nginx's
 #                          sub_filter_once              vs nginx sub_filter  (target >= 1.2)
-#   cloudflare-callbacks   an element callback on every a[href]: µs per callback
+#   cloudflare-callbacks   an element callback on every a[href] (product-links with no price
+#                          text subscription): µs per callback
 #                          from the difference to cloudflare-noop (target <= 1 µs)
 #   cloudflare-cached-3-rewrites  the same 3 rewrites with the tenant cache on
 #                                 vs nginx proxy_cache + sub_filter   (target >= 1.5)
@@ -173,7 +174,7 @@ enabled = false"
   tenant cf-rewrites static_rewrites "$rewrites3"
   tenant cf-cached static_rewrites "$rewrites3" "" "[tenant.cache]
 max_bytes = 67108864"
-  tenant cf-callbacks product_links '{ links = "a[href]" }' "rules = \"$work/rules.json\"" \
+  tenant cf-callbacks product_links '{ links = "a[href]", prices = "" }' "rules = \"$work/rules.json\"" \
     "plan_max_inserted_bytes = 1048576
 rewrite_max_growth = 10.0"
 } > "$work/veneer.toml"

@@ -6,6 +6,7 @@
 //!   `NOK 1299` becomes `<s>NOK 1299</s> NOK 1039` during a 20 % campaign.
 //!
 //! The subscriptions are narrow on purpose: each callback costs a few microseconds.
+//! Params `links` and `prices` replace the two selectors (`prices = ""` subscribes to no text).
 
 use std::cell::RefCell;
 
@@ -45,8 +46,15 @@ impl Plugin for ProductLinks {
         let links = plan.subscribe(
             &config("links").unwrap_or_else(|| r#"[data-sale="true"] a[href]"#.to_owned()),
         );
-        let prices = plan.subscribe_text(r#"[data-sale="true"] .price"#);
-        debug_assert_eq!((links, prices), (LINKS, PRICES));
+        // `prices` likewise; empty subscribes to none. An ancestor's attribute in the
+        // selector makes the rewriter read every tag's attributes, so the benchmark, which
+        // times the link callbacks, leaves it out.
+        let prices = config("prices").unwrap_or_else(|| r#"[data-sale="true"] .price"#.to_owned());
+        debug_assert_eq!(links, LINKS);
+        if !prices.is_empty() {
+            let prices = plan.subscribe_text(&prices);
+            debug_assert_eq!(prices, PRICES);
+        }
         plan.build()
     }
 
