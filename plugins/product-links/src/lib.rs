@@ -51,7 +51,7 @@ impl Plugin for ProductLinks {
         // times the link callbacks, leaves it out.
         let prices = config("prices").unwrap_or_else(|| r#"[data-sale="true"] .price"#.to_owned());
         debug_assert_eq!(links, LINKS);
-        if !prices.is_empty() {
+        if !prices.trim().is_empty() {
             let prices = plan.subscribe_text(&prices);
             debug_assert_eq!(prices, PRICES);
         }

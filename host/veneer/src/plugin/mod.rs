@@ -1181,8 +1181,9 @@ impl Instance {
         self.end(start, r)
     }
 
-    /// Whether the plugin read, through its arguments, an input its memoized answers are not
-    /// keyed by (see `proxy::memo`; contract 0.2 and later: 0.1 copies every input in).
+    /// Whether the plugin read an input its memoized answers are not keyed by, through its
+    /// arguments or WASI's clocks and random numbers (see `proxy::memo` and `watched`;
+    /// contract 0.2 and later: 0.1 copies every input in).
     pub fn read_unkeyed(&self) -> bool {
         let state = self.store.data();
         state.unkeyed

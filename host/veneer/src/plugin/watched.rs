@@ -2,8 +2,12 @@
 //! when it reads them: what it answers after such a read is not a function of what its kept
 //! answers are keyed by (see `proxy::memo`), so that request's answers are not kept.
 //!
-//! `wasi:random/insecure-seed` is not watched: Rust's `HashMap` reads it at every start to
-//! resist hash flooding, and a plugin's answers do not depend on it.
+//! Not watched: `wasi:random/insecure-seed`, which Rust's `HashMap` reads (for wasm32-wasip2)
+//! when an instance makes its first map, to resist hash flooding: watching it would keep no
+//! answer of most plugins, and a plugin whose answer follows a `HashMap`'s iteration order
+//! breaks its promise (the guide says to use `BTreeMap` or sort). Nor a timer's pollable
+//! (`subscribe-duration`), which `std::thread::sleep` uses: it tells whether time passed, not
+//! what time it is.
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -14,7 +14,8 @@
 //! visitor, as the plugin would have. The host does not take the promise on trust where it can
 //! see otherwise: a contract 0.2 plugin that reads any other input (the visitor's id, country,
 //! visit count, referrer, UTM parameters or attributes, a request header, a response header
-//! but the content type, the clock or the visitor's profile) is not memoized for that request.
+//! but the content type, the clock (the host's or WASI's), WASI's random numbers or the visitor's
+//! profile) is not memoized for that request.
 
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -315,10 +315,13 @@ impl HostServices for Services {
             value: a.value.to_string(),
             in_experiment: a.in_experiment,
         };
-        self.assigned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(answer.clone());
+        let mut assigned = self.assigned.lock().unwrap_or_else(PoisonError::into_inner);
+        // Asked twice at once, the first answer stands (plugin calls of a request run one
+        // after another today, so this is only a guard).
+        if let Some(first) = assigned.iter().find(|a| a.experiment == experiment) {
+            return Some(first.clone());
+        }
+        assigned.push(answer.clone());
         Some(answer)
     }
 
