@@ -461,9 +461,7 @@ impl Runtime {
                 pre,
                 contract: target.contract,
                 built_for: target.version.to_string(),
-                // A 0.1 plugin gets every input copied in: the host could not see it read
-                // what a kept answer is not keyed by, so its declaration is not taken.
-                deterministic: target.contract != Contract::V0_1 && declares_deterministic(bytes),
+                deterministic: taken_as_deterministic(target.contract, bytes),
             },
             from_cache,
         ))
@@ -494,7 +492,7 @@ impl Runtime {
             contract: target.contract,
             imports,
             exports,
-            deterministic: target.contract != Contract::V0_1 && declares_deterministic(bytes),
+            deterministic: taken_as_deterministic(target.contract, bytes),
         })
     }
 
@@ -634,6 +632,13 @@ pub fn declares_deterministic(bytes: &[u8]) -> bool {
                     .split(|b| *b == b'\n' || *b == 0)
                     .any(|line| line.trim_ascii() == b"deterministic"))
     })
+}
+
+/// Whether the host takes a component's declaration that it is deterministic: a 0.1 plugin
+/// gets every input copied in, so the host could not see it read what a kept answer is not
+/// keyed by, and its declaration is not taken.
+fn taken_as_deterministic(contract: Contract, bytes: &[u8]) -> bool {
+    contract != Contract::V0_1 && declares_deterministic(bytes)
 }
 
 /// Whether `bytes` are a core WebAssembly module (preamble version 1), not a component.

@@ -276,13 +276,9 @@ impl HostServices for Services {
 
     fn assign(&self, experiment: &str) -> Option<Assignment> {
         let exp = self.tenant.rules.experiment(experiment)?;
-        if let Some(a) = self
-            .assigned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .find(|a| a.experiment == experiment)
-        {
+        // Held for the whole question, so an experiment is run (and exposed) once a request.
+        let mut assigned = self.assigned.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(a) = assigned.iter().find(|a| a.experiment == experiment) {
             return Some(a.clone());
         }
         let mut sticky = self.sticky.lock().unwrap_or_else(PoisonError::into_inner);
@@ -315,12 +311,6 @@ impl HostServices for Services {
             value: a.value.to_string(),
             in_experiment: a.in_experiment,
         };
-        let mut assigned = self.assigned.lock().unwrap_or_else(PoisonError::into_inner);
-        // Asked twice at once, the first answer stands (plugin calls of a request run one
-        // after another today, so this is only a guard).
-        if let Some(first) = assigned.iter().find(|a| a.experiment == experiment) {
-            return Some(first.clone());
-        }
         assigned.push(answer.clone());
         Some(answer)
     }
