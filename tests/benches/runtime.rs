@@ -140,11 +140,6 @@ fn veneer_pipeline(rt: &tokio::runtime::Runtime, plugin: &Plugin, page: &bytes::
     let instance = rt
         .block_on(plugin.instantiate(Arc::new(NoServices), veneer::plugin::Admission::Run))
         .expect("instance");
-    let handle = Arc::new(PluginHandle::new(
-        Arc::from("bench"),
-        Some(instance),
-        veneer::plugin::Budget::default(),
-    ));
     let plan = ResponsePlan {
         headers: HeaderEdits {
             set: vec![],
@@ -153,6 +148,20 @@ fn veneer_pipeline(rt: &tokio::runtime::Runtime, plugin: &Plugin, page: &bytes::
         html: rules(),
         ..ResponsePlan::default()
     };
+    rewrite_with(instance, plan, page).len()
+}
+
+/// The page through Veneer's HTML pipeline with `plan` from `instance`, as the proxy does it.
+fn rewrite_with(
+    instance: veneer::plugin::Instance,
+    plan: ResponsePlan,
+    page: &bytes::Bytes,
+) -> Vec<u8> {
+    let handle = Arc::new(PluginHandle::new(
+        Arc::from("bench"),
+        Some(instance),
+        veneer::plugin::Budget::default(),
+    ));
     // Validation is part of every request's work, so it is measured too.
     let checked = veneer::rewrite::validate_plan(plan).expect("valid plan");
     let job = HtmlJob {
@@ -166,13 +175,117 @@ fn veneer_pipeline(rt: &tokio::runtime::Runtime, plugin: &Plugin, page: &bytes::
         Coding::Identity,
         Some("text/html; charset=utf-8"),
     );
-    let mut out = 0;
+    let mut out = Vec::with_capacity(page.len() + (page.len() >> 2));
     // The origin's body arrives as `Bytes` chunks.
     for start in (0..page.len()).step_by(CHUNK) {
         let chunk = page.slice(start..(start + CHUNK).min(page.len()));
-        out += body.push(chunk).expect("push").len();
+        out.extend_from_slice(&body.push(chunk).expect("push"));
     }
-    out + body.finish().expect("finish").len()
+    out.extend_from_slice(&body.finish().expect("finish"));
+    out
+}
+
+/// One live campaign, for the product-links plugin's element callbacks.
+struct OneCampaign(Vec<Arc<veneer::plugin::Campaign>>);
+
+impl veneer::plugin::HostServices for OneCampaign {
+    fn fragment(&self, key: &str) -> Option<String> {
+        NoServices.fragment(key)
+    }
+    fn track(&self, _plugin: &str, _name: &str, _properties: Vec<(String, String)>) {}
+    fn active_campaigns(&self) -> &[Arc<veneer::plugin::Campaign>] {
+        &self.0
+    }
+    fn assign(&self, _experiment: &str) -> Option<veneer::plugin::Assignment> {
+        None
+    }
+    fn impression(&self, _plugin: &str, _campaign_id: &str) {}
+    fn breaker_changed(&self, _plugin: &str, _transition: veneer::plugin::Transition) {}
+    fn now_ms(&self) -> i64 {
+        NoServices.now_ms()
+    }
+    fn request_id(&self) -> &str {
+        "bench"
+    }
+    fn tenant(&self) -> &str {
+        "bench"
+    }
+}
+
+/// Element callbacks on the cloudflare page: product-links subscribed to every `a[href]`
+/// (reads `href`, sets it, adds a class), per request from instantiation to the last byte,
+/// against a declarative rule adding a class to the same elements (the same parse, matching
+/// and output, done natively); the difference per callback is what calling the plugin costs.
+fn element_callbacks(
+    rt: &tokio::runtime::Runtime,
+    links: &Plugin,
+    noop: &Plugin,
+    name: &str,
+    page: &bytes::Bytes,
+) {
+    let services: Arc<dyn veneer::plugin::HostServices> =
+        Arc::new(OneCampaign(vec![Arc::new(veneer::plugin::Campaign {
+            id: "bench".into(),
+            name: "Bench".into(),
+            priority: 1,
+            starts_at: 0,
+            ends_at: i64::MAX,
+            params: vec![],
+        })]));
+    let head = Arc::new(veneer::plugin::RequestHead {
+        method: "GET".into(),
+        path: "/".into(),
+        host: "shop.example".into(),
+        headers: vec![("accept".into(), "text/html".into())],
+    });
+    let resp = Arc::new(veneer::plugin::ResponseHead {
+        status: 200,
+        headers: vec![("content-type".into(), "text/html".into())],
+    });
+    let v = veneer_tests::test_visitor(veneer::plugin::DeviceClass::Desktop, &["returning"]);
+    // The floor: the same elements found and changed by a declarative rule, natively.
+    let declarative = || ResponsePlan {
+        html: vec![HtmlRule {
+            selector: "a[href]".into(),
+            op: HtmlOp::AddClass("on-sale".into()),
+        }],
+        ..ResponsePlan::default()
+    };
+    let once = |plugin: &Plugin, floor: bool| {
+        let (instance, plan) = rt.block_on(async {
+            let mut i = plugin
+                .instantiate(services.clone(), veneer::plugin::Admission::Run)
+                .await
+                .expect("instance");
+            let plan = i.on_response(&head, &resp, &v).await.expect("on-response");
+            (i, if floor { declarative() } else { plan })
+        });
+        rewrite_with(instance, plan, page)
+    };
+    let count = |page: &[u8], what: &[u8]| page.windows(what.len()).filter(|w| w == &what).count();
+    let callbacks = count(&once(links, false), b"campaign=bench");
+    let natively = count(&once(noop, true), b"on-sale");
+    assert!(
+        callbacks > 100 && natively == callbacks,
+        "product-links tagged {callbacks} links, the declarative rule {natively}"
+    );
+    let reps = 200;
+    let time = |plugin: &Plugin, floor: bool| {
+        median(5, || {
+            let s = Instant::now();
+            for _ in 0..reps {
+                black_box(once(plugin, floor));
+            }
+            s.elapsed() / reps
+        })
+    };
+    let (with, floor) = (time(links, false), time(noop, true));
+    let per = with.saturating_sub(floor).as_secs_f64() * 1e6 / callbacks as f64;
+    println!(
+        "{{\"scenario\":\"element-callbacks\",\"page\":\"{name}\",\"callbacks_per_request\":{callbacks},\"request_us\":{:.1},\"reference\":\"declarative-add-class\",\"reference_request_us\":{:.1},\"us_per_callback\":{per:.2},\"target_us\":1.0}}",
+        with.as_secs_f64() * 1e6,
+        floor.as_secs_f64() * 1e6,
+    );
 }
 
 fn throughput(name: &str, page: &[u8], rt: &tokio::runtime::Runtime, plugin: &Plugin) {
@@ -318,6 +431,41 @@ fn profiles(rt: &tokio::runtime::Runtime) {
     );
 }
 
+/// The per-request lines (noop, hero for both contracts, the JavaScript greeter), the geoip
+/// lookup and the profile lookups.
+fn per_request_lines(
+    rt: &tokio::runtime::Runtime,
+    runtime: &Runtime,
+    noop: &Plugin,
+    limits: Limits,
+) {
+    per_request(rt, noop, "noop", 2000);
+    geoip_lookup();
+    profiles(rt);
+    let golden_hero =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/v0.1.0/hero.wasm");
+    for (label, path) in [
+        ("hero", golden_hero),
+        ("hero", veneer_tests::plugin("hero")),
+    ] {
+        let hero = runtime
+            .load(label, &path, HashMap::new(), limits)
+            .expect("hero plugin");
+        per_request(rt, &hero, label, 2000);
+    }
+    // The same contract from JavaScript (componentize-js: a JS engine in the component), to
+    // show what a second language costs per request beside the Rust plugins above.
+    let js = runtime
+        .load(
+            "js-greeter",
+            &veneer_tests::js_plugin(),
+            HashMap::new(),
+            limits,
+        )
+        .expect("js plugin");
+    per_request(rt, &js, "js-greeter", 200);
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -351,35 +499,31 @@ fn main() {
         profiles(&rt);
         return;
     }
-    per_request(&rt, &noop, "noop", 2000);
-    geoip_lookup();
-    profiles(&rt);
-    let golden_hero =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/v0.1.0/hero.wasm");
-    for (label, path) in [
-        ("hero", golden_hero),
-        ("hero", veneer_tests::plugin("hero")),
-    ] {
-        let hero = runtime
-            .load(label, &path, HashMap::new(), limits)
-            .expect("hero plugin");
-        per_request(&rt, &hero, label, 2000);
+    // `-- callbacks`: the element-callback line alone.
+    if !std::env::args().any(|a| a == "callbacks") {
+        per_request_lines(&rt, &runtime, &noop, limits);
     }
-    // The same contract from JavaScript (componentize-js: a JS engine in the component), to
-    // show what a second language costs per request beside the Rust plugins above.
-    let js = runtime
-        .load(
-            "js-greeter",
-            &veneer_tests::js_plugin(),
-            HashMap::new(),
-            limits,
-        )
-        .expect("js plugin");
-    per_request(&rt, &js, "js-greeter", 200);
     let Some(pages) = veneer_tests::shared_pages() else {
-        eprintln!("SKIPPED throughput: ../shared/pages not found");
+        eprintln!("SKIPPED callbacks and throughput: ../shared/pages not found");
         return;
     };
+    let links = runtime
+        .load(
+            "product-links",
+            &veneer_tests::plugin("product-links"),
+            HashMap::from([
+                ("links".to_owned(), "a[href]".to_owned()),
+                ("prices".to_owned(), String::new()),
+            ]),
+            limits,
+        )
+        .expect("product-links plugin");
+    let cloudflare =
+        bytes::Bytes::from(std::fs::read(pages.join("cloudflare.com.html")).expect("page"));
+    element_callbacks(&rt, &links, &noop, "cloudflare.com.html", &cloudflare);
+    if std::env::args().any(|a| a == "callbacks") {
+        return;
+    }
     for name in [
         "cloudflare.com.html",
         "ecma402-spec.html",

@@ -572,18 +572,33 @@ mod selector_tests {
 }
 
 fn set_class(el: &mut Element<'_, '_>, class: &str, add: bool) {
-    let current = el.get_attribute("class").unwrap_or_default();
-    let mut classes: Vec<&str> = current.split_ascii_whitespace().collect();
-    let present = classes.contains(&class);
-    if add && !present {
-        classes.push(class);
-    } else if !add && present {
-        classes.retain(|c| *c != class);
-    } else {
+    // Runs for every matching element (each link a callback tags), so the common cases build
+    // one string: an added class is appended to the attribute as written.
+    let Some(current) = el.get_attribute("class") else {
+        if add {
+            // Names were validated; `class` is always a valid attribute name.
+            let _ = el.set_attribute("class", class);
+        }
         return;
-    }
-    // Names were validated; `class` is always a valid attribute name.
-    let _ = el.set_attribute("class", &classes.join(" "));
+    };
+    let present = current.split_ascii_whitespace().any(|c| c == class);
+    let value = match (add, present) {
+        (true, false) => {
+            let kept = current.trim_end_matches(|c: char| c.is_ascii_whitespace());
+            if kept.is_empty() {
+                class.to_owned()
+            } else {
+                format!("{kept} {class}")
+            }
+        }
+        (false, true) => current
+            .split_ascii_whitespace()
+            .filter(|c| *c != class)
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => return,
+    };
+    let _ = el.set_attribute("class", &value);
 }
 
 /// Applies one operation to an element.
@@ -1289,6 +1304,49 @@ mod tests {
             plain.extend(dec.finish().expect("finish"));
             assert_eq!(plain, text.as_bytes(), "{coding:?}");
         }
+    }
+
+    #[test]
+    fn classes_are_added_once_and_removed_as_words() {
+        let run = |html: &str, op: HtmlOp| {
+            let settings = Settings::new_send().append_element_content_handler(lol_html::element!(
+                "a",
+                |el| {
+                    apply_op(el, &op);
+                    Ok(())
+                }
+            ));
+            lol_html::rewrite_str(html, settings).expect("rewrites")
+        };
+        let add = || HtmlOp::AddClass("on-sale".into());
+        assert_eq!(run("<a>x</a>", add()), r#"<a class="on-sale">x</a>"#);
+        assert_eq!(
+            run(r#"<a class="">x</a>"#, add()),
+            r#"<a class="on-sale">x</a>"#
+        );
+        assert_eq!(
+            run(r#"<a class="btn  big ">x</a>"#, add()),
+            r#"<a class="btn  big on-sale">x</a>"#
+        );
+        // Already there (as a word, not as part of one): left as written.
+        assert_eq!(
+            run(r#"<a class="on-sale btn">x</a>"#, add()),
+            r#"<a class="on-sale btn">x</a>"#
+        );
+        assert_eq!(
+            run(r#"<a class="on-sale-now">x</a>"#, add()),
+            r#"<a class="on-sale-now on-sale">x</a>"#
+        );
+        let remove = || HtmlOp::RemoveClass("on-sale".into());
+        assert_eq!(
+            run(r#"<a class="btn on-sale big">x</a>"#, remove()),
+            r#"<a class="btn big">x</a>"#
+        );
+        assert_eq!(run("<a>x</a>", remove()), "<a>x</a>");
+        assert_eq!(
+            run(r#"<a class="on-sale-now">x</a>"#, remove()),
+            r#"<a class="on-sale-now">x</a>"#
+        );
     }
 
     #[test]

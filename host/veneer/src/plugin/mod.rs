@@ -838,8 +838,7 @@ impl Plugin {
             abandoned: false,
             in_call: false,
         };
-        instance.arm(true);
-        let start = Instant::now();
+        let start = instance.arm(true);
         let result = match &self.linked.pre {
             Pre::V0_1(pre) => pre
                 .instantiate_async(&mut instance.store)
@@ -1027,7 +1026,8 @@ impl Drop for Instance {
 impl Instance {
     /// Sets the deadline to what is left of the request's budget; the epoch callback checks
     /// it every tick.
-    fn arm(&mut self, awaited: bool) {
+    /// Sets the deadlines for a call starting now; returns the instant it starts at.
+    fn arm(&mut self, awaited: bool) -> Instant {
         let left = self.budget.saturating_sub(self.used);
         let s = self.store.data_mut();
         // A streaming call runs on this thread until it returns (it cannot yield), so the
@@ -1043,6 +1043,7 @@ impl Instance {
         s.yielded_ns.store(0, Ordering::Relaxed);
         s.ticks_in_call = 0;
         self.store.set_epoch_deadline(1);
+        now
     }
 
     /// Drops the instance without telling the breaker anything: the request went on without
@@ -1088,12 +1089,12 @@ impl Instance {
         if self.faulted || self.bindings.is_none() {
             return Err(PluginFault::AlreadyFaulted);
         }
-        self.arm(awaited);
+        let start = self.arm(awaited);
         let s = self.store.data_mut();
         s.may_yield = awaited;
         s.usage = budget::Usage::default();
         self.in_call = true;
-        Ok(Instant::now())
+        Ok(start)
     }
 
     fn end<R>(
