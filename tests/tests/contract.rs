@@ -573,6 +573,26 @@ async fn a_deterministic_plugin_that_reads_the_clock_through_wasi_is_not_kept() 
     assert_probe_never_kept(&host, 3);
 }
 
+#[tokio::test]
+async fn an_element_callback_reads_the_element_it_is_called_for() {
+    // The host functions read the rewriter's element in place while the callback runs.
+    let cfg = plugin_at("probe", &current("contract-probe"), r#"probe = "element""#);
+    let (_origin, host) = shop(&cfg).await;
+    let (status, _, body) = get(&host, "/", &[]).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(r#"<a href="/p/boots" data-probe="a|/p/boots|-|href=/p/boots;">Boots</a>"#),
+        "{body}"
+    );
+    // Each link reads its own, not the one before it.
+    assert!(
+        body.contains(
+            r#"<a href="/p/pack?c=red" data-probe="a|/p/pack?c=red|-|href=/p/pack?c=red;">"#
+        ),
+        "{body}"
+    );
+}
+
 #[test]
 fn plugins_declare_themselves_deterministic_in_a_custom_section() {
     let dir = TempDir::new();

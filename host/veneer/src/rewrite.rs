@@ -21,7 +21,7 @@ use lol_html::{AsciiCompatibleEncoding, MemorySettings, OutputSink, Selector};
 use crate::charset::{self, Charset};
 use crate::plugin::budget::op_bytes;
 use crate::plugin::{
-    Budget, ElementInfo, HtmlOp, HtmlRule, Instance, JsonOp, PluginFault, ResponsePlan,
+    Budget, ElementView, HtmlOp, HtmlRule, Instance, JsonOp, PluginFault, ResponsePlan,
     RuleOptions, Subscription,
 };
 
@@ -571,6 +571,22 @@ mod selector_tests {
     }
 }
 
+/// What a plugin's `on-element` reads, straight from the rewriter's element.
+impl ElementView for Element<'_, '_> {
+    fn tag(&self) -> String {
+        self.tag_name()
+    }
+    fn attribute(&self, name: &str) -> Option<String> {
+        self.get_attribute(name)
+    }
+    fn attributes(&self) -> Vec<(String, String)> {
+        Element::attributes(self)
+            .iter()
+            .map(|a| (a.name(), a.value()))
+            .collect()
+    }
+}
+
 fn set_class(el: &mut Element<'_, '_>, class: &str, add: bool) {
     // Runs for every matching element (each link a callback tags), so the common cases build
     // one string: an added class is appended to the attribute as written.
@@ -942,17 +958,9 @@ impl HtmlBody {
                         if !is_live(&h) || depth.load(Ordering::Relaxed) > 0 {
                             return Ok(());
                         }
-                        let info = ElementInfo {
-                            tag: el.tag_name(),
-                            attributes: el
-                                .attributes()
-                                .iter()
-                                .map(|a| (a.name(), a.value()))
-                                .collect(),
-                        };
                         let result =
                             match &mut *h.instance.lock().unwrap_or_else(PoisonError::into_inner) {
-                                Some(instance) => instance.on_element(id, info),
+                                Some(instance) => instance.on_element(id, &*el),
                                 None => Err(PluginFault::AlreadyFaulted),
                             };
                         let ops = result.and_then(|ops| {

@@ -4,7 +4,9 @@
 //! It declares itself deterministic though it reads the visitor's own inputs (visit count,
 //! UTM parameters, a request header, the clock): the host must see that and never serve one
 //! visitor's answer to another. With `probe = "wasi-clock"` it shows only the time, read
-//! through WASI's wall clock.
+//! through WASI's wall clock. With `probe = "element"` it subscribes to `a[href]` and writes
+//! what the element's getters returned into each link's `data-probe` attribute
+//! (`tag|attribute("HREF")|attribute("no-such")|name=value;...`).
 
 use veneer_sdk::prelude::*;
 
@@ -17,6 +19,10 @@ fn show(v: Option<String>) -> String {
 impl Plugin for Probe {
     fn on_response(request: &Request, response: &Response, visitor: &Visitor) -> ResponsePlan {
         let mut plan = Plan::new();
+        if config("probe").as_deref() == Some("element") {
+            plan.subscribe("a[href]");
+            return plan.build();
+        }
         // With `probe = "wasi-clock"` it reads nothing but the time, through WASI (not the
         // host's now-ms).
         if config("probe").as_deref() == Some("wasi-clock") {
@@ -65,6 +71,23 @@ impl Plugin for Probe {
         plan.select("body")
             .append_html(&format!("<pre id=\"probe\">{}</pre>", lines.join("\n")));
         plan.build()
+    }
+
+    fn on_element(_subscription: u32, element: &Element) {
+        let all: String = element
+            .attributes()
+            .iter()
+            .map(|(name, value)| format!("{name}={value};"))
+            .collect();
+        element.set_attribute(
+            "data-probe",
+            &format!(
+                "{}|{}|{}|{all}",
+                element.tag(),
+                show(element.attribute("HREF")),
+                show(element.attribute("no-such"))
+            ),
+        );
     }
 }
 

@@ -29,6 +29,7 @@
 
 pub mod breaker;
 pub mod budget;
+mod lent;
 pub mod model;
 mod stderr;
 mod v0_1;
@@ -51,6 +52,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use breaker::{Admission, BreakerPolicy, Transition};
 pub use budget::Budget;
+pub use lent::ElementView;
 pub use model::{
     Assignment, Campaign, Consent, DeviceClass, ElementInfo, HeaderEdits, HtmlOp, HtmlRule, JsonOp,
     Level, RequestAction, RequestHead, ResponseHead, ResponsePlan, RuleOptions, Subscription,
@@ -746,6 +748,7 @@ impl Plugin {
         }
         let state = StoreState {
             wasi: wasi.build(),
+            lending: lent::Lending::default(),
             wasi_read,
             stderr,
             table: ResourceTable::new(),
@@ -868,6 +871,8 @@ impl Plugin {
 /// Per-store state: WASI (empty), limits and the request's host services.
 struct StoreState {
     wasi: WasiCtx,
+    /// Lends the element of a running `on-element` call to the host functions that read it.
+    lending: lent::Lending,
     /// What the guest printed to stderr (bounded), for the fault's message.
     stderr: stderr::GuestStderr,
     table: ResourceTable,
@@ -1155,17 +1160,28 @@ impl Instance {
         self.store.data().record_event(name, properties);
     }
 
-    /// Calls `on-element` (synchronously, from a streaming handler).
+    /// Calls `on-element` (synchronously, from a streaming handler). A 0.2 plugin reads
+    /// `element` through host calls while the call runs (see `lent`); 0.1 is given a copy.
     pub fn on_element(
         &mut self,
         subscription: u32,
-        element: ElementInfo,
+        element: &dyn ElementView,
     ) -> Result<Vec<HtmlOp>, PluginFault> {
         let start = self.begin(false)?;
         let store = &mut self.store;
         let r = match &self.bindings {
-            Some(Bound::V0_1(b)) => poll_now(v0_1::on_element(b, store, subscription, &element)),
-            Some(Bound::V0_2(b)) => poll_now(v0_2::on_element(b, store, subscription, element)),
+            Some(Bound::V0_1(b)) => {
+                let info = ElementInfo {
+                    tag: element.tag(),
+                    attributes: element.attributes(),
+                };
+                poll_now(v0_1::on_element(b, store, subscription, &info))
+            }
+            Some(Bound::V0_2(b)) => {
+                // The loan ends when `_loan` drops, before `element`'s borrow does.
+                let (lent, _loan) = store.data().lending.lend(element);
+                poll_now(v0_2::on_element(b, store, subscription, lent))
+            }
             None => return Err(PluginFault::AlreadyFaulted),
         };
         self.end(start, r)

@@ -15,6 +15,7 @@ use wasmtime::component::Resource;
 
 use super::StoreState;
 use super::budget::op_bytes;
+use super::lent::{ElementView, LentElement};
 use super::model::{self, HtmlOp, HtmlRule, JsonOp};
 
 mod bindings {
@@ -60,8 +61,17 @@ pub struct RequestPlanRes {
 pub struct ResponsePlanRes(model::ResponsePlan);
 /// An element lent to `on-element`, with the operations asked for it.
 pub struct ElementRes {
-    info: model::ElementInfo,
+    element: LentElement,
     ops: Vec<HtmlOp>,
+}
+
+impl ElementRes {
+    /// The element, while the call it was lent to runs.
+    fn read(&self) -> wasmtime::Result<&dyn ElementView> {
+        self.element
+            .get()
+            .ok_or_else(|| wasmtime::format_err!("element read after its on-element call ended"))
+    }
 }
 /// A text node lent to `on-text`, with its replacement if the plugin asked for one.
 pub struct TextRes {
@@ -153,10 +163,10 @@ pub async fn on_element(
     b: &Personalizer,
     store: &mut Store<StoreState>,
     subscription: u32,
-    element: model::ElementInfo,
+    element: LentElement,
 ) -> wasmtime::Result<Vec<HtmlOp>> {
     let el = store.data_mut().table.push(ElementRes {
-        info: element,
+        element,
         ops: Vec::new(),
     })?;
     let result = b
@@ -530,20 +540,13 @@ impl t::HostResponsePlan for StoreState {
 
 impl t::HostElement for StoreState {
     fn tag(&mut self, e: Resource<ElementRes>) -> R<String> {
-        Ok(self.table.get(&e)?.info.tag.clone())
+        Ok(self.table.get(&e)?.read()?.tag())
     }
     fn attribute(&mut self, e: Resource<ElementRes>, name: String) -> R<Option<String>> {
-        Ok(self
-            .table
-            .get(&e)?
-            .info
-            .attributes
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(&name))
-            .map(|(_, v)| v.clone()))
+        Ok(self.table.get(&e)?.read()?.attribute(&name))
     }
     fn attributes(&mut self, e: Resource<ElementRes>) -> R<Vec<(String, String)>> {
-        Ok(self.table.get(&e)?.info.attributes.clone())
+        Ok(self.table.get(&e)?.read()?.attributes())
     }
     fn set_inner_html(&mut self, e: Resource<ElementRes>, html: String) -> R<()> {
         self.element_op(&e, HtmlOp::SetInnerHtml(html))
