@@ -6,6 +6,8 @@
 //! - streaming rewrite throughput of Veneer's HTML pipeline on the three shared pages with three
 //!   declarative rules, against raw lol-html doing the same three rewrites in the same run.
 //!
+//! - element callbacks on the cloudflare page: product-links on every `a[href]` against a
+//!   declarative rule changing the same elements, per callback (`-- callbacks`: this one alone);
 //! - profiles: a CRM import of 200,000 customers, then per request what the identify stage
 //!   does with a profile (cache lookup, the profile's attributes for the rules, a journey
 //!   stage, a page view recorded), and a first lookup that reads the store.
