@@ -1029,9 +1029,8 @@ impl Drop for Instance {
 }
 
 impl Instance {
-    /// Sets the deadline to what is left of the request's budget; the epoch callback checks
-    /// it every tick.
-    /// Sets the deadlines for a call starting now; returns the instant it starts at.
+    /// Sets the deadlines for a call starting now to what is left of the request's budget (the
+    /// epoch callback checks them every tick); returns the instant the call starts at.
     fn arm(&mut self, awaited: bool) -> Instant {
         let left = self.budget.saturating_sub(self.used);
         let s = self.store.data_mut();
@@ -1171,6 +1170,8 @@ impl Instance {
         let store = &mut self.store;
         let r = match &self.bindings {
             Some(Bound::V0_1(b)) => {
+                // The copy 0.1's record needs counts against the plugin's time, as reading
+                // the element through host calls does for 0.2.
                 let info = ElementInfo {
                     tag: element.tag(),
                     attributes: element.attributes(),
@@ -1178,9 +1179,10 @@ impl Instance {
                 poll_now(v0_1::on_element(b, store, subscription, &info))
             }
             Some(Bound::V0_2(b)) => {
-                // The loan ends when `_loan` drops, before `element`'s borrow does.
-                let (lent, _loan) = store.data().lending.lend(element);
-                poll_now(v0_2::on_element(b, store, subscription, lent))
+                let lending = store.data().lending.clone();
+                lending.with_lent(element, |lent| {
+                    poll_now(v0_2::on_element(b, store, subscription, lent))
+                })
             }
             None => return Err(PluginFault::AlreadyFaulted),
         };
