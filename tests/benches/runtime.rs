@@ -509,7 +509,8 @@ fn main() {
         return;
     }
     // `-- callbacks`: the element-callback line alone.
-    if !std::env::args().any(|a| a == "callbacks") {
+    let only_callbacks = std::env::args().any(|a| a == "callbacks");
+    if !only_callbacks {
         per_request_lines(&rt, &runtime, &noop, limits);
     }
     let Some(pages) = veneer_tests::shared_pages() else {
@@ -530,7 +531,7 @@ fn main() {
     let cloudflare =
         bytes::Bytes::from(std::fs::read(pages.join("cloudflare.com.html")).expect("page"));
     element_callbacks(&rt, &links, &noop, "cloudflare.com.html", &cloudflare);
-    if std::env::args().any(|a| a == "callbacks") {
+    if only_callbacks {
         return;
     }
     for name in [

@@ -19,13 +19,14 @@ fn show(v: Option<String>) -> String {
 impl Plugin for Probe {
     fn on_response(request: &Request, response: &Response, visitor: &Visitor) -> ResponsePlan {
         let mut plan = Plan::new();
-        if config("probe").as_deref() == Some("element") {
+        let probe = config("probe");
+        if probe.as_deref() == Some("element") {
             plan.subscribe("a[href]");
             return plan.build();
         }
         // With `probe = "wasi-clock"` it reads nothing but the time, through WASI (not the
         // host's now-ms).
-        if config("probe").as_deref() == Some("wasi-clock") {
+        if probe.as_deref() == Some("wasi-clock") {
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos());

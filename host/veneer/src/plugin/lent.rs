@@ -34,7 +34,7 @@ struct Loans {
 }
 
 /// Lends elements to one store's calls, one at a time.
-#[derive(Default, Clone)]
+#[derive(Default)]
 pub(crate) struct Lending(Arc<Loans>);
 
 impl Lending {
@@ -73,8 +73,9 @@ pub(crate) struct LentElement {
 )]
 // SAFETY: the pointer is followed only by `get`, and only while this value's loan is current,
 // that is inside `with_lent`, on the thread that called it: its one caller,
-// `Instance::on_element`, holds the store's `&mut` for the whole synchronous call, so the store
-// (and this value in its table) cannot be on another thread while the pointer is followed.
+// `Instance::on_element`, holds the instance (its store included) by `&mut` for the whole
+// synchronous call, so the store (and this value in its table) cannot be on another thread
+// while the pointer is followed.
 unsafe impl Send for LentElement {}
 
 impl LentElement {

@@ -748,7 +748,6 @@ impl Plugin {
         }
         let state = StoreState {
             wasi: wasi.build(),
-            lending: lent::Lending::default(),
             wasi_read,
             stderr,
             table: ResourceTable::new(),
@@ -840,6 +839,7 @@ impl Plugin {
             trial: admission == Admission::Trial,
             abandoned: false,
             in_call: false,
+            lending: lent::Lending::default(),
         };
         let start = instance.arm(true);
         let result = match &self.linked.pre {
@@ -871,8 +871,6 @@ impl Plugin {
 /// Per-store state: WASI (empty), limits and the request's host services.
 struct StoreState {
     wasi: WasiCtx,
-    /// Lends the element of a running `on-element` call to the host functions that read it.
-    lending: lent::Lending,
     /// What the guest printed to stderr (bounded), for the fault's message.
     stderr: stderr::GuestStderr,
     table: ResourceTable,
@@ -1003,6 +1001,8 @@ pub struct Instance {
     /// A call is under way: dropped now, the request was cancelled (the client went away), which
     /// says nothing about the plugin either.
     in_call: bool,
+    /// Lends the element of a running `on-element` call to the host functions that read it.
+    lending: lent::Lending,
 }
 
 impl Drop for Instance {
@@ -1178,12 +1178,9 @@ impl Instance {
                 };
                 poll_now(v0_1::on_element(b, store, subscription, &info))
             }
-            Some(Bound::V0_2(b)) => {
-                let lending = store.data().lending.clone();
-                lending.with_lent(element, |lent| {
-                    poll_now(v0_2::on_element(b, store, subscription, lent))
-                })
-            }
+            Some(Bound::V0_2(b)) => self.lending.with_lent(element, |lent| {
+                poll_now(v0_2::on_element(b, store, subscription, lent))
+            }),
             None => return Err(PluginFault::AlreadyFaulted),
         };
         self.end(start, r)
