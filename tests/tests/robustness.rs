@@ -490,6 +490,53 @@ async fn output_that_outgrows_the_page_is_cut_off_mid_stream() {
 }
 
 #[tokio::test]
+async fn a_kept_plan_that_faults_in_the_body_is_forgotten_and_counts_against_the_plugin() {
+    // static-rewrites declares itself deterministic, so its plan is kept for the next visitor
+    // like this one; on this page it inserts more than the tenant lets a plugin add while a
+    // body streams. Kept, it would fault on every request without its breaker hearing of it.
+    let limits = "[tenant.limits]\nrewrite_max_growth = 0.0\nrewrite_extra_bytes = 10\n\
+                  breaker_faults = 3\nbreaker_cooldown_ms = 60000\n";
+    let rule = format!("rule1 = \"p | append-html | <i>{}</i>\"", "x".repeat(100));
+    let (_o, host) = start(&[("static-rewrites", &rule)], limits).await;
+    for _ in 0..6 {
+        let (status, _, body) = fetch(&host.url("/"), &[]).await;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(status, 200);
+        assert!(body.ends_with("</p></body></html>"), "{body}");
+    }
+    let plugin = [("tenant", "site"), ("plugin", "static-rewrites")];
+    let with = |extra: (&'static str, &'static str)| {
+        let mut labels = plugin.to_vec();
+        labels.push(extra);
+        labels
+    };
+    let m = &host.app.metrics;
+    // Its request hook's kept answer is recalled, but the plan that faulted is gone: the
+    // plugin runs again each time (and faults again) until the breaker opens.
+    let memo = |result| m.get("veneer_plugin_memo_total", &with(("result", result)));
+    assert_eq!(
+        (memo("hit"), memo("response_miss")),
+        (2, 2),
+        "a plan that faulted is not served again\n{}",
+        m.render()
+    );
+    assert_eq!(
+        m.get("veneer_plugin_faults_total", &with(("kind", "budget"))),
+        3,
+        "three faults, then the breaker skips it\n{}",
+        m.render()
+    );
+    assert_eq!(
+        m.get(
+            "veneer_plugin_skipped_total",
+            &with(("reason", "breaker_open"))
+        ),
+        3
+    );
+    assert_eq!(m.get("veneer_plugin_breaker_open", &plugin), 1);
+}
+
+#[tokio::test]
 async fn a_plugin_that_keeps_faulting_is_skipped_until_a_trial_succeeds() {
     // A cool-down long enough that the skipped requests cannot outlast it on a loaded machine.
     let limits = "[tenant.limits]\nbreaker_faults = 3\nbreaker_cooldown_ms = 2000\n";

@@ -681,6 +681,15 @@ impl Plugin {
         self.breaker.admit()
     }
 
+    /// Counts a fault in applying a plan kept from an earlier run of the plugin (no instance
+    /// ran this time to count it).
+    pub fn kept_plan_faulted(&self, services: &dyn HostServices) {
+        let transition = self.breaker.record(breaker::Outcome::Fault, false);
+        if transition != Transition::None {
+            services.breaker_changed(&self.name, transition);
+        }
+    }
+
     /// Whether the plugin is being skipped after repeated faults.
     pub fn breaker_open(&self) -> bool {
         self.breaker.is_open()

@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Full};
 use super::ctx::RequestCtx;
 use super::error::ProxyError;
 use super::headers::{apply_edits, header_str};
-use super::plugins::{Live, report_fault};
+use super::plugins::{Kept, Live, report_fault};
 use super::{Body, BoxError};
 use crate::app::Tenant;
 use crate::plugin::PluginFault;
@@ -39,7 +39,7 @@ pub(super) async fn personalize(
     client: ClientView,
     mut parts: http::response::Parts,
     body: Body,
-    plans: Vec<(Live, CheckedPlan)>,
+    mut plans: Vec<(Live, CheckedPlan)>,
     cached_body: Option<u64>,
 ) -> Result<Response<Body>, ProxyError> {
     for (_, plan) in &plans {
@@ -99,11 +99,18 @@ pub(super) async fn personalize(
             }
             // Set by any fault, or a page passed through unchanged: such a rewrite is not kept.
             let spoiled = Arc::new(AtomicBool::new(false));
+            let kept: Vec<(Arc<str>, Kept)> = plans
+                .iter_mut()
+                .filter_map(|(live, _)| Some((live.name.clone(), live.kept.take()?)))
+                .collect();
             let report: rewrite::FaultReporter = {
                 let (app, tenant, request_id) = (app.clone(), name.clone(), request_id.clone());
                 let spoiled = spoiled.clone();
                 Arc::new(move |plugin: &str, fault: &PluginFault| {
                     spoiled.store(true, std::sync::atomic::Ordering::Relaxed);
+                    if let Some((_, kept)) = kept.iter().find(|(name, _)| &**name == plugin) {
+                        kept.faulted();
+                    }
                     report_fault(&app, &tenant, plugin, &request_id, fault)
                 })
             };

@@ -71,6 +71,25 @@ struct ResponseMemo {
     plan: CheckedPlan,
 }
 
+/// Where a kept plan is, to forget it if applying it to a body faults (over the output
+/// budget, say): it is not served again, so the plugin runs for the next such request.
+#[derive(Clone)]
+pub struct KeptPlan {
+    variant: Arc<Variant>,
+    response: Arc<ResponseMemo>,
+}
+
+impl KeptPlan {
+    /// Forgets the plan (the rest of its variant stays kept).
+    pub fn forget(&self) {
+        self.variant
+            .responses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|r| !Arc::ptr_eq(r, &self.response));
+    }
+}
+
 impl ResponseMemo {
     fn new(signature: Signature, recorded: Recorded, plan: CheckedPlan) -> Arc<Self> {
         Arc::new(Self {
@@ -150,10 +169,10 @@ impl Memo {
     /// The plan kept after `variant` for a response like `head`, whose reads still give the
     /// same answers (its effects are then done through `services`).
     pub fn recall_response(
-        variant: &Variant,
+        variant: &Arc<Variant>,
         signature: &Signature,
         services: &dyn HostServices,
-    ) -> Option<CheckedPlan> {
+    ) -> Option<(CheckedPlan, KeptPlan)> {
         let responses = variant
             .responses
             .lock()
@@ -163,7 +182,11 @@ impl Memo {
             .iter()
             .find(|r| &r.signature == signature && still_reads(&r.recorded.reads, services))?;
         replay(&found.recorded.effects, services);
-        Some(found.plan.clone())
+        let kept = KeptPlan {
+            variant: variant.clone(),
+            response: found.clone(),
+        };
+        Some((found.plan.clone(), kept))
     }
 
     /// Keeps a whole answer: `on-request`'s edits and `on-response`'s plan.
@@ -175,7 +198,7 @@ impl Memo {
         signature: Signature,
         response: Recorded,
         plan: CheckedPlan,
-    ) {
+    ) -> KeptPlan {
         let memo = ResponseMemo::new(signature, response, plan);
         let mut variants: Vec<Arc<Variant>> = self
             .entries
@@ -184,31 +207,35 @@ impl Memo {
             .unwrap_or_default();
         // Another visitor's run may have kept the same variant meanwhile.
         if let Some(same) = variants.iter().find(|v| v.request.reads == request.reads) {
-            Self::keep_response_in(same, memo);
-            return;
+            return Self::keep_response_in(same, memo);
         }
         if variants.len() >= VARIANTS_PER_KEY {
             variants.remove(0);
         }
-        variants.push(Arc::new(Variant {
+        let variant = Arc::new(Variant {
             request,
             edits,
-            responses: Mutex::new(vec![memo]),
-        }));
+            responses: Mutex::new(vec![memo.clone()]),
+        });
+        variants.push(variant.clone());
         self.entries.insert(key, variants.into());
+        KeptPlan {
+            variant,
+            response: memo,
+        }
     }
 
     /// Keeps a plan for another kind of response after a recalled `on-request` answer.
     pub fn keep_response(
-        variant: &Variant,
+        variant: &Arc<Variant>,
         signature: Signature,
         response: Recorded,
         plan: CheckedPlan,
-    ) {
-        Self::keep_response_in(variant, ResponseMemo::new(signature, response, plan));
+    ) -> KeptPlan {
+        Self::keep_response_in(variant, ResponseMemo::new(signature, response, plan))
     }
 
-    fn keep_response_in(variant: &Variant, memo: Arc<ResponseMemo>) {
+    fn keep_response_in(variant: &Arc<Variant>, memo: Arc<ResponseMemo>) -> KeptPlan {
         let mut responses = variant
             .responses
             .lock()
@@ -218,7 +245,11 @@ impl Memo {
         if responses.len() >= RESPONSES_PER_VARIANT {
             responses.remove(0);
         }
-        responses.push(memo);
+        responses.push(memo.clone());
+        KeptPlan {
+            variant: variant.clone(),
+            response: memo,
+        }
     }
 
     /// Keys held.
@@ -573,6 +604,22 @@ mod tests {
         *host.variation.lock().expect("lock") = 0;
         assert!(memo.recall(&key, &*host).is_some());
         assert_eq!(memo.len(), 1);
+    }
+
+    #[test]
+    fn a_forgotten_plan_is_not_recalled_but_its_request_answer_stays() {
+        let memo = Memo::new(16);
+        let host = Arc::new(Fake::default());
+        let key = Memo::key(&request("/"), &visitor(&[], DeviceClass::Desktop, "en"));
+        run(&memo, key.clone(), &host);
+        let variant = memo.recall(&key, &*host).expect("kept");
+        let (_, place) = Memo::recall_response(&variant, &html(), &*host).expect("kept plan");
+        place.forget();
+        assert!(Memo::recall_response(&variant, &html(), &*host).is_none());
+        assert!(
+            memo.recall(&key, &*host).is_some(),
+            "on-request's answer stays"
+        );
     }
 
     #[test]

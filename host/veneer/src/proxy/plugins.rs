@@ -13,7 +13,7 @@ use super::ctx::RequestCtx;
 use super::finish::full;
 use super::headers::{export_headers, reserved_cookie};
 use super::identify::VisitorCtx;
-use super::memo::{Memo, Recorded, Recorder, Signature, Variant};
+use super::memo::{KeptPlan, Memo, Recorded, Recorder, Signature, Variant};
 use crate::app::{App, Tenant};
 use crate::plugin::{
     Admission, Budget, HeaderEdits, Instance, PluginFault, RequestAction, ResponseHead,
@@ -72,6 +72,7 @@ pub(super) async fn on_request(ctx: &RequestCtx, tenant: &Tenant, v: &VisitorCtx
                 instance: None,
                 budget,
                 memo: Some(Memoing::Recalled { index, variant }),
+                kept: None,
             });
             continue;
         }
@@ -122,6 +123,7 @@ pub(super) async fn on_request(ctx: &RequestCtx, tenant: &Tenant, v: &VisitorCtx
                         instance: Some(instance),
                         budget,
                         memo,
+                        kept: None,
                     });
                     continue;
                 }
@@ -191,7 +193,16 @@ pub(super) async fn on_response(
         if let (Some(Memoing::Recalled { index, variant }), Some(signature)) =
             (&live.memo, &signature)
         {
-            if let Some(plan) = Memo::recall_response(variant, signature, &*v.services) {
+            if let Some((plan, place)) = Memo::recall_response(variant, signature, &*v.services) {
+                // No instance ran to tell its breaker if applying the plan faults: this does.
+                let plugin = tenant.plugins.get(*index).cloned();
+                live.kept = Some(Kept {
+                    place,
+                    recalled: plugin.map(|p| {
+                        let services: Arc<dyn crate::plugin::HostServices> = v.services.clone();
+                        (p, services)
+                    }),
+                });
                 plans.push((live, plan));
                 continue;
             }
@@ -226,7 +237,10 @@ pub(super) async fn on_response(
         match answer.and_then(|plan| check_response_plan(plan, &live.budget, tenant)) {
             Ok(plan) => {
                 if let (Some(memo), Some(signature)) = (live.memo.take(), signature) {
-                    keep(&live, memo, signature, &plan);
+                    live.kept = keep(&live, memo, signature, &plan).map(|place| Kept {
+                        place,
+                        recalled: None,
+                    });
                 }
                 plans.push((live, plan))
             }
@@ -241,10 +255,11 @@ pub(super) async fn on_response(
 
 /// Keeps a deterministic plugin's answer to this request, when nothing it did stands in the
 /// way: it read only what the answer is keyed by, and its plan needs no instance later (no
-/// element callbacks, no rule that records an event when it applies).
-fn keep(live: &Live, memo: Memoing, signature: Signature, plan: &CheckedPlan) {
+/// element callbacks, no rule that records an event when it applies). Returns where the plan
+/// was kept.
+fn keep(live: &Live, memo: Memoing, signature: Signature, plan: &CheckedPlan) -> Option<KeptPlan> {
     if live.instance.as_ref().is_none_or(Instance::read_unkeyed) || plan.needs_instance() {
-        return;
+        return None;
     }
     match memo {
         Memoing::Recording {
@@ -254,19 +269,22 @@ fn keep(live: &Live, memo: Memoing, signature: Signature, plan: &CheckedPlan) {
             request,
             edits,
         } => {
-            if let Some(response) = recorder.take() {
-                // Made now, so every request it is served to has it.
-                plan.html_fingerprint();
-                memo.keep(key, request, edits, signature, response, plan.clone());
-            }
+            let response = recorder.take()?;
+            // Made now, so every request it is served to has it.
+            plan.html_fingerprint();
+            Some(memo.keep(key, request, edits, signature, response, plan.clone()))
         }
         Memoing::Rerun { variant, recorder } => {
-            if let Some(response) = recorder.take() {
-                plan.html_fingerprint();
-                Memo::keep_response(&variant, signature, response, plan.clone());
-            }
+            let response = recorder.take()?;
+            plan.html_fingerprint();
+            Some(Memo::keep_response(
+                &variant,
+                signature,
+                response,
+                plan.clone(),
+            ))
         }
-        Memoing::Recalled { .. } | Memoing::Recording { memo: None, .. } => {}
+        Memoing::Recalled { .. } | Memoing::Recording { memo: None, .. } => None,
     }
 }
 
@@ -355,6 +373,27 @@ pub(super) struct Live {
     pub(super) budget: Budget,
     /// Where a deterministic plugin's answers come from or go to.
     memo: Option<Memoing>,
+    /// Its plan, when it is a kept one (recalled, or kept by this request).
+    pub(super) kept: Option<Kept>,
+}
+
+/// A plan served from (or just put in) a deterministic plugin's memo.
+pub(super) struct Kept {
+    place: KeptPlan,
+    /// A recalled plan's plugin and the request's services: no instance ran to tell the
+    /// plugin's breaker of a fault in applying it.
+    recalled: Option<(crate::plugin::Plugin, Arc<dyn crate::plugin::HostServices>)>,
+}
+
+impl Kept {
+    /// Applying the plan to the body faulted: it is not served again, and the fault counts
+    /// against the plugin as if it had run (a kept answer stands for a run).
+    pub(super) fn faulted(&self) {
+        self.place.forget();
+        if let Some((plugin, services)) = &self.recalled {
+            plugin.kept_plan_faulted(&**services);
+        }
+    }
 }
 
 /// A deterministic plugin's answers in this request.
