@@ -574,6 +574,33 @@ async fn a_deterministic_plugin_that_reads_the_clock_through_wasi_is_not_kept() 
 }
 
 #[tokio::test]
+async fn a_deterministic_plugin_using_a_hash_map_is_still_kept() {
+    // Rust's HashMap reads WASI's insecure seed when an instance makes its first map; that
+    // read says nothing about the answer, so it must not cost the plugin its kept answers.
+    let cfg = plugin_at("probe", &current("contract-probe"), r#"probe = "hash-map""#);
+    let (_origin, host) = shop(&cfg).await;
+    let mut pages = Vec::new();
+    for _ in 0..3 {
+        let (status, _, body) = get(&host, "/", &[]).await;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("<pre id=\"probe\">letters=e1,n1,w1</pre>"),
+            "{body}"
+        );
+        pages.push(body);
+    }
+    let metrics = host.app.metrics.render();
+    assert!(
+        metrics
+            .contains(r#"veneer_plugin_memo_total{tenant="shop",plugin="probe",result="miss"} 1"#)
+            && metrics.contains(
+                r#"veneer_plugin_memo_total{tenant="shop",plugin="probe",result="hit"} 2"#
+            ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn an_element_callback_reads_the_element_it_is_called_for() {
     // The host functions read the rewriter's element in place while the callback runs.
     let cfg = plugin_at("probe", &current("contract-probe"), r#"probe = "element""#);

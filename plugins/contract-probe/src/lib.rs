@@ -6,7 +6,9 @@
 //! visitor's answer to another. With `probe = "wasi-clock"` it shows only the time, read
 //! through WASI's wall clock. With `probe = "element"` it subscribes to `a[href]` and writes
 //! what the element's getters returned into each link's `data-probe` attribute
-//! (`tag|attribute("HREF")|attribute("no-such")|name=value;...`).
+//! (`tag|attribute("HREF")|attribute("no-such")|name=value;...`). With `probe = "hash-map"` it
+//! counts the visitor's segments' letters in a `HashMap` (seeded through WASI's insecure seed)
+//! and shows them sorted: a deterministic answer the host must still keep.
 
 use veneer_sdk::prelude::*;
 
@@ -22,6 +24,19 @@ impl Plugin for Probe {
         let probe = config("probe");
         if probe.as_deref() == Some("element") {
             plan.subscribe("a[href]");
+            return plan.build();
+        }
+        if probe.as_deref() == Some("hash-map") {
+            let mut letters = std::collections::HashMap::new();
+            for c in visitor.segments().concat().chars() {
+                *letters.entry(c).or_insert(0u32) += 1;
+            }
+            let mut counted: Vec<String> = letters.iter().map(|(c, n)| format!("{c}{n}")).collect();
+            counted.sort();
+            plan.select("body").append_html(&format!(
+                "<pre id=\"probe\">letters={}</pre>",
+                counted.join(",")
+            ));
             return plan.build();
         }
         // With `probe = "wasi-clock"` it reads nothing but the time, through WASI (not the
