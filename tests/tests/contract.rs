@@ -579,7 +579,6 @@ async fn a_deterministic_plugin_using_a_hash_map_is_still_kept() {
     // read says nothing about the answer, so it must not cost the plugin its kept answers.
     let cfg = plugin_at("probe", &current("contract-probe"), r#"probe = "hash-map""#);
     let (_origin, host) = shop(&cfg).await;
-    let mut pages = Vec::new();
     for _ in 0..3 {
         let (status, _, body) = get(&host, "/", &[]).await;
         assert_eq!(status, 200);
@@ -587,7 +586,6 @@ async fn a_deterministic_plugin_using_a_hash_map_is_still_kept() {
             body.contains("<pre id=\"probe\">letters=e1,n1,w1</pre>"),
             "{body}"
         );
-        pages.push(body);
     }
     let metrics = host.app.metrics.render();
     assert!(

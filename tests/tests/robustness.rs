@@ -536,6 +536,103 @@ async fn a_kept_plan_that_faults_in_the_body_is_forgotten_and_counts_against_the
     assert_eq!(m.get("veneer_plugin_breaker_open", &plugin), 1);
 }
 
+/// An origin whose page at `/` has one paragraph the first time and five after: the same URL
+/// and kind of response, so a plan kept from the first request is recalled for the longer page.
+async fn growing_origin() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind origin");
+    let addr = listener.local_addr().expect("origin address");
+    let served = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let served = served.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_| {
+                    let paragraphs = if served.fetch_add(1, Ordering::SeqCst) == 0 {
+                        1
+                    } else {
+                        5
+                    };
+                    let page = format!(
+                        "<html><body>{}</body></html>",
+                        "<p>text</p>".repeat(paragraphs)
+                    );
+                    async move {
+                        http::Response::builder()
+                            .header("content-type", "text/html")
+                            .body(http_body_util::Full::new(bytes::Bytes::from(page)))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_recalled_plan_that_faults_counts_against_the_plugin_once_no_instance_ran() {
+    // The first page takes the plan's insertion (107 bytes of the 200 allowed); the longer
+    // page, served the kept plan without running the plugin, does not.
+    let limits = "[tenant.limits]\nrewrite_max_growth = 0.0\nrewrite_extra_bytes = 200\n\
+                  breaker_faults = 1\nbreaker_cooldown_ms = 60000\n";
+    let rule = format!("rule1 = \"p | append-html | <i>{}</i>\"", "x".repeat(100));
+    let (addr, origin) = growing_origin().await;
+    let cfg = tenant(&[("static-rewrites", &rule)], limits);
+    let host = Host::start(
+        HostSpec {
+            config: &cfg,
+            files: &[],
+        },
+        addr,
+    )
+    .await;
+    for _ in 0..3 {
+        let (status, _, body) = fetch(&host.url("/"), &[]).await;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(status, 200);
+        assert!(body.ends_with("</body></html>"), "{body}");
+    }
+    origin.abort();
+    let plugin = [("tenant", "site"), ("plugin", "static-rewrites")];
+    let with = |extra: (&'static str, &'static str)| {
+        let mut labels = plugin.to_vec();
+        labels.push(extra);
+        labels
+    };
+    let m = &host.app.metrics;
+    let memo = |result| m.get("veneer_plugin_memo_total", &with(("result", result)));
+    assert_eq!(
+        (memo("miss"), memo("hit"), memo("response_miss")),
+        (1, 1, 0),
+        "{}",
+        m.render()
+    );
+    // The recalled plan's fault opened the breaker (one fault allowed): the third request
+    // skipped the plugin instead of running it.
+    assert_eq!(
+        m.get("veneer_plugin_faults_total", &with(("kind", "budget"))),
+        1
+    );
+    assert_eq!(m.get("veneer_plugin_breaker_open", &plugin), 1);
+    assert_eq!(
+        m.get(
+            "veneer_plugin_skipped_total",
+            &with(("reason", "breaker_open"))
+        ),
+        1,
+        "{}",
+        m.render()
+    );
+}
+
 #[tokio::test]
 async fn a_plugin_that_keeps_faulting_is_skipped_until_a_trial_succeeds() {
     // A cool-down long enough that the skipped requests cannot outlast it on a loaded machine.

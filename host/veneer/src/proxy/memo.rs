@@ -73,20 +73,23 @@ struct ResponseMemo {
 
 /// Where a kept plan is, to forget it if applying it to a body faults (over the output
 /// budget, say): it is not served again, so the plugin runs for the next such request.
-#[derive(Clone)]
 pub struct KeptPlan {
     variant: Arc<Variant>,
     response: Arc<ResponseMemo>,
 }
 
 impl KeptPlan {
-    /// Forgets the plan (the rest of its variant stays kept).
-    pub fn forget(&self) {
-        self.variant
+    /// Forgets the plan (the rest of its variant stays kept); whether it was still kept
+    /// (another request that applied the same plan may have forgotten it first).
+    pub fn forget(&self) -> bool {
+        let mut responses = self
+            .variant
             .responses
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|r| !Arc::ptr_eq(r, &self.response));
+            .unwrap_or_else(PoisonError::into_inner);
+        let before = responses.len();
+        responses.retain(|r| !Arc::ptr_eq(r, &self.response));
+        responses.len() < before
     }
 }
 
@@ -167,7 +170,7 @@ impl Memo {
     }
 
     /// The plan kept after `variant` for a response like `head`, whose reads still give the
-    /// same answers (its effects are then done through `services`).
+    /// same answers (its effects are then done through `services`), and where it is kept.
     pub fn recall_response(
         variant: &Arc<Variant>,
         signature: &Signature,
@@ -189,7 +192,8 @@ impl Memo {
         Some((found.plan.clone(), kept))
     }
 
-    /// Keeps a whole answer: `on-request`'s edits and `on-response`'s plan.
+    /// Keeps a whole answer: `on-request`'s edits and `on-response`'s plan; returns where the
+    /// plan is kept.
     pub fn keep(
         &self,
         key: Box<[u8]>,
@@ -225,7 +229,8 @@ impl Memo {
         }
     }
 
-    /// Keeps a plan for another kind of response after a recalled `on-request` answer.
+    /// Keeps a plan for another kind of response after a recalled `on-request` answer;
+    /// returns where it is kept.
     pub fn keep_response(
         variant: &Arc<Variant>,
         signature: Signature,
@@ -614,7 +619,8 @@ mod tests {
         run(&memo, key.clone(), &host);
         let variant = memo.recall(&key, &*host).expect("kept");
         let (_, place) = Memo::recall_response(&variant, &html(), &*host).expect("kept plan");
-        place.forget();
+        assert!(place.forget());
+        assert!(!place.forget(), "forgotten once");
         assert!(Memo::recall_response(&variant, &html(), &*host).is_none());
         assert!(
             memo.recall(&key, &*host).is_some(),

@@ -14,6 +14,7 @@ use super::finish::full;
 use super::headers::{export_headers, reserved_cookie};
 use super::identify::VisitorCtx;
 use super::memo::{KeptPlan, Memo, Recorded, Recorder, Signature, Variant};
+use super::services::Services;
 use crate::app::{App, Tenant};
 use crate::plugin::{
     Admission, Budget, HeaderEdits, Instance, PluginFault, RequestAction, ResponseHead,
@@ -195,13 +196,9 @@ pub(super) async fn on_response(
         {
             if let Some((plan, place)) = Memo::recall_response(variant, signature, &*v.services) {
                 // No instance ran to tell its breaker if applying the plan faults: this does.
-                let plugin = tenant.plugins.get(*index).cloned();
                 live.kept = Some(Kept {
                     place,
-                    recalled: plugin.map(|p| {
-                        let services: Arc<dyn crate::plugin::HostServices> = v.services.clone();
-                        (p, services)
-                    }),
+                    recalled: Some((*index, v.services.clone())),
                 });
                 plans.push((live, plan));
                 continue;
@@ -380,17 +377,21 @@ pub(super) struct Live {
 /// A plan served from (or just put in) a deterministic plugin's memo.
 pub(super) struct Kept {
     place: KeptPlan,
-    /// A recalled plan's plugin and the request's services: no instance ran to tell the
-    /// plugin's breaker of a fault in applying it.
-    recalled: Option<(crate::plugin::Plugin, Arc<dyn crate::plugin::HostServices>)>,
+    /// A recalled plan's plugin (its index in the tenant) and the request's services: no
+    /// instance ran to tell the plugin's breaker of a fault in applying it.
+    recalled: Option<(usize, Arc<Services>)>,
 }
 
 impl Kept {
     /// Applying the plan to the body faulted: it is not served again, and the fault counts
-    /// against the plugin as if it had run (a kept answer stands for a run).
+    /// against the plugin as a run's would. Only the request that forgets the plan counts it:
+    /// others already applying the same plan (a burst on one page) fault with it but do not
+    /// count again: one bad plan is one fault, not one per request that held it.
     pub(super) fn faulted(&self) {
-        self.place.forget();
-        if let Some((plugin, services)) = &self.recalled {
+        if self.place.forget()
+            && let Some((index, services)) = &self.recalled
+            && let Some(plugin) = services.tenant.plugins.get(*index)
+        {
             plugin.kept_plan_faulted(&**services);
         }
     }
