@@ -504,16 +504,12 @@ async fn a_kept_plan_that_faults_in_the_body_is_forgotten_and_counts_against_the
         assert_eq!(status, 200);
         assert!(body.ends_with("</p></body></html>"), "{body}");
     }
-    let plugin = [("tenant", "site"), ("plugin", "static-rewrites")];
-    let with = |extra: (&'static str, &'static str)| {
-        let mut labels = plugin.to_vec();
-        labels.push(extra);
-        labels
-    };
     let m = &host.app.metrics;
+    let rewrites =
+        |name, extra: &[(&'static str, &'static str)]| rewrites_metric(&host, name, extra);
     // Its request hook's kept answer is recalled, but the plan that faulted is gone: the
     // plugin runs again each time (and faults again) until the breaker opens.
-    let memo = |result| m.get("veneer_plugin_memo_total", &with(("result", result)));
+    let memo = |result| rewrites("veneer_plugin_memo_total", &[("result", result)]);
     assert_eq!(
         (memo("hit"), memo("response_miss")),
         (2, 2),
@@ -521,19 +517,23 @@ async fn a_kept_plan_that_faults_in_the_body_is_forgotten_and_counts_against_the
         m.render()
     );
     assert_eq!(
-        m.get("veneer_plugin_faults_total", &with(("kind", "budget"))),
+        rewrites("veneer_plugin_faults_total", &[("kind", "budget")]),
         3,
         "three faults, then the breaker skips it\n{}",
         m.render()
     );
     assert_eq!(
-        m.get(
-            "veneer_plugin_skipped_total",
-            &with(("reason", "breaker_open"))
-        ),
+        rewrites("veneer_plugin_skipped_total", &[("reason", "breaker_open")]),
         3
     );
-    assert_eq!(m.get("veneer_plugin_breaker_open", &plugin), 1);
+    assert_eq!(rewrites("veneer_plugin_breaker_open", &[]), 1);
+}
+
+/// A metric of the static-rewrites plugin in tenant `site`, with `extra` labels.
+fn rewrites_metric(host: &Host, name: &'static str, extra: &[(&'static str, &'static str)]) -> u64 {
+    let mut labels = vec![("tenant", "site"), ("plugin", "static-rewrites")];
+    labels.extend_from_slice(extra);
+    host.app.metrics.get(name, &labels)
 }
 
 /// An origin whose page at `/` has one paragraph the first time and five after: the same URL
@@ -601,14 +601,10 @@ async fn a_recalled_plan_that_faults_counts_against_the_plugin_once_no_instance_
         assert!(body.ends_with("</body></html>"), "{body}");
     }
     origin.abort();
-    let plugin = [("tenant", "site"), ("plugin", "static-rewrites")];
-    let with = |extra: (&'static str, &'static str)| {
-        let mut labels = plugin.to_vec();
-        labels.push(extra);
-        labels
-    };
     let m = &host.app.metrics;
-    let memo = |result| m.get("veneer_plugin_memo_total", &with(("result", result)));
+    let rewrites =
+        |name, extra: &[(&'static str, &'static str)]| rewrites_metric(&host, name, extra);
+    let memo = |result| rewrites("veneer_plugin_memo_total", &[("result", result)]);
     assert_eq!(
         (memo("miss"), memo("hit"), memo("response_miss")),
         (1, 1, 0),
@@ -618,15 +614,12 @@ async fn a_recalled_plan_that_faults_counts_against_the_plugin_once_no_instance_
     // The recalled plan's fault opened the breaker (one fault allowed): the third request
     // skipped the plugin instead of running it.
     assert_eq!(
-        m.get("veneer_plugin_faults_total", &with(("kind", "budget"))),
+        rewrites("veneer_plugin_faults_total", &[("kind", "budget")]),
         1
     );
-    assert_eq!(m.get("veneer_plugin_breaker_open", &plugin), 1);
+    assert_eq!(rewrites("veneer_plugin_breaker_open", &[]), 1);
     assert_eq!(
-        m.get(
-            "veneer_plugin_skipped_total",
-            &with(("reason", "breaker_open"))
-        ),
+        rewrites("veneer_plugin_skipped_total", &[("reason", "breaker_open")]),
         1,
         "{}",
         m.render()
