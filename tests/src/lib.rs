@@ -68,6 +68,16 @@ pub struct Page {
     pub chunks: Vec<Bytes>,
     /// Pause between chunks (forces separate writes, so the client sees chunked transfer).
     pub delay: Duration,
+    /// The page served instead after this one has been served once (see [`Page::then`]).
+    later: Option<Later>,
+}
+
+/// What a page turns into after its first response; the counter is shared by the page's
+/// clones, so "once" holds across connections.
+#[derive(Clone)]
+struct Later {
+    served: Arc<std::sync::atomic::AtomicUsize>,
+    page: Box<Page>,
 }
 
 impl Page {
@@ -78,6 +88,7 @@ impl Page {
             headers: vec![("content-type".into(), content_type.into())],
             chunks: vec![body.into()],
             delay: Duration::ZERO,
+            later: None,
         }
     }
 
@@ -104,6 +115,26 @@ impl Page {
     pub fn status(mut self, status: u16) -> Self {
         self.status = status;
         self
+    }
+
+    /// Serves this page once, then `later` for every request after: an origin whose page
+    /// changes under the same URL.
+    pub fn then(mut self, later: Page) -> Self {
+        self.later = Some(Later {
+            served: Arc::default(),
+            page: Box::new(later),
+        });
+        self
+    }
+
+    /// The page to serve now, counting this response.
+    fn current(&self) -> &Page {
+        match &self.later {
+            Some(l) if l.served.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 => {
+                l.page.current()
+            }
+            _ => self,
+        }
     }
 }
 
@@ -174,7 +205,7 @@ async fn respond(pages: &HashMap<String, Page>, req: Request<Incoming>) -> Respo
         );
         return r;
     }
-    let Some(page) = pages.get(&path) else {
+    let Some(page) = pages.get(&path).map(Page::current) else {
         let mut r = Response::new(Full::new(Bytes::from_static(b"not found")).boxed());
         *r.status_mut() = StatusCode::NOT_FOUND;
         return r;

@@ -78,16 +78,30 @@ fn pages() -> HashMap<String, Page> {
 
 async fn start(plugins: &[(&str, &str)], limits: &str) -> (Origin, Host) {
     let origin = Origin::start(pages()).await;
+    let host = start_for(origin.addr, plugins, limits).await;
+    (origin, host)
+}
+
+/// An address nothing listens on: the listener is bound, its address read, and dropped.
+async fn closed_port() -> std::net::SocketAddr {
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+}
+
+/// A host for tenant `site` in front of the origin at `origin`.
+async fn start_for(origin: std::net::SocketAddr, plugins: &[(&str, &str)], limits: &str) -> Host {
     let cfg = tenant(plugins, limits);
-    let host = Host::start(
+    Host::start(
         HostSpec {
             config: &cfg,
             files: &[],
         },
-        origin.addr,
+        origin,
     )
-    .await;
-    (origin, host)
+    .await
 }
 
 async fn fetch(url: &str, headers: &[(&str, &str)]) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
@@ -307,20 +321,7 @@ async fn origin_faults_are_clear_502_and_504() {
     assert!(String::from_utf8_lossy(&body).contains("did not answer in time"));
 
     // An origin that is not listening.
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
-    let cfg = tenant(&[], "");
-    let down = Host::start(
-        HostSpec {
-            config: &cfg,
-            files: &[],
-        },
-        closed,
-    )
-    .await;
+    let down = start_for(closed_port().await, &[], "").await;
     let (status, _, body) = fetch(&down.url("/"), &[]).await;
     assert_eq!(status, 502);
     assert!(String::from_utf8_lossy(&body).contains("could not be reached"));
@@ -536,47 +537,6 @@ fn rewrites_metric(host: &Host, name: &'static str, extra: &[(&'static str, &'st
     host.app.metrics.get(name, &labels)
 }
 
-/// An origin whose page at `/` has one paragraph the first time and five after: the same URL
-/// and kind of response, so a plan kept from the first request is recalled for the longer page.
-async fn growing_origin() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind origin");
-    let addr = listener.local_addr().expect("origin address");
-    let served = Arc::new(AtomicUsize::new(0));
-    let task = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let served = served.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_| {
-                    let paragraphs = if served.fetch_add(1, Ordering::SeqCst) == 0 {
-                        1
-                    } else {
-                        5
-                    };
-                    let page = format!(
-                        "<html><body>{}</body></html>",
-                        "<p>text</p>".repeat(paragraphs)
-                    );
-                    async move {
-                        http::Response::builder()
-                            .header("content-type", "text/html")
-                            .body(http_body_util::Full::new(bytes::Bytes::from(page)))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-            });
-        }
-    });
-    (addr, task)
-}
-
 #[tokio::test]
 async fn a_recalled_plan_that_faults_counts_against_the_plugin_once_no_instance_ran() {
     // The first page takes the plan's insertion (107 bytes of the 200 allowed); the longer
@@ -584,23 +544,23 @@ async fn a_recalled_plan_that_faults_counts_against_the_plugin_once_no_instance_
     let limits = "[tenant.limits]\nrewrite_max_growth = 0.0\nrewrite_extra_bytes = 200\n\
                   breaker_faults = 1\nbreaker_cooldown_ms = 60000\n";
     let rule = format!("rule1 = \"p | append-html | <i>{}</i>\"", "x".repeat(100));
-    let (addr, origin) = growing_origin().await;
-    let cfg = tenant(&[("static-rewrites", &rule)], limits);
-    let host = Host::start(
-        HostSpec {
-            config: &cfg,
-            files: &[],
-        },
-        addr,
-    )
-    .await;
+    // The same URL and kind of response, so the plan kept from the first request is recalled
+    // for the longer page.
+    let page = |paragraphs| {
+        Page::html(&format!(
+            "<html><body>{}</body></html>",
+            "<p>text</p>".repeat(paragraphs)
+        ))
+    };
+    let origin = Origin::start([("/".to_owned(), page(1).then(page(5)))].into()).await;
+    let host = start_for(origin.addr, &[("static-rewrites", &rule)], limits).await;
     for _ in 0..3 {
         let (status, _, body) = fetch(&host.url("/"), &[]).await;
         let body = String::from_utf8_lossy(&body).into_owned();
         assert_eq!(status, 200);
         assert!(body.ends_with("</body></html>"), "{body}");
     }
-    origin.abort();
+    drop(origin);
     let m = &host.app.metrics;
     let rewrites =
         |name, extra: &[(&'static str, &'static str)]| rewrites_metric(&host, name, extra);
@@ -707,20 +667,7 @@ async fn a_recovered_plugin_closes_its_breaker() {
 
 #[tokio::test]
 async fn every_exit_carries_a_request_id_and_is_counted_once() {
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
-    let cfg = tenant(&[("chaos", "mode = \"ok\"")], "");
-    let down = Host::start(
-        HostSpec {
-            config: &cfg,
-            files: &[],
-        },
-        closed,
-    )
-    .await;
+    let down = start_for(closed_port().await, &[("chaos", "mode = \"ok\"")], "").await;
     let (_o, up) = start(&[("chaos", "mode = \"ok\"")], "").await;
     let client = reqwest::Client::new();
     let cases: [(&Host, &str, Option<&str>, u16, &str); 5] = [

@@ -684,10 +684,13 @@ impl Plugin {
     /// Counts a fault in applying a plan kept from an earlier run of the plugin (no instance
     /// ran this time to count it).
     pub fn kept_plan_faulted(&self, services: &dyn HostServices) {
-        let transition = self.breaker.record(breaker::Outcome::Fault, false);
-        if transition != Transition::None {
-            services.breaker_changed(&self.name, transition);
-        }
+        record_outcome(
+            &self.breaker,
+            breaker::Outcome::Fault,
+            false,
+            &self.name,
+            services,
+        );
     }
 
     /// Whether the plugin is being skipped after repeated faults.
@@ -1029,11 +1032,23 @@ impl Drop for Instance {
         } else {
             breaker::Outcome::Success
         };
-        let transition = self.breaker.record(outcome, self.trial);
-        if transition != Transition::None {
-            let s = self.store.data();
-            s.services.breaker_changed(&s.plugin, transition);
-        }
+        let s = self.store.data();
+        record_outcome(&self.breaker, outcome, self.trial, &s.plugin, &*s.services);
+    }
+}
+
+/// Records how a run (or a kept plan) of `plugin` went on its breaker, and tells the request's
+/// services when that opened or closed it.
+fn record_outcome(
+    breaker: &breaker::Breaker,
+    outcome: breaker::Outcome,
+    trial: bool,
+    plugin: &str,
+    services: &dyn HostServices,
+) {
+    let transition = breaker.record(outcome, trial);
+    if transition != Transition::None {
+        services.breaker_changed(plugin, transition);
     }
 }
 

@@ -79,6 +79,13 @@ pub struct KeptPlan {
 }
 
 impl KeptPlan {
+    fn new(variant: &Arc<Variant>, response: &Arc<ResponseMemo>) -> Self {
+        Self {
+            variant: variant.clone(),
+            response: response.clone(),
+        }
+    }
+
     /// Forgets the plan (the rest of its variant stays kept); whether it was still kept
     /// (another request that applied the same plan may have forgotten it first).
     pub fn forget(&self) -> bool {
@@ -185,11 +192,7 @@ impl Memo {
             .iter()
             .find(|r| &r.signature == signature && still_reads(&r.recorded.reads, services))?;
         replay(&found.recorded.effects, services);
-        let kept = KeptPlan {
-            variant: variant.clone(),
-            response: found.clone(),
-        };
-        Some((found.plan.clone(), kept))
+        Some((found.plan.clone(), KeptPlan::new(variant, found)))
     }
 
     /// Keeps a whole answer: `on-request`'s edits and `on-response`'s plan; returns where the
@@ -223,10 +226,7 @@ impl Memo {
         });
         variants.push(variant.clone());
         self.entries.insert(key, variants.into());
-        KeptPlan {
-            variant,
-            response: memo,
-        }
+        KeptPlan::new(&variant, &memo)
     }
 
     /// Keeps a plan for another kind of response after a recalled `on-request` answer;
@@ -251,10 +251,7 @@ impl Memo {
             responses.remove(0);
         }
         responses.push(memo.clone());
-        KeptPlan {
-            variant: variant.clone(),
-            response: memo,
-        }
+        KeptPlan::new(variant, &memo)
     }
 
     /// Keys held.
