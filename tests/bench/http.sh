@@ -9,6 +9,10 @@
 #
 #   small-noop         demo home page (2.3 KB), noop plugin     vs bare hyper proxy  (target >= 0.6)
 #   small-hero         demo home page, hero plugin              vs nginx proxy_pass  (target >= 0.5)
+#                      (hero declares itself deterministic: after the first request its kept
+#                      answer is served, no instance is made; the page is still rewritten)
+#   small-no-plugin    demo home page, a tenant with no plugin  vs bare hyper proxy (no target:
+#                      the host's own path, the ceiling of every small-page scenario)
 #   cloudflare-noop    ../shared/pages/cloudflare.com.html (119 KB), noop plugin vs bare hyper proxy
 #   cloudflare-3-rewrites  3 declarative rewrites, each of the first match only, as nginx's
 #                          sub_filter_once              vs nginx sub_filter  (target >= 1.2)
@@ -153,6 +157,15 @@ cookie_secret = "benchmark-secret-0123456789abcdef0123456789"
 max_connections_per_client = 0
 TOML
   tenant small-noop noop '{}'
+  cat <<TOML
+
+[[tenant]]
+name = "small-none"
+hosts = ["small-none.bench"]
+origin = "http://127.0.0.1:$ORIGIN"
+[tenant.limits]
+requests_per_second_per_client = 0
+TOML
   tenant small-hero hero '{}' "rules = \"$root/examples/shop/rules.json\"
 fragments = \"$root/examples/shop/fragments.toml\""
   tenant cf-noop noop '{}'
@@ -196,6 +209,7 @@ check() { # what url host pattern
   grep -qF -- "$4" <<<"$body" || { echo "sanity check failed: $1 ($2, Host $3) has no $4" >&2; exit 1; }
 }
 check veneer-hero "http://127.0.0.1:$VENEER/small.html" small-hero.bench 'data-segment="new"'
+check veneer-no-plugin "http://127.0.0.1:$VENEER/small.html" small-none.bench '<html'
 check bare-proxy "http://127.0.0.1:$BARE/small.html" localhost '<html'
 # A returning visitor: the cookie Veneer gave on a first visit, sent with every request.
 visitor=$(curl -sf -D - -o /dev/null -H 'Host: profile-on.bench' "http://127.0.0.1:$VENEER/small.html" \
@@ -267,6 +281,7 @@ print(json.dumps({"scenario": name, "runs": len(runs),
 
 scenario small-noop "http://127.0.0.1:$VENEER/small.html" small-noop.bench bare-hyper-proxy "http://127.0.0.1:$BARE/small.html" 0.6
 scenario small-hero "http://127.0.0.1:$VENEER/small.html" small-hero.bench nginx-proxy "http://127.0.0.1:$NGX_PROXY/small.html" 0.5
+scenario small-no-plugin "http://127.0.0.1:$VENEER/small.html" small-none.bench bare-hyper-proxy "http://127.0.0.1:$BARE/small.html" 0
 # Per request: the time a profile adds, from the difference to the same tenant without.
 runs=()
 case profile-lookup in *"${ONLY:-}"*) profile_runs=$RUNS ;; *) profile_runs=0 ;; esac
