@@ -928,3 +928,91 @@ async fn the_five_kinds_of_image_hits_are_told_apart_and_only_two_count() {
         "{report}"
     );
 }
+
+/// A GET of `path` on tenant `shop`, redirects not followed.
+async fn shop_get(host: &Host, path: &str) -> reqwest::Response {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(host.url(path))
+        .header("host", "shop.test")
+        .send()
+        .await
+        .expect("request")
+}
+
+#[tokio::test]
+async fn a_replayed_token_is_drawn_at_the_tenants_rate_then_gets_the_fallback() {
+    let (_origin, host, _images) = open_host(
+        "[tenant.limits]\nemail_draws_per_minute_per_token = 2\n",
+        "",
+    )
+    .await;
+    let ada = token_for(&host, "c1", json!({}));
+    let image = |token: &str| format!("/_veneer/i/{token}/hero.png");
+    for _ in 0..2 {
+        let png = shop_get(&host, &image(&ada))
+            .await
+            .bytes()
+            .await
+            .expect("png");
+        assert_ne!(&png[..], veneer::email::BLANK_PNG, "drawn");
+    }
+    // Past the rate: still a 200 image, the slot's fallback, and no plugin run for it.
+    let r = shop_get(&host, &image(&ada)).await;
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["content-type"].to_str().ok()
+        ),
+        (200, Some("image/png"))
+    );
+    assert!(
+        r.bytes().await.expect("png")[..] == *veneer::email::BLANK_PNG,
+        "the fallback"
+    );
+    // A click is not drawn either: it goes to the slot's own link, not the drawn one
+    // (`/offers/sale`).
+    let r = shop_get(&host, &format!("/_veneer/c/{ada}/hero")).await;
+    assert_eq!(
+        (r.status().as_u16(), r.headers()["location"].to_str().ok()),
+        (302, Some("/sale"))
+    );
+    // Another recipient of the same send has a bucket of their own.
+    let bob = token_for(&host, "c2", json!({}));
+    let png = shop_get(&host, &image(&bob))
+        .await
+        .bytes()
+        .await
+        .expect("png");
+    assert_ne!(
+        &png[..],
+        veneer::email::BLANK_PNG,
+        "bob's first open is drawn"
+    );
+    let m = &host.app.metrics;
+    let limited = |path| {
+        m.get(
+            "veneer_email_draws_limited_total",
+            &[("tenant", "shop"), ("path", path)],
+        )
+    };
+    assert_eq!(
+        (limited("image"), limited("click")),
+        (1, 1),
+        "{}",
+        m.render()
+    );
+    assert_eq!(
+        m.get(
+            "veneer_email_images_total",
+            &[("tenant", "shop"), ("result", "limited")]
+        ),
+        1
+    );
+    // Every hit is still logged with its kind: the reader did open the e-mail.
+    let events = host.events(5).await;
+    let opens = events.iter().filter(|e| e["event"] == "email_open").count();
+    assert_eq!(opens, 4, "{events:?}");
+}

@@ -141,6 +141,8 @@ pub struct App {
     pub rates: crate::limits::RateLimiter,
     /// Per-visitor rate of beacon events.
     pub event_rates: crate::limits::RateLimiter<(Arc<str>, String)>,
+    /// Per-send rate of e-mail images and clicks drawn (tenant, send id).
+    pub email_draws: crate::limits::RateLimiter<(Arc<str>, String)>,
     /// Bounds the log lines for refused requests (a flood must not become a log flood).
     pub refusal_log: crate::limits::LogBudget,
     /// Listener settings: idle timeout, head size and header count.
@@ -289,6 +291,7 @@ impl App {
             ),
             rates: crate::limits::RateLimiter::default(),
             event_rates: crate::limits::RateLimiter::default(),
+            email_draws: crate::limits::RateLimiter::default(),
             refusal_log: crate::limits::LogBudget::new(20),
             server: config.server.clone(),
             geo,

@@ -731,6 +731,12 @@ pub struct TenantLimits {
     pub max_concurrent_requests: usize,
     /// Largest request body, in bytes (413 past it).
     pub max_body_bytes: u64,
+    /// E-mail images and clicks drawn per minute for one recipient's token (its send id and
+    /// recipient; token bucket, 0: no limit). Past it the image is the slot's fallback and the
+    /// click goes to the slot's `link`, without running the plugins: a replayed token cannot
+    /// make the host draw without end. Not per client address: Gmail fetches for many
+    /// readers from few.
+    pub email_draws_per_minute_per_token: f64,
     /// How long a request body may stall between two reads before the request fails (408).
     pub body_read_timeout_ms: u64,
 }
@@ -758,6 +764,7 @@ impl Default for TenantLimits {
             refusal_delay_ms: 100,
             max_concurrent_requests: 10_000,
             max_body_bytes: 10 << 20,
+            email_draws_per_minute_per_token: 60.0,
             body_read_timeout_ms: 30_000,
         }
     }
@@ -1031,6 +1038,13 @@ impl Config {
                     "must be at least 1 when a rate is set",
                 ));
             }
+            let draws = l.email_draws_per_minute_per_token;
+            if !(draws == 0.0 || (1.0..=1_000_000.0).contains(&draws)) {
+                return Err(self.err(
+                    format!("{at}.limits.email_draws_per_minute_per_token"),
+                    "must be 0 (no limit) or between 1 and 1000000",
+                ));
+            }
             if l.refusal_delay_ms > 10_000 {
                 return Err(self.err(
                     format!("{at}.limits.refusal_delay_ms"),
@@ -1210,6 +1224,33 @@ mod tests {
         assert!(
             e.contains("host \"a\" is already served by tenant \"a\""),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn the_email_draw_rate_is_off_or_at_least_one_a_minute() {
+        let tenant = |draws: &str| {
+            parse(&format!(
+                "[[tenant]]\nname = \"a\"\nhosts = [\"a\"]\norigin = \"http://x\"\n\
+                 [tenant.limits]\nemail_draws_per_minute_per_token = {draws}\n"
+            ))
+        };
+        // Under one a minute, a send's bucket would never hold a whole draw.
+        for bad in ["0.5", "-1", "nan", "2000000"] {
+            assert_eq!(
+                tenant(bad).expect_err(bad),
+                "veneer.toml: tenant[0] (a).limits.email_draws_per_minute_per_token: must be 0 \
+                 (no limit) or between 1 and 1000000"
+            );
+        }
+        for good in ["0", "1", "60.0"] {
+            assert!(tenant(good).is_ok(), "{good}");
+        }
+        assert_eq!(
+            tenant("0").expect("off").tenants[0]
+                .limits
+                .email_draws_per_minute_per_token,
+            0.0
         );
     }
 }

@@ -83,6 +83,7 @@ async fn image(
     let (bytes, result, campaign) = match (slot, &verified) {
         (None, _) => (fallback, "unknown_slot", None),
         (Some(_), None) => (fallback, "bad_token", None),
+        (Some(_), Some(t)) if !may_draw(ctx, tenant, t, "image") => (fallback, "limited", None),
         (Some(slot), Some(t)) => {
             let budget = Duration::from_millis(slot.budget_ms);
             match tokio::time::timeout(budget, draw_png(ctx, tenant, slot, t, kind)).await {
@@ -152,7 +153,7 @@ async fn click(
     let verified = Token::verify(&app.signer, token, &tenant.name, ctx.now.as_second());
     let default = slot.map_or_else(|| "/".to_owned(), |s| s.link.clone());
     let (target, campaign) = match (slot, &verified) {
-        (Some(slot), Some(t)) => {
+        (Some(slot), Some(t)) if may_draw(ctx, tenant, t, "click") => {
             let budget = Duration::from_millis(slot.budget_ms);
             match tokio::time::timeout(budget, draw_svg(ctx, tenant, slot, t, kind)).await {
                 Ok(Ok((svg, campaign))) => (
@@ -192,6 +193,29 @@ async fn click(
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// Whether the slot may be drawn for this recipient's token now (`[tenant.limits]
+/// email_draws_per_minute_per_token`); a refusal is counted under `path` (`image`, `click`).
+fn may_draw(ctx: &RequestCtx, tenant: &Tenant, t: &Token, path: &str) -> bool {
+    let per_minute = tenant.config.limits.email_draws_per_minute_per_token;
+    // One send goes to every recipient of a campaign: the bucket is the recipient's in it.
+    let key = (
+        tenant.name.clone(),
+        format!("{}\n{}", t.send_id, t.recipient),
+    );
+    let allowed = ctx
+        .app
+        .email_draws
+        .take_key(key, per_minute / 60.0, per_minute)
+        .is_ok();
+    if !allowed {
+        ctx.app.metrics.inc(
+            "veneer_email_draws_limited_total",
+            &[("tenant", &tenant.name), ("path", path)],
+        );
+    }
+    allowed
 }
 
 /// The slot drawn for the token's recipient now, as SVG: the tenant's plugins personalize the
