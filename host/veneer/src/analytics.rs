@@ -117,6 +117,33 @@ impl Analytics {
                             flushed.push(done);
                             continue;
                         }
+                        Message::Erase(erase) => {
+                            // Here, in the writer, so no line is appended and no file rotated
+                            // while the files are rewritten; events wait in the queue.
+                            if let Err(e) = out.flush().await {
+                                tracing::error!(error = %e, "flushing analytics log");
+                            }
+                            let (path, keep) = (file.clone(), rotation.keep);
+                            let Erase {
+                                tenant,
+                                visitors,
+                                done,
+                            } = *erase;
+                            let result = tokio::task::spawn_blocking(move || {
+                                erase_in_files(&path, keep, &tenant, &visitors)
+                            })
+                            .await
+                            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                            // The current file may have been replaced: append to the new one.
+                            match open(&file).await {
+                                Ok((f, s)) => (out, size) = (f, s),
+                                Err(e) => {
+                                    tracing::error!(file = %file.display(), error = %e, "reopening the analytics log after an erasure");
+                                }
+                            }
+                            let _ = done.send(result);
+                            continue;
+                        }
                     };
                     let mut line = serde_json::to_vec(&event).unwrap_or_default();
                     line.push(b'\n');
@@ -179,6 +206,26 @@ impl Analytics {
             .inc("veneer_analytics_events_total", &[("outcome", outcome)]);
     }
 
+    /// Removes every event of `tenant` whose visitor is one of `visitors` from the log and
+    /// its rotated files (a data-subject erasure), after writing what was recorded before;
+    /// how many lines went. Without a log, nothing to do.
+    pub async fn erase(&self, tenant: &str, visitors: Vec<String>) -> std::io::Result<usize> {
+        let Some(tx) = &self.tx else {
+            return Ok(0);
+        };
+        let stopped = || std::io::Error::other("the analytics writer has stopped");
+        let (done, wait) = oneshot::channel();
+        let erase = Erase {
+            tenant: tenant.to_owned(),
+            visitors: visitors.into_iter().collect(),
+            done,
+        };
+        if tx.send(Message::Erase(Box::new(erase))).await.is_err() {
+            return Err(stopped());
+        }
+        wait.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
     /// Waits until every event recorded before this call is written and flushed to the log
     /// (at shutdown). Events recorded meanwhile are still accepted.
     pub async fn flush(&self) {
@@ -199,6 +246,82 @@ enum Message {
     Event(Box<Event>),
     /// Answer once everything before it is flushed.
     Flush(oneshot::Sender<()>),
+    /// A data-subject erasure (boxed: rare and large).
+    Erase(Box<Erase>),
+}
+
+/// A data-subject erasure for the writer to carry out.
+struct Erase {
+    tenant: String,
+    visitors: std::collections::HashSet<String>,
+    done: oneshot::Sender<std::io::Result<usize>>,
+}
+
+/// [`erase_in`] for the log and each rotated file it keeps; lines removed in all.
+fn erase_in_files(
+    file: &std::path::Path,
+    keep: u32,
+    tenant: &str,
+    visitors: &std::collections::HashSet<String>,
+) -> std::io::Result<usize> {
+    let mut removed = erase_in(file, tenant, visitors)?;
+    for n in 1..=keep {
+        let mut name = file.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        removed += erase_in(std::path::Path::new(&name), tenant, visitors)?;
+    }
+    Ok(removed)
+}
+
+/// Rewrites `path` without the lines of `tenant`'s `visitors` (a missing file has none); a
+/// file with none of theirs is left as it is. The new file replaces the old by a rename, so a
+/// crash leaves one or the other whole.
+fn erase_in(
+    path: &std::path::Path,
+    tenant: &str,
+    visitors: &std::collections::HashSet<String>,
+) -> std::io::Result<usize> {
+    use std::io::{BufRead, Write};
+    #[derive(serde::Deserialize)]
+    struct Whose<'a> {
+        #[serde(borrow)]
+        tenant: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        visitor: std::borrow::Cow<'a, str>,
+    }
+    let input = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut name = path.as_os_str().to_owned();
+    name.push(".erasing");
+    let temp = PathBuf::from(name);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&temp)?);
+    let mut removed = 0;
+    for line in std::io::BufReader::new(input).split(b'\n') {
+        let line = line?;
+        // A line that is not an event (a torn write) is kept: it names no one.
+        let theirs = serde_json::from_slice::<Whose>(&line)
+            .is_ok_and(|w| w.tenant == tenant && visitors.contains(w.visitor.as_ref()));
+        if theirs {
+            removed += 1;
+        } else {
+            out.write_all(&line)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    let out = out
+        .into_inner()
+        .map_err(std::io::IntoInnerError::into_error)?;
+    if removed == 0 {
+        drop(out);
+        std::fs::remove_file(&temp)?;
+        return Ok(0);
+    }
+    out.sync_all()?;
+    std::fs::rename(&temp, path)?;
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -263,6 +386,79 @@ mod tests {
                 "whole lines only"
             );
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn an_erasure_removes_a_visitors_lines_from_every_file_and_the_log_goes_on() {
+        let dir = std::env::temp_dir().join(format!("veneer-erase-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("events.jsonl");
+        let analytics = Analytics::start(
+            Some(file.clone()),
+            Rotation {
+                max_bytes: 3_000,
+                keep: 3,
+            },
+            Arc::new(Metrics::default()),
+        );
+        // Visitors v0..v4 in turn, so each file holds some of v1's lines; and v1 of another
+        // tenant, who is someone else.
+        for n in 0..60 {
+            analytics.record(event(n % 5));
+            if n % 10 == 9 {
+                analytics.flush().await;
+            }
+        }
+        let mut elsewhere = event(1);
+        elsewhere.tenant = "other".into();
+        analytics.record(elsewhere);
+        let files = || {
+            let mut names: Vec<_> = std::fs::read_dir(&dir)
+                .expect("dir")
+                .filter_map(|e| Some(e.ok()?.path()))
+                .collect();
+            names.sort();
+            names
+        };
+        let lines = |who: &str, tenant: &str| {
+            files()
+                .iter()
+                .flat_map(|f| {
+                    std::fs::read_to_string(f)
+                        .expect("read")
+                        .lines()
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .filter(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).expect("a whole line");
+                    v["visitor"] == who && v["tenant"] == tenant
+                })
+                .count()
+        };
+        // Recorded just before the erasure, still in the queue: erased too.
+        analytics.record(event(1));
+        let removed = analytics
+            .erase("shop", vec!["v1".into(), "nobody".into()])
+            .await
+            .expect("erase");
+        assert_eq!(removed, 13, "12 in turn and the one queued");
+        assert!(files().len() > 2, "rotated files were rewritten too");
+        assert_eq!(lines("v1", "shop"), 0);
+        assert_eq!(lines("v1", "other"), 1, "another tenant's v1 is not theirs");
+        assert_eq!(lines("v2", "shop"), 12);
+        assert!(
+            !files()
+                .iter()
+                .any(|f| f.to_string_lossy().ends_with(".erasing")),
+            "no temporary file left"
+        );
+        // The writer appends to the rewritten file afterwards.
+        analytics.record(event(7));
+        analytics.flush().await;
+        assert_eq!(lines("v7", "shop"), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

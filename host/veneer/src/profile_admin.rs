@@ -108,8 +108,9 @@ pub async fn export(
     found.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "nothing is kept about them"))
 }
 
-/// Forgets a subject: their profile, the profiles of the visitors linked to a customer, and
-/// those visitors' rows in the experiment ledger.
+/// Forgets a subject: their profile, the profiles of the visitors linked to a customer, those
+/// visitors' rows in the experiment ledger, and their events in the analytics log (and the
+/// customer's own, which e-mail opens and clicks are logged under).
 pub async fn erase(
     c: &Control,
     who: &Principal,
@@ -120,15 +121,34 @@ pub async fn erase(
     let app = c.app().clone();
     let t = tenant.to_owned();
     let hashed = crate::store::sha256_hex(s.key().as_bytes());
-    let visitors = blocking(move || {
-        let visitors = match &s {
-            Subject::Customer(_) => app
-                .profiles
-                .export(&t, &s)
-                .map(|p| p.visitors)
-                .unwrap_or_default(),
-            Subject::Visitor(v) => vec![v.clone()],
-        };
+    let visitors = {
+        let (app, t, s) = (app.clone(), t.clone(), s.clone());
+        blocking(move || {
+            Ok(match &s {
+                Subject::Customer(_) => app
+                    .profiles
+                    .export(&t, &s)
+                    .map(|p| p.visitors)
+                    .unwrap_or_default(),
+                Subject::Visitor(v) => vec![v.clone()],
+            })
+        })
+        .await?
+    };
+    // The log first: if it cannot be rewritten nothing is erased yet, and asking again finds
+    // the same linked visitors.
+    let mut logged_as = visitors.clone();
+    if let Subject::Customer(id) = &s {
+        logged_as.push(id.clone());
+    }
+    app.analytics.erase(tenant, logged_as).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the analytics log could not be rewritten ({e}); nothing was erased"),
+        )
+    })?;
+    let erased = visitors.len();
+    blocking(move || {
         let mut subjects = vec![s.clone()];
         subjects.extend(
             visitors
@@ -138,9 +158,9 @@ pub async fn erase(
         );
         app.profiles.erase(&t, &subjects);
         if let Some(ledger) = &app.ledger {
-            ledger.erase_visitors(&t, visitors.clone());
+            ledger.erase_visitors(&t, visitors);
         }
-        Ok(visitors.len())
+        Ok(())
     })
     .await?;
     c.store.audit_action(
@@ -150,5 +170,5 @@ pub async fn erase(
         Some(&format!("sha256:{hashed}")),
         None,
     )?;
-    Ok(json!({"erased": true, "visitors": visitors}))
+    Ok(json!({"erased": true, "visitors": erased}))
 }

@@ -61,9 +61,11 @@ fn start_once(dir: &Path, origin: SocketAddr) -> Option<Veneer> {
     let (listen, admin) = (free_port(), free_port());
     let config = format!(
         "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\ndata_dir = \"{data}\"\n\
-         cookie_secret = \"0123456789abcdef0123456789abcdef\"\ncache_dir = \"{cache}\"\n\n\
+         cookie_secret = \"0123456789abcdef0123456789abcdef\"\ncache_dir = \"{cache}\"\n\
+         analytics_log = \"{analytics}\"\n\n\
          [[tenant]]\nname = \"seeded\"\nhosts = [\"seeded.test\"]\norigin = \"http://{origin}\"\n",
         data = dir.join("data").display(),
+        analytics = dir.join("analytics.jsonl").display(),
         cache = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../target/veneer-test-cache")
             .display(),
@@ -852,6 +854,36 @@ fn crm_import_reports_bad_lines_and_data_subject_requests_export_and_erase() {
         "{audit}"
     );
     assert!(!audit.contains("\"c1\""), "{audit}");
+    // A visitor's events in the analytics log go with them; another visitor's stay.
+    let log = dir.join("analytics.jsonl");
+    page(&v, "shop.test");
+    page(&v, "shop.test");
+    let visitors = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["tenant"] == "shop")
+            .filter_map(|e| e["visitor"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let started = Instant::now();
+    while visitors().len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no events logged"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (gone, stays) = (visitors()[0].clone(), visitors()[1].clone());
+    assert_ne!(gone, stays);
+    ok(
+        &v,
+        &shop,
+        &["profile", "erase", "--tenant", "shop", "--visitor", &gone],
+    );
+    let left = visitors();
+    assert!(!left.contains(&gone) && left.contains(&stays), "{left:?}");
     // Still gone after a restart: the erasure reached the disk.
     drop(v);
     let v = start(&dir, origin);
