@@ -209,6 +209,35 @@ async fn concurrent_faults_do_not_stall_good_requests() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+#[tokio::test]
+async fn a_plugin_that_sleeps_is_cut_off_by_the_wall_clock() {
+    // 100 ms of plugin time: a call may last 4× that on the wall clock (fair-share pauses).
+    let limits = "[tenant.limits]\nplugin_time_ms = 100\n";
+    let (_o, host) = start(&[("chaos", "mode = \"sleep\"")], limits).await;
+    let started = Instant::now();
+    let (status, _, body) = fetch(&host.url("/"), &[]).await;
+    let took = started.elapsed();
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (200, PAGE)
+    );
+    // Not the 30 s it asked for (a generous bound: the machine may be loaded).
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(
+        host.app.metrics.get(
+            "veneer_plugin_faults_total",
+            &[
+                ("tenant", "site"),
+                ("plugin", "chaos"),
+                ("kind", "deadline")
+            ]
+        ),
+        1,
+        "{}",
+        host.app.metrics.render()
+    );
+}
+
 async fn fetch_owned(url: String) -> (u16, String) {
     let (s, _, b) = fetch(&url, &[]).await;
     (s, String::from_utf8_lossy(&b).into_owned())

@@ -4,6 +4,8 @@
 //! - `trap`: panics in `on-response` (a wasm trap).
 //! - `trap-request`: panics in `on-request`.
 //! - `loop`: spins forever in `on-response` (stopped by the epoch deadline).
+//! - `sleep`: sleeps 30 s in `on-response` (waiting on a WASI timer, not running: stopped by
+//!   the call's wall-clock limit).
 //! - `oom`: allocates without bound (stopped by the memory limit).
 //! - `bad-selector`: returns a plan with an invalid CSS selector.
 //! - `trap-element`: subscribes to `a` and panics in the element callback, mid-stream.
@@ -36,6 +38,7 @@ impl Plugin for Chaos {
         let mut plan = Plan::new();
         match mode().as_str() {
             "trap" => panic!("chaos: trap in on-response"),
+            "sleep" => std::thread::sleep(std::time::Duration::from_secs(30)),
             "loop" => {
                 let mut n: u64 = 0;
                 loop {

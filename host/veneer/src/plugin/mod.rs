@@ -1145,6 +1145,26 @@ impl Instance {
         }
     }
 
+    /// [`Instance::end`] for an awaited call, which the wall clock may have cut short: the
+    /// epoch deadline stops a plugin only while it runs, not while it waits on a WASI timer
+    /// or stream, so the call itself is bounded by the same wall-clock limit. A call dropped
+    /// mid-way leaves the instance unusable: it is faulted, on the plugin's breaker too.
+    fn end_awaited<R>(
+        &mut self,
+        start: Instant,
+        result: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
+    ) -> Result<R, PluginFault> {
+        match result {
+            Ok(r) => self.end(start, Some(r)),
+            Err(_) => {
+                self.used += start.elapsed();
+                self.in_call = false;
+                self.faulted = true;
+                Err(PluginFault::Deadline(self.budget))
+            }
+        }
+    }
+
     /// Calls `on-request`.
     pub async fn on_request(
         &mut self,
@@ -1152,12 +1172,17 @@ impl Instance {
         visitor: &Arc<Visitor>,
     ) -> Result<RequestAction, PluginFault> {
         let start = self.begin(true)?;
-        let r = match &self.bindings {
-            Some(Bound::V0_1(b)) => v0_1::on_request(b, &mut self.store, request, visitor).await,
-            Some(Bound::V0_2(b)) => v0_2::on_request(b, &mut self.store, request, visitor).await,
-            None => return Err(PluginFault::AlreadyFaulted),
+        let wall = self.store.data().wall_deadline;
+        let store = &mut self.store;
+        let call = async {
+            match &self.bindings {
+                Some(Bound::V0_1(b)) => v0_1::on_request(b, store, request, visitor).await,
+                Some(Bound::V0_2(b)) => v0_2::on_request(b, store, request, visitor).await,
+                None => Err(wasmtime::Error::msg("no bindings")),
+            }
         };
-        self.end(start, Some(r))
+        let r = tokio::time::timeout_at(wall.into(), call).await;
+        self.end_awaited(start, r)
     }
 
     /// Calls `on-response`.
@@ -1168,13 +1193,21 @@ impl Instance {
         visitor: &Arc<Visitor>,
     ) -> Result<ResponsePlan, PluginFault> {
         let start = self.begin(true)?;
+        let wall = self.store.data().wall_deadline;
         let store = &mut self.store;
-        let r = match &self.bindings {
-            Some(Bound::V0_1(b)) => v0_1::on_response(b, store, request, response, visitor).await,
-            Some(Bound::V0_2(b)) => v0_2::on_response(b, store, request, response, visitor).await,
-            None => return Err(PluginFault::AlreadyFaulted),
+        let call = async {
+            match &self.bindings {
+                Some(Bound::V0_1(b)) => {
+                    v0_1::on_response(b, store, request, response, visitor).await
+                }
+                Some(Bound::V0_2(b)) => {
+                    v0_2::on_response(b, store, request, response, visitor).await
+                }
+                None => Err(wasmtime::Error::msg("no bindings")),
+            }
         };
-        self.end(start, Some(r))
+        let r = tokio::time::timeout_at(wall.into(), call).await;
+        self.end_awaited(start, r)
     }
 
     /// Records an analytics event from this plugin on the host's behalf (a rule it tagged
