@@ -59,6 +59,11 @@ fn pages() -> HashMap<String, Page> {
             Page::html(PAGE).chunked(7, Duration::from_millis(2)),
         ),
         (
+            // The head and a first part, then nothing for far longer than the origin timeout.
+            "/stalls".to_owned(),
+            Page::html(PAGE).chunked(PAGE.len() / 2, Duration::from_secs(20)),
+        ),
+        (
             "/not-modified".to_owned(),
             Page::html("").status(304).header("etag", "\"v1\""),
         ),
@@ -236,6 +241,37 @@ async fn a_plugin_that_sleeps_is_cut_off_by_the_wall_clock() {
         "{}",
         host.app.metrics.render()
     );
+}
+
+#[tokio::test]
+async fn an_origin_body_that_stalls_is_cut_off_not_waited_for() {
+    // Passed through, and rewritten by a plugin.
+    let origin = Origin::start(pages()).await;
+    for plugins in [&[][..], &[("chaos", "mode = \"ok\"")][..]] {
+        let cfg = tenant(plugins, "");
+        let spec = HostSpec {
+            config: &cfg,
+            files: &[],
+        };
+        let host = Host::start_with_server(spec, origin.addr, "origin_read_timeout_ms = 500").await;
+        let started = Instant::now();
+        let resp = reqwest::get(host.url("/stalls")).await.expect("head");
+        assert_eq!(resp.status(), 200, "the head came in time");
+        let body = resp.bytes().await;
+        let took = started.elapsed();
+        assert!(body.is_err(), "cut off, not ended as if whole: {plugins:?}");
+        // The origin would have taken 20 s.
+        assert!(took < Duration::from_secs(10), "{plugins:?}: {took:?}");
+        assert_eq!(
+            host.app.metrics.get(
+                "veneer_origin_errors_total",
+                &[("tenant", "site"), ("kind", "body_stalled")]
+            ),
+            1,
+            "{}",
+            host.app.metrics.render()
+        );
+    }
 }
 
 async fn fetch_owned(url: String) -> (u16, String) {

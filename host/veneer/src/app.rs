@@ -133,6 +133,8 @@ pub struct App {
     pub client: Client<HttpConnector, OriginBody>,
     /// How long to wait for an origin's response head.
     pub origin_timeout: Duration,
+    /// How long an origin's response body may stall between two reads.
+    pub origin_read_timeout: Duration,
     /// Proxies whose forwarding headers are believed (`[server] trusted_proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Open connections per client address.
@@ -280,6 +282,7 @@ impl App {
             metrics,
             client,
             origin_timeout: Duration::from_millis(config.server.origin_timeout_ms),
+            origin_read_timeout: Duration::from_millis(config.server.origin_read_timeout_ms),
             trusted_proxies: config
                 .server
                 .trusted_proxies

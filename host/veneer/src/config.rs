@@ -103,6 +103,9 @@ pub struct Server {
     pub max_instances: u32,
     /// How long to wait for an origin's response head.
     pub origin_timeout_ms: u64,
+    /// How long an origin's response body may send nothing between two reads before it is cut
+    /// off (like nginx's `proxy_read_timeout`; long enough for event streams' heartbeats).
+    pub origin_read_timeout_ms: u64,
     /// On SIGTERM or SIGINT: how long in-flight requests may take to finish before the host
     /// exits anyway. New connections are refused at once.
     pub shutdown_grace_ms: u64,
@@ -146,6 +149,7 @@ impl Default for Server {
             ledger_retention_days: 400,
             max_instances: 1000,
             origin_timeout_ms: 10_000,
+            origin_read_timeout_ms: 60_000,
             shutdown_grace_ms: 10_000,
             trusted_proxies: Vec::new(),
             apple_mpp_cidrs: Vec::new(),
@@ -956,6 +960,9 @@ impl Config {
         }
         if self.server.header_read_timeout_ms == 0 {
             return Err(self.err("server.header_read_timeout_ms", "must be at least 1"));
+        }
+        if self.server.origin_read_timeout_ms == 0 {
+            return Err(self.err("server.origin_read_timeout_ms", "must be at least 1"));
         }
         if self.server.shutdown_grace_ms > 3_600_000 {
             return Err(self.err(

@@ -14,12 +14,12 @@ use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
+use super::Body;
 use super::ctx::RequestCtx;
 use super::error::ProxyError;
 use super::headers::strip_hop_by_hop;
 use super::identify::VisitorCtx;
 use super::origin;
-use super::{Body, BoxError};
 use crate::app::Tenant;
 use crate::cache::{self, Cache, Entry, Fill, Lookup};
 use crate::plugin::HeaderEdits;
@@ -32,13 +32,13 @@ pub(super) struct Fetched {
     pub(super) entry: Option<u64>,
 }
 
-fn boxed(r: Response<Incoming>) -> Response<Body> {
+/// The origin's response as the proxy passes it on: hop-by-hop headers gone, the body watched
+/// for stalls.
+fn boxed(ctx: &RequestCtx, tenant: &Tenant, r: Response<Incoming>) -> Response<Body> {
     let (mut head, body) = r.into_parts();
     strip_hop_by_hop(&mut head.headers);
-    Response::from_parts(
-        head,
-        body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-    )
+    let body = origin::StallWatch::new(body, &ctx.app, &tenant.name);
+    Response::from_parts(head, body.boxed_unsync())
 }
 
 fn from_entry(e: &Entry, head_only: bool) -> Response<Body> {
@@ -71,7 +71,7 @@ pub(super) async fn fetch(
     let Some(cache) = tenant.cache.clone() else {
         let r = origin::fetch(ctx, tenant, v, parts, body, edits).await?;
         return Ok(Fetched {
-            response: boxed(r),
+            response: boxed(ctx, tenant, r),
             status: None,
             entry: None,
         });
@@ -79,7 +79,7 @@ pub(super) async fn fetch(
     let Some(no_cache) = cache::request_policy(&parts.method, &parts.headers) else {
         let r = origin::fetch(ctx, tenant, v, parts, body, edits).await?;
         return Ok(Fetched {
-            response: boxed(r),
+            response: boxed(ctx, tenant, r),
             status: Some("BYPASS"),
             entry: None,
         });
@@ -206,7 +206,7 @@ async fn keep(
     head_only: bool,
     r: Response<Incoming>,
 ) -> Response<Body> {
-    let r = boxed(r);
+    let r = boxed(ctx, tenant, r);
     if head_only {
         return r;
     }
@@ -304,7 +304,10 @@ async fn revalidate_in_background(
         }
         return;
     }
-    let r = boxed(r);
+    // Outside any request, the whole read is bounded below instead of each wait.
+    let (mut head, body) = r.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    let r = Response::from_parts(head, body);
     let Some(freshness) = cache::storable(r.status(), r.headers(), false) else {
         return;
     };

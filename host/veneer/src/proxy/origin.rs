@@ -271,3 +271,71 @@ impl http_body::Body for WatchedBody {
         self.inner.size_hint()
     }
 }
+
+/// The origin's response body, failed when the origin sends nothing for `[server]
+/// origin_read_timeout_ms` between two frames (like nginx's `proxy_read_timeout`). A body that stops mid-way would otherwise hold
+/// the visitor's connection, a plugin's instance and a cache fill that other requests wait
+/// on for as long as the origin keeps its connection open. A stall is counted as
+/// `veneer_origin_errors_total{kind="body_stalled"}`; the visitor's response, already under
+/// way, is cut off.
+pub(super) struct StallWatch {
+    inner: Incoming,
+    stall: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    tenant: Arc<str>,
+    app: Arc<crate::app::App>,
+}
+
+impl StallWatch {
+    /// Watches `inner`, the body of `tenant`'s origin response.
+    pub(super) fn new(inner: Incoming, app: &Arc<crate::app::App>, tenant: &Arc<str>) -> Self {
+        StallWatch {
+            inner,
+            stall: app.origin_read_timeout,
+            timer: None,
+            tenant: tenant.clone(),
+            app: app.clone(),
+        }
+    }
+}
+
+impl http_body::Body for StallWatch {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                let stall = this.stall;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.app.metrics.inc(
+                    "veneer_origin_errors_total",
+                    &[("tenant", &this.tenant), ("kind", "body_stalled")],
+                );
+                tracing::warn!(tenant = %this.tenant, stalled_ms = stall.as_millis() as u64, "the origin's response body stalled: cut off");
+                Poll::Ready(Some(Err("the origin's response body stalled".into())))
+            }
+            Poll::Ready(frame) => {
+                this.timer = None;
+                Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
