@@ -274,6 +274,61 @@ async fn an_origin_body_that_stalls_is_cut_off_not_waited_for() {
     }
 }
 
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: usize = 32 << 20;
+    let big = Page::new("application/octet-stream", vec![b'x'; SIZE]);
+    let origin = Origin::start([("/big".to_owned(), big)].into()).await;
+    let cfg = tenant(&[], "");
+    let spec = HostSpec {
+        config: &cfg,
+        files: &[],
+    };
+    let server = "origin_read_timeout_ms = 500\nsend_timeout_ms = 800";
+    let host = Host::start_with_server(spec, origin.addr, server).await;
+    let mut client = tokio::net::TcpStream::connect(host.addr)
+        .await
+        .expect("connect");
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("request");
+    // Reads nothing: far more than the sockets' buffers hold is on its way.
+    let closed = |host: &Host| {
+        host.app.metrics.get(
+            "veneer_connections_closed_total",
+            &[("reason", "send_timeout")],
+        )
+    };
+    let started = Instant::now();
+    while closed(&host) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a stuck client holds its connection: {}",
+            host.app.metrics.render()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What was buffered arrives, then the end: not the whole body.
+    let mut got = 0;
+    let mut buf = vec![0; 1 << 16];
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(n) = client.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the connection was closed");
+    assert!(got < SIZE, "{got} bytes");
+    // The host goes on serving.
+    let (status, _, _) = fetch(&host.url("/big"), &[]).await;
+    assert_eq!(status, 200);
+}
+
 async fn fetch_owned(url: String) -> (u16, String) {
     let (s, _, b) = fetch(&url, &[]).await;
     (s, String::from_utf8_lossy(&b).into_owned())

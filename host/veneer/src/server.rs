@@ -183,12 +183,18 @@ async fn serve_connection<S>(
         .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX));
     let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
     let idle = std::time::Duration::from_millis(server.idle_timeout_ms);
+    let send = std::time::Duration::from_millis(server.send_timeout_ms);
+    // Whether the connection was closed with a request in flight (its client stopped reading).
     let idle_cut = async {
         loop {
-            tokio::time::sleep(idle / 4).await;
-            if in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0 && activity.idle() >= idle
-            {
-                return;
+            tokio::time::sleep(idle.min(send) / 4).await;
+            let busy = in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0;
+            let still = activity.idle();
+            if !busy && still >= idle {
+                return false;
+            }
+            if busy && still >= send {
+                return true;
             }
         }
     };
@@ -198,7 +204,17 @@ async fn serve_connection<S>(
                 connection_error(&host, peer, &*e);
             }
         }
-        () = idle_cut => tracing::debug!(%peer, "idle connection closed"),
+        stuck = idle_cut => {
+            if stuck {
+                host.metrics.inc(
+                    "veneer_connections_closed_total",
+                    &[("reason", "send_timeout")],
+                );
+                tracing::info!(%peer, "connection closed: its client took nothing of the response for send_timeout_ms");
+            } else {
+                tracing::debug!(%peer, "idle connection closed");
+            }
+        }
     }
 }
 
