@@ -329,6 +329,34 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
     assert_eq!(status, 200);
 }
 
+#[tokio::test]
+async fn a_plugin_flooding_events_and_logs_gets_its_allowance_and_the_page_still_works() {
+    let limits = "[tenant.limits]\nplugin_events_per_request = 10\nplugin_log_lines_per_request = 5\n\
+                  plugin_time_ms = 2000\n";
+    let (_o, host) = start(&[("chaos", "mode = \"flood\"")], limits).await;
+    let (status, _, body) = fetch(&host.url("/"), &[]).await;
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).into_owned()),
+        (200, PAGE.replace("Origin title", "chaos was here"))
+    );
+    let left_out = |what| {
+        host.app.metrics.get(
+            "veneer_plugin_left_out_total",
+            &[("tenant", "site"), ("plugin", "chaos"), ("what", what)],
+        )
+    };
+    assert_eq!(
+        (left_out("events"), left_out("log_lines")),
+        (99_990, 99_995),
+        "{}",
+        host.app.metrics.render()
+    );
+    // Ten of its events reached the analytics log, not a hundred thousand.
+    let events = host.events(10).await;
+    let floods = events.iter().filter(|e| e["event"] == "flood").count();
+    assert_eq!(floods, 10);
+}
+
 async fn fetch_owned(url: String) -> (u16, String) {
     let (s, _, b) = fetch(&url, &[]).await;
     (s, String::from_utf8_lossy(&b).into_owned())

@@ -532,6 +532,8 @@ pub fn plugin_limits(l: &config::TenantLimits) -> Limits {
             faults: l.breaker_faults,
             cooldown: Duration::from_millis(l.breaker_cooldown_ms),
         },
+        events_per_request: l.plugin_events_per_request,
+        log_lines_per_request: l.plugin_log_lines_per_request,
     }
 }
 

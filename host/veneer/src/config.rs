@@ -724,6 +724,13 @@ pub struct TenantLimits {
     /// least 2). A request that waits longer than 10 × `plugin_time_ms` for a turn is served
     /// without its plugins (counted as skipped, reason `tenant_busy`).
     pub plugin_concurrency: Option<usize>,
+    /// Analytics events one plugin may record for one request (its own `track` calls and its
+    /// `track-applied` rules'); past it they are left out and counted
+    /// (`veneer_plugin_left_out_total{what="events"}`), so no tenant's plugin can fill the
+    /// queues every tenant's events go through.
+    pub plugin_events_per_request: u32,
+    /// Log lines one plugin may write for one request; past it they are left out and counted.
+    pub plugin_log_lines_per_request: u32,
     /// Requests whose answers each deterministic plugin keeps (keyed by URL, segments, device,
     /// locale and consents; see `export_plugin!(P, deterministic)`); 0: never kept.
     pub plugin_memo_entries: usize,
@@ -769,6 +776,8 @@ impl Default for TenantLimits {
             breaker_cooldown_ms: 30_000,
             plugin_concurrency: None,
             plugin_memo_entries: 4096,
+            plugin_events_per_request: 256,
+            plugin_log_lines_per_request: 64,
             requests_per_second_per_client: 100.0,
             burst_per_client: 200.0,
             refusal_delay_ms: 100,

@@ -16,6 +16,7 @@
 //! - `headers`: 50,000 response header edits.
 //! - `forge-cookie`: sets the host's visitor cookie (`veneer_vid`) in a response header.
 //! - `spin-element`: subscribes to `a` and spins in the element callback until its deadline.
+//! - `flood`: records 100,000 analytics events and writes 100,000 log lines, then works.
 //! - anything else: replaces the `h1` text, a control showing the plugin works when not faulting.
 
 use veneer_sdk::prelude::*;
@@ -78,6 +79,13 @@ impl Plugin for Chaos {
             }
             "forge-cookie" => {
                 plan.set_header("set-cookie", "veneer_vid=forged; Path=/");
+            }
+            "flood" => {
+                for i in 0..100_000 {
+                    analytics::track("flood", &[]);
+                    log(Level::Info, &format!("flood {i}"));
+                }
+                plan.select("h1").set_inner_text("chaos was here");
             }
             _ => {
                 plan.select("h1").set_inner_text("chaos was here");

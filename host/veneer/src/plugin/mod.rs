@@ -130,6 +130,9 @@ pub trait HostServices: Send + Sync {
     fn request_id(&self) -> &str;
     /// The tenant name, for log lines.
     fn tenant(&self) -> &str;
+    /// `plugin` went over its per-request allowance: `events` analytics events and
+    /// `log_lines` log lines were left out (for metrics and one log line).
+    fn left_out(&self, _plugin: &str, _events: u32, _log_lines: u32) {}
     /// The attributes the segment rules saw (with the visitor's profile: `customer`,
     /// `affinity`, `journey`, `cart`, `purchases`), for the `profile` interface.
     fn attributes(&self) -> Option<&serde_json::Value> {
@@ -159,6 +162,11 @@ pub struct Limits {
     pub budget: Budget,
     /// When to skip it after repeated faults.
     pub breaker: BreakerPolicy,
+    /// Analytics events one request's instance may record (its own and `track-applied`
+    /// rules'); past it they are left out and counted.
+    pub events_per_request: u32,
+    /// Log lines one request's instance may write; past it they are left out and counted.
+    pub log_lines_per_request: u32,
 }
 
 impl Default for Limits {
@@ -168,6 +176,8 @@ impl Default for Limits {
             memory_bytes: 32 << 20,
             budget: Budget::default(),
             breaker: BreakerPolicy::default(),
+            events_per_request: 256,
+            log_lines_per_request: 64,
         }
     }
 }
@@ -781,6 +791,8 @@ impl Plugin {
             ticks_in_call: 0,
             wall_deadline: Instant::now(),
             unkeyed: false,
+            events: Allowance::new(self.limits.events_per_request),
+            log_lines: Allowance::new(self.limits.log_lines_per_request),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
@@ -922,6 +934,42 @@ struct StoreState {
     /// Set when the plugin reads WASI's clocks or random numbers (for a deterministic plugin:
     /// see `watched`); the same as `unkeyed`.
     wasi_read: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Analytics events this instance may still record.
+    events: Allowance,
+    /// Log lines this instance may still write.
+    log_lines: Allowance,
+}
+
+/// How many more of something one request's instance may do, and how many it was refused: a
+/// plugin looping over `track` or `log` would otherwise fill the queues every tenant shares.
+struct Allowance {
+    left: std::sync::atomic::AtomicU32,
+    refused: std::sync::atomic::AtomicU32,
+}
+
+impl Allowance {
+    fn new(n: u32) -> Self {
+        Allowance {
+            left: n.into(),
+            refused: 0.into(),
+        }
+    }
+
+    /// Takes one; `false` (and counted) when none is left.
+    fn take(&self) -> bool {
+        let taken = self
+            .left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if !taken {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    fn refused(&self) -> u32 {
+        self.refused.load(Ordering::Relaxed)
+    }
 }
 
 /// Host services shared by every contract version's bindings.
@@ -940,7 +988,9 @@ impl StoreState {
     }
 
     fn record_event(&self, name: &str, properties: Vec<(String, String)>) {
-        self.services.track(&self.plugin, name, properties);
+        if self.events.take() {
+            self.services.track(&self.plugin, name, properties);
+        }
     }
 
     fn param(&self, key: &str) -> Option<String> {
@@ -954,6 +1004,9 @@ impl StoreState {
             &*self.plugin,
         );
         // A plugin's message is data; cap it so a chatty plugin cannot flood the log.
+        if !self.log_lines.take() {
+            return;
+        }
         let message: String = message.chars().take(1024).collect();
         match level {
             Level::Debug => tracing::debug!(tenant, plugin, request_id, "{message}"),
@@ -1020,6 +1073,11 @@ pub struct Instance {
 impl Drop for Instance {
     /// The request is done with the plugin (its body included): tell the breaker how it went.
     fn drop(&mut self) {
+        let s = self.store.data();
+        let (events, lines) = (s.events.refused(), s.log_lines.refused());
+        if events > 0 || lines > 0 {
+            s.services.left_out(&s.plugin, events, lines);
+        }
         if self.abandoned || (self.in_call && !self.faulted) {
             if self.trial {
                 // Let the next request be the trial instead.

@@ -382,6 +382,10 @@ impl HostServices for Recorder {
         self.inner.breaker_changed(plugin, transition);
     }
 
+    fn left_out(&self, plugin: &str, events: u32, log_lines: u32) {
+        self.inner.left_out(plugin, events, log_lines);
+    }
+
     fn impression(&self, plugin: &str, campaign_id: &str) {
         let mut log = self.log();
         log.now.effects.push(Effect::Impression(

@@ -319,6 +319,27 @@ impl HostServices for Services {
         &self.request_id
     }
 
+    fn left_out(&self, plugin: &str, events: u32, log_lines: u32) {
+        let tenant = self.tenant.config.name.as_str();
+        for (what, n) in [("events", events), ("log_lines", log_lines)] {
+            if n > 0 {
+                self.metrics.add(
+                    "veneer_plugin_left_out_total",
+                    &[("tenant", tenant), ("plugin", plugin), ("what", what)],
+                    u64::from(n),
+                );
+            }
+        }
+        tracing::warn!(
+            tenant,
+            plugin,
+            request_id = %self.request_id,
+            events,
+            log_lines,
+            "plugin went over its per-request allowance of events or log lines: the rest were left out"
+        );
+    }
+
     fn breaker_changed(&self, plugin: &str, transition: Transition) {
         let tenant = self.tenant.config.name.as_str();
         let open = transition == Transition::Opened;
