@@ -341,20 +341,22 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_log_rotates_past_its_size_and_keeps_a_bounded_number_of_files() {
-        let dir = std::env::temp_dir().join(format!("veneer-rotate-{}", std::process::id()));
+    /// A log `events.jsonl` in a fresh folder named for `test`, rotated past `max_bytes`.
+    fn log_in(test: &str, max_bytes: u64, keep: u32) -> (PathBuf, Analytics) {
+        let dir = std::env::temp_dir().join(format!("veneer-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
-        let file = dir.join("events.jsonl");
         let analytics = Analytics::start(
-            Some(file.clone()),
-            Rotation {
-                max_bytes: 2_000,
-                keep: 2,
-            },
+            Some(dir.join("events.jsonl")),
+            Rotation { max_bytes, keep },
             Arc::new(Metrics::default()),
         );
+        (dir, analytics)
+    }
+
+    #[tokio::test]
+    async fn the_log_rotates_past_its_size_and_keeps_a_bounded_number_of_files() {
+        let (dir, analytics) = log_in("rotate", 2_000, 2);
         for n in 0..200 {
             analytics.record(event(n));
             if n % 10 == 9 {
@@ -391,18 +393,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_erasure_removes_a_visitors_lines_from_every_file_and_the_log_goes_on() {
-        let dir = std::env::temp_dir().join(format!("veneer-erase-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let file = dir.join("events.jsonl");
-        let analytics = Analytics::start(
-            Some(file.clone()),
-            Rotation {
-                max_bytes: 3_000,
-                keep: 3,
-            },
-            Arc::new(Metrics::default()),
-        );
+        let (dir, analytics) = log_in("erase", 3_000, 3);
         // Visitors v0..v4 in turn, so each file holds some of v1's lines; and v1 of another
         // tenant, who is someone else.
         for n in 0..60 {

@@ -224,11 +224,7 @@ impl http_body::Body for WatchedBody {
                 this.progress
                     .waiting_on_client
                     .store(true, Ordering::Relaxed);
-                let stall = this.stall;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
-                if timer.as_mut().poll(cx).is_ready() {
+                if stalled(&mut this.timer, this.stall, cx) {
                     this.failed.store(STALLED, Ordering::Relaxed);
                     return Poll::Ready(Some(Err("request body stalled".into())));
                 }
@@ -311,10 +307,7 @@ impl http_body::Body for StallWatch {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => {
                 let stall = this.stall;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
-                if timer.as_mut().poll(cx).is_pending() {
+                if !stalled(&mut this.timer, stall, cx) {
                     return Poll::Pending;
                 }
                 this.app.metrics.inc(
@@ -338,4 +331,18 @@ impl http_body::Body for StallWatch {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Whether a body that has just had nothing to give has now had nothing for `stall`: `timer`
+/// starts at its first wait and is cleared (by the caller) when a frame comes.
+fn stalled(
+    timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    stall: Duration,
+    cx: &mut Context<'_>,
+) -> bool {
+    timer
+        .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)))
+        .as_mut()
+        .poll(cx)
+        .is_ready()
 }
