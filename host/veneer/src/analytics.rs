@@ -103,7 +103,12 @@ impl Analytics {
                 Ok(opened) => opened,
                 Err(e) => {
                     tracing::error!(file = %file.display(), error = %e, "cannot open analytics log; events will be discarded");
-                    while rx.recv().await.is_some() {}
+                    // Erasures still reach what older files there are.
+                    while let Some(message) = rx.recv().await {
+                        if let Message::Erase(erase) = message {
+                            carry_out(*erase, &file, rotation.keep).await;
+                        }
+                    }
                     return;
                 }
             };
@@ -123,17 +128,7 @@ impl Analytics {
                             if let Err(e) = out.flush().await {
                                 tracing::error!(error = %e, "flushing analytics log");
                             }
-                            let (path, keep) = (file.clone(), rotation.keep);
-                            let Erase {
-                                tenant,
-                                visitors,
-                                done,
-                            } = *erase;
-                            let result = tokio::task::spawn_blocking(move || {
-                                erase_in_files(&path, keep, &tenant, &visitors)
-                            })
-                            .await
-                            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                            carry_out(*erase, &file, rotation.keep).await;
                             // The current file may have been replaced: append to the new one.
                             match open(&file).await {
                                 Ok((f, s)) => (out, size) = (f, s),
@@ -141,7 +136,6 @@ impl Analytics {
                                     tracing::error!(file = %file.display(), error = %e, "reopening the analytics log after an erasure");
                                 }
                             }
-                            let _ = done.send(result);
                             continue;
                         }
                     };
@@ -257,6 +251,22 @@ struct Erase {
     done: oneshot::Sender<std::io::Result<usize>>,
 }
 
+/// Carries out `erase` on the log `file` and its `keep` rotated files (on the blocking pool),
+/// and answers it.
+async fn carry_out(erase: Erase, file: &std::path::Path, keep: u32) {
+    let Erase {
+        tenant,
+        visitors,
+        done,
+    } = erase;
+    let path = file.to_owned();
+    let result =
+        tokio::task::spawn_blocking(move || erase_in_files(&path, keep, &tenant, &visitors))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    let _ = done.send(result);
+}
+
 /// [`erase_in`] for the log and each rotated file it keeps; lines removed in all.
 fn erase_in_files(
     file: &std::path::Path,
@@ -297,30 +307,45 @@ fn erase_in(
     let mut name = path.as_os_str().to_owned();
     name.push(".erasing");
     let temp = PathBuf::from(name);
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&temp)?);
-    let mut removed = 0;
-    for line in std::io::BufReader::new(input).split(b'\n') {
-        let line = line?;
-        // A line that is not an event (a torn write) is kept: it names no one.
-        let theirs = serde_json::from_slice::<Whose>(&line)
-            .is_ok_and(|w| w.tenant == tenant && visitors.contains(w.visitor.as_ref()));
-        if theirs {
-            removed += 1;
-        } else {
-            out.write_all(&line)?;
-            out.write_all(b"\n")?;
+    let copy = || -> std::io::Result<usize> {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&temp)?);
+        let mut removed = 0;
+        for line in std::io::BufReader::new(input).split(b'\n') {
+            let line = line?;
+            // A line that is not an event (a torn write) is kept: it names no one.
+            let theirs = serde_json::from_slice::<Whose>(&line)
+                .is_ok_and(|w| w.tenant == tenant && visitors.contains(w.visitor.as_ref()));
+            if theirs {
+                removed += 1;
+            } else {
+                out.write_all(&line)?;
+                out.write_all(b"\n")?;
+            }
         }
+        let out = out
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?;
+        if removed > 0 {
+            out.sync_all()?;
+        }
+        Ok(removed)
+    };
+    let removed = match copy() {
+        Ok(n) if n > 0 => n,
+        other => {
+            // Nothing of theirs, or the copy failed (a full disk): the file stays as it was.
+            let _ = std::fs::remove_file(&temp);
+            return other;
+        }
+    };
+    if let Err(e) = std::fs::rename(&temp, path) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
     }
-    let out = out
-        .into_inner()
-        .map_err(std::io::IntoInnerError::into_error)?;
-    if removed == 0 {
-        drop(out);
-        std::fs::remove_file(&temp)?;
-        return Ok(0);
+    // The rename itself must reach the disk, or a crash could bring the old file back.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
     }
-    out.sync_all()?;
-    std::fs::rename(&temp, path)?;
     Ok(removed)
 }
 

@@ -262,9 +262,14 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// When bytes last moved on a connection, for its idle timeout.
+/// When bytes last moved on a connection, for its idle timeout, and since when a write to it
+/// has been waiting for the client to take bytes, for its send timeout.
 #[derive(Clone)]
-pub struct Activity(Arc<AtomicU64>);
+pub struct Activity {
+    last: Arc<AtomicU64>,
+    /// 0: no write waiting; else the clock (+1) when the first waiting write was refused.
+    blocked: Arc<AtomicU64>,
+}
 
 fn clock_ms() -> u64 {
     static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
@@ -276,16 +281,42 @@ fn clock_ms() -> u64 {
 impl Activity {
     /// Activity as of now.
     pub fn new() -> Self {
-        Activity(Arc::new(AtomicU64::new(clock_ms())))
+        Activity {
+            last: Arc::new(AtomicU64::new(clock_ms())),
+            blocked: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     fn touch(&self) {
-        self.0.store(clock_ms(), Ordering::Relaxed);
+        self.last.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    /// A write went through: bytes moved and nothing waits.
+    fn wrote(&self) {
+        self.touch();
+        self.blocked.store(0, Ordering::Relaxed);
+    }
+
+    /// A write found the client's window full: the wait starts now unless it already had.
+    fn write_waits(&self) {
+        let _ =
+            self.blocked
+                .compare_exchange(0, clock_ms() + 1, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// How long since bytes last moved.
     pub fn idle(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(clock_ms().saturating_sub(self.0.load(Ordering::Relaxed)))
+        std::time::Duration::from_millis(
+            clock_ms().saturating_sub(self.last.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// How long a write has been waiting for the client to read (zero when none is).
+    pub fn write_blocked(&self) -> std::time::Duration {
+        match self.blocked.load(Ordering::Relaxed) {
+            0 => std::time::Duration::ZERO,
+            since => std::time::Duration::from_millis(clock_ms().saturating_sub(since - 1)),
+        }
     }
 }
 
@@ -309,6 +340,16 @@ impl<S> Watched<S> {
             inner,
             tracker: Tracker::new(flag),
             activity,
+        }
+    }
+}
+
+impl<S> Watched<S> {
+    fn note_write(&self, r: &Poll<io::Result<usize>>) {
+        match r {
+            Poll::Ready(Ok(_)) => self.activity.wrote(),
+            Poll::Pending => self.activity.write_waits(),
+            Poll::Ready(Err(_)) => {}
         }
     }
 }
@@ -339,9 +380,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(_)) = r {
-            self.activity.touch();
-        }
+        self.note_write(&r);
         r
     }
 
@@ -351,9 +390,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(_)) = r {
-            self.activity.touch();
-        }
+        self.note_write(&r);
         r
     }
 

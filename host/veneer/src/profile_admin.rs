@@ -141,12 +141,18 @@ pub async fn erase(
     if let Subject::Customer(id) = &s {
         logged_as.push(id.clone());
     }
-    app.analytics.erase(tenant, logged_as).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the analytics log could not be rewritten ({e}); nothing was erased"),
-        )
-    })?;
+    app.analytics
+        .erase(tenant, logged_as.clone())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "the analytics log could not be rewritten ({e}); the profiles were not erased: \
+                 ask again"
+                ),
+            )
+        })?;
     let erased = visitors.len();
     blocking(move || {
         let mut subjects = vec![s.clone()];
@@ -157,8 +163,9 @@ pub async fn erase(
                 .map(|v| Subject::Visitor(v.clone())),
         );
         app.profiles.erase(&t, &subjects);
+        // E-mail opens and clicks are in the ledger under the customer's own id.
         if let Some(ledger) = &app.ledger {
-            ledger.erase_visitors(&t, visitors);
+            ledger.erase_visitors(&t, logged_as);
         }
         Ok(())
     })

@@ -184,17 +184,17 @@ async fn serve_connection<S>(
     let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
     let idle = std::time::Duration::from_millis(server.idle_timeout_ms);
     let send = std::time::Duration::from_millis(server.send_timeout_ms);
-    // Whether the connection was closed with a request in flight (its client stopped reading).
+    // Whether the connection was closed because its client stopped reading (a write has
+    // waited `send`), not for being idle with nothing in flight.
     let idle_cut = async {
         loop {
             tokio::time::sleep(idle.min(send) / 4).await;
-            let busy = in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0;
-            let still = activity.idle();
-            if !busy && still >= idle {
-                return false;
-            }
-            if busy && still >= send {
+            if activity.write_blocked() >= send {
                 return true;
+            }
+            let busy = in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0;
+            if !busy && activity.idle() >= idle {
+                return false;
             }
         }
     };

@@ -83,7 +83,9 @@ async fn image(
     let (bytes, result, campaign) = match (slot, &verified) {
         (None, _) => (fallback, "unknown_slot", None),
         (Some(_), None) => (fallback, "bad_token", None),
-        (Some(_), Some(t)) if !may_draw(ctx, tenant, t, "image") => (fallback, "limited", None),
+        (Some(slot), Some(t)) if !may_draw(ctx, tenant, t, &slot.name, "image") => {
+            (fallback, "limited", None)
+        }
         (Some(slot), Some(t)) => {
             let budget = Duration::from_millis(slot.budget_ms);
             match tokio::time::timeout(budget, draw_png(ctx, tenant, slot, t, kind)).await {
@@ -100,7 +102,9 @@ async fn image(
         "veneer_email_images_total",
         &[("tenant", &tenant.name), ("result", result)],
     );
-    if let Some(t) = &verified {
+    // A token replayed past its rate is not a reader opening the e-mail again: not logged, so
+    // the replay cannot flood the queues every tenant's events go through either.
+    if let Some(t) = verified.as_ref().filter(|_| result != "limited") {
         record(
             ctx,
             tenant,
@@ -152,8 +156,10 @@ async fn click(
     let slot = tenant.config.email_slots.iter().find(|s| s.name == name);
     let verified = Token::verify(&app.signer, token, &tenant.name, ctx.now.as_second());
     let default = slot.map_or_else(|| "/".to_owned(), |s| s.link.clone());
+    let limited = matches!((slot, &verified),
+        (Some(s), Some(t)) if !may_draw(ctx, tenant, t, &s.name, "click"));
     let (target, campaign) = match (slot, &verified) {
-        (Some(slot), Some(t)) if may_draw(ctx, tenant, t, "click") => {
+        (Some(slot), Some(t)) if !limited => {
             let budget = Duration::from_millis(slot.budget_ms);
             match tokio::time::timeout(budget, draw_svg(ctx, tenant, slot, t, kind)).await {
                 Ok(Ok((svg, campaign))) => (
@@ -167,7 +173,7 @@ async fn click(
         }
         _ => (default, None),
     };
-    if let Some(t) = &verified {
+    if let Some(t) = verified.as_ref().filter(|_| !limited) {
         record(
             ctx,
             tenant,
@@ -195,14 +201,15 @@ async fn click(
     r
 }
 
-/// Whether the slot may be drawn for this recipient's token now (`[tenant.limits]
+/// Whether `slot` may be drawn for this recipient's token now (`[tenant.limits]
 /// email_draws_per_minute_per_token`); a refusal is counted under `path` (`image`, `click`).
-fn may_draw(ctx: &RequestCtx, tenant: &Tenant, t: &Token, path: &str) -> bool {
+fn may_draw(ctx: &RequestCtx, tenant: &Tenant, t: &Token, slot: &str, path: &str) -> bool {
     let per_minute = tenant.config.limits.email_draws_per_minute_per_token;
-    // One send goes to every recipient of a campaign: the bucket is the recipient's in it.
+    // One send goes to every recipient of a campaign: the bucket is the recipient's in it, one
+    // per slot (an e-mail with several draws each of them at every open).
     let key = (
         tenant.name.clone(),
-        format!("{}\n{}", t.send_id, t.recipient),
+        format!("{}\n{}\n{slot}", t.send_id, t.recipient),
     );
     let allowed = ctx
         .app

@@ -330,14 +330,26 @@ impl HostServices for Services {
                 );
             }
         }
-        tracing::warn!(
-            tenant,
-            plugin,
-            request_id = %self.request_id,
-            events,
-            log_lines,
-            "plugin went over its per-request allowance of events or log lines: the rest were left out"
-        );
+        // One line per request would be a flood of its own: a few a second, the metric counts.
+        static LOG: std::sync::LazyLock<crate::limits::LogBudget> =
+            std::sync::LazyLock::new(|| crate::limits::LogBudget::new(5));
+        let (log, skipped) = LOG.admit();
+        if let Some(n) = skipped {
+            tracing::info!(
+                skipped = n,
+                "more plugins went over their allowance than logged (see veneer_plugin_left_out_total)"
+            );
+        }
+        if log {
+            tracing::warn!(
+                tenant,
+                plugin,
+                request_id = %self.request_id,
+                events,
+                log_lines,
+                "plugin went over its per-request allowance of events or log lines: the rest were left out"
+            );
+        }
     }
 
     fn breaker_changed(&self, plugin: &str, transition: Transition) {
