@@ -723,15 +723,7 @@ async fn email_images_are_drawn_at_open_time_and_never_fail() {
         .expect("bytes");
     assert_ne!(png, other);
     // A click lands where the drawn slot links: the live campaign's page.
-    let r = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
-        .get(host.url(&format!("/_veneer/c/{token}/hero")))
-        .header("host", "shop.test")
-        .send()
-        .await
-        .expect("click");
+    let r = shop_get(&host, &format!("/_veneer/c/{token}/hero")).await;
     assert_eq!(r.status(), 302);
     assert_eq!(r.headers()["location"], "/offers/sale");
     // Tampered, truncated and foreign tokens: always a 200 image, never an open.
@@ -786,12 +778,7 @@ async fn a_faulty_plugin_or_a_slow_slot_gives_the_fallback_image() {
     )
     .await;
     let token = token_for(&host, "c1", json!({}));
-    let r = reqwest::Client::new()
-        .get(host.url(&format!("/_veneer/i/{token}/hero.gif")))
-        .header("host", "shop.test")
-        .send()
-        .await
-        .expect("image");
+    let r = shop_get(&host, &format!("/_veneer/i/{token}/hero.gif")).await;
     assert_eq!(r.status(), 200);
     // The bytes are PNG, and the type says so whatever the URL's extension.
     assert_eq!(r.headers()["content-type"], "image/png");
@@ -802,12 +789,7 @@ async fn a_faulty_plugin_or_a_slow_slot_gives_the_fallback_image() {
     // Once the plugin's breaker opens it is skipped, not run: still the fallback, never an
     // image drawn without it.
     for _ in 0..30 {
-        let r = reqwest::Client::new()
-            .get(host.url(&format!("/_veneer/i/{token}/hero.png")))
-            .header("host", "shop.test")
-            .send()
-            .await
-            .expect("image");
+        let r = shop_get(&host, &format!("/_veneer/i/{token}/hero.png")).await;
         assert_eq!(
             &r.bytes().await.expect("bytes")[..],
             veneer::email::BLANK_PNG
@@ -819,12 +801,7 @@ async fn a_faulty_plugin_or_a_slow_slot_gives_the_fallback_image() {
         "the breaker never opened"
     );
     // An unknown slot is still an image.
-    let r = reqwest::Client::new()
-        .get(host.url(&format!("/_veneer/i/{token}/nope.png")))
-        .header("host", "shop.test")
-        .send()
-        .await
-        .expect("image");
+    let r = shop_get(&host, &format!("/_veneer/i/{token}/nope.png")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "image/png");
 }

@@ -67,13 +67,16 @@ async fn open(
     Ok((tokio::io::BufWriter::new(f), size))
 }
 
+/// `file` with `suffix` appended to its name: `FILE.1`, `FILE.erasing`.
+fn suffixed(file: &std::path::Path, suffix: &str) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 /// `FILE` → `FILE.1` → `FILE.2` ..., dropping what falls past `keep`.
 async fn rotate(file: &std::path::Path, keep: u32) {
-    let numbered = |n: u32| {
-        let mut name = file.as_os_str().to_owned();
-        name.push(format!(".{n}"));
-        PathBuf::from(name)
-    };
+    let numbered = |n: u32| suffixed(file, &format!(".{n}"));
     if keep == 0 {
         let _ = tokio::fs::remove_file(file).await;
         return;
@@ -276,9 +279,7 @@ fn erase_in_files(
 ) -> std::io::Result<usize> {
     let mut removed = erase_in(file, tenant, visitors)?;
     for n in 1..=keep {
-        let mut name = file.as_os_str().to_owned();
-        name.push(format!(".{n}"));
-        removed += erase_in(std::path::Path::new(&name), tenant, visitors)?;
+        removed += erase_in(&suffixed(file, &format!(".{n}")), tenant, visitors)?;
     }
     Ok(removed)
 }
@@ -304,9 +305,7 @@ fn erase_in(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
     };
-    let mut name = path.as_os_str().to_owned();
-    name.push(".erasing");
-    let temp = PathBuf::from(name);
+    let temp = suffixed(path, ".erasing");
     let copy = || -> std::io::Result<usize> {
         let mut out = std::io::BufWriter::new(std::fs::File::create(&temp)?);
         let mut removed = 0;

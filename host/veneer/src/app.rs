@@ -143,7 +143,7 @@ pub struct App {
     pub rates: crate::limits::RateLimiter,
     /// Per-visitor rate of beacon events.
     pub event_rates: crate::limits::RateLimiter<(Arc<str>, String)>,
-    /// Per-send rate of e-mail images and clicks drawn (tenant, send id).
+    /// Rate of e-mail images and clicks drawn per recipient token and slot (tenant, key).
     pub email_draws: crate::limits::RateLimiter<(Arc<str>, String)>,
     /// Bounds the log lines for refused requests (a flood must not become a log flood).
     pub refusal_log: crate::limits::LogBudget,

@@ -747,8 +747,8 @@ pub struct TenantLimits {
     pub max_concurrent_requests: usize,
     /// Largest request body, in bytes (413 past it).
     pub max_body_bytes: u64,
-    /// E-mail images and clicks drawn per minute for one recipient's token (its send id and
-    /// recipient; token bucket, 0: no limit). Past it the image is the slot's fallback and the
+    /// E-mail images and clicks drawn per minute for one recipient's token and slot (its send
+    /// id, recipient and slot; token bucket, 0: no limit). Past it the image is the slot's fallback and the
     /// click goes to the slot's `link`, without running the plugins: a replayed token cannot
     /// make the host draw without end. Not per client address: Gmail fetches for many
     /// readers from few.

@@ -875,7 +875,8 @@ fn crm_import_reports_bad_lines_and_data_subject_requests_export_and_erase() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (gone, stays) = (visitors()[0].clone(), visitors()[1].clone());
+    let seen = visitors();
+    let (gone, stays) = (seen[0].clone(), seen[1].clone());
     assert_ne!(gone, stays);
     ok(
         &v,

@@ -998,15 +998,16 @@ impl StoreState {
     }
 
     fn write_log(&self, level: Level, message: &str) {
+        // A plugin's messages are data; cap their number and length so a chatty plugin
+        // cannot flood the log.
+        if !self.log_lines.take() {
+            return;
+        }
         let (tenant, request_id, plugin) = (
             self.services.tenant(),
             self.services.request_id(),
             &*self.plugin,
         );
-        // A plugin's message is data; cap it so a chatty plugin cannot flood the log.
-        if !self.log_lines.take() {
-            return;
-        }
         let message: String = message.chars().take(1024).collect();
         match level {
             Level::Debug => tracing::debug!(tenant, plugin, request_id, "{message}"),

@@ -305,13 +305,11 @@ async fn revalidate_in_background(
         return;
     }
     // Outside any request, the whole read is bounded below instead of each wait.
-    let (mut head, body) = r.into_parts();
+    let (mut head, mut body) = r.into_parts();
     strip_hop_by_hop(&mut head.headers);
-    let r = Response::from_parts(head, body);
-    let Some(freshness) = cache::storable(r.status(), r.headers(), false) else {
+    let Some(freshness) = cache::storable(head.status, &head.headers, false) else {
         return;
     };
-    let (head, mut body) = r.into_parts();
     let mut collected = Vec::new();
     let read_all = async {
         while let Some(frame) = body.frame().await {

@@ -269,14 +269,13 @@ impl http_body::Body for WatchedBody {
 }
 
 /// The origin's response body, failed when the origin sends nothing for `[server]
-/// origin_read_timeout_ms` between two frames (like nginx's `proxy_read_timeout`). A body that stops mid-way would otherwise hold
-/// the visitor's connection, a plugin's instance and a cache fill that other requests wait
-/// on for as long as the origin keeps its connection open. A stall is counted as
+/// origin_read_timeout_ms` between two frames (like nginx's `proxy_read_timeout`). A body that
+/// stops mid-way would otherwise hold the visitor's connection, a plugin's instance and a cache
+/// fill that other requests wait on for as long as the origin keeps its connection open. A stall is counted as
 /// `veneer_origin_errors_total{kind="body_stalled"}`; the visitor's response, already under
 /// way, is cut off.
 pub(super) struct StallWatch {
     inner: Incoming,
-    stall: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     tenant: Arc<str>,
     app: Arc<crate::app::App>,
@@ -287,7 +286,6 @@ impl StallWatch {
     pub(super) fn new(inner: Incoming, app: &Arc<crate::app::App>, tenant: &Arc<str>) -> Self {
         StallWatch {
             inner,
-            stall: app.origin_read_timeout,
             timer: None,
             tenant: tenant.clone(),
             app: app.clone(),
@@ -306,7 +304,7 @@ impl http_body::Body for StallWatch {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => {
-                let stall = this.stall;
+                let stall = this.app.origin_read_timeout;
                 if !stalled(&mut this.timer, stall, cx) {
                     return Poll::Pending;
                 }
